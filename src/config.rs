@@ -1,0 +1,576 @@
+//! Plugin configuration: the JSON operators write (`RawConfig`, serde with named defaults and
+//! unknown fields refused) and the checked form every other module uses (`Config`). Checking
+//! happens once, at plugin start; a refusal names the field and never echoes a value.
+
+use base64::Engine as _;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::url::HttpUrl;
+
+/// Bounds that keep a typo from becoming an outage or an unbounded table.
+const MAX_TTL_S: u64 = 86_400;
+const MAX_SLOTS: u32 = 262_144;
+const MAX_TIMEOUT_MS: u64 = 60_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    Basic,
+    Bearer,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub issuer: String,
+    pub idp_upstream: String,
+    #[serde(default)]
+    pub idp_authority: Option<String>,
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+    #[serde(default)]
+    pub introspection_endpoint: Option<String>,
+    #[serde(default)]
+    pub introspection_client_id: Option<String>,
+    #[serde(default)]
+    pub introspection_client_secret: Option<String>,
+    #[serde(default = "default_accept")]
+    pub accept: Vec<Scheme>,
+    #[serde(default = "default_true")]
+    pub allow_raw_basic: bool,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default = "default_app_claim")]
+    pub app_claim: String,
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default = "default_cache_ttl_s")]
+    pub cache_ttl_s: u64,
+    #[serde(default = "default_negative_cache_ttl_s")]
+    pub negative_cache_ttl_s: u64,
+    #[serde(default = "default_cache_slots")]
+    pub cache_slots: u32,
+    #[serde(default)]
+    pub stale_if_error_s: u64,
+    #[serde(default = "default_idp_timeout_ms")]
+    pub idp_timeout_ms: u64,
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    #[serde(default = "default_true")]
+    pub forward_access_token: bool,
+}
+
+fn default_accept() -> Vec<Scheme> {
+    vec![Scheme::Basic, Scheme::Bearer]
+}
+fn default_true() -> bool {
+    true
+}
+fn default_app_claim() -> String {
+    "app_id".to_string()
+}
+fn default_cache_ttl_s() -> u64 {
+    300
+}
+fn default_negative_cache_ttl_s() -> u64 {
+    30
+}
+fn default_cache_slots() -> u32 {
+    16_384
+}
+fn default_idp_timeout_ms() -> u64 {
+    3_000
+}
+fn default_realm() -> String {
+    "api".to_string()
+}
+
+/// Why a configuration was refused: the field and a reason that never contains a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "field `{}` {}", self.field, self.reason)
+    }
+}
+
+fn refuse(field: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Without a trailing `/`, compared byte for byte with `iss`.
+    pub issuer: String,
+    pub issuer_url: HttpUrl,
+    pub idp_upstream: String,
+    pub idp_authority: String,
+    /// `:path` of the token endpoint when configured; otherwise discovered.
+    pub token_path: Option<String>,
+    pub introspection_path: Option<String>,
+    /// `Basic …` value authenticating the gateway at the introspection endpoint.
+    pub introspection_authorization: Option<String>,
+    pub accept_basic: bool,
+    pub accept_bearer: bool,
+    pub allow_raw_basic: bool,
+    pub scopes: Vec<String>,
+    pub app_claim: String,
+    pub audience: Option<String>,
+    pub cache_ttl_ms: u64,
+    pub negative_cache_ttl_ms: u64,
+    pub cache_slots: u32,
+    pub stale_if_error_ms: u64,
+    pub idp_timeout_ms: u64,
+    pub realm: String,
+    pub forward_access_token: bool,
+    /// SHA-256 of the configuration as given: it scopes every cache key and shared-data name,
+    /// so a verdict reached under one configuration never answers under another.
+    pub digest: [u8; 32],
+}
+
+impl Config {
+    /// Parses and checks plugin configuration bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.inner();
+            if inner.is_syntax() || inner.is_eof() {
+                return refuse(
+                    "(configuration)",
+                    format!(
+                        "is not valid JSON (line {}, column {})",
+                        inner.line(),
+                        inner.column()
+                    ),
+                );
+            }
+            let reason = describe_json_error(inner);
+            if let Some(field) = reason.field {
+                refuse(&field, reason.text)
+            } else {
+                refuse(
+                    if path == "." {
+                        "(configuration)"
+                    } else {
+                        &path
+                    },
+                    reason.text,
+                )
+            }
+        })?;
+        de.end().map_err(|_| {
+            refuse(
+                "(configuration)",
+                "has trailing characters after the JSON object",
+            )
+        })?;
+        raw.check(Sha256::digest(bytes).into())
+    }
+
+    /// The `:path`s in use once discovery (if any) has filled the gaps.
+    pub fn needs_discovery(&self) -> bool {
+        self.token_path.is_none() && self.accept_basic
+            || self.introspection_path.is_none() && self.accept_bearer
+    }
+
+    /// The scopes as one space-separated string (the `scope` parameter and challenge value).
+    pub fn scope_string(&self) -> String {
+        self.scopes.join(" ")
+    }
+}
+
+struct JsonReason {
+    field: Option<String>,
+    text: String,
+}
+
+/// serde_json's messages quote the offending value (`invalid type: string "…"`), which may be a
+/// secret: keep only what was expected, and the field name for missing or unknown fields.
+fn describe_json_error(e: &serde_json::Error) -> JsonReason {
+    let msg = e.to_string();
+    let msg = msg.split(" at line ").next().unwrap_or_default();
+    let quoted = |prefix: &str| {
+        msg.strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('`'))
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_string)
+    };
+    if let Some(field) = quoted("missing field ") {
+        return JsonReason {
+            field: Some(field),
+            text: "is required".into(),
+        };
+    }
+    if let Some(field) = quoted("unknown field ") {
+        return JsonReason {
+            field: Some(field),
+            text: "is not a configuration field".into(),
+        };
+    }
+    if let Some(field) = quoted("duplicate field ") {
+        return JsonReason {
+            field: Some(field),
+            text: "is given twice".into(),
+        };
+    }
+    if msg.starts_with("unknown variant") {
+        return JsonReason {
+            field: None,
+            text: "must be \"basic\" or \"bearer\"".into(),
+        };
+    }
+    let text = match msg.find("expected ") {
+        Some(i) => format!("has the wrong type or value: {}", &msg[i..]),
+        None => "has the wrong type or value".into(),
+    };
+    JsonReason { field: None, text }
+}
+
+impl RawConfig {
+    fn check(self, digest: [u8; 32]) -> Result<Config, ConfigError> {
+        let issuer = self.issuer.trim_end_matches('/').to_string();
+        let issuer_url = checked_url("issuer", &issuer)?;
+        if self.idp_upstream.trim().is_empty() {
+            return Err(refuse("idp_upstream", "must not be empty"));
+        }
+        let idp_authority = match self.idp_authority {
+            Some(a) if a.is_empty() || a.bytes().any(|b| b <= b' ' || b == b'/' || b == 0x7f) => {
+                return Err(refuse("idp_authority", "must be a host[:port]"))
+            }
+            Some(a) => a,
+            None => issuer_url.authority.clone(),
+        };
+        let token_path = endpoint_path("token_endpoint", self.token_endpoint.as_deref())?;
+        let introspection_path = endpoint_path(
+            "introspection_endpoint",
+            self.introspection_endpoint.as_deref(),
+        )?;
+
+        if self.accept.is_empty() {
+            return Err(refuse(
+                "accept",
+                "must name at least one of \"basic\", \"bearer\"",
+            ));
+        }
+        let accept_basic = self.accept.contains(&Scheme::Basic);
+        let accept_bearer = self.accept.contains(&Scheme::Bearer);
+
+        let introspection_authorization = match (
+            self.introspection_client_id.as_deref(),
+            self.introspection_client_secret.as_deref(),
+        ) {
+            (Some(id), Some(secret)) => {
+                if id.is_empty() || has_control(id) {
+                    return Err(refuse(
+                        "introspection_client_id",
+                        "must be a non-empty string",
+                    ));
+                }
+                if secret.is_empty() || has_control(secret) {
+                    return Err(refuse(
+                        "introspection_client_secret",
+                        "must be a non-empty string",
+                    ));
+                }
+                Some(client_secret_basic(id, secret))
+            }
+            (None, Some(_)) if accept_bearer => {
+                return Err(refuse(
+                    "introspection_client_id",
+                    "is required when \"bearer\" is accepted",
+                ))
+            }
+            (_, None) if accept_bearer => {
+                return Err(refuse(
+                    if self.introspection_client_id.is_none() {
+                        "introspection_client_id"
+                    } else {
+                        "introspection_client_secret"
+                    },
+                    "is required when \"bearer\" is accepted",
+                ))
+            }
+            _ => None,
+        };
+
+        for scope in &self.scopes {
+            if scope.is_empty() || !scope.bytes().all(is_scope_char) {
+                return Err(refuse(
+                    "scopes",
+                    "each scope must be a non-empty RFC 6749 scope token",
+                ));
+            }
+            if scope == "openid" {
+                return Err(refuse(
+                    "scopes",
+                    "must not contain \"openid\": Okta refuses client credentials with it",
+                ));
+            }
+        }
+        if self.app_claim.is_empty() || has_control(&self.app_claim) {
+            return Err(refuse("app_claim", "must be a non-empty claim name"));
+        }
+        if let Some(aud) = &self.audience {
+            if aud.is_empty() || has_control(aud) {
+                return Err(refuse("audience", "must be a non-empty string"));
+            }
+        }
+        for (field, value) in [
+            ("cache_ttl_s", self.cache_ttl_s),
+            ("negative_cache_ttl_s", self.negative_cache_ttl_s),
+            ("stale_if_error_s", self.stale_if_error_s),
+        ] {
+            if value > MAX_TTL_S {
+                return Err(refuse(field, format!("must be at most {MAX_TTL_S}")));
+            }
+        }
+        if self.cache_slots == 0 || self.cache_slots > MAX_SLOTS {
+            return Err(refuse(
+                "cache_slots",
+                format!("must be between 1 and {MAX_SLOTS}"),
+            ));
+        }
+        if self.idp_timeout_ms == 0 || self.idp_timeout_ms > MAX_TIMEOUT_MS {
+            return Err(refuse(
+                "idp_timeout_ms",
+                format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+            ));
+        }
+        if self.realm.is_empty()
+            || self
+                .realm
+                .bytes()
+                .any(|b| b < b' ' || b == 0x7f || b == b'"' || b == b'\\')
+        {
+            return Err(refuse(
+                "realm",
+                "must be non-empty, without quotes, backslashes or control characters",
+            ));
+        }
+
+        Ok(Config {
+            issuer,
+            issuer_url,
+            idp_upstream: self.idp_upstream,
+            idp_authority,
+            token_path,
+            introspection_path,
+            introspection_authorization,
+            accept_basic,
+            accept_bearer,
+            allow_raw_basic: self.allow_raw_basic,
+            scopes: self.scopes,
+            app_claim: self.app_claim,
+            audience: self.audience,
+            cache_ttl_ms: self.cache_ttl_s * 1000,
+            negative_cache_ttl_ms: self.negative_cache_ttl_s * 1000,
+            cache_slots: self.cache_slots,
+            stale_if_error_ms: self.stale_if_error_s * 1000,
+            idp_timeout_ms: self.idp_timeout_ms,
+            realm: self.realm,
+            forward_access_token: self.forward_access_token,
+            digest,
+        })
+    }
+}
+
+fn checked_url(field: &str, text: &str) -> Result<HttpUrl, ConfigError> {
+    let url = HttpUrl::parse(text).map_err(|reason| refuse(field, reason))?;
+    if !url.https && !url.is_loopback() {
+        return Err(refuse(
+            field,
+            "must use https (http only for loopback hosts)",
+        ));
+    }
+    Ok(url)
+}
+
+fn endpoint_path(field: &str, value: Option<&str>) -> Result<Option<String>, ConfigError> {
+    value
+        .map(|v| checked_url(field, v).map(|u| u.path))
+        .transpose()
+}
+
+/// RFC 6749 appendix A.4: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
+fn is_scope_char(b: u8) -> bool {
+    b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+/// `Authorization: Basic` for a client, as RFC 6749 2.3.1 asks: each part form-encoded, then base64.
+pub fn client_secret_basic(id: &str, secret: &str) -> String {
+    let pair = format!(
+        "{}:{}",
+        form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>(),
+        form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>()
+    );
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"{"issuer":"https://dev-1.okta.com/oauth2/default","idp_upstream":"okta","accept":["basic"]}"#;
+
+    fn refused(json: &str) -> ConfigError {
+        Config::from_json(json.as_bytes()).expect_err(json)
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = Config::from_json(MINIMAL.as_bytes()).unwrap();
+        assert_eq!(c.issuer, "https://dev-1.okta.com/oauth2/default");
+        assert_eq!(c.idp_authority, "dev-1.okta.com");
+        assert!(c.accept_basic && !c.accept_bearer);
+        assert!(c.allow_raw_basic && c.forward_access_token);
+        assert_eq!(c.app_claim, "app_id");
+        assert_eq!(c.cache_ttl_ms, 300_000);
+        assert_eq!(c.negative_cache_ttl_ms, 30_000);
+        assert_eq!(c.cache_slots, 16_384);
+        assert_eq!(c.stale_if_error_ms, 0);
+        assert_eq!(c.idp_timeout_ms, 3_000);
+        assert_eq!(c.realm, "api");
+        assert!(c.needs_discovery());
+    }
+
+    #[test]
+    fn both_schemes_by_default_need_the_introspection_client() {
+        let e = refused(r#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta"}"#);
+        assert_eq!(e.field, "introspection_client_id");
+        let e = refused(
+            r#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","introspection_client_id":"gw"}"#,
+        );
+        assert_eq!(e.field, "introspection_client_secret");
+        let c = Config::from_json(
+            br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","introspection_client_id":"gw","introspection_client_secret":"s3"}"#,
+        )
+        .unwrap();
+        assert!(c.accept_basic && c.accept_bearer);
+        assert_eq!(
+            c.introspection_authorization.as_deref(),
+            Some("Basic Z3c6czM=")
+        );
+    }
+
+    #[test]
+    fn overrides_take_paths_and_skip_discovery() {
+        let c = Config::from_json(
+            br#"{"issuer":"http://127.0.0.1:9001/oauth2/default/","idp_upstream":"okta","accept":["basic"],
+                "token_endpoint":"http://127.0.0.1:9001/oauth2/default/v1/token","idp_authority":"idp.local"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.issuer, "http://127.0.0.1:9001/oauth2/default");
+        assert_eq!(c.token_path.as_deref(), Some("/oauth2/default/v1/token"));
+        assert_eq!(c.idp_authority, "idp.local");
+        assert!(!c.needs_discovery());
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let base = r#""issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["basic"]"#;
+        for (extra, field) in [
+            (r#","scopes":["openid"]"#, "scopes"),
+            (r#","scopes":["a b"]"#, "scopes"),
+            (r#","scopes":[""]"#, "scopes"),
+            (r#","idp_timeout_ms":0"#, "idp_timeout_ms"),
+            (r#","idp_timeout_ms":-1"#, "idp_timeout_ms"),
+            (r#","cache_slots":0"#, "cache_slots"),
+            (r#","cache_ttl_s":999999"#, "cache_ttl_s"),
+            (r#","realm":"a\"b""#, "realm"),
+            (r#","app_claim":"""#, "app_claim"),
+            (r#","audience":"""#, "audience"),
+            (r#","accept":[]"#, "accept"),
+            (r#","accept":["digest"]"#, "accept[0]"),
+            (r#","token_endpoint":"ftp://x/y""#, "token_endpoint"),
+            (
+                r#","introspection_endpoint":"http://example.com/v1/introspect""#,
+                "introspection_endpoint",
+            ),
+            (r#","allow_raw_basic":"yes""#, "allow_raw_basic"),
+            (r#","idp_authority":"a/b""#, "idp_authority"),
+            (r#","surprise":1"#, "surprise"),
+            (r#","realm":"a","realm":"b""#, "realm"),
+        ] {
+            let json = format!("{{{base}{extra}}}").replacen(
+                r#","accept":["basic"],"accept""#,
+                r#","accept""#,
+                1,
+            );
+            let e = refused(&json);
+            assert_eq!(e.field, field, "{json}: {e}");
+        }
+        assert_eq!(refused(r#"{"idp_upstream":"okta"}"#).field, "issuer");
+        assert_eq!(
+            refused(r#"{"issuer":"https://o.okta.com/x"}"#).field,
+            "idp_upstream"
+        );
+        assert_eq!(
+            refused(r#"{"issuer":"http://example.com/x","idp_upstream":"o","accept":["basic"]}"#)
+                .field,
+            "issuer"
+        );
+        assert_eq!(refused("not json").field, "(configuration)");
+        assert_eq!(refused(&format!("{MINIMAL} {{}}")).field, "(configuration)");
+    }
+
+    #[test]
+    fn refusals_never_echo_values() {
+        let secret = "sup3r-s3cret-value";
+        for json in [
+            format!(
+                r#"{{"issuer":"https://o.okta.com/x","idp_upstream":"o","introspection_client_id":"gw","introspection_client_secret":"{secret}","cache_slots":"{secret}"}}"#
+            ),
+            format!(
+                r#"{{"issuer":"https://o.okta.com/x","idp_upstream":"o","introspection_client_id":"gw","introspection_client_secret":"{secret}","realm":"\"{secret}"}}"#
+            ),
+            format!(
+                r#"{{"issuer":"https://o.okta.com/x","idp_upstream":"o","introspection_client_id":"gw","introspection_client_secret":{{"{secret}":1}}}}"#
+            ),
+            format!(
+                r#"{{"issuer":"https://o.okta.com/x","idp_upstream":"o","accept":["{secret}"]}}"#
+            ),
+        ] {
+            let e = refused(&json);
+            assert!(!e.to_string().contains(secret), "{e}");
+        }
+    }
+
+    #[test]
+    fn digest_tells_configurations_apart() {
+        let a = Config::from_json(MINIMAL.as_bytes()).unwrap();
+        let b = Config::from_json(
+            MINIMAL
+                .replace("\"basic\"]", "\"basic\"],\"scopes\":[\"x\"]")
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_ne!(a.digest, b.digest);
+    }
+
+    #[test]
+    fn client_secret_basic_form_encodes_each_part() {
+        // RFC 6749 2.3.1: "a:b+c" → "a%3Ab%2Bc"
+        let v = client_secret_basic("id", "a:b+c %/");
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(v.strip_prefix("Basic ").unwrap())
+            .unwrap();
+        assert_eq!(decoded, b"id:a%3Ab%2Bc+%25%2F");
+    }
+}

@@ -1,0 +1,304 @@
+//! The proxy-wasm glue: turns host events into calls on the [`Gate`] and the gate's steps into
+//! host calls. Nothing is decided here.
+//!
+//! Host calls go through `proxy_wasm::hostcalls` with their errors handled, not through the
+//! SDK's trait helpers, which unwrap (and a panic aborts the VM).
+//!
+//! An IdP call's answer arrives in the context that was active when it was sent; the gate maps
+//! the call to its request by token. Answers are read before the effective context is switched
+//! to another request, since the host serves them only to the context that received them.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
+
+use crate::config::Config;
+use crate::gate::{
+    AuthorizationEdit, DispatchError, Forward, Gate, Host, SharedError, Step, TICK_MS,
+};
+use crate::okta::{IdpAnswer, IdpRequest};
+use crate::verdict::LocalReply;
+
+/// IdP answers larger than this are not read (and so are unreadable): Okta's are a few KiB.
+const MAX_IDP_BODY: usize = 256 * 1024;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
+        Box::new(Root { id, gate: None, ticking: false })
+    });
+}}
+
+type SharedGate = Rc<RefCell<Gate>>;
+
+struct Root {
+    id: u32,
+    gate: Option<SharedGate>,
+    ticking: bool,
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        if let Some(gate) = &self.gate {
+            deliver(gate, self.id, token, body_size);
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        log::info!("[{}] okta-dcr-auth {VERSION} starting", self.id);
+        true
+    }
+
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let config = match Config::from_json(&bytes) {
+            Ok(config) => config,
+            Err(e) => {
+                log::error!("[{}] okta-dcr-auth: configuration refused: {e}", self.id);
+                return false;
+            }
+        };
+        let mut gate = Gate::new(config);
+        gate.start(self.id, &HostCalls);
+        self.gate = Some(Rc::new(RefCell::new(gate)));
+        // Some hosts (ngx_wasm_module) allow the tick period to be set once only.
+        if !self.ticking {
+            self.ticking = hostcalls::set_tick_period(Duration::from_millis(TICK_MS)).is_ok();
+        }
+        log::info!("[{}] okta-dcr-auth {VERSION} configured", self.id);
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(gate) = &self.gate {
+            let steps = gate.borrow_mut().on_tick(self.id, &HostCalls);
+            apply_elsewhere(steps);
+        }
+    }
+
+    fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Request {
+            id,
+            gate: self.gate.clone(),
+            parked: false,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Request {
+    id: u32,
+    /// `None` when the configuration was refused: every request is then answered 503.
+    gate: Option<SharedGate>,
+    parked: bool,
+}
+
+impl Context for Request {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        if let Some(gate) = &self.gate {
+            deliver(gate, self.id, token, body_size);
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        if self.parked {
+            if let Some(gate) = &self.gate {
+                gate.borrow_mut().on_request_gone(self.id, &HostCalls);
+            }
+        }
+        true
+    }
+}
+
+/// Client-sent headers that would pass for ours, in any case and with `_` for `-`.
+fn is_identity_header(name: &str) -> bool {
+    let matches = |ours: &str| {
+        name.len() == ours.len()
+            && name
+                .bytes()
+                .zip(ours.bytes())
+                .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
+    };
+    matches("x-credential-identifier") || matches("x-authenticated-scope")
+}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        // All headers in one host call: the single-value getter returns only the first
+        // `Authorization`, and a second one must be seen to be refused.
+        let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        let mut authorization: Vec<&[u8]> = Vec::new();
+        for (name, value) in &headers {
+            if name.eq_ignore_ascii_case("authorization") {
+                authorization.push(value);
+            } else if is_identity_header(name) {
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+            }
+        }
+        let Some(gate) = &self.gate else {
+            send_reply(&LocalReply::not_configured());
+            return Action::Pause;
+        };
+        let step = gate
+            .borrow_mut()
+            .on_request(self.id, &authorization, &HostCalls);
+        match step {
+            Step::Forward(forward) => {
+                apply_forward(&forward);
+                Action::Continue
+            }
+            Step::Reply(_, reply) => {
+                send_reply(&reply);
+                Action::Pause
+            }
+            Step::Wait => {
+                self.parked = true;
+                Action::Pause
+            }
+        }
+    }
+}
+
+/// Reads an IdP answer in the context that received it, then applies the resulting steps.
+fn deliver(gate: &SharedGate, caller: u32, token: u32, body_size: usize) {
+    let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+    let status = headers
+        .iter()
+        .find(|(k, _)| k == ":status")
+        .and_then(|(_, v)| v.parse::<u16>().ok());
+    let body = if body_size <= MAX_IDP_BODY {
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let answer = IdpAnswer {
+        status,
+        headers: &headers,
+        body: &body,
+    };
+    let steps = gate
+        .borrow_mut()
+        .on_idp_answer(caller, token, answer, &HostCalls);
+    apply_elsewhere(steps);
+}
+
+/// Applies steps to paused requests, each in its own context.
+fn apply_elsewhere(steps: Vec<(u32, Step)>) {
+    for (ctx, step) in steps {
+        if hostcalls::set_effective_context(ctx).is_err() {
+            continue;
+        }
+        match step {
+            Step::Forward(forward) => {
+                apply_forward(&forward);
+                let _ = hostcalls::resume_http_request();
+            }
+            Step::Reply(_, reply) => send_reply(&reply),
+            Step::Wait => {}
+        }
+    }
+}
+
+fn apply_forward(forward: &Forward) {
+    let set = |name: &str, value: Option<&str>| {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
+    };
+    set("x-credential-identifier", Some(&forward.identity));
+    if forward.scope.is_empty() {
+        set("x-authenticated-scope", None);
+    } else {
+        set("x-authenticated-scope", Some(&forward.scope));
+    }
+    match &forward.authorization {
+        AuthorizationEdit::Keep => {}
+        AuthorizationEdit::Remove => set("authorization", None),
+        AuthorizationEdit::Set(value) => set("authorization", Some(value)),
+    }
+}
+
+fn send_reply(reply: &LocalReply) {
+    let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    for challenge in &reply.challenges {
+        headers.push(("www-authenticate", challenge));
+    }
+    let _ = hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
+}
+
+/// The host, for the gate.
+struct HostCalls;
+
+impl Host for HostCalls {
+    fn now_ms(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((value, Some(cas))) => Some((value.unwrap_or_default(), cas)),
+            _ => None,
+        }
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedError> {
+        let cas = (cas != 0).then_some(cas);
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SharedError::CasMismatch),
+            Err(_) => Err(SharedError::Other),
+        }
+    }
+
+    fn dispatch(&self, config: &Config, request: &IdpRequest) -> Result<u32, DispatchError> {
+        let mut headers: Vec<(&str, &str)> = vec![
+            (":method", request.method),
+            (":path", &request.path),
+            (":authority", &config.idp_authority),
+            (
+                "user-agent",
+                concat!("okta-dcr-auth/", env!("CARGO_PKG_VERSION")),
+            ),
+        ];
+        headers.extend(request.headers.iter().map(|(k, v)| (*k, v.as_str())));
+        let body = (!request.body.is_empty()).then_some(request.body.as_slice());
+        hostcalls::dispatch_http_call(
+            &config.idp_upstream,
+            headers,
+            body,
+            Vec::new(),
+            Duration::from_millis(config.idp_timeout_ms),
+        )
+        .map_err(|_| DispatchError)
+    }
+}

@@ -1,0 +1,801 @@
+//! The request state machine: from the client's `Authorization` to a verdict, through the
+//! shared cache, a per-key lease (one IdP call per credential across all workers), discovery
+//! and the IdP call. It sees the host only through [`Host`], so a fake host in unit tests
+//! drives every path; the proxy-wasm glue turns host events into calls here and applies the
+//! [`Step`]s that come back.
+//!
+//! A request's life: `on_request` answers at once (cache hit, malformed input) or parks the
+//! request as waiting for discovery, for its own IdP call (leader), or for another worker's
+//! (follower). `on_idp_answer` and `on_tick` later hand back a `Step` for each parked request.
+
+use std::collections::HashMap;
+
+use crate::cache::{CacheEntry, CacheKey, Cached, Freshness, Names};
+use crate::config::Config;
+use crate::credentials::{parse_authorization, Accepted, Credential, CredentialError};
+use crate::okta::{
+    self, DiscoveryDocument, DiscoveryError, Endpoints, IdpAnswer, IdpRequest, Outcome,
+};
+use crate::verdict::{Denial, Grant, LocalReply};
+
+/// The host as the gate needs it.
+pub trait Host {
+    /// Wall-clock time, ms since the epoch.
+    fn now_ms(&self) -> u64;
+    /// Value and CAS token of a shared-data key, `None` if the key does not exist.
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+    /// Writes a shared-data key; `cas` 0 writes unconditionally.
+    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedError>;
+    /// Sends one IdP call; returns the call's token. The answer comes to whichever context was
+    /// active when this was called.
+    fn dispatch(&self, config: &Config, request: &IdpRequest) -> Result<u32, DispatchError>;
+}
+
+/// The host refused to send an IdP call (unknown upstream, no memory, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DispatchError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedError {
+    CasMismatch,
+    Other,
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Forward(Forward),
+    Reply(Denial, LocalReply),
+    /// Stay paused; a later call hands back this request's step.
+    Wait,
+}
+
+/// Upstream edits for an allowed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub identity: String,
+    pub scope: String,
+    pub authorization: AuthorizationEdit,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum AuthorizationEdit {
+    /// Bearer path: the client's token goes upstream unchanged.
+    Keep,
+    /// Basic path without `forward_access_token`: the secret never goes upstream.
+    Remove,
+    /// Basic path: `Bearer <the token Okta issued>`.
+    Set(String),
+}
+
+impl std::fmt::Debug for AuthorizationEdit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AuthorizationEdit::Keep => "Keep",
+            AuthorizationEdit::Remove => "Remove",
+            AuthorizationEdit::Set(_) => "Set(<redacted>)",
+        })
+    }
+}
+
+/// Extra time beyond the IdP timeout that a lease, or a wait for one, may last.
+const LEASE_MARGIN_MS: u64 = 1_000;
+/// Discovery retries back off from this to `DISCOVERY_MAX_BACKOFF_MS`.
+const DISCOVERY_MIN_BACKOFF_MS: u64 = 500;
+const DISCOVERY_MAX_BACKOFF_MS: u64 = 15_000;
+/// Discovered endpoints shared between workers are trusted this long.
+const DISCOVERY_SHARED_TTL_MS: u64 = 3_600_000;
+/// An empty slot holds this, so that it exists and compare-and-swap protects it.
+const EMPTY_SLOT: &[u8] = b"\0";
+/// IdP trouble is logged at warn at most this often per worker.
+const WARN_INTERVAL_MS: u64 = 10_000;
+/// Tick period the glue sets once: how soon a follower sees another worker's verdict.
+pub const TICK_MS: u64 = 10;
+
+#[derive(Debug)]
+enum Discovery {
+    Ready,
+    InFlight { attempt: u32 },
+    RetryAt { at_ms: u64, attempt: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Discovery,
+    /// Our own IdP call is out.
+    Leader,
+    /// Another request holds the lease.
+    Follower,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    credential: Credential,
+    key: CacheKey,
+    since_ms: u64,
+    deadline_ms: u64,
+    phase: Phase,
+}
+
+#[derive(Debug)]
+enum Purpose {
+    Discovery(DiscoveryDocument),
+    Verdict {
+        key: CacheKey,
+        credential: Credential,
+        leader: u32,
+    },
+}
+
+#[derive(Debug)]
+struct Call {
+    purpose: Purpose,
+    /// The context the host attributes the call to; if that request goes away, so does the call.
+    owner: u32,
+}
+
+/// Per worker, per plugin configuration.
+pub struct Gate {
+    config: Config,
+    names: Names,
+    accepted: Accepted,
+    discovery: Discovery,
+    endpoints: Endpoints,
+    waiting: HashMap<u32, Waiting>,
+    calls: HashMap<u32, Call>,
+    last_warn_ms: u64,
+}
+
+impl Gate {
+    pub fn new(config: Config) -> Gate {
+        let names = Names::new(&config.digest);
+        let accepted = Accepted {
+            basic: config.accept_basic,
+            bearer: config.accept_bearer,
+            raw_basic: config.allow_raw_basic,
+        };
+        let endpoints = Endpoints {
+            token_path: config.token_path.clone(),
+            introspection_path: config.introspection_path.clone(),
+        };
+        let discovery = if config.needs_discovery() {
+            Discovery::RetryAt {
+                at_ms: 0,
+                attempt: 0,
+            }
+        } else {
+            Discovery::Ready
+        };
+        Gate {
+            config,
+            names,
+            accepted,
+            discovery,
+            endpoints,
+            waiting: HashMap::new(),
+            calls: HashMap::new(),
+            last_warn_ms: 0,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// At plugin start: make every slot exist, so that compare-and-swap guards each of them
+    /// (the host ignores CAS for a key that does not exist yet), and take discovered endpoints
+    /// from another worker, or start discovery. `root` is the context dispatches belong to.
+    pub fn start(&mut self, root: u32, host: &dyn Host) {
+        for slot in 0..self.config.cache_slots {
+            let name = self.names.slot(slot);
+            if host.shared_get(&name).is_none() {
+                let _ = host.shared_set(&name, EMPTY_SLOT, 0);
+            }
+        }
+        if let Discovery::RetryAt { .. } = self.discovery {
+            if !self.adopt_shared_endpoints(host) {
+                self.start_discovery(root, host);
+            }
+        }
+    }
+
+    /// A new request. `authorization` holds every `Authorization` value it carries.
+    pub fn on_request(&mut self, ctx: u32, authorization: &[&[u8]], host: &dyn Host) -> Step {
+        let credential = match parse_authorization(authorization, self.accepted) {
+            Ok(c) => c,
+            Err(e) => {
+                let denial = match e {
+                    CredentialError::Missing => Denial::NoCredentials,
+                    CredentialError::Duplicate => Denial::DuplicateAuthorization,
+                    CredentialError::MalformedBasic => Denial::InvalidClient,
+                    CredentialError::MalformedBearer => Denial::InvalidToken,
+                };
+                return self.deny(ctx, None, denial);
+            }
+        };
+        let key = CacheKey::new(&self.config.digest, &credential);
+        let now = host.now_ms();
+        let waiting = Waiting {
+            credential,
+            key,
+            since_ms: now,
+            deadline_ms: now + self.config.idp_timeout_ms + LEASE_MARGIN_MS,
+            phase: Phase::Discovery,
+        };
+        self.advance(ctx, ctx, waiting, host)
+    }
+
+    /// An IdP answer arrived, in the context `caller` (the context now active).
+    pub fn on_idp_answer(
+        &mut self,
+        caller: u32,
+        token: u32,
+        answer: IdpAnswer<'_>,
+        host: &dyn Host,
+    ) -> Vec<(u32, Step)> {
+        let Some(call) = self.calls.remove(&token) else {
+            return Vec::new();
+        };
+        match call.purpose {
+            Purpose::Discovery(doc) => self.on_discovery_answer(caller, doc, answer, host),
+            Purpose::Verdict {
+                key,
+                credential,
+                leader,
+            } => self.on_verdict_answer(key, &credential, leader, answer, host),
+        }
+    }
+
+    /// The root context's tick: retries discovery, wakes followers, enforces deadlines.
+    pub fn on_tick(&mut self, root: u32, host: &dyn Host) -> Vec<(u32, Step)> {
+        let now = host.now_ms();
+        if matches!(self.discovery, Discovery::RetryAt { at_ms, .. } if at_ms <= now)
+            && !self.adopt_shared_endpoints(host)
+        {
+            self.start_discovery(root, host);
+        }
+        if self.waiting.is_empty() {
+            return Vec::new();
+        }
+        let discovered = matches!(self.discovery, Discovery::Ready);
+        let mut steps = Vec::new();
+        let parked: Vec<(u32, Phase, u64)> = self
+            .waiting
+            .iter()
+            .map(|(id, w)| (*id, w.phase, w.deadline_ms))
+            .collect();
+        for (ctx, phase, deadline_ms) in parked {
+            let step = match phase {
+                // The host always answers a call, if only with its timeout; this is a backstop.
+                Phase::Leader if now > deadline_ms + self.config.idp_timeout_ms => {
+                    self.calls
+                        .retain(|_, c| !matches!(c.purpose, Purpose::Verdict { leader, .. } if leader == ctx));
+                    self.unavailable(ctx)
+                }
+                Phase::Leader => continue,
+                Phase::Discovery if !discovered && now <= deadline_ms => continue,
+                Phase::Discovery if !discovered => self.unavailable(ctx),
+                Phase::Discovery | Phase::Follower => match self.waiting.remove(&ctx) {
+                    Some(w) => self.advance(ctx, root, w, host),
+                    None => continue,
+                },
+            };
+            if step != Step::Wait {
+                steps.push((ctx, step));
+            }
+        }
+        steps
+    }
+
+    /// The request is gone (client hung up, stream reset). A call it owned dies with it: the
+    /// host cancels it, so its lease is released for a follower to take over at once.
+    pub fn on_request_gone(&mut self, ctx: u32, host: &dyn Host) {
+        let Some(w) = self.waiting.remove(&ctx) else {
+            return;
+        };
+        if matches!(w.phase, Phase::Leader) {
+            let before = self.calls.len();
+            self.calls.retain(|_, c| c.owner != ctx);
+            if self.calls.len() != before {
+                self.release_lease(&w.key, host, false);
+            }
+        }
+    }
+
+    /// Moves a request as far as it can go: cache, discovery, lease, IdP call.
+    fn advance(&mut self, ctx: u32, caller: u32, mut w: Waiting, host: &dyn Host) -> Step {
+        let now = host.now_ms();
+        let slot = self.names.slot(w.key.slot(self.config.cache_slots));
+        for _attempt in 0..4 {
+            let (entry, cas) = read_slot(host, &slot, &w.key);
+            match entry.freshness(&w.key, now, 0) {
+                Freshness::Fresh(Cached::Allow(grant)) => {
+                    return self.allow(ctx, &w.credential, grant.clone())
+                }
+                Freshness::Fresh(Cached::Deny(d)) => {
+                    return self.deny(ctx, Some(&w.credential), *d)
+                }
+                _ => {}
+            }
+            if matches!(w.phase, Phase::Follower)
+                && entry.key == w.key
+                && entry.failed_at_ms >= w.since_ms
+            {
+                // The call we were waiting on failed.
+                return self.unavailable_or_stale(ctx, &w, &entry, now);
+            }
+            if !matches!(self.discovery, Discovery::Ready) {
+                if let Discovery::RetryAt { at_ms, .. } = self.discovery {
+                    if at_ms > w.deadline_ms {
+                        return self.unavailable_or_stale(ctx, &w, &entry, now);
+                    }
+                }
+                w.phase = Phase::Discovery;
+                self.waiting.insert(ctx, w);
+                return Step::Wait;
+            }
+            if entry.leased(&w.key, now) {
+                if now > w.deadline_ms {
+                    return self.unavailable_or_stale(ctx, &w, &entry, now);
+                }
+                w.phase = Phase::Follower;
+                self.waiting.insert(ctx, w);
+                return Step::Wait;
+            }
+            // Take the lease. A colliding entry for another key gives way to this one.
+            let lease_until = now + self.config.idp_timeout_ms + LEASE_MARGIN_MS;
+            let mut leased = if entry.key == w.key {
+                entry.clone()
+            } else {
+                CacheEntry::empty(w.key)
+            };
+            leased.lease_until_ms = lease_until;
+            match host.shared_set(&slot, &leased.encode(), cas) {
+                Ok(()) => {}
+                Err(SharedError::CasMismatch) => continue,
+                Err(SharedError::Other) => {}
+            }
+            let request = match self.idp_request(&w.credential) {
+                Some(r) => r,
+                None => return self.unavailable(ctx),
+            };
+            return match host.dispatch(&self.config, &request) {
+                Ok(token) => {
+                    self.calls.insert(
+                        token,
+                        Call {
+                            purpose: Purpose::Verdict {
+                                key: w.key,
+                                credential: w.credential.clone(),
+                                leader: ctx,
+                            },
+                            owner: caller,
+                        },
+                    );
+                    w.phase = Phase::Leader;
+                    w.deadline_ms = lease_until;
+                    self.waiting.insert(ctx, w);
+                    Step::Wait
+                }
+                Err(DispatchError) => {
+                    self.warn(
+                        now,
+                        format_args!("[{ctx}] IdP call could not be sent (check idp_upstream)"),
+                    );
+                    self.release_lease(&w.key, host, true);
+                    self.unavailable_or_stale(ctx, &w, &entry, now)
+                }
+            };
+        }
+        // Lost the race for the lease four times in a row: wait for whoever won.
+        w.phase = Phase::Follower;
+        self.waiting.insert(ctx, w);
+        Step::Wait
+    }
+
+    fn idp_request(&self, credential: &Credential) -> Option<IdpRequest> {
+        match credential {
+            Credential::Basic(client) => {
+                let path = self.endpoints.token_path.as_deref()?;
+                Some(okta::token_request(&self.config, path, client))
+            }
+            Credential::Bearer(token) => {
+                let path = self.endpoints.introspection_path.as_deref()?;
+                Some(okta::introspection_request(&self.config, path, token))
+            }
+        }
+    }
+
+    fn on_verdict_answer(
+        &mut self,
+        key: CacheKey,
+        credential: &Credential,
+        leader: u32,
+        answer: IdpAnswer<'_>,
+        host: &dyn Host,
+    ) -> Vec<(u32, Step)> {
+        let now = host.now_ms();
+        let outcome = match credential {
+            Credential::Basic(client) => okta::read_token_answer(client, answer, now / 1000),
+            Credential::Bearer(_) => okta::read_introspection(&self.config, answer, now / 1000),
+        };
+        let verdict = match outcome {
+            Outcome::Granted {
+                grant,
+                expires_at_s,
+            } => {
+                let mut expires = now + self.config.cache_ttl_ms;
+                if let Some(exp) = expires_at_s {
+                    expires = expires.min(exp.saturating_mul(1000));
+                }
+                self.store(&key, now, expires, Cached::Allow(grant.clone()), host);
+                Ok(Cached::Allow(grant))
+            }
+            Outcome::Denied(denial) => {
+                self.store(
+                    &key,
+                    now,
+                    now + self.config.negative_cache_ttl_ms,
+                    Cached::Deny(denial),
+                    host,
+                );
+                Ok(Cached::Deny(denial))
+            }
+            Outcome::Failed(failure) => {
+                self.warn(
+                    now,
+                    format_args!("[{leader}] IdP call failed: {}", failure.describe()),
+                );
+                self.release_lease(&key, host, true);
+                Err(failure)
+            }
+        };
+        // The leader and every request of this worker waiting on the same key.
+        let mut ids: Vec<u32> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.key == key && !matches!(w.phase, Phase::Discovery))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable_by_key(|id| *id != leader);
+        let mut steps = Vec::new();
+        for ctx in ids {
+            let Some(w) = self.waiting.remove(&ctx) else {
+                continue;
+            };
+            let step = match &verdict {
+                Ok(Cached::Allow(grant)) => self.allow(ctx, &w.credential, grant.clone()),
+                Ok(Cached::Deny(d)) => self.deny(ctx, Some(&w.credential), *d),
+                Err(_) => {
+                    let slot = self.names.slot(key.slot(self.config.cache_slots));
+                    let (entry, _) = read_slot(host, &slot, &key);
+                    self.unavailable_or_stale(ctx, &w, &entry, now)
+                }
+            };
+            steps.push((ctx, step));
+        }
+        steps
+    }
+
+    /// Writes a verdict, unless the slot already holds a newer one for the same key: an older,
+    /// slower answer never overwrites a newer verdict.
+    fn store(
+        &self,
+        key: &CacheKey,
+        now: u64,
+        expires_at_ms: u64,
+        verdict: Cached,
+        host: &dyn Host,
+    ) {
+        if expires_at_ms <= now {
+            // Nothing to keep (a zero TTL): just let followers go.
+            self.release_lease(key, host, false);
+            return;
+        }
+        let slot = self.names.slot(key.slot(self.config.cache_slots));
+        let entry = CacheEntry {
+            key: *key,
+            decided_at_ms: now,
+            expires_at_ms,
+            verdict: Some(verdict),
+            lease_until_ms: 0,
+            failed_at_ms: 0,
+        };
+        let bytes = entry.encode();
+        for _ in 0..4 {
+            let (current, cas) = read_slot(host, &slot, key);
+            if current.key == *key && current.verdict.is_some() && current.decided_at_ms > now {
+                return;
+            }
+            match host.shared_set(&slot, &bytes, cas) {
+                Err(SharedError::CasMismatch) => continue,
+                _ => return,
+            }
+        }
+    }
+
+    /// Ends our lease on a key, recording a failure when there was one, so that followers give
+    /// up (or take over) now instead of at the lease's end.
+    fn release_lease(&self, key: &CacheKey, host: &dyn Host, failed: bool) {
+        let slot = self.names.slot(key.slot(self.config.cache_slots));
+        let now = host.now_ms();
+        for _ in 0..4 {
+            let (mut entry, cas) = read_slot(host, &slot, key);
+            if entry.key != *key {
+                return;
+            }
+            entry.lease_until_ms = 0;
+            if failed {
+                entry.failed_at_ms = now;
+            }
+            match host.shared_set(&slot, &entry.encode(), cas) {
+                Err(SharedError::CasMismatch) => continue,
+                _ => return,
+            }
+        }
+    }
+
+    fn on_discovery_answer(
+        &mut self,
+        caller: u32,
+        doc: DiscoveryDocument,
+        answer: IdpAnswer<'_>,
+        host: &dyn Host,
+    ) -> Vec<(u32, Step)> {
+        let now = host.now_ms();
+        let attempt = match self.discovery {
+            Discovery::RetryAt { attempt, .. } | Discovery::InFlight { attempt } => attempt,
+            Discovery::Ready => 0,
+        };
+        match okta::read_discovery(&self.config, answer, now / 1000) {
+            Ok(found) => {
+                let token_path = self.endpoints.token_path.take().or(found.token_path);
+                let introspection_path = self
+                    .endpoints
+                    .introspection_path
+                    .take()
+                    .or(found.introspection_path);
+                self.endpoints = Endpoints {
+                    token_path,
+                    introspection_path,
+                };
+                let missing = (self.config.accept_basic && self.endpoints.token_path.is_none())
+                    || (self.config.accept_bearer && self.endpoints.introspection_path.is_none());
+                if missing {
+                    self.discovery_failed(
+                        now,
+                        attempt,
+                        "the discovery document lacks a needed endpoint",
+                    );
+                } else {
+                    log::info!("okta-dcr-auth: endpoints discovered from the issuer");
+                    self.discovery = Discovery::Ready;
+                    self.share_endpoints(now, host);
+                }
+            }
+            Err(DiscoveryError::NotFound) if doc == DiscoveryDocument::OAuthAuthorizationServer => {
+                self.dispatch_discovery(
+                    caller,
+                    DiscoveryDocument::OpenIdConfiguration,
+                    attempt,
+                    host,
+                );
+                if matches!(self.discovery, Discovery::InFlight { .. }) {
+                    return Vec::new();
+                }
+            }
+            Err(DiscoveryError::NotFound) => {
+                self.discovery_failed(now, attempt, "no discovery document (404)")
+            }
+            Err(DiscoveryError::Mismatch(why)) => self.discovery_failed(now, attempt, why),
+            Err(DiscoveryError::Failed(f)) => {
+                let why = f.describe();
+                self.discovery_failed(now, attempt, &why)
+            }
+        }
+        // Requests parked for discovery go on now (Ready) or fail if the retry is too late.
+        let ids: Vec<u32> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| matches!(w.phase, Phase::Discovery))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut steps = Vec::new();
+        for ctx in ids {
+            if let Some(w) = self.waiting.remove(&ctx) {
+                let step = self.advance(ctx, caller, w, host);
+                if step != Step::Wait {
+                    steps.push((ctx, step));
+                }
+            }
+        }
+        steps
+    }
+
+    fn discovery_failed(&mut self, now: u64, attempt: u32, why: &str) {
+        let backoff = (DISCOVERY_MIN_BACKOFF_MS << attempt.min(10)).min(DISCOVERY_MAX_BACKOFF_MS);
+        log::warn!(
+            "okta-dcr-auth: discovery at the issuer failed: {why}; retrying in {} ms",
+            backoff
+        );
+        self.discovery = Discovery::RetryAt {
+            at_ms: now + backoff,
+            attempt: attempt + 1,
+        };
+    }
+
+    fn start_discovery(&mut self, root: u32, host: &dyn Host) {
+        let attempt = match self.discovery {
+            Discovery::RetryAt { attempt, .. } | Discovery::InFlight { attempt } => attempt,
+            Discovery::Ready => 0,
+        };
+        self.dispatch_discovery(
+            root,
+            DiscoveryDocument::OAuthAuthorizationServer,
+            attempt,
+            host,
+        );
+    }
+
+    fn dispatch_discovery(
+        &mut self,
+        caller: u32,
+        doc: DiscoveryDocument,
+        attempt: u32,
+        host: &dyn Host,
+    ) {
+        let request = okta::discovery_request(&self.config, doc);
+        match host.dispatch(&self.config, &request) {
+            Ok(token) => {
+                let purpose = Purpose::Discovery(doc);
+                self.calls.insert(
+                    token,
+                    Call {
+                        purpose,
+                        owner: caller,
+                    },
+                );
+                self.discovery = Discovery::InFlight { attempt };
+            }
+            Err(DispatchError) => self.discovery_failed(
+                host.now_ms(),
+                attempt,
+                "the call could not be sent (check idp_upstream)",
+            ),
+        }
+    }
+
+    fn share_endpoints(&self, now: u64, host: &dyn Host) {
+        let value = format!(
+            "{}\n{}\n{}",
+            now,
+            self.endpoints.token_path.as_deref().unwrap_or_default(),
+            self.endpoints
+                .introspection_path
+                .as_deref()
+                .unwrap_or_default()
+        );
+        let _ = host.shared_set(&self.names.discovery(), value.as_bytes(), 0);
+    }
+
+    fn adopt_shared_endpoints(&mut self, host: &dyn Host) -> bool {
+        let Some((bytes, _)) = host.shared_get(&self.names.discovery()) else {
+            return false;
+        };
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            return false;
+        };
+        let mut parts = text.split('\n');
+        let (Some(at), Some(token), Some(introspect)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let fresh = at
+            .parse::<u64>()
+            .is_ok_and(|at| host.now_ms().saturating_sub(at) < DISCOVERY_SHARED_TTL_MS);
+        let non_empty = |p: &str| (!p.is_empty()).then(|| p.to_string());
+        if !fresh {
+            return false;
+        }
+        let token_path = self
+            .endpoints
+            .token_path
+            .clone()
+            .or_else(|| non_empty(token));
+        let introspection_path = self
+            .endpoints
+            .introspection_path
+            .clone()
+            .or_else(|| non_empty(introspect));
+        if (self.config.accept_basic && token_path.is_none())
+            || (self.config.accept_bearer && introspection_path.is_none())
+        {
+            return false;
+        }
+        self.endpoints = Endpoints {
+            token_path,
+            introspection_path,
+        };
+        self.discovery = Discovery::Ready;
+        true
+    }
+
+    fn allow(&self, ctx: u32, credential: &Credential, grant: Grant) -> Step {
+        log::debug!("[{ctx}] allowed: app {}", grant.identity);
+        let authorization = match credential {
+            Credential::Bearer(_) => AuthorizationEdit::Keep,
+            Credential::Basic(_) => match grant.access_token {
+                Some(token) if self.config.forward_access_token => {
+                    AuthorizationEdit::Set(format!("Bearer {token}"))
+                }
+                _ => AuthorizationEdit::Remove,
+            },
+        };
+        Step::Forward(Forward {
+            identity: grant.identity,
+            scope: grant.scope,
+            authorization,
+        })
+    }
+
+    fn deny(&self, ctx: u32, credential: Option<&Credential>, denial: Denial) -> Step {
+        match credential {
+            Some(Credential::Basic(c)) => {
+                log::debug!(
+                    "[{ctx}] denied: {} (client {})",
+                    denial.reason(),
+                    c.client_id
+                )
+            }
+            _ => log::debug!("[{ctx}] denied: {}", denial.reason()),
+        }
+        Step::Reply(denial, denial.reply(&self.config))
+    }
+
+    fn unavailable(&mut self, ctx: u32) -> Step {
+        self.waiting.remove(&ctx);
+        self.deny(ctx, None, Denial::IdpUnavailable)
+    }
+
+    /// No verdict from the IdP: a recently expired positive verdict when `stale_if_error_s`
+    /// allows it, else 503.
+    fn unavailable_or_stale(
+        &mut self,
+        ctx: u32,
+        w: &Waiting,
+        entry: &CacheEntry,
+        now: u64,
+    ) -> Step {
+        self.waiting.remove(&ctx);
+        if let Freshness::Stale(grant) = entry.freshness(&w.key, now, self.config.stale_if_error_ms)
+        {
+            log::debug!("[{ctx}] IdP unavailable: serving a stale verdict");
+            return self.allow(ctx, &w.credential, grant.clone());
+        }
+        self.deny(ctx, Some(&w.credential), Denial::IdpUnavailable)
+    }
+
+    fn warn(&mut self, now: u64, message: std::fmt::Arguments<'_>) {
+        if now >= self.last_warn_ms + WARN_INTERVAL_MS || self.last_warn_ms == 0 {
+            self.last_warn_ms = now;
+            log::warn!("{message}");
+        } else {
+            log::debug!("{message}");
+        }
+    }
+}
+
+/// The slot's entry (an empty one for `key` when the slot holds nothing readable) and its CAS.
+fn read_slot(host: &dyn Host, slot: &str, key: &CacheKey) -> (CacheEntry, u32) {
+    match host.shared_get(slot) {
+        Some((bytes, cas)) => (
+            CacheEntry::decode(&bytes).unwrap_or_else(|| CacheEntry::empty(*key)),
+            cas,
+        ),
+        None => (CacheEntry::empty(*key), 0),
+    }
+}
+
+#[cfg(test)]
+#[path = "gate_tests.rs"]
+mod tests;

@@ -1,0 +1,549 @@
+//! The gate driven by a fake host: every path of a request's life without Envoy.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use base64::Engine as _;
+
+use super::*;
+
+/// Shared data with Envoy's semantics (CAS ignored for a key that does not exist yet), a
+/// settable clock, and a record of dispatched calls.
+#[derive(Default)]
+struct FakeHost {
+    data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    next_cas: Cell<u32>,
+    now: Cell<u64>,
+    calls: RefCell<Vec<(u32, IdpRequest)>>,
+    next_token: Cell<u32>,
+    refuse_dispatch: Cell<bool>,
+}
+
+impl Host for FakeHost {
+    fn now_ms(&self) -> u64 {
+        self.now.get()
+    }
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.data.borrow().get(key).cloned()
+    }
+    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedError> {
+        let mut data = self.data.borrow_mut();
+        if let Some((_, current)) = data.get(key) {
+            if cas != 0 && cas != *current {
+                return Err(SharedError::CasMismatch);
+            }
+        }
+        self.next_cas.set(self.next_cas.get() + 1);
+        data.insert(key.to_string(), (value.to_vec(), self.next_cas.get()));
+        Ok(())
+    }
+    fn dispatch(&self, _config: &Config, request: &IdpRequest) -> Result<u32, DispatchError> {
+        if self.refuse_dispatch.get() {
+            return Err(DispatchError);
+        }
+        self.next_token.set(self.next_token.get() + 1);
+        self.calls
+            .borrow_mut()
+            .push((self.next_token.get(), request.clone()));
+        Ok(self.next_token.get())
+    }
+}
+
+impl FakeHost {
+    fn at(now_ms: u64) -> FakeHost {
+        let host = FakeHost::default();
+        host.now.set(now_ms);
+        host
+    }
+    fn advance(&self, ms: u64) {
+        self.now.set(self.now.get() + ms);
+    }
+    fn call_count(&self) -> usize {
+        self.calls.borrow().len()
+    }
+    fn last_call(&self) -> (u32, IdpRequest) {
+        self.calls
+            .borrow()
+            .last()
+            .cloned()
+            .expect("a call was dispatched")
+    }
+}
+
+const T0: u64 = 1_700_000_000_000;
+const ROOT: u32 = 1;
+
+fn config(extra: &str) -> Config {
+    Config::from_json(
+        format!(
+            r#"{{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta",
+                "token_endpoint":"https://o.okta.com/oauth2/default/v1/token",
+                "introspection_endpoint":"https://o.okta.com/oauth2/default/v1/introspect",
+                "introspection_client_id":"gw","introspection_client_secret":"gw-secret",
+                "scopes":["api:read"]{slots}{extra}}}"#,
+            slots = if extra.contains("cache_slots") {
+                ""
+            } else {
+                r#","cache_slots":64"#
+            },
+        )
+        .as_bytes(),
+    )
+    .expect("test configuration is valid")
+}
+
+fn gate(host: &FakeHost, extra: &str) -> Gate {
+    let mut g = Gate::new(config(extra));
+    g.start(ROOT, host);
+    g
+}
+
+fn basic(id: &str, secret: &str) -> Vec<u8> {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+    )
+    .into_bytes()
+}
+
+fn ask(g: &mut Gate, host: &FakeHost, ctx: u32, authorization: &[u8]) -> Step {
+    g.on_request(ctx, &[authorization], host)
+}
+
+fn answer(g: &mut Gate, host: &FakeHost, token: u32, status: u16, body: &str) -> Vec<(u32, Step)> {
+    let headers = vec![(":status".to_string(), status.to_string())];
+    g.on_idp_answer(
+        ROOT,
+        token,
+        IdpAnswer {
+            status: Some(status),
+            headers: &headers,
+            body: body.as_bytes(),
+        },
+        host,
+    )
+}
+
+fn token_ok(expires_in: u64) -> String {
+    format!(
+        r#"{{"token_type":"Bearer","expires_in":{expires_in},"access_token":"okta.jwt.token","scope":"api:read"}}"#
+    )
+}
+
+const INVALID_CLIENT: &str = r#"{"error":"invalid_client","error_description":"The client secret supplied for a confidential client is invalid."}"#;
+
+fn status(step: &Step) -> u32 {
+    match step {
+        Step::Forward(_) => 200,
+        Step::Reply(_, reply) => reply.status,
+        Step::Wait => 0,
+    }
+}
+
+fn forwarded(step: &Step) -> &Forward {
+    match step {
+        Step::Forward(f) => f,
+        other => panic!("expected a forward, got {other:?}"),
+    }
+}
+
+#[test]
+fn valid_client_is_asked_once_then_served_from_cache() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, "");
+    assert_eq!(ask(&mut g, &host, 10, &basic("app", "s3cret")), Step::Wait);
+    let (token, request) = host.last_call();
+    assert_eq!(request.path, "/oauth2/default/v1/token");
+    assert_eq!(
+        request.body,
+        b"grant_type=client_credentials&scope=api%3Aread"
+    );
+    assert!(request.headers.contains(&(
+        "authorization",
+        crate::config::client_secret_basic("app", "s3cret")
+    )));
+    let steps = answer(&mut g, &host, token, 200, &token_ok(3600));
+    assert_eq!(steps.len(), 1);
+    let f = forwarded(&steps[0].1);
+    assert_eq!(steps[0].0, 10);
+    assert_eq!((f.identity.as_str(), f.scope.as_str()), ("app", "api:read"));
+    assert_eq!(
+        f.authorization,
+        AuthorizationEdit::Set("Bearer okta.jwt.token".into())
+    );
+    for ctx in 11..20 {
+        assert_eq!(
+            status(&ask(&mut g, &host, ctx, &basic("app", "s3cret"))),
+            200
+        );
+    }
+    // the raw form of the same credential shares the verdict
+    assert_eq!(status(&ask(&mut g, &host, 20, b"Basic app:s3cret")), 200);
+    assert_eq!(host.call_count(), 1);
+}
+
+#[test]
+fn wrong_secret_is_not_served_from_cache() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, "");
+    ask(&mut g, &host, 10, &basic("app", "right"));
+    answer(&mut g, &host, host.last_call().0, 200, &token_ok(3600));
+    assert_eq!(ask(&mut g, &host, 11, &basic("app", "wrong")), Step::Wait);
+    assert_eq!(host.call_count(), 2);
+    let steps = answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
+    assert_eq!(status(&steps[0].1), 401);
+}
+
+#[test]
+fn definite_no_is_cached_for_the_negative_ttl_only() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, r#","negative_cache_ttl_s":30"#);
+    ask(&mut g, &host, 10, &basic("app", "wrong"));
+    let steps = answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
+    assert_eq!(status(&steps[0].1), 401);
+    assert_eq!(status(&ask(&mut g, &host, 11, &basic("app", "wrong"))), 401);
+    assert_eq!(host.call_count(), 1);
+    host.advance(30_001);
+    assert_eq!(ask(&mut g, &host, 12, &basic("app", "wrong")), Step::Wait);
+    assert_eq!(host.call_count(), 2);
+}
+
+#[test]
+fn invalid_scope_is_403() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, "");
+    ask(&mut g, &host, 10, &basic("app", "s"));
+    let steps = answer(
+        &mut g,
+        &host,
+        host.last_call().0,
+        400,
+        r#"{"error":"invalid_scope","error_description":"One or more scopes are not configured."}"#,
+    );
+    assert_eq!(status(&steps[0].1), 403);
+}
+
+#[test]
+fn idp_failures_are_503_and_never_cached() {
+    for (code, body) in [
+        (500, "oops"),
+        (503, ""),
+        (429, "{}"),
+        (200, "<html>"),
+        (200, "{}"),
+        (302, ""),
+        (400, "{\"error\":\"unauthorized_client\"}"),
+    ] {
+        let host = FakeHost::at(T0);
+        let mut g = gate(&host, "");
+        ask(&mut g, &host, 10, &basic("app", "s"));
+        let steps = answer(&mut g, &host, host.last_call().0, code, body);
+        assert_eq!(status(&steps[0].1), 503, "{code} {body}");
+        assert_eq!(
+            ask(&mut g, &host, 11, &basic("app", "s")),
+            Step::Wait,
+            "{code} {body}"
+        );
+        answer(&mut g, &host, host.last_call().0, 200, &token_ok(60));
+        assert_eq!(status(&ask(&mut g, &host, 12, &basic("app", "s"))), 200);
+    }
+}
+
+#[test]
+fn no_answer_at_all_is_503() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, "");
+    ask(&mut g, &host, 10, &basic("app", "s"));
+    let steps = g.on_idp_answer(
+        ROOT,
+        host.last_call().0,
+        IdpAnswer {
+            status: None,
+            headers: &[],
+            body: b"",
+        },
+        &host,
+    );
+    assert_eq!(status(&steps[0].1), 503);
+}
+
+#[test]
+fn dispatch_refused_answers_503_at_once() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, "");
+    host.refuse_dispatch.set(true);
+    assert_eq!(status(&ask(&mut g, &host, 10, &basic("app", "s"))), 503);
+    host.refuse_dispatch.set(false);
+    // the failed attempt left no lease behind
+    assert_eq!(ask(&mut g, &host, 11, &basic("app", "s")), Step::Wait);
+}
+
+#[test]
+fn verdict_expires_with_the_token() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, r#","cache_ttl_s":300"#);
+    ask(&mut g, &host, 10, &basic("app", "s"));
+    answer(&mut g, &host, host.last_call().0, 200, &token_ok(2));
+    assert_eq!(status(&ask(&mut g, &host, 11, &basic("app", "s"))), 200);
+    host.advance(2_000);
+    assert_eq!(ask(&mut g, &host, 12, &basic("app", "s")), Step::Wait);
+}
+
+#[test]
+fn forward_access_token_false_sends_no_authorization() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, r#","forward_access_token":false"#);
+    ask(&mut g, &host, 10, &basic("app", "s"));
+    let steps = answer(&mut g, &host, host.last_call().0, 200, &token_ok(60));
+    assert_eq!(
+        forwarded(&steps[0].1).authorization,
+        AuthorizationEdit::Remove
+    );
+}
+
+#[test]
+fn concurrent_first_requests_across_workers_make_one_call() {
+    let host = FakeHost::at(T0);
+    let mut worker_a = gate(&host, "");
+    let mut worker_b = gate(&host, "");
+    assert_eq!(
+        ask(&mut worker_a, &host, 10, &basic("app", "s")),
+        Step::Wait
+    );
+    for ctx in 11..20 {
+        assert_eq!(
+            ask(&mut worker_a, &host, ctx, &basic("app", "s")),
+            Step::Wait
+        );
+        assert_eq!(
+            ask(&mut worker_b, &host, ctx + 100, &basic("app", "s")),
+            Step::Wait
+        );
+    }
+    assert_eq!(host.call_count(), 1);
+    // the leader's worker answers its own followers at once
+    let steps = answer(&mut worker_a, &host, host.last_call().0, 200, &token_ok(60));
+    assert_eq!(steps.len(), 10);
+    assert!(steps.iter().all(|(_, s)| status(s) == 200));
+    assert_eq!(steps[0].0, 10, "the leader first");
+    // the other worker's followers see the verdict at the next tick
+    host.advance(TICK_MS);
+    let steps = worker_b.on_tick(ROOT, &host);
+    assert_eq!(steps.len(), 9);
+    assert!(steps.iter().all(|(_, s)| status(s) == 200));
+    assert_eq!(host.call_count(), 1);
+}
+
+#[test]
+fn followers_give_up_when_the_leader_fails() {
+    let host = FakeHost::at(T0);
+    let mut worker_a = gate(&host, "");
+    let mut worker_b = gate(&host, "");
+    ask(&mut worker_a, &host, 10, &basic("app", "s"));
+    host.advance(1);
+    assert_eq!(
+        ask(&mut worker_b, &host, 20, &basic("app", "s")),
+        Step::Wait
+    );
+    host.advance(1);
+    answer(&mut worker_a, &host, host.last_call().0, 500, "");
+    let steps = worker_b.on_tick(ROOT, &host);
+    assert_eq!(steps.len(), 1);
+    assert_eq!(status(&steps[0].1), 503);
+    assert_eq!(host.call_count(), 1);
+}
+
+#[test]
+fn a_vanished_leader_hands_over_to_a_follower() {
+    let host = FakeHost::at(T0);
+    let mut worker_a = gate(&host, "");
+    let mut worker_b = gate(&host, "");
+    ask(&mut worker_a, &host, 10, &basic("app", "s"));
+    assert_eq!(
+        ask(&mut worker_b, &host, 20, &basic("app", "s")),
+        Step::Wait
+    );
+    // the client of the leader hangs up: its call dies with it
+    worker_a.on_request_gone(10, &host);
+    assert!(worker_b.on_tick(ROOT, &host).is_empty());
+    assert_eq!(
+        host.call_count(),
+        2,
+        "the follower took the lease and asked"
+    );
+    let steps = answer(&mut worker_b, &host, host.last_call().0, 200, &token_ok(60));
+    assert_eq!((steps[0].0, status(&steps[0].1)), (20, 200));
+}
+
+#[test]
+fn followers_never_wait_forever() {
+    let host = FakeHost::at(T0);
+    let mut worker_a = gate(&host, r#","idp_timeout_ms":500"#);
+    let mut worker_b = gate(&host, r#","idp_timeout_ms":500"#);
+    ask(&mut worker_a, &host, 10, &basic("app", "s"));
+    ask(&mut worker_b, &host, 20, &basic("app", "s"));
+    // worker A's answer never comes (the worker died); the lease runs out and B takes over
+    host.advance(500 + LEASE_MARGIN_MS + 1);
+    assert!(worker_b.on_tick(ROOT, &host).is_empty());
+    assert_eq!(host.call_count(), 2);
+    // and if that one never answers either, the backstop ends the wait
+    host.advance(3 * (500 + LEASE_MARGIN_MS));
+    let steps = worker_b.on_tick(ROOT, &host);
+    assert_eq!(status(&steps[0].1), 503);
+}
+
+#[test]
+fn stale_verdict_serves_while_the_idp_fails_but_a_new_credential_does_not() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, r#","cache_ttl_s":1,"stale_if_error_s":60"#);
+    ask(&mut g, &host, 10, &basic("app", "s"));
+    answer(&mut g, &host, host.last_call().0, 200, &token_ok(3600));
+    host.advance(2_000);
+    assert_eq!(
+        ask(&mut g, &host, 11, &basic("app", "s")),
+        Step::Wait,
+        "expired: asks again"
+    );
+    let steps = answer(&mut g, &host, host.last_call().0, 503, "");
+    assert_eq!(forwarded(&steps[0].1).identity, "app");
+    ask(&mut g, &host, 12, &basic("other", "s"));
+    let steps = answer(&mut g, &host, host.last_call().0, 503, "");
+    assert_eq!(status(&steps[0].1), 503);
+    // past the stale window: 503
+    host.advance(60_000);
+    ask(&mut g, &host, 13, &basic("app", "s"));
+    let steps = answer(&mut g, &host, host.last_call().0, 503, "");
+    assert_eq!(status(&steps[0].1), 503);
+}
+
+#[test]
+fn malformed_input_never_reaches_the_idp() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, "");
+    assert_eq!(status(&g.on_request(10, &[], &host)), 401);
+    assert_eq!(status(&ask(&mut g, &host, 11, b"Basic !!!")), 401);
+    assert_eq!(status(&ask(&mut g, &host, 12, b"Bearer a b")), 401);
+    assert_eq!(
+        status(&g.on_request(13, &[b"Basic a:b", b"Basic a:b"], &host)),
+        400
+    );
+    assert_eq!(host.call_count(), 0);
+}
+
+#[test]
+fn shared_keys_stay_within_the_slots() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, r#","cache_slots":16"#);
+    assert_eq!(host.data.borrow().len(), 16);
+    for i in 0..500 {
+        ask(&mut g, &host, 1000 + i, &basic(&format!("app{i}"), "s"));
+        answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
+    }
+    assert_eq!(host.data.borrow().len(), 16);
+}
+
+#[test]
+fn discovery_runs_first_and_requests_wait_for_it() {
+    let host = FakeHost::at(T0);
+    let cfg = Config::from_json(
+        br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["basic"],"cache_slots":8}"#,
+    )
+    .expect("valid");
+    let mut g = Gate::new(cfg);
+    g.start(ROOT, &host);
+    let (discovery, request) = host.last_call();
+    assert_eq!(
+        request.path,
+        "/oauth2/default/.well-known/oauth-authorization-server"
+    );
+    assert_eq!(ask(&mut g, &host, 10, &basic("app", "s")), Step::Wait);
+    assert_eq!(host.call_count(), 1);
+    // 404: the OpenID document is tried next
+    answer(&mut g, &host, discovery, 404, "");
+    let (discovery, request) = host.last_call();
+    assert_eq!(
+        request.path,
+        "/oauth2/default/.well-known/openid-configuration"
+    );
+    let doc = r#"{"issuer":"https://o.okta.com/oauth2/default","token_endpoint":"https://o.okta.com/oauth2/default/v1/token2"}"#;
+    assert!(answer(&mut g, &host, discovery, 200, doc).is_empty());
+    let (token, request) = host.last_call();
+    assert_eq!(request.path, "/oauth2/default/v1/token2");
+    let steps = answer(&mut g, &host, token, 200, &token_ok(60));
+    assert_eq!((steps[0].0, status(&steps[0].1)), (10, 200));
+    // another worker takes the endpoints from shared data without asking
+    let mut other = Gate::new(g.config().clone());
+    other.start(ROOT, &host);
+    assert_eq!(host.call_count(), 3);
+}
+
+#[test]
+fn failed_discovery_is_retried_and_waiters_get_503_meanwhile() {
+    let host = FakeHost::at(T0);
+    let cfg = Config::from_json(
+        br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["basic"],"cache_slots":8,"idp_timeout_ms":200}"#,
+    )
+    .expect("valid");
+    let mut g = Gate::new(cfg);
+    g.start(ROOT, &host);
+    let (discovery, _) = host.last_call();
+    assert_eq!(ask(&mut g, &host, 10, &basic("app", "s")), Step::Wait);
+    answer(&mut g, &host, discovery, 500, "");
+    host.advance(200 + LEASE_MARGIN_MS + 1);
+    let steps = g.on_tick(ROOT, &host);
+    assert_eq!((steps[0].0, status(&steps[0].1)), (10, 503));
+    // the retry went out on a tick after the backoff
+    assert_eq!(host.call_count(), 2);
+    let (discovery, _) = host.last_call();
+    let doc = r#"{"issuer":"https://o.okta.com/oauth2/default","token_endpoint":"https://o.okta.com/oauth2/default/v1/token"}"#;
+    answer(&mut g, &host, discovery, 200, doc);
+    assert_eq!(ask(&mut g, &host, 11, &basic("app", "s")), Step::Wait);
+    assert_eq!(host.last_call().1.path, "/oauth2/default/v1/token");
+}
+
+#[test]
+fn discovery_naming_another_issuer_is_refused() {
+    let host = FakeHost::at(T0);
+    let cfg = Config::from_json(
+        br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["basic"],"cache_slots":8}"#,
+    )
+    .expect("valid");
+    let mut g = Gate::new(cfg);
+    g.start(ROOT, &host);
+    let doc = r#"{"issuer":"https://evil.example/oauth2/default","token_endpoint":"https://evil.example/t"}"#;
+    answer(&mut g, &host, host.last_call().0, 200, doc);
+    assert_eq!(
+        status(&ask(&mut g, &host, 10, &basic("app", "s"))),
+        0,
+        "still waiting for a retry"
+    );
+    assert_eq!(host.call_count(), 1);
+}
+
+#[test]
+fn an_older_answer_never_overwrites_a_newer_verdict() {
+    let host = FakeHost::at(T0);
+    let g = gate(&host, "");
+    let key = CacheKey([5; 32]);
+    g.store(
+        &key,
+        T0 + 10,
+        T0 + 100_000,
+        Cached::Deny(Denial::InvalidClient),
+        &host,
+    );
+    g.store(
+        &key,
+        T0 + 5,
+        T0 + 100_000,
+        Cached::Allow(Grant {
+            identity: "x".into(),
+            scope: String::new(),
+            access_token: None,
+        }),
+        &host,
+    );
+    let slot = g.names.slot(key.slot(g.config.cache_slots));
+    let (entry, _) = read_slot(&host, &slot, &key);
+    assert_eq!(entry.verdict, Some(Cached::Deny(Denial::InvalidClient)));
+}

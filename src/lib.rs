@@ -1,0 +1,23 @@
+//! okta-dcr-auth: a proxy-wasm HTTP filter that authenticates API clients registered in Okta
+//! through Dynamic Client Registration (the Kong Konnect Dev Portal flow).
+//!
+//! The decisions live in plain Rust, testable natively:
+//! - [`config`]: the plugin configuration and its checks;
+//! - [`credentials`]: reading `Authorization` (Basic client credentials, Bearer tokens);
+//! - [`okta`]: the requests to Okta and how its answers are read;
+//! - [`verdict`]: grants, denials and the reply for each;
+//! - [`cache`]: cache keys, slots and the entry encoding in shared data;
+//! - [`gate`]: the request state machine over a small [`gate::Host`] trait.
+//!
+//! `filter` (wasm32 only) is the proxy-wasm glue that drives the gate.
+
+pub mod cache;
+pub mod config;
+pub mod credentials;
+pub mod gate;
+pub mod okta;
+pub mod url;
+pub mod verdict;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;

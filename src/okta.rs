@@ -1,0 +1,645 @@
+//! The conversation with Okta: the requests the filter sends (discovery, client-credentials
+//! grant, RFC 7662 introspection) and how each answer is read into an outcome. No I/O here:
+//! the glue sends an `IdpRequest` and hands back an `IdpAnswer`.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::{client_secret_basic, Config};
+use crate::credentials::ClientCredentials;
+use crate::verdict::{Denial, Grant};
+
+/// One HTTP call to the IdP, as the host will send it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdpRequest {
+    pub method: &'static str,
+    pub path: String,
+    /// Besides `:method`, `:path`, `:authority`, which the glue adds.
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+/// What came back. `status` is `None` when the call failed: refused, reset, or timed out.
+#[derive(Debug, Clone, Copy)]
+pub struct IdpAnswer<'a> {
+    pub status: Option<u16>,
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+}
+
+impl IdpAnswer<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why the IdP gave no verdict. Never cached; always a 503 unless a stale verdict may serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdpFailure {
+    /// No answer: connection refused or reset, timeout, unknown cluster.
+    NoAnswer,
+    /// 429, with when Okta says calls may resume (epoch seconds), when it said.
+    RateLimited {
+        until_s: Option<u64>,
+    },
+    ServerError(u16),
+    /// A status this exchange never answers with (3xx, unexpected 4xx).
+    UnexpectedStatus(u16),
+    /// 2xx or a known error status with a body that is not the JSON Okta sends.
+    Unreadable,
+    /// The introspection endpoint refused the gateway's own client.
+    GatewayRejected,
+}
+
+impl IdpFailure {
+    pub fn describe(self) -> String {
+        match self {
+            IdpFailure::NoAnswer => "no answer (refused, reset or timed out)".into(),
+            IdpFailure::RateLimited { .. } => "rate limited (429)".into(),
+            IdpFailure::ServerError(s) => format!("server error ({s})"),
+            IdpFailure::UnexpectedStatus(s) => format!("unexpected status ({s})"),
+            IdpFailure::Unreadable => "unreadable answer".into(),
+            IdpFailure::GatewayRejected => {
+                "the gateway's introspection client was refused (check introspection_client_id/secret)".into()
+            }
+        }
+    }
+}
+
+/// How an exchange ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Valid; the token's expiry (epoch seconds) bounds how long the verdict may be reused.
+    Granted {
+        grant: Grant,
+        expires_at_s: Option<u64>,
+    },
+    /// A definite no.
+    Denied(Denial),
+    Failed(IdpFailure),
+}
+
+// ---- discovery ----
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscoveryDocument {
+    /// RFC 8414, the document Okta custom authorization servers serve first.
+    OAuthAuthorizationServer,
+    OpenIdConfiguration,
+}
+
+pub fn discovery_request(config: &Config, doc: DiscoveryDocument) -> IdpRequest {
+    let suffix = match doc {
+        DiscoveryDocument::OAuthAuthorizationServer => "/.well-known/oauth-authorization-server",
+        DiscoveryDocument::OpenIdConfiguration => "/.well-known/openid-configuration",
+    };
+    IdpRequest {
+        method: "GET",
+        path: format!("{}{}", config.issuer_url.path.trim_end_matches('/'), suffix),
+        headers: vec![("accept", "application/json".into())],
+        body: Vec::new(),
+    }
+}
+
+/// The `:path`s discovery found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    pub token_path: Option<String>,
+    pub introspection_path: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscoveryError {
+    Failed(IdpFailure),
+    /// 404: try the other document.
+    NotFound,
+    /// The document names another issuer (RFC 8414 3.3) or endpoints on another origin.
+    Mismatch(&'static str),
+}
+
+pub fn read_discovery(
+    config: &Config,
+    answer: IdpAnswer<'_>,
+    now_s: u64,
+) -> Result<Endpoints, DiscoveryError> {
+    #[derive(Deserialize)]
+    struct Metadata {
+        issuer: String,
+        token_endpoint: Option<String>,
+        introspection_endpoint: Option<String>,
+    }
+    match answer.status {
+        Some(200) => {}
+        Some(404) => return Err(DiscoveryError::NotFound),
+        _ => return Err(DiscoveryError::Failed(failure_of(answer, now_s))),
+    }
+    let meta: Metadata = serde_json::from_slice(answer.body)
+        .map_err(|_| DiscoveryError::Failed(IdpFailure::Unreadable))?;
+    if meta.issuer.trim_end_matches('/') != config.issuer {
+        return Err(DiscoveryError::Mismatch(
+            "the discovery document names another issuer",
+        ));
+    }
+    let origin = config.issuer_url.origin();
+    let path_of = |url: Option<String>| -> Result<Option<String>, DiscoveryError> {
+        let Some(url) = url else { return Ok(None) };
+        let parsed = crate::url::HttpUrl::parse(&url)
+            .map_err(|_| DiscoveryError::Failed(IdpFailure::Unreadable))?;
+        if parsed.origin() != origin {
+            return Err(DiscoveryError::Mismatch(
+                "an endpoint is not on the issuer's origin",
+            ));
+        }
+        Ok(Some(parsed.path))
+    };
+    Ok(Endpoints {
+        token_path: path_of(meta.token_endpoint)?,
+        introspection_path: path_of(meta.introspection_endpoint)?,
+    })
+}
+
+// ---- client credentials (Basic path) ----
+
+/// `grant_type=client_credentials` with the configured scopes, authenticated as the client
+/// itself (`client_secret_basic`): Okta answers 200 only for a valid id and secret.
+pub fn token_request(config: &Config, token_path: &str, client: &ClientCredentials) -> IdpRequest {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("grant_type", "client_credentials");
+    if !config.scopes.is_empty() {
+        form.append_pair("scope", &config.scope_string());
+    }
+    IdpRequest {
+        method: "POST",
+        path: token_path.to_string(),
+        headers: vec![
+            ("content-type", "application/x-www-form-urlencoded".into()),
+            ("accept", "application/json".into()),
+            (
+                "authorization",
+                client_secret_basic(&client.client_id, &client.client_secret),
+            ),
+        ],
+        body: form.finish().into_bytes(),
+    }
+}
+
+#[derive(Deserialize)]
+struct OAuthError<'a> {
+    #[serde(borrow)]
+    error: std::borrow::Cow<'a, str>,
+}
+
+pub fn read_token_answer(client: &ClientCredentials, answer: IdpAnswer<'_>, now_s: u64) -> Outcome {
+    #[derive(Deserialize)]
+    struct TokenAnswer {
+        access_token: String,
+        token_type: String,
+        expires_in: Option<u64>,
+        #[serde(default)]
+        scope: String,
+    }
+    match answer.status {
+        Some(200) => match serde_json::from_slice::<TokenAnswer>(answer.body) {
+            Ok(t) if t.token_type.eq_ignore_ascii_case("bearer") && !t.access_token.is_empty() => {
+                Outcome::Granted {
+                    grant: Grant {
+                        identity: client.client_id.clone(),
+                        scope: t.scope,
+                        access_token: Some(t.access_token),
+                    },
+                    expires_at_s: t.expires_in.map(|e| now_s.saturating_add(e)),
+                }
+            }
+            _ => Outcome::Failed(IdpFailure::Unreadable),
+        },
+        Some(400 | 401) => match serde_json::from_slice::<OAuthError<'_>>(answer.body) {
+            Ok(e) if e.error == "invalid_client" => Outcome::Denied(Denial::InvalidClient),
+            Ok(e) if e.error == "invalid_scope" => Outcome::Denied(Denial::InsufficientScope),
+            // unauthorized_client, invalid_request, unsupported_grant_type: the gateway's
+            // request or the app's set-up is wrong, not the caller's credentials. No verdict.
+            Ok(_) => Outcome::Failed(IdpFailure::UnexpectedStatus(answer.status.unwrap_or(400))),
+            Err(_) => Outcome::Failed(IdpFailure::Unreadable),
+        },
+        _ => Outcome::Failed(failure_of(answer, now_s)),
+    }
+}
+
+// ---- introspection (Bearer path) ----
+
+pub fn introspection_request(config: &Config, path: &str, token: &str) -> IdpRequest {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("token", token)
+        .append_pair("token_type_hint", "access_token")
+        .finish();
+    IdpRequest {
+        method: "POST",
+        path: path.to_string(),
+        headers: vec![
+            ("content-type", "application/x-www-form-urlencoded".into()),
+            ("accept", "application/json".into()),
+            (
+                "authorization",
+                config
+                    .introspection_authorization
+                    .clone()
+                    .unwrap_or_default(),
+            ),
+        ],
+        body: body.into_bytes(),
+    }
+}
+
+/// RFC 7662 answer checked against the contract: `active` the JSON `true`, `exp` in the
+/// future, `iss` the issuer, `aud` containing the audience, every scope granted.
+pub fn read_introspection(config: &Config, answer: IdpAnswer<'_>, now_s: u64) -> Outcome {
+    match answer.status {
+        Some(200) => {}
+        Some(401) => return Outcome::Failed(IdpFailure::GatewayRejected),
+        _ => return Outcome::Failed(failure_of(answer, now_s)),
+    }
+    let Ok(Value::Object(claims)) = serde_json::from_slice::<Value>(answer.body) else {
+        return Outcome::Failed(IdpFailure::Unreadable);
+    };
+    match claims.get("active") {
+        Some(Value::Bool(true)) => {}
+        Some(Value::Bool(false)) => return Outcome::Denied(Denial::InvalidToken),
+        // A missing or non-boolean `active` is not an answer RFC 7662 allows.
+        _ => return Outcome::Failed(IdpFailure::Unreadable),
+    }
+    let exp = match claims.get("exp") {
+        None => None,
+        Some(v) => match v.as_u64() {
+            Some(exp) if exp > now_s => Some(exp),
+            _ => return Outcome::Denied(Denial::InvalidToken),
+        },
+    };
+    if let Some(iss) = claims.get("iss") {
+        if iss.as_str().map(|s| s.trim_end_matches('/')) != Some(config.issuer.as_str()) {
+            return Outcome::Denied(Denial::InvalidToken);
+        }
+    }
+    if let Some(audience) = &config.audience {
+        let matches = match claims.get("aud") {
+            Some(Value::String(a)) => a == audience,
+            Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(audience)),
+            _ => false,
+        };
+        if !matches {
+            return Outcome::Denied(Denial::InvalidToken);
+        }
+    }
+    let scope = claims
+        .get("scope")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !config
+        .scopes
+        .iter()
+        .all(|s| scope.split(' ').any(|g| g == s))
+    {
+        return Outcome::Denied(Denial::InsufficientScope);
+    }
+    let identity = [config.app_claim.as_str(), "cid", "client_id"]
+        .iter()
+        .find_map(|c| {
+            claims
+                .get(*c)
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+        });
+    let Some(identity) = identity else {
+        return Outcome::Denied(Denial::InvalidToken);
+    };
+    if identity.chars().any(char::is_control) {
+        return Outcome::Denied(Denial::InvalidToken);
+    }
+    Outcome::Granted {
+        grant: Grant {
+            identity: identity.to_string(),
+            scope: scope.to_string(),
+            access_token: None,
+        },
+        expires_at_s: exp,
+    }
+}
+
+fn failure_of(answer: IdpAnswer<'_>, now_s: u64) -> IdpFailure {
+    match answer.status {
+        None => IdpFailure::NoAnswer,
+        Some(429) => IdpFailure::RateLimited {
+            until_s: rate_limited_until(answer, now_s),
+        },
+        Some(s) if s >= 500 => IdpFailure::ServerError(s),
+        Some(s) if (200..300).contains(&s) => IdpFailure::Unreadable,
+        Some(s) => IdpFailure::UnexpectedStatus(s),
+    }
+}
+
+/// `Retry-After` (seconds), else Okta's `X-Rate-Limit-Reset` (epoch seconds). An hour at most,
+/// so a wild header cannot switch the IdP off for long.
+fn rate_limited_until(answer: IdpAnswer<'_>, now_s: u64) -> Option<u64> {
+    let until = match answer
+        .header("retry-after")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        Some(s) => now_s.saturating_add(s),
+        None => answer
+            .header("x-rate-limit-reset")?
+            .trim()
+            .parse::<u64>()
+            .ok()?,
+    };
+    Some(until.min(now_s + 3600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn config(extra: &str) -> Config {
+        Config::from_json(
+            format!(
+                r#"{{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta",
+                    "introspection_client_id":"gw","introspection_client_secret":"gw-s","scopes":["api:read"]{extra}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn answer<'a>(
+        status: Option<u16>,
+        headers: &'a [(String, String)],
+        body: &'a str,
+    ) -> IdpAnswer<'a> {
+        IdpAnswer {
+            status,
+            headers,
+            body: body.as_bytes(),
+        }
+    }
+
+    fn client() -> ClientCredentials {
+        ClientCredentials {
+            client_id: "0oa-app".into(),
+            client_secret: "s".into(),
+        }
+    }
+
+    #[test]
+    fn token_request_is_a_client_credentials_grant_as_the_client() {
+        let r = token_request(&config(""), "/oauth2/default/v1/token", &client());
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.body, b"grant_type=client_credentials&scope=api%3Aread");
+        assert!(r
+            .headers
+            .contains(&("content-type", "application/x-www-form-urlencoded".into())));
+        assert!(r
+            .headers
+            .contains(&("authorization", client_secret_basic("0oa-app", "s"))));
+        let no_scope = Config::from_json(
+            br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["basic"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            token_request(&no_scope, "/t", &client()).body,
+            b"grant_type=client_credentials"
+        );
+    }
+
+    #[test]
+    fn token_answers() {
+        let ok = r#"{"token_type":"Bearer","expires_in":3600,"access_token":"a.b.c","scope":"api:read"}"#;
+        match read_token_answer(&client(), answer(Some(200), &[], ok), NOW) {
+            Outcome::Granted {
+                grant,
+                expires_at_s,
+            } => {
+                assert_eq!(grant.identity, "0oa-app");
+                assert_eq!(grant.scope, "api:read");
+                assert_eq!(grant.access_token.as_deref(), Some("a.b.c"));
+                assert_eq!(expires_at_s, Some(NOW + 3600));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cases = [
+            (
+                Some(401),
+                r#"{"error":"invalid_client","error_description":"x"}"#,
+                Outcome::Denied(Denial::InvalidClient),
+            ),
+            (
+                Some(400),
+                r#"{"error":"invalid_client"}"#,
+                Outcome::Denied(Denial::InvalidClient),
+            ),
+            (
+                Some(400),
+                r#"{"error":"invalid_scope","error_description":"x"}"#,
+                Outcome::Denied(Denial::InsufficientScope),
+            ),
+            (
+                Some(400),
+                r#"{"error":"unsupported_grant_type"}"#,
+                Outcome::Failed(IdpFailure::UnexpectedStatus(400)),
+            ),
+            (Some(401), "<html>", Outcome::Failed(IdpFailure::Unreadable)),
+            (Some(200), "", Outcome::Failed(IdpFailure::Unreadable)),
+            (
+                Some(200),
+                "<html></html>",
+                Outcome::Failed(IdpFailure::Unreadable),
+            ),
+            (
+                Some(200),
+                r#"{"token_type":"Bearer","access_token":""}"#,
+                Outcome::Failed(IdpFailure::Unreadable),
+            ),
+            (
+                Some(200),
+                r#"{"token_type":"mac","access_token":"x"}"#,
+                Outcome::Failed(IdpFailure::Unreadable),
+            ),
+            (Some(500), "", Outcome::Failed(IdpFailure::ServerError(500))),
+            (
+                Some(302),
+                "",
+                Outcome::Failed(IdpFailure::UnexpectedStatus(302)),
+            ),
+            (None, "", Outcome::Failed(IdpFailure::NoAnswer)),
+            (
+                Some(429),
+                "{}",
+                Outcome::Failed(IdpFailure::RateLimited { until_s: None }),
+            ),
+        ];
+        for (status, body, expected) in cases {
+            assert_eq!(
+                read_token_answer(&client(), answer(status, &[], body), NOW),
+                expected,
+                "{status:?} {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn rate_limit_reset_is_honoured_within_bounds() {
+        let h = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let until = |headers: &[(String, String)]| match read_token_answer(
+            &client(),
+            answer(Some(429), headers, ""),
+            NOW,
+        ) {
+            Outcome::Failed(IdpFailure::RateLimited { until_s }) => until_s,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(until(&h("Retry-After", "2")), Some(NOW + 2));
+        assert_eq!(
+            until(&h("X-Rate-Limit-Reset", &(NOW + 5).to_string())),
+            Some(NOW + 5)
+        );
+        assert_eq!(
+            until(&h("x-rate-limit-reset", "99999999999")),
+            Some(NOW + 3600)
+        );
+        assert_eq!(until(&h("retry-after", "soon")), None);
+    }
+
+    fn introspect(cfg: &Config, body: &str) -> Outcome {
+        read_introspection(cfg, answer(Some(200), &[], body), NOW)
+    }
+
+    #[test]
+    fn introspection_accepts_only_what_the_contract_allows() {
+        let cfg = config(r#","audience":"api://default""#);
+        let good = serde_json::json!({
+            "active": true, "scope": "api:read api:write", "client_id": "0oa-client", "app_id": "0oa-app",
+            "exp": NOW + 60, "iss": "https://o.okta.com/oauth2/default", "aud": "api://default"
+        });
+        match introspect(&cfg, &good.to_string()) {
+            Outcome::Granted {
+                grant,
+                expires_at_s,
+            } => {
+                assert_eq!(grant.identity, "0oa-app");
+                assert_eq!(grant.scope, "api:read api:write");
+                assert_eq!(grant.access_token, None);
+                assert_eq!(expires_at_s, Some(NOW + 60));
+            }
+            other => panic!("{other:?}"),
+        }
+        let with = |k: &str, v: serde_json::Value| {
+            let mut j = good.clone();
+            j[k] = v;
+            introspect(&cfg, &j.to_string())
+        };
+        let invalid = Outcome::Denied(Denial::InvalidToken);
+        assert_eq!(introspect(&cfg, r#"{"active":false}"#), invalid);
+        assert_eq!(
+            with("active", "true".into()),
+            Outcome::Failed(IdpFailure::Unreadable)
+        );
+        assert_eq!(
+            introspect(&cfg, r#"{"scope":"api:read"}"#),
+            Outcome::Failed(IdpFailure::Unreadable)
+        );
+        assert_eq!(with("exp", (NOW - 1).into()), invalid);
+        assert_eq!(with("exp", NOW.into()), invalid);
+        assert_eq!(with("exp", "soon".into()), invalid);
+        assert_eq!(with("iss", "https://evil/oauth2/default".into()), invalid);
+        assert_eq!(with("aud", "api://other".into()), invalid);
+        assert!(matches!(
+            with("aud", serde_json::json!(["x", "api://default"])),
+            Outcome::Granted { .. }
+        ));
+        assert_eq!(
+            with("scope", "api:write".into()),
+            Outcome::Denied(Denial::InsufficientScope)
+        );
+        assert_eq!(
+            with("scope", "api:reader".into()),
+            Outcome::Denied(Denial::InsufficientScope)
+        );
+        // identity falls back to cid, then client_id
+        let mut j = good.clone();
+        j.as_object_mut().unwrap().remove("app_id");
+        match introspect(&cfg, &j.to_string()) {
+            Outcome::Granted { grant, .. } => assert_eq!(grant.identity, "0oa-client"),
+            other => panic!("{other:?}"),
+        }
+        j["cid"] = "0oa-cid".into();
+        match introspect(&cfg, &j.to_string()) {
+            Outcome::Granted { grant, .. } => assert_eq!(grant.identity, "0oa-cid"),
+            other => panic!("{other:?}"),
+        }
+        // the gateway's own credentials refused: never the client's fault
+        assert_eq!(
+            read_introspection(
+                &cfg,
+                answer(Some(401), &[], r#"{"error":"invalid_client"}"#),
+                NOW
+            ),
+            Outcome::Failed(IdpFailure::GatewayRejected)
+        );
+        assert_eq!(
+            introspect(&cfg, "[]"),
+            Outcome::Failed(IdpFailure::Unreadable)
+        );
+    }
+
+    #[test]
+    fn introspection_request_is_rfc_7662() {
+        let r = introspection_request(&config(""), "/oauth2/default/v1/introspect", "tok+en/=");
+        assert_eq!(r.body, b"token=tok%2Ben%2F%3D&token_type_hint=access_token");
+        assert!(r
+            .headers
+            .contains(&("authorization", client_secret_basic("gw", "gw-s"))));
+    }
+
+    #[test]
+    fn discovery_documents() {
+        let cfg = config("");
+        assert_eq!(
+            discovery_request(&cfg, DiscoveryDocument::OAuthAuthorizationServer).path,
+            "/oauth2/default/.well-known/oauth-authorization-server"
+        );
+        let doc = r#"{"issuer":"https://o.okta.com/oauth2/default","token_endpoint":"https://o.okta.com/oauth2/default/v1/token","introspection_endpoint":"https://o.okta.com/oauth2/default/v1/introspect"}"#;
+        assert_eq!(
+            read_discovery(&cfg, answer(Some(200), &[], doc), NOW),
+            Ok(Endpoints {
+                token_path: Some("/oauth2/default/v1/token".into()),
+                introspection_path: Some("/oauth2/default/v1/introspect".into()),
+            })
+        );
+        let elsewhere = doc.replace(
+            "https://o.okta.com/oauth2/default/v1/token",
+            "https://evil.example/v1/token",
+        );
+        assert!(matches!(
+            read_discovery(&cfg, answer(Some(200), &[], &elsewhere), NOW),
+            Err(DiscoveryError::Mismatch(_))
+        ));
+        let other_issuer = doc.replacen(
+            "https://o.okta.com/oauth2/default",
+            "https://o.okta.com/oauth2/other",
+            1,
+        );
+        assert!(matches!(
+            read_discovery(&cfg, answer(Some(200), &[], &other_issuer), NOW),
+            Err(DiscoveryError::Mismatch(_))
+        ));
+        assert_eq!(
+            read_discovery(&cfg, answer(Some(404), &[], ""), NOW),
+            Err(DiscoveryError::NotFound)
+        );
+        assert_eq!(
+            read_discovery(&cfg, answer(Some(200), &[], "nope"), NOW),
+            Err(DiscoveryError::Failed(IdpFailure::Unreadable))
+        );
+    }
+}

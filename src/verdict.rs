@@ -1,0 +1,206 @@
+//! What the filter decides about a request and how each decision is answered: a grant that
+//! becomes upstream headers, or a denial that becomes exactly one local reply (contract,
+//! "Responses").
+
+use crate::config::Config;
+
+/// A positive verdict: who is calling and what they may do.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The DCR app (`x-credential-identifier`).
+    pub identity: String,
+    /// Granted scopes, space-separated (`x-authenticated-scope`).
+    pub scope: String,
+    /// Basic path: the token Okta issued, forwarded upstream when configured.
+    pub access_token: Option<String>,
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("identity", &self.identity)
+            .field("scope", &self.scope)
+            .field(
+                "access_token",
+                &self.access_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// Every way a request is refused. Each maps to one reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// No usable `Authorization` (none, empty, or a scheme not accepted).
+    NoCredentials,
+    /// Basic credentials malformed or refused by Okta (`invalid_client`).
+    InvalidClient,
+    /// Bearer token malformed, inactive, expired, or for another issuer or audience.
+    InvalidToken,
+    /// Valid credentials without a required scope (or Okta `invalid_scope`).
+    InsufficientScope,
+    /// More than one `Authorization` header.
+    DuplicateAuthorization,
+    /// The IdP could not give a verdict and no usable cached one exists.
+    IdpUnavailable,
+}
+
+impl Denial {
+    /// A short name for logs and metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Denial::NoCredentials => "no_credentials",
+            Denial::InvalidClient => "invalid_client",
+            Denial::InvalidToken => "invalid_token",
+            Denial::InsufficientScope => "insufficient_scope",
+            Denial::DuplicateAuthorization => "duplicate_authorization",
+            Denial::IdpUnavailable => "idp_unavailable",
+        }
+    }
+
+    pub fn reply(self, config: &Config) -> LocalReply {
+        let realm = &config.realm;
+        let basic = format!("Basic realm=\"{realm}\", charset=\"UTF-8\"");
+        let (status, challenges, message) = match self {
+            Denial::NoCredentials => {
+                let mut challenges = Vec::new();
+                if config.accept_bearer {
+                    challenges.push(format!("Bearer realm=\"{realm}\""));
+                }
+                if config.accept_basic {
+                    challenges.push(basic);
+                }
+                (401, challenges, "missing credentials")
+            }
+            Denial::InvalidClient => (401, vec![basic], "invalid client credentials"),
+            Denial::InvalidToken => (
+                401,
+                vec![format!("Bearer realm=\"{realm}\", error=\"invalid_token\"")],
+                "invalid token",
+            ),
+            Denial::InsufficientScope => (
+                403,
+                vec![format!(
+                    "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{}\"",
+                    config.scope_string()
+                )],
+                "insufficient scope",
+            ),
+            Denial::DuplicateAuthorization => (
+                400,
+                vec![format!(
+                    "Bearer realm=\"{realm}\", error=\"invalid_request\""
+                )],
+                "more than one Authorization header",
+            ),
+            Denial::IdpUnavailable => (503, Vec::new(), "identity provider unavailable"),
+        };
+        LocalReply {
+            status,
+            challenges,
+            body: format!("{{\"message\":\"{message}\"}}"),
+        }
+    }
+}
+
+/// A reply the filter sends itself instead of forwarding the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    /// One `WWW-Authenticate` header each.
+    pub challenges: Vec<String>,
+    /// `application/json`.
+    pub body: String,
+}
+
+impl LocalReply {
+    /// When the configuration was refused but the host still sends requests through the
+    /// filter: fail closed.
+    pub fn not_configured() -> LocalReply {
+        LocalReply {
+            status: 503,
+            challenges: Vec::new(),
+            body: r#"{"message":"filter not configured"}"#.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(accept: &str) -> Config {
+        Config::from_json(
+            format!(
+                r#"{{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":{accept},
+                    "scopes":["api:read","api:write"],"introspection_client_id":"gw","introspection_client_secret":"s"}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn replies_follow_the_contract_table() {
+        let c = config(r#"["basic","bearer"]"#);
+        let r = Denial::NoCredentials.reply(&c);
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            r.challenges,
+            [
+                "Bearer realm=\"api\"",
+                "Basic realm=\"api\", charset=\"UTF-8\""
+            ]
+        );
+        assert_eq!(r.body, r#"{"message":"missing credentials"}"#);
+        let r = Denial::InvalidClient.reply(&c);
+        assert_eq!(
+            (r.status, r.challenges[0].as_str()),
+            (401, "Basic realm=\"api\", charset=\"UTF-8\"")
+        );
+        let r = Denial::InvalidToken.reply(&c);
+        assert_eq!(
+            (r.status, r.challenges[0].as_str()),
+            (401, "Bearer realm=\"api\", error=\"invalid_token\"")
+        );
+        let r = Denial::InsufficientScope.reply(&c);
+        assert_eq!(
+            (r.status, r.challenges[0].as_str()),
+            (
+                403,
+                "Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"api:read api:write\""
+            )
+        );
+        let r = Denial::DuplicateAuthorization.reply(&c);
+        assert_eq!(
+            (r.status, r.challenges[0].as_str()),
+            (400, "Bearer realm=\"api\", error=\"invalid_request\"")
+        );
+        let r = Denial::IdpUnavailable.reply(&c);
+        assert_eq!((r.status, r.challenges.len()), (503, 0));
+        for d in [
+            Denial::NoCredentials,
+            Denial::InvalidClient,
+            Denial::IdpUnavailable,
+        ] {
+            let body: serde_json::Value = serde_json::from_str(&d.reply(&c).body).unwrap();
+            assert!(body["message"].is_string());
+        }
+    }
+
+    #[test]
+    fn challenges_only_for_accepted_schemes() {
+        assert_eq!(
+            Denial::NoCredentials
+                .reply(&config(r#"["bearer"]"#))
+                .challenges,
+            ["Bearer realm=\"api\""]
+        );
+        assert_eq!(
+            Denial::NoCredentials
+                .reply(&config(r#"["basic"]"#))
+                .challenges,
+            ["Basic realm=\"api\", charset=\"UTF-8\""]
+        );
+    }
+}
