@@ -68,6 +68,11 @@ impl Names {
     pub fn discovery(&self) -> String {
         format!("{}discovery", self.prefix)
     }
+
+    /// Until when (ms since epoch) no worker calls the IdP: the quota guard.
+    pub fn guard(&self) -> String {
+        format!("{}guard", self.prefix)
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -89,6 +89,15 @@ const DISCOVERY_SHARED_TTL_MS: u64 = 3_600_000;
 const EMPTY_SLOT: &[u8] = b"\0";
 /// IdP trouble is logged at warn at most this often per worker.
 const WARN_INTERVAL_MS: u64 = 10_000;
+/// After a 429 without a usable reset time, calls pause this long; with one, at least the
+/// minimum (a reset already past means our clock and Okta's disagree).
+const RATE_LIMIT_DEFAULT_PAUSE_MS: u64 = 2_000;
+const RATE_LIMIT_MIN_PAUSE_MS: u64 = 1_000;
+/// This many failures in a row (5xx, no answer) pause calls, from `FAILURE_PAUSE_MS` doubling
+/// up to `FAILURE_MAX_PAUSE_MS` while they go on.
+const FAILURES_BEFORE_PAUSE: u32 = 3;
+const FAILURE_PAUSE_MS: u64 = 1_000;
+const FAILURE_MAX_PAUSE_MS: u64 = 10_000;
 /// Tick period the glue sets once: how soon a follower sees another worker's verdict.
 pub const TICK_MS: u64 = 10;
 
@@ -144,6 +153,8 @@ pub struct Gate {
     waiting: HashMap<u32, Waiting>,
     calls: HashMap<u32, Call>,
     last_warn_ms: u64,
+    /// IdP failures in a row seen by this worker (reset by any answer that is a verdict).
+    failures_in_a_row: u32,
 }
 
 impl Gate {
@@ -175,6 +186,7 @@ impl Gate {
             waiting: HashMap::new(),
             calls: HashMap::new(),
             last_warn_ms: 0,
+            failures_in_a_row: 0,
         }
     }
 
@@ -342,6 +354,10 @@ impl Gate {
                 self.waiting.insert(ctx, w);
                 return Step::Wait;
             }
+            if self.paused_until(host) > now {
+                // The quota guard: Okta asked us to back off, or keeps failing.
+                return self.unavailable_or_stale(ctx, &w, &entry, now);
+            }
             // Take the lease. A colliding entry for another key gives way to this one.
             let lease_until = now + self.config.idp_timeout_ms + LEASE_MARGIN_MS;
             let mut leased = if entry.key == w.key {
@@ -447,9 +463,13 @@ impl Gate {
                     format_args!("[{leader}] IdP call failed: {}", failure.describe()),
                 );
                 self.release_lease(&key, host, true);
+                self.note_failure(failure, now, host);
                 Err(failure)
             }
         };
+        if verdict.is_ok() {
+            self.failures_in_a_row = 0;
+        }
         // The leader and every request of this worker waiting on the same key.
         let mut ids: Vec<u32> = self
             .waiting
@@ -511,6 +531,42 @@ impl Gate {
                 Err(SharedError::CasMismatch) => continue,
                 _ => return,
             }
+        }
+    }
+
+    /// Until when IdP calls are paused for all workers (0: not paused).
+    fn paused_until(&self, host: &dyn Host) -> u64 {
+        host.shared_get(&self.names.guard())
+            .and_then(|(bytes, _)| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+            .map_or(0, u64::from_le_bytes)
+    }
+
+    /// A 429 pauses calls until Okta's reset; repeated 5xx or silence pause them briefly, longer
+    /// while it goes on. The pause is shared: every worker stops calling.
+    fn note_failure(&mut self, failure: okta::IdpFailure, now: u64, host: &dyn Host) {
+        use okta::IdpFailure::{NoAnswer, RateLimited, ServerError};
+        let until = match failure {
+            RateLimited { until_s: Some(s) } => {
+                s.saturating_mul(1000).max(now + RATE_LIMIT_MIN_PAUSE_MS)
+            }
+            RateLimited { until_s: None } => now + RATE_LIMIT_DEFAULT_PAUSE_MS,
+            ServerError(_) | NoAnswer => {
+                self.failures_in_a_row += 1;
+                if self.failures_in_a_row < FAILURES_BEFORE_PAUSE {
+                    return;
+                }
+                let doublings = (self.failures_in_a_row - FAILURES_BEFORE_PAUSE).min(4);
+                now + (FAILURE_PAUSE_MS << doublings).min(FAILURE_MAX_PAUSE_MS)
+            }
+            _ => return,
+        };
+        if until > self.paused_until(host) {
+            log::warn!(
+                "okta-dcr-auth: pausing IdP calls for {} ms ({})",
+                until - now,
+                failure.describe()
+            );
+            let _ = host.shared_set(&self.names.guard(), &until.to_le_bytes(), 0);
         }
     }
 

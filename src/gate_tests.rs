@@ -239,6 +239,7 @@ fn idp_failures_are_503_and_never_cached() {
         ask(&mut g, &host, 10, &basic("app", "s"));
         let steps = answer(&mut g, &host, host.last_call().0, code, body);
         assert_eq!(status(&steps[0].1), 503, "{code} {body}");
+        host.advance(RATE_LIMIT_DEFAULT_PAUSE_MS); // a 429 pauses calls
         assert_eq!(
             ask(&mut g, &host, 11, &basic("app", "s")),
             Step::Wait,
@@ -546,4 +547,64 @@ fn an_older_answer_never_overwrites_a_newer_verdict() {
     let slot = g.names.slot(key.slot(g.config.cache_slots));
     let (entry, _) = read_slot(&host, &slot, &key);
     assert_eq!(entry.verdict, Some(Cached::Deny(Denial::InvalidClient)));
+}
+
+#[test]
+fn rate_limit_pauses_every_worker_until_the_reset() {
+    let host = FakeHost::at(T0);
+    let mut worker_a = gate(&host, "");
+    let mut worker_b = gate(&host, "");
+    ask(&mut worker_a, &host, 10, &basic("app", "s"));
+    let headers = vec![
+        (":status".to_string(), "429".to_string()),
+        (
+            "x-rate-limit-reset".to_string(),
+            (T0 / 1000 + 2).to_string(),
+        ),
+    ];
+    let steps = worker_a.on_idp_answer(
+        ROOT,
+        host.last_call().0,
+        IdpAnswer {
+            status: Some(429),
+            headers: &headers,
+            body: b"{}",
+        },
+        &host,
+    );
+    assert_eq!(status(&steps[0].1), 503);
+    host.advance(1_000);
+    assert_eq!(
+        status(&ask(&mut worker_b, &host, 20, &basic("other", "s"))),
+        503
+    );
+    assert_eq!(
+        status(&ask(&mut worker_a, &host, 11, &basic("app", "s"))),
+        503
+    );
+    assert_eq!(host.call_count(), 1, "no call before the reset");
+    host.advance(1_000);
+    assert_eq!(
+        ask(&mut worker_b, &host, 21, &basic("other", "s")),
+        Step::Wait
+    );
+    assert_eq!(host.call_count(), 2);
+}
+
+#[test]
+fn repeated_server_errors_pause_calls_briefly() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, "");
+    for i in 0..FAILURES_BEFORE_PAUSE {
+        assert_eq!(ask(&mut g, &host, 10 + i, &basic("app", "s")), Step::Wait);
+        answer(&mut g, &host, host.last_call().0, 500, "");
+    }
+    let calls = host.call_count();
+    assert_eq!(status(&ask(&mut g, &host, 50, &basic("app", "s"))), 503);
+    assert_eq!(host.call_count(), calls);
+    host.advance(FAILURE_PAUSE_MS);
+    assert_eq!(ask(&mut g, &host, 51, &basic("app", "s")), Step::Wait);
+    // a verdict ends the streak
+    answer(&mut g, &host, host.last_call().0, 200, &token_ok(60));
+    assert_eq!(g.failures_in_a_row, 0);
 }
