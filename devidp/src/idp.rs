@@ -1,0 +1,949 @@
+//! The Okta-compatible custom authorization server (`/oauth2/default`).
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::HeaderMap;
+use hyper::{Method, Request, StatusCode};
+use serde_json::{json, Map, Value};
+
+use crate::serve::{self, ResetConnection, Resp, ServerThread};
+
+mod admin;
+use crate::util::{
+    self, client_auth, is_form, json_response, method_not_allowed, no_store, not_found,
+    oauth_error, okta_error, param, parse_form, response, ClientAuth,
+};
+
+/// The path of the authorization server; the issuer is `http://HOST:PORT` followed by it.
+pub const AUTH_SERVER_PATH: &str = "/oauth2/default";
+
+/// How many [`TokenRequestRecord`]s are kept (the most recent ones), so a long soak stays bounded.
+pub const MAX_TOKEN_REQUEST_RECORDS: usize = 10_000;
+
+/// Issued tokens kept for introspection before expired ones are pruned.
+const MAX_TOKENS: usize = 100_000;
+
+/// The endpoints that count calls and take faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// Both `.well-known` documents.
+    Discovery,
+    /// `/v1/token`.
+    Token,
+    /// `/v1/introspect`.
+    Introspect,
+    /// `/v1/keys`.
+    Keys,
+}
+
+impl Endpoint {
+    const ALL: [Endpoint; 4] = [
+        Endpoint::Discovery,
+        Endpoint::Token,
+        Endpoint::Introspect,
+        Endpoint::Keys,
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            Endpoint::Discovery => 0,
+            Endpoint::Token => 1,
+            Endpoint::Introspect => 2,
+            Endpoint::Keys => 3,
+        }
+    }
+
+    /// The name used by the admin API: `discovery`, `token`, `introspect`, `keys`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Discovery => "discovery",
+            Endpoint::Token => "token",
+            Endpoint::Introspect => "introspect",
+            Endpoint::Keys => "keys",
+        }
+    }
+
+    /// The inverse of [`Endpoint::name`].
+    pub fn from_name(name: &str) -> Option<Endpoint> {
+        Endpoint::ALL.into_iter().find(|e| e.name() == name)
+    }
+}
+
+/// A fault: wait `delay`, then give `answer`. Persists until cleared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    pub delay: Duration,
+    pub answer: FaultAnswer,
+}
+
+impl Fault {
+    /// `answer` at once.
+    pub fn answer(answer: FaultAnswer) -> Fault {
+        Fault {
+            delay: Duration::ZERO,
+            answer,
+        }
+    }
+
+    /// The usual answer, after `delay`.
+    pub fn delay(delay: Duration) -> Fault {
+        Fault {
+            delay,
+            answer: FaultAnswer::Normal,
+        }
+    }
+}
+
+/// What a faulted endpoint answers (after the fault's delay).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultAnswer {
+    /// Answer as usual (after the delay).
+    Normal,
+    /// That status, with an Okta-style JSON error body (OAuth `error` for 400/401/403 on
+    /// `/v1/token` and `/v1/introspect`, `errorCode` otherwise; 429 as [`FaultAnswer::RateLimited`]
+    /// with a 60 s reset).
+    Status(u16),
+    /// 200, `Content-Type: application/json`, a body that is not JSON.
+    Garbage,
+    /// 200, an HTML page.
+    Html,
+    /// 200, empty body.
+    EmptyOk,
+    /// 429 with `X-Rate-Limit-Limit`, `X-Rate-Limit-Remaining: 0`, `X-Rate-Limit-Reset`
+    /// (epoch seconds, now + `reset_in_secs`) and Okta's E0000047 body.
+    RateLimited { reset_in_secs: u64 },
+    /// Exactly this answer (an invalid status becomes 500; invalid headers are skipped; an
+    /// empty `content_type` sends none).
+    Custom {
+        status: u16,
+        content_type: String,
+        body: String,
+        headers: Vec<(String, String)>,
+    },
+    /// Close the TCP connection (with a RST) without any HTTP answer.
+    ResetConnection,
+}
+
+/// One request received at `/v1/token`, decoded (RFC 6749 2.3.1). Fields the request did not
+/// carry (or that could not be decoded) are empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRequestRecord {
+    pub client_id: String,
+    pub client_secret: String,
+    pub grant_type: String,
+    pub scope: Option<String>,
+    /// The scheme word of the `Authorization` header as sent (`Basic`, `basic`, ...), or empty.
+    pub authorization_scheme: String,
+}
+
+/// A token for [`IdpHandle::mint_token`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenSpec {
+    /// `cid`, `sub` and the introspection's `client_id` and `username`.
+    pub client_id: String,
+    /// `scp` (and the introspection's `scope`).
+    pub scopes: Vec<String>,
+    /// `aud`; `None`: the server's audience ([`IdpOptions::audience`]).
+    pub audience: Option<String>,
+    /// `iss`; `None`: the server's issuer.
+    pub issuer: Option<String>,
+    /// `exp` = now + this; may be negative (already expired).
+    pub expires_in_secs: i64,
+    /// Added last, so they may override the standard claims; a JSON `null` removes that claim.
+    pub claims: Map<String, Value>,
+    /// Introspection answers `active: true` (with the past `exp`) even once the token expired.
+    pub introspect_active_even_if_expired: bool,
+}
+
+impl TokenSpec {
+    /// Audience `api://default`, 3600 s, claims `{"app_id": client_id}`.
+    pub fn for_client(client_id: &str, scopes: &[&str]) -> TokenSpec {
+        let mut claims = Map::new();
+        claims.insert("app_id".into(), Value::String(client_id.into()));
+        TokenSpec {
+            client_id: client_id.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            audience: Some("api://default".into()),
+            issuer: None,
+            expires_in_secs: 3600,
+            claims,
+            introspect_active_even_if_expired: false,
+        }
+    }
+}
+
+/// Server settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdpOptions {
+    /// Granted when a client-credentials request names no scope (those the client may have);
+    /// empty: such a request is `invalid_scope`, as on an Okta server without default scopes.
+    pub default_scopes: Vec<String>,
+    /// `aud` of issued tokens.
+    pub audience: String,
+    /// `expires_in` of issued tokens.
+    pub token_ttl_secs: u64,
+}
+
+impl Default for IdpOptions {
+    fn default() -> Self {
+        IdpOptions {
+            default_scopes: Vec::new(),
+            audience: "api://default".into(),
+            token_ttl_secs: 3600,
+        }
+    }
+}
+
+/// A registered client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub id: String,
+    pub secret: String,
+    /// The scopes it may be granted.
+    pub scopes: Vec<String>,
+}
+
+struct IssuedToken {
+    claims: Map<String, Value>,
+    active_even_if_expired: bool,
+    revoked: bool,
+}
+
+#[derive(Default)]
+struct State {
+    clients: HashMap<String, Client>,
+    faults: HashMap<Endpoint, Fault>,
+    calls: [u64; 4],
+    token_requests: VecDeque<TokenRequestRecord>,
+    tokens: HashMap<String, IssuedToken>,
+    introspections: HashMap<String, u64>,
+}
+
+struct Shared {
+    issuer: String,
+    opts: IdpOptions,
+    key: [u8; 32],
+    kid: String,
+    state: Mutex<State>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn register_client(&self, id: &str, secret: &str, scopes: &[String]) {
+        self.lock().clients.insert(
+            id.to_string(),
+            Client {
+                id: id.to_string(),
+                secret: secret.to_string(),
+                scopes: scopes.to_vec(),
+            },
+        );
+    }
+
+    /// Builds, signs and registers a token.
+    fn issue(&self, spec: &TokenSpec) -> String {
+        let now = util::now();
+        let mut claims = Map::new();
+        claims.insert("ver".into(), json!(1));
+        claims.insert("jti".into(), json!(format!("AT.{}", util::random_id(43))));
+        claims.insert(
+            "iss".into(),
+            json!(spec.issuer.clone().unwrap_or_else(|| self.issuer.clone())),
+        );
+        claims.insert(
+            "aud".into(),
+            json!(spec
+                .audience
+                .clone()
+                .unwrap_or_else(|| self.opts.audience.clone())),
+        );
+        claims.insert("iat".into(), json!(now));
+        claims.insert(
+            "exp".into(),
+            json!(now.saturating_add(spec.expires_in_secs)),
+        );
+        claims.insert("cid".into(), json!(spec.client_id));
+        claims.insert("scp".into(), json!(spec.scopes));
+        claims.insert("sub".into(), json!(spec.client_id));
+        for (k, v) in &spec.claims {
+            if v.is_null() {
+                claims.remove(k);
+            } else {
+                claims.insert(k.clone(), v.clone());
+            }
+        }
+        let token = util::sign_jwt(&self.key, &self.kid, &Value::Object(claims.clone()));
+        let mut state = self.lock();
+        if state.tokens.len() >= MAX_TOKENS {
+            state.tokens.retain(|_, t| {
+                t.active_even_if_expired || exp_of(&t.claims).is_none_or(|e| e > now)
+            });
+        }
+        state.tokens.insert(
+            token.clone(),
+            IssuedToken {
+                claims,
+                active_even_if_expired: spec.introspect_active_even_if_expired,
+                revoked: false,
+            },
+        );
+        token
+    }
+}
+
+fn exp_of(claims: &Map<String, Value>) -> Option<i64> {
+    claims.get("exp").and_then(Value::as_i64)
+}
+
+/// A running dev IdP. Dropping it stops the server.
+pub struct IdpHandle {
+    shared: Arc<Shared>,
+    server: ServerThread,
+}
+
+impl IdpHandle {
+    /// Starts a server with [`IdpOptions::default`] on `listen` (`"127.0.0.1:0"` picks a port).
+    pub fn spawn(listen: &str) -> io::Result<IdpHandle> {
+        IdpHandle::spawn_with(listen, IdpOptions::default())
+    }
+
+    /// Starts a server on `listen`.
+    pub fn spawn_with(listen: &str, opts: IdpOptions) -> io::Result<IdpHandle> {
+        let listener = serve::bind(listen)?;
+        let shared = Arc::new(Shared {
+            issuer: issuer_for(listener.local_addr()?),
+            opts,
+            key: util::random_bytes(),
+            kid: util::random_id(43),
+            state: Mutex::new(State::default()),
+        });
+        let for_server = shared.clone();
+        let server = serve::spawn(listener, "okta-dev-idp", move |req| {
+            handle(for_server.clone(), req)
+        })?;
+        Ok(IdpHandle { shared, server })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// `http://HOST:PORT/oauth2/default` (an unspecified listen address is named as loopback).
+    pub fn issuer(&self) -> String {
+        self.shared.issuer.clone()
+    }
+
+    /// Registers (or replaces) a client that may be granted `scopes`.
+    pub fn register_client(&self, id: &str, secret: &str, scopes: &[&str]) {
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        self.shared.register_client(id, secret, &scopes);
+    }
+
+    pub fn remove_client(&self, id: &str) {
+        self.shared.lock().clients.remove(id);
+    }
+
+    /// Replaces a registered client's secret (rotation); nothing happens for an unknown client.
+    pub fn set_client_secret(&self, id: &str, secret: &str) {
+        if let Some(c) = self.shared.lock().clients.get_mut(id) {
+            c.secret = secret.to_string();
+        }
+    }
+
+    /// Requests received at `ep` (faulted ones too) since start or [`IdpHandle::reset_counters`].
+    pub fn calls(&self, ep: Endpoint) -> u64 {
+        self.shared.lock().calls[ep.index()]
+    }
+
+    /// Every `/v1/token` request received (the most recent [`MAX_TOKEN_REQUEST_RECORDS`]), decoded.
+    pub fn token_requests(&self) -> Vec<TokenRequestRecord> {
+        self.shared.lock().token_requests.iter().cloned().collect()
+    }
+
+    pub fn set_fault(&self, ep: Endpoint, fault: Fault) {
+        self.shared.lock().faults.insert(ep, fault);
+    }
+
+    pub fn clear_fault(&self, ep: Endpoint) {
+        self.shared.lock().faults.remove(&ep);
+    }
+
+    pub fn clear_faults(&self) {
+        self.shared.lock().faults.clear();
+    }
+
+    /// A signed access token, registered as issued (so introspection knows it).
+    pub fn mint_token(&self, spec: TokenSpec) -> String {
+        self.shared.issue(&spec)
+    }
+
+    /// Introspection answers `{"active":false}` for this token from now on.
+    pub fn revoke(&self, token: &str) {
+        if let Some(t) = self.shared.lock().tokens.get_mut(token) {
+            t.revoked = true;
+        }
+    }
+
+    /// `/v1/introspect` requests received for that token (faulted and unauthenticated ones too).
+    pub fn introspections(&self, token: &str) -> u64 {
+        self.shared
+            .lock()
+            .introspections
+            .get(token)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Zeroes the call counters and the per-token introspection counters, and forgets the token
+    /// request records. Clients, tokens and faults stay.
+    pub fn reset_counters(&self) {
+        let mut state = self.shared.lock();
+        state.calls = [0; 4];
+        state.token_requests.clear();
+        state.introspections.clear();
+    }
+
+    /// The registered clients.
+    pub fn clients(&self) -> Vec<Client> {
+        self.shared.lock().clients.values().cloned().collect()
+    }
+}
+
+impl std::fmt::Debug for IdpHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdpHandle")
+            .field("issuer", &self.shared.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+fn issuer_for(addr: SocketAddr) -> String {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        match addr {
+            SocketAddr::V4(_) => addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into()),
+            SocketAddr::V6(_) => addr.set_ip(std::net::Ipv6Addr::LOCALHOST.into()),
+        }
+    }
+    format!("http://{addr}{AUTH_SERVER_PATH}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Discovery { openid: bool },
+    Token,
+    Introspect,
+    Keys,
+    Revoke,
+    Admin,
+    NotFound,
+}
+
+fn route(path: &str) -> Route {
+    if path.starts_with("/_dev/") {
+        return Route::Admin;
+    }
+    let rest = path.strip_prefix(AUTH_SERVER_PATH).unwrap_or(path);
+    match rest {
+        "/.well-known/oauth-authorization-server" => Route::Discovery { openid: false },
+        "/.well-known/openid-configuration" => Route::Discovery { openid: true },
+        "/v1/token" if rest != path => Route::Token,
+        "/v1/introspect" if rest != path => Route::Introspect,
+        "/v1/keys" if rest != path => Route::Keys,
+        "/v1/revoke" if rest != path => Route::Revoke,
+        _ => Route::NotFound,
+    }
+}
+
+/// What the handler needs of a request once its body is read.
+struct Req {
+    method: Method,
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Option<Vec<u8>>,
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, ResetConnection> {
+    let (parts, body) = req.into_parts();
+    let body = serve::read_body(body).await.map(|b| b.to_vec());
+    let req = Req {
+        method: parts.method,
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
+        headers: parts.headers,
+        body,
+    };
+    let route = route(&req.path);
+    let endpoint = match route {
+        Route::Discovery { .. } => Some(Endpoint::Discovery),
+        Route::Token => Some(Endpoint::Token),
+        Route::Introspect => Some(Endpoint::Introspect),
+        Route::Keys => Some(Endpoint::Keys),
+        Route::Revoke | Route::Admin | Route::NotFound => None,
+    };
+    let mut fault = None;
+    if let Some(ep) = endpoint {
+        let mut state = shared.lock();
+        state.calls[ep.index()] += 1;
+        match ep {
+            Endpoint::Token => {
+                let record = token_record(&req);
+                if state.token_requests.len() >= MAX_TOKEN_REQUEST_RECORDS {
+                    state.token_requests.pop_front();
+                }
+                state.token_requests.push_back(record);
+            }
+            Endpoint::Introspect => {
+                if let Some(token) = introspected_token(&req) {
+                    if let Some(n) = state.introspections.get_mut(&token) {
+                        *n += 1;
+                    } else if state.introspections.len() < MAX_TOKENS {
+                        state.introspections.insert(token, 1);
+                    }
+                }
+            }
+            Endpoint::Discovery | Endpoint::Keys => {}
+        }
+        fault = state.faults.get(&ep).cloned();
+    }
+    if let (Some(ep), Some(fault)) = (endpoint, fault) {
+        if !fault.delay.is_zero() {
+            tokio::time::sleep(fault.delay).await;
+        }
+        match fault.answer {
+            FaultAnswer::Normal => {}
+            FaultAnswer::ResetConnection => return Err(ResetConnection),
+            answer => return Ok(fault_answer(ep, &answer)),
+        }
+    }
+    let mut resp = match route {
+        Route::Discovery { openid } => discovery(&shared, &req, openid),
+        Route::Token => token(&shared, &req),
+        Route::Introspect => introspect(&shared, &req),
+        Route::Keys => keys(&req),
+        Route::Revoke => revoke(&shared, &req),
+        Route::Admin => admin::handle(&shared, &req),
+        Route::NotFound => not_found(&req.path),
+    };
+    util::set_header(&mut resp, "x-okta-request-id", &util::random_id(27));
+    Ok(resp)
+}
+
+fn token_record(req: &Req) -> TokenRequestRecord {
+    let auth = client_auth(&req.headers);
+    let params = req
+        .body
+        .as_deref()
+        .map(|b| form_urlencoded::parse(b).into_owned().collect::<Vec<_>>())
+        .unwrap_or_default();
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let (client_id, client_secret) = match &auth {
+        ClientAuth::Basic { id, secret, .. } => (id.clone(), secret.clone()),
+        _ => (String::new(), String::new()),
+    };
+    TokenRequestRecord {
+        client_id,
+        client_secret,
+        grant_type: get("grant_type").unwrap_or_default(),
+        scope: get("scope"),
+        authorization_scheme: auth.scheme().to_string(),
+    }
+}
+
+fn introspected_token(req: &Req) -> Option<String> {
+    let body = req.body.as_deref()?;
+    form_urlencoded::parse(body)
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+}
+
+fn fault_answer(ep: Endpoint, answer: &FaultAnswer) -> Resp {
+    match answer {
+        FaultAnswer::Normal | FaultAnswer::ResetConnection => {
+            // Handled by the caller; answer something sane anyway.
+            okta_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "E0000009",
+                "Internal Server Error",
+            )
+        }
+        FaultAnswer::Status(code) => status_answer(ep, *code),
+        FaultAnswer::Garbage => response(
+            StatusCode::OK,
+            Some(util::JSON),
+            "{\"token_type\":\"Bearer\",\"active\":tr<<not json>>",
+        ),
+        FaultAnswer::Html => response(
+            StatusCode::OK,
+            Some("text/html;charset=utf-8"),
+            "<!DOCTYPE html>\n<html><head><title>Okta</title></head>\
+             <body><h1>Service temporarily unavailable</h1>\
+             <p>Okta is performing maintenance. Please try again later.</p></body></html>\n",
+        ),
+        FaultAnswer::EmptyOk => response(StatusCode::OK, Some(util::JSON), ""),
+        FaultAnswer::RateLimited { reset_in_secs } => util::rate_limited(*reset_in_secs),
+        FaultAnswer::Custom {
+            status,
+            content_type,
+            body,
+            headers,
+        } => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let ct = (!content_type.is_empty()).then_some(content_type.as_str());
+            let mut resp = response(status, ct, body.clone());
+            for (name, value) in headers {
+                util::set_header(&mut resp, name, value);
+            }
+            resp
+        }
+    }
+}
+
+fn status_answer(ep: Endpoint, code: u16) -> Resp {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let oauth = matches!(ep, Endpoint::Token | Endpoint::Introspect);
+    match status.as_u16() {
+        400 if oauth => oauth_error(status, "invalid_request", "The request is invalid."),
+        401 if oauth => oauth_error(
+            status,
+            "invalid_client",
+            "Client authentication failed. Either the client or the client credentials are invalid.",
+        ),
+        403 if oauth => oauth_error(
+            status,
+            "access_denied",
+            "The resource owner or authorization server denied the request.",
+        ),
+        401 => okta_error(status, "E0000011", "Invalid token provided"),
+        403 => okta_error(
+            status,
+            "E0000006",
+            "You do not have permission to perform the requested action",
+        ),
+        404 => okta_error(status, "E0000007", "Not found: Resource not found"),
+        405 => method_not_allowed("GET, POST"),
+        429 => util::rate_limited(60),
+        500..=599 => okta_error(status, "E0000009", "Internal Server Error"),
+        _ => okta_error(
+            status,
+            "E0000001",
+            status.canonical_reason().unwrap_or("Api validation failed"),
+        ),
+    }
+}
+
+fn discovery(shared: &Shared, req: &Req, openid: bool) -> Resp {
+    if req.method != Method::GET && req.method != Method::HEAD {
+        return method_not_allowed("GET");
+    }
+    let iss = &shared.issuer;
+    let origin = iss.strip_suffix(AUTH_SERVER_PATH).unwrap_or(iss);
+    let mut doc = json!({
+        "issuer": iss,
+        "authorization_endpoint": format!("{iss}/v1/authorize"),
+        "token_endpoint": format!("{iss}/v1/token"),
+        "registration_endpoint": format!("{origin}/oauth2/v1/clients"),
+        "jwks_uri": format!("{iss}/v1/keys"),
+        "response_types_supported": ["code", "token", "id_token", "code id_token", "code token", "id_token token", "code id_token token"],
+        "response_modes_supported": ["query", "fragment", "form_post", "okta_post_message"],
+        "grant_types_supported": ["authorization_code", "implicit", "refresh_token", "password", "client_credentials", "urn:ietf:params:oauth:grant-type:device_code", "urn:ietf:params:oauth:grant-type:token-exchange"],
+        "subject_types_supported": ["public"],
+        "scopes_supported": ["openid", "profile", "email", "address", "phone", "offline_access", "device_sso"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt", "none"],
+        "claims_supported": ["ver", "jti", "iss", "aud", "iat", "exp", "cid", "uid", "scp", "sub"],
+        "code_challenge_methods_supported": ["S256"],
+        "introspection_endpoint": format!("{iss}/v1/introspect"),
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt", "none"],
+        "revocation_endpoint": format!("{iss}/v1/revoke"),
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt", "none"],
+        "end_session_endpoint": format!("{iss}/v1/logout"),
+        "request_parameter_supported": true,
+        "request_object_signing_alg_values_supported": ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"],
+        "device_authorization_endpoint": format!("{iss}/v1/device/authorize"),
+    });
+    if openid {
+        if let Value::Object(map) = &mut doc {
+            map.insert(
+                "userinfo_endpoint".into(),
+                json!(format!("{iss}/v1/userinfo")),
+            );
+            map.insert(
+                "id_token_signing_alg_values_supported".into(),
+                json!(["RS256"]),
+            );
+        }
+    }
+    json_response(StatusCode::OK, &doc)
+}
+
+fn keys(req: &Req) -> Resp {
+    if req.method != Method::GET && req.method != Method::HEAD {
+        return method_not_allowed("GET");
+    }
+    // Access tokens are HS256-signed with a key that is never published; a later issue adds
+    // RS256 signing keys here.
+    json_response(StatusCode::OK, &json!({ "keys": [] }))
+}
+
+/// Form parameters of an OAuth endpoint request, or the error answer.
+fn oauth_params(req: &Req) -> Result<Vec<(String, String)>, Box<Resp>> {
+    if req.method != Method::POST {
+        return Err(Box::new(no_store(method_not_allowed("POST"))));
+    }
+    if !is_form(&req.headers) {
+        return Err(Box::new(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Endpoint only supports the 'application/x-www-form-urlencoded' content type.",
+        )));
+    }
+    let Some(body) = req.body.as_deref() else {
+        return Err(Box::new(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "The request body could not be read.",
+        )));
+    };
+    parse_form(body).map_err(|name| {
+        Box::new(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("The '{name}' parameter was included more than once."),
+        ))
+    })
+}
+
+/// The authenticated client, or Okta's answer.
+fn authenticate(
+    shared: &Shared,
+    req: &Req,
+    params: &[(String, String)],
+) -> Result<Client, Box<Resp>> {
+    let invalid = |desc: &str| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", desc);
+    match client_auth(&req.headers) {
+        ClientAuth::Basic { id, secret, .. } => {
+            if param(params, "client_secret").is_some() || param(params, "client_assertion").is_some() {
+                return Err(Box::new(oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "Cannot supply multiple client credentials. Use one of the following: credentials in the Authorization header, credentials in the post body, or a client_assertion in the post body.",
+                )));
+            }
+            let state = shared.lock();
+            match state.clients.get(&id) {
+                Some(client) if util::secrets_equal(&client.secret, &secret) => Ok(client.clone()),
+                Some(_) => Err(Box::new(invalid(
+                    "The client secret supplied for a confidential client is invalid.",
+                ))),
+                None => Err(Box::new(invalid(
+                    "Client authentication failed. Either the client or the client credentials are invalid.",
+                ))),
+            }
+        }
+        ClientAuth::Multiple => Err(Box::new(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Multiple Authorization headers are not allowed.",
+        ))),
+        ClientAuth::Missing => Err(Box::new(invalid(
+            "Client authentication failed. Either the client or the client credentials are invalid.",
+        ))),
+        ClientAuth::Malformed { .. } => Err(Box::new(invalid(
+            "Client authentication failed. Either the client or the client credentials are invalid.",
+        ))),
+    }
+}
+
+fn token(shared: &Shared, req: &Req) -> Resp {
+    let params = match oauth_params(req) {
+        Ok(p) => p,
+        Err(resp) => return *resp,
+    };
+    let client = match authenticate(shared, req, &params) {
+        Ok(c) => c,
+        Err(resp) => return *resp,
+    };
+    match param(&params, "grant_type") {
+        None | Some("") => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "The 'grant_type' parameter is required.",
+            )
+        }
+        Some("client_credentials") => {}
+        Some(_) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "The authorization grant type is not supported by the authorization server. Configured grant types: [client_credentials].",
+            )
+        }
+    }
+    let mut requested: Vec<String> = Vec::new();
+    for s in param(&params, "scope").unwrap_or("").split(' ') {
+        if !s.is_empty() && !requested.iter().any(|r| r == s) {
+            requested.push(s.to_string());
+        }
+    }
+    let invalid_scope = |desc: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", desc);
+    if requested.iter().any(|s| s == "openid") {
+        return invalid_scope("Client Credentials requests cannot contain OpenID scopes.");
+    }
+    let granted: Vec<String> = if requested.is_empty() {
+        if shared.opts.default_scopes.is_empty() {
+            return invalid_scope(
+                "The authorization server resource does not have any configured default scopes, 'scope' must be provided.",
+            );
+        }
+        let allowed: Vec<String> = shared
+            .opts
+            .default_scopes
+            .iter()
+            .filter(|s| client.scopes.contains(s))
+            .cloned()
+            .collect();
+        if allowed.is_empty() {
+            return invalid_scope("The requested scope is invalid, unknown, or malformed.");
+        }
+        allowed
+    } else {
+        if requested.iter().any(|s| !client.scopes.contains(s)) {
+            return invalid_scope("The requested scope is invalid, unknown, or malformed.");
+        }
+        requested
+    };
+    let ttl = i64::try_from(shared.opts.token_ttl_secs).unwrap_or(i64::MAX);
+    let mut spec = TokenSpec::for_client(&client.id, &[]);
+    spec.scopes = granted.clone();
+    spec.audience = None;
+    spec.expires_in_secs = ttl;
+    let access_token = shared.issue(&spec);
+    no_store(json_response(
+        StatusCode::OK,
+        &json!({
+            "token_type": "Bearer",
+            "expires_in": shared.opts.token_ttl_secs,
+            "access_token": access_token,
+            "scope": granted.join(" "),
+        }),
+    ))
+}
+
+/// Claims an introspection answer never copies as custom claims (they are mapped or left out).
+const STANDARD_CLAIMS: &[&str] = &[
+    "ver", "jti", "iss", "aud", "iat", "exp", "cid", "uid", "scp", "sub",
+];
+
+fn introspect(shared: &Shared, req: &Req) -> Resp {
+    let params = match oauth_params(req) {
+        Ok(p) => p,
+        Err(resp) => return *resp,
+    };
+    if let Err(resp) = authenticate(shared, req, &params) {
+        return *resp;
+    }
+    let token = match param(&params, "token") {
+        Some(t) if !t.is_empty() => t,
+        _ => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "The 'token' parameter is required.",
+            )
+        }
+    };
+    if let Some(hint) = param(&params, "token_type_hint") {
+        if !matches!(
+            hint,
+            "access_token" | "id_token" | "refresh_token" | "device_secret"
+        ) {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "The 'token_type_hint' parameter value is not supported.",
+            );
+        }
+    }
+    let inactive = || no_store(json_response(StatusCode::OK, &json!({ "active": false })));
+    let now = util::now();
+    let state = shared.lock();
+    let Some(issued) = state.tokens.get(token) else {
+        return inactive();
+    };
+    let expired = exp_of(&issued.claims).is_some_and(|exp| exp <= now);
+    if issued.revoked || (expired && !issued.active_even_if_expired) {
+        return inactive();
+    }
+    let c = &issued.claims;
+    let mut out = Map::new();
+    out.insert("active".into(), json!(true));
+    if let Some(scp) = c.get("scp") {
+        let scope = match scp {
+            Value::Array(items) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" "),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        out.insert("scope".into(), json!(scope));
+    }
+    if let Some(sub) = c.get("sub") {
+        out.insert("username".into(), sub.clone());
+    }
+    for name in ["exp", "iat", "sub", "aud", "iss", "jti"] {
+        if let Some(v) = c.get(name) {
+            out.insert(name.into(), v.clone());
+        }
+    }
+    out.insert("token_type".into(), json!("Bearer"));
+    if let Some(cid) = c.get("cid") {
+        out.insert("client_id".into(), cid.clone());
+    }
+    if let Some(uid) = c.get("uid") {
+        out.insert("uid".into(), uid.clone());
+    }
+    for (k, v) in c {
+        if !STANDARD_CLAIMS.contains(&k.as_str()) && !out.contains_key(k) {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    no_store(json_response(StatusCode::OK, &Value::Object(out)))
+}
+
+fn revoke(shared: &Shared, req: &Req) -> Resp {
+    let params = match oauth_params(req) {
+        Ok(p) => p,
+        Err(resp) => return *resp,
+    };
+    if let Err(resp) = authenticate(shared, req, &params) {
+        return *resp;
+    }
+    let Some(token) = param(&params, "token").filter(|t| !t.is_empty()) else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "The 'token' parameter is required.",
+        );
+    };
+    if let Some(t) = shared.lock().tokens.get_mut(token) {
+        t.revoked = true;
+    }
+    no_store(response(StatusCode::OK, None, ""))
+}

@@ -1,0 +1,46 @@
+//! `okta-dev-idp`: an Okta-compatible development authorization server and an echo upstream,
+//! for the okta-dcr-auth filter's tests, `make run`, soak and bench.
+//!
+//! Both servers run on their own thread with their own tokio runtime, so every method here is
+//! plain synchronous code that `#[test]` functions can call. Dropping a handle stops its server.
+//!
+//! The IdP behaves like an Okta custom authorization server at `/oauth2/default`:
+//! discovery (`/.well-known/oauth-authorization-server`, `/.well-known/openid-configuration`),
+//! `/v1/token` (client credentials, `client_secret_basic` per RFC 6749 2.3.1), `/v1/introspect`
+//! (RFC 7662), `/v1/revoke`, `/v1/keys`, plus an admin API under `/_dev/` (see the `admin`
+//! module docs) for out-of-process use. Faults (delay, status, garbage, HTML, empty, 429, custom,
+//! connection reset) can be set per endpoint. It never logs, so it never logs a secret or token.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+mod echo;
+mod idp;
+mod serve;
+mod util;
+
+pub use echo::{EchoHandle, EchoRequest, MAX_ECHO_RECORDS};
+pub use idp::{
+    Client, Endpoint, Fault, FaultAnswer, IdpHandle, IdpOptions, TokenRequestRecord, TokenSpec,
+    AUTH_SERVER_PATH, MAX_TOKEN_REQUEST_RECORDS,
+};
+
+/// The demo client `--demo` seeds (a DCR app of the Konnect Dev Portal).
+pub const DEMO_CLIENT_ID: &str = "0oa6demoDcrClient4kong";
+/// The demo client's secret.
+pub const DEMO_CLIENT_SECRET: &str = "demo-Secret_4kong-DCR";
+/// The demo client's scopes.
+pub const DEMO_CLIENT_SCOPES: &[&str] = &["api:read", "api:write"];
+/// The gateway's own introspection client that `--demo` seeds.
+pub const DEMO_INTROSPECTION_CLIENT_ID: &str = "0oa6gatewayIntrospect";
+/// Its secret.
+pub const DEMO_INTROSPECTION_CLIENT_SECRET: &str = "gateway-Introspection_Secret";
+
+/// Registers the demo clients on `idp`.
+pub fn seed_demo(idp: &IdpHandle) {
+    idp.register_client(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_CLIENT_SCOPES);
+    idp.register_client(
+        DEMO_INTROSPECTION_CLIENT_ID,
+        DEMO_INTROSPECTION_CLIENT_SECRET,
+        &[],
+    );
+}
