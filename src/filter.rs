@@ -14,12 +14,13 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
 use crate::config::Config;
 use crate::gate::{
     AuthorizationEdit, DispatchError, Forward, Gate, Host, SharedError, Step, TICK_MS,
 };
+use crate::metrics::{Counter, IDP_LATENCY};
 use crate::okta::{IdpAnswer, IdpRequest};
 use crate::verdict::LocalReply;
 
@@ -31,15 +32,37 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
     proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
-        Box::new(Root { id, gate: None, ticking: false })
+        Box::new(Root { id, plugin: None, ticking: false })
     });
 }}
 
-type SharedGate = Rc<RefCell<Gate>>;
+/// One plugin configuration in this VM: its gate and the host's ids of its metrics.
+struct Plugin {
+    gate: RefCell<Gate>,
+    metrics: Metrics,
+}
+
+/// Host metric ids, by `Counter::index`. A metric the host refused to define is skipped.
+struct Metrics {
+    counters: Vec<Option<u32>>,
+    idp_latency: Option<u32>,
+}
+
+impl Metrics {
+    fn define() -> Metrics {
+        Metrics {
+            counters: Counter::all()
+                .into_iter()
+                .map(|c| hostcalls::define_metric(MetricType::Counter, &c.name()).ok())
+                .collect(),
+            idp_latency: hostcalls::define_metric(MetricType::Histogram, IDP_LATENCY).ok(),
+        }
+    }
+}
 
 struct Root {
     id: u32,
-    gate: Option<SharedGate>,
+    plugin: Option<Rc<Plugin>>,
     ticking: bool,
 }
 
@@ -51,8 +74,8 @@ impl Context for Root {
         body_size: usize,
         _trailers: usize,
     ) {
-        if let Some(gate) = &self.gate {
-            deliver(gate, self.id, token, body_size);
+        if let Some(plugin) = &self.plugin {
+            deliver(plugin, self.id, token, body_size);
         }
     }
 }
@@ -75,9 +98,13 @@ impl RootContext for Root {
                 return false;
             }
         };
+        let metrics = Metrics::define();
         let mut gate = Gate::new(config);
-        gate.start(self.id, &HostCalls);
-        self.gate = Some(Rc::new(RefCell::new(gate)));
+        gate.start(self.id, &HostCalls(&metrics));
+        self.plugin = Some(Rc::new(Plugin {
+            gate: RefCell::new(gate),
+            metrics,
+        }));
         // Some hosts (ngx_wasm_module) allow the tick period to be set once only.
         if !self.ticking {
             self.ticking = hostcalls::set_tick_period(Duration::from_millis(TICK_MS)).is_ok();
@@ -87,8 +114,11 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        if let Some(gate) = &self.gate {
-            let steps = gate.borrow_mut().on_tick(self.id, &HostCalls);
+        if let Some(plugin) = &self.plugin {
+            let steps = plugin
+                .gate
+                .borrow_mut()
+                .on_tick(self.id, &HostCalls(&plugin.metrics));
             apply_elsewhere(steps);
         }
     }
@@ -96,7 +126,7 @@ impl RootContext for Root {
     fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Request {
             id,
-            gate: self.gate.clone(),
+            plugin: self.plugin.clone(),
             parked: false,
         }))
     }
@@ -109,7 +139,7 @@ impl RootContext for Root {
 struct Request {
     id: u32,
     /// `None` when the configuration was refused: every request is then answered 503.
-    gate: Option<SharedGate>,
+    plugin: Option<Rc<Plugin>>,
     parked: bool,
 }
 
@@ -121,15 +151,18 @@ impl Context for Request {
         body_size: usize,
         _trailers: usize,
     ) {
-        if let Some(gate) = &self.gate {
-            deliver(gate, self.id, token, body_size);
+        if let Some(plugin) = &self.plugin {
+            deliver(plugin, self.id, token, body_size);
         }
     }
 
     fn on_done(&mut self) -> bool {
         if self.parked {
-            if let Some(gate) = &self.gate {
-                gate.borrow_mut().on_request_gone(self.id, &HostCalls);
+            if let Some(plugin) = &self.plugin {
+                plugin
+                    .gate
+                    .borrow_mut()
+                    .on_request_gone(self.id, &HostCalls(&plugin.metrics));
             }
         }
         true
@@ -161,13 +194,15 @@ impl HttpContext for Request {
                 let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
             }
         }
-        let Some(gate) = &self.gate else {
+        let Some(plugin) = &self.plugin else {
             send_reply(&LocalReply::not_configured());
             return Action::Pause;
         };
-        let step = gate
+        let host = HostCalls(&plugin.metrics);
+        let step = plugin
+            .gate
             .borrow_mut()
-            .on_request(self.id, &authorization, &HostCalls);
+            .on_request(self.id, &authorization, &host);
         match step {
             Step::Forward(forward) => {
                 apply_forward(&forward);
@@ -186,7 +221,7 @@ impl HttpContext for Request {
 }
 
 /// Reads an IdP answer in the context that received it, then applies the resulting steps.
-fn deliver(gate: &SharedGate, caller: u32, token: u32, body_size: usize) {
+fn deliver(plugin: &Rc<Plugin>, caller: u32, token: u32, body_size: usize) {
     let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
     let status = headers
         .iter()
@@ -205,9 +240,11 @@ fn deliver(gate: &SharedGate, caller: u32, token: u32, body_size: usize) {
         headers: &headers,
         body: &body,
     };
-    let steps = gate
+    let host = HostCalls(&plugin.metrics);
+    let steps = plugin
+        .gate
         .borrow_mut()
-        .on_idp_answer(caller, token, answer, &HostCalls);
+        .on_idp_answer(caller, token, answer, &host);
     apply_elsewhere(steps);
 }
 
@@ -254,9 +291,21 @@ fn send_reply(reply: &LocalReply) {
 }
 
 /// The host, for the gate.
-struct HostCalls;
+struct HostCalls<'a>(&'a Metrics);
 
-impl Host for HostCalls {
+impl Host for HostCalls<'_> {
+    fn count(&self, counter: Counter) {
+        if let Some(Some(id)) = self.0.counters.get(counter.index()) {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+    }
+
+    fn observe_idp_latency(&self, ms: u64) {
+        if let Some(id) = self.0.idp_latency {
+            let _ = hostcalls::record_metric(id, ms);
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         hostcalls::get_current_time()
             .ok()

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use crate::cache::{CacheEntry, CacheKey, Cached, Freshness, Names};
 use crate::config::Config;
 use crate::credentials::{parse_authorization, Accepted, Credential, CredentialError};
+use crate::metrics::{CallResult, Counter, DenyReason, IdpEndpoint};
 use crate::okta::{
     self, DiscoveryDocument, DiscoveryError, Endpoints, IdpAnswer, IdpRequest, Outcome,
 };
@@ -29,6 +30,10 @@ pub trait Host {
     /// Sends one IdP call; returns the call's token. The answer comes to whichever context was
     /// active when this was called.
     fn dispatch(&self, config: &Config, request: &IdpRequest) -> Result<u32, DispatchError>;
+    /// Bumps a counter.
+    fn count(&self, counter: Counter);
+    /// Records how long an IdP call took.
+    fn observe_idp_latency(&self, ms: u64);
 }
 
 /// The host refused to send an IdP call (unknown upstream, no memory, ...).
@@ -124,6 +129,8 @@ struct Waiting {
     since_ms: u64,
     deadline_ms: u64,
     phase: Phase,
+    /// Whether its cache lookup was counted (hit or miss), so retries do not count again.
+    counted: bool,
 }
 
 #[derive(Debug)]
@@ -139,6 +146,7 @@ enum Purpose {
 #[derive(Debug)]
 struct Call {
     purpose: Purpose,
+    started_ms: u64,
     /// The context the host attributes the call to; if that request goes away, so does the call.
     owner: u32,
 }
@@ -216,13 +224,24 @@ impl Gate {
         let credential = match parse_authorization(authorization, self.accepted) {
             Ok(c) => c,
             Err(e) => {
-                let denial = match e {
-                    CredentialError::Missing => Denial::NoCredentials,
-                    CredentialError::Duplicate => Denial::DuplicateAuthorization,
-                    CredentialError::MalformedBasic => Denial::InvalidClient,
-                    CredentialError::MalformedBearer => Denial::InvalidToken,
+                let (denial, reason) = match e {
+                    CredentialError::Missing => (Denial::NoCredentials, DenyReason::NoCredentials),
+                    CredentialError::Duplicate => {
+                        (Denial::DuplicateAuthorization, DenyReason::Malformed)
+                    }
+                    CredentialError::MalformedBasic => {
+                        (Denial::InvalidClient, DenyReason::Malformed)
+                    }
+                    CredentialError::MalformedBearer => {
+                        (Denial::InvalidToken, DenyReason::Malformed)
+                    }
                 };
-                return self.deny(ctx, None, denial);
+                host.count(Counter::Denied(reason));
+                log::debug!(
+                    "[{ctx}] denied: {} (malformed or missing credentials)",
+                    denial.reason()
+                );
+                return Step::Reply(denial, denial.reply(&self.config));
             }
         };
         let key = CacheKey::new(&self.config.digest, &credential);
@@ -233,6 +252,7 @@ impl Gate {
             since_ms: now,
             deadline_ms: now + self.config.idp_timeout_ms + LEASE_MARGIN_MS,
             phase: Phase::Discovery,
+            counted: false,
         };
         self.advance(ctx, ctx, waiting, host)
     }
@@ -248,6 +268,21 @@ impl Gate {
         let Some(call) = self.calls.remove(&token) else {
             return Vec::new();
         };
+        let elapsed = host.now_ms().saturating_sub(call.started_ms);
+        let endpoint = match &call.purpose {
+            Purpose::Discovery(_) => IdpEndpoint::Discovery,
+            Purpose::Verdict {
+                credential: Credential::Basic(_),
+                ..
+            } => IdpEndpoint::Token,
+            Purpose::Verdict {
+                credential: Credential::Bearer(_),
+                ..
+            } => IdpEndpoint::Introspection,
+        };
+        let result = CallResult::of(answer.status, elapsed, self.config.idp_timeout_ms);
+        host.count(Counter::IdpCall(endpoint, result));
+        host.observe_idp_latency(elapsed);
         match call.purpose {
             Purpose::Discovery(doc) => self.on_discovery_answer(caller, doc, answer, host),
             Purpose::Verdict {
@@ -282,11 +317,11 @@ impl Gate {
                 Phase::Leader if now > deadline_ms + self.config.idp_timeout_ms => {
                     self.calls
                         .retain(|_, c| !matches!(c.purpose, Purpose::Verdict { leader, .. } if leader == ctx));
-                    self.unavailable(ctx)
+                    self.unavailable(ctx, host)
                 }
                 Phase::Leader => continue,
                 Phase::Discovery if !discovered && now <= deadline_ms => continue,
-                Phase::Discovery if !discovered => self.unavailable(ctx),
+                Phase::Discovery if !discovered => self.unavailable(ctx, host),
                 Phase::Discovery | Phase::Follower => match self.waiting.remove(&ctx) {
                     Some(w) => self.advance(ctx, root, w, host),
                     None => continue,
@@ -322,10 +357,20 @@ impl Gate {
             let (entry, cas) = read_slot(host, &slot, &w.key);
             match entry.freshness(&w.key, now, 0) {
                 Freshness::Fresh(Cached::Allow(grant)) => {
-                    return self.allow(ctx, &w.credential, grant.clone())
+                    if !w.counted {
+                        host.count(Counter::CacheHit);
+                    }
+                    return self.allow(ctx, &w.credential, grant.clone(), host);
                 }
                 Freshness::Fresh(Cached::Deny(d)) => {
-                    return self.deny(ctx, Some(&w.credential), *d)
+                    if !w.counted {
+                        host.count(Counter::CacheNegativeHit);
+                    }
+                    return self.deny(ctx, Some(&w.credential), *d, host);
+                }
+                _ if !w.counted => {
+                    host.count(Counter::CacheMiss);
+                    w.counted = true;
                 }
                 _ => {}
             }
@@ -334,12 +379,12 @@ impl Gate {
                 && entry.failed_at_ms >= w.since_ms
             {
                 // The call we were waiting on failed.
-                return self.unavailable_or_stale(ctx, &w, &entry, now);
+                return self.unavailable_or_stale(ctx, &w, &entry, now, host);
             }
             if !matches!(self.discovery, Discovery::Ready) {
                 if let Discovery::RetryAt { at_ms, .. } = self.discovery {
                     if at_ms > w.deadline_ms {
-                        return self.unavailable_or_stale(ctx, &w, &entry, now);
+                        return self.unavailable_or_stale(ctx, &w, &entry, now, host);
                     }
                 }
                 w.phase = Phase::Discovery;
@@ -348,7 +393,7 @@ impl Gate {
             }
             if entry.leased(&w.key, now) {
                 if now > w.deadline_ms {
-                    return self.unavailable_or_stale(ctx, &w, &entry, now);
+                    return self.unavailable_or_stale(ctx, &w, &entry, now, host);
                 }
                 w.phase = Phase::Follower;
                 self.waiting.insert(ctx, w);
@@ -356,7 +401,7 @@ impl Gate {
             }
             if self.paused_until(host) > now {
                 // The quota guard: Okta asked us to back off, or keeps failing.
-                return self.unavailable_or_stale(ctx, &w, &entry, now);
+                return self.unavailable_or_stale(ctx, &w, &entry, now, host);
             }
             // Take the lease. A colliding entry for another key gives way to this one.
             let lease_until = now + self.config.idp_timeout_ms + LEASE_MARGIN_MS;
@@ -373,13 +418,14 @@ impl Gate {
             }
             let request = match self.idp_request(&w.credential) {
                 Some(r) => r,
-                None => return self.unavailable(ctx),
+                None => return self.unavailable(ctx, host),
             };
             return match host.dispatch(&self.config, &request) {
                 Ok(token) => {
                     self.calls.insert(
                         token,
                         Call {
+                            started_ms: now,
                             purpose: Purpose::Verdict {
                                 key: w.key,
                                 credential: w.credential.clone(),
@@ -399,7 +445,7 @@ impl Gate {
                         format_args!("[{ctx}] IdP call could not be sent (check idp_upstream)"),
                     );
                     self.release_lease(&w.key, host, true);
-                    self.unavailable_or_stale(ctx, &w, &entry, now)
+                    self.unavailable_or_stale(ctx, &w, &entry, now, host)
                 }
             };
         }
@@ -484,12 +530,12 @@ impl Gate {
                 continue;
             };
             let step = match &verdict {
-                Ok(Cached::Allow(grant)) => self.allow(ctx, &w.credential, grant.clone()),
-                Ok(Cached::Deny(d)) => self.deny(ctx, Some(&w.credential), *d),
+                Ok(Cached::Allow(grant)) => self.allow(ctx, &w.credential, grant.clone(), host),
+                Ok(Cached::Deny(d)) => self.deny(ctx, Some(&w.credential), *d, host),
                 Err(_) => {
                     let slot = self.names.slot(key.slot(self.config.cache_slots));
                     let (entry, _) = read_slot(host, &slot, &key);
-                    self.unavailable_or_stale(ctx, &w, &entry, now)
+                    self.unavailable_or_stale(ctx, &w, &entry, now, host)
                 }
             };
             steps.push((ctx, step));
@@ -703,21 +749,25 @@ impl Gate {
         let request = okta::discovery_request(&self.config, doc);
         match host.dispatch(&self.config, &request) {
             Ok(token) => {
-                let purpose = Purpose::Discovery(doc);
-                self.calls.insert(
-                    token,
-                    Call {
-                        purpose,
-                        owner: caller,
-                    },
-                );
+                let call = Call {
+                    purpose: Purpose::Discovery(doc),
+                    started_ms: host.now_ms(),
+                    owner: caller,
+                };
+                self.calls.insert(token, call);
                 self.discovery = Discovery::InFlight { attempt };
             }
-            Err(DispatchError) => self.discovery_failed(
-                host.now_ms(),
-                attempt,
-                "the call could not be sent (check idp_upstream)",
-            ),
+            Err(DispatchError) => {
+                host.count(Counter::IdpCall(
+                    IdpEndpoint::Discovery,
+                    CallResult::Failure,
+                ));
+                self.discovery_failed(
+                    host.now_ms(),
+                    attempt,
+                    "the call could not be sent (check idp_upstream)",
+                );
+            }
         }
     }
 
@@ -776,7 +826,8 @@ impl Gate {
         true
     }
 
-    fn allow(&self, ctx: u32, credential: &Credential, grant: Grant) -> Step {
+    fn allow(&self, ctx: u32, credential: &Credential, grant: Grant, host: &dyn Host) -> Step {
+        host.count(Counter::Allowed);
         log::debug!("[{ctx}] allowed: app {}", grant.identity);
         let authorization = match credential {
             Credential::Bearer(_) => AuthorizationEdit::Keep,
@@ -794,23 +845,34 @@ impl Gate {
         })
     }
 
-    fn deny(&self, ctx: u32, credential: Option<&Credential>, denial: Denial) -> Step {
+    /// A denial decided by the IdP, a cached verdict of its, or its absence.
+    fn deny(
+        &self,
+        ctx: u32,
+        credential: Option<&Credential>,
+        denial: Denial,
+        host: &dyn Host,
+    ) -> Step {
+        let reason = match denial {
+            Denial::NoCredentials => DenyReason::NoCredentials,
+            Denial::DuplicateAuthorization => DenyReason::Malformed,
+            Denial::InvalidClient | Denial::InvalidToken => DenyReason::Invalid,
+            Denial::InsufficientScope => DenyReason::InsufficientScope,
+            Denial::IdpUnavailable => DenyReason::IdpUnavailable,
+        };
+        host.count(Counter::Denied(reason));
         match credential {
             Some(Credential::Basic(c)) => {
-                log::debug!(
-                    "[{ctx}] denied: {} (client {})",
-                    denial.reason(),
-                    c.client_id
-                )
+                log::debug!("[{ctx}] denied: {} (app {})", denial.reason(), c.client_id)
             }
             _ => log::debug!("[{ctx}] denied: {}", denial.reason()),
         }
         Step::Reply(denial, denial.reply(&self.config))
     }
 
-    fn unavailable(&mut self, ctx: u32) -> Step {
+    fn unavailable(&mut self, ctx: u32, host: &dyn Host) -> Step {
         self.waiting.remove(&ctx);
-        self.deny(ctx, None, Denial::IdpUnavailable)
+        self.deny(ctx, None, Denial::IdpUnavailable, host)
     }
 
     /// No verdict from the IdP: a recently expired positive verdict when `stale_if_error_s`
@@ -821,14 +883,16 @@ impl Gate {
         w: &Waiting,
         entry: &CacheEntry,
         now: u64,
+        host: &dyn Host,
     ) -> Step {
         self.waiting.remove(&ctx);
         if let Freshness::Stale(grant) = entry.freshness(&w.key, now, self.config.stale_if_error_ms)
         {
+            host.count(Counter::CacheStale);
             log::debug!("[{ctx}] IdP unavailable: serving a stale verdict");
-            return self.allow(ctx, &w.credential, grant.clone());
+            return self.allow(ctx, &w.credential, grant.clone(), host);
         }
-        self.deny(ctx, Some(&w.credential), Denial::IdpUnavailable)
+        self.deny(ctx, Some(&w.credential), Denial::IdpUnavailable, host)
     }
 
     fn warn(&mut self, now: u64, message: std::fmt::Arguments<'_>) {

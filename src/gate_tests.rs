@@ -17,6 +17,8 @@ struct FakeHost {
     calls: RefCell<Vec<(u32, IdpRequest)>>,
     next_token: Cell<u32>,
     refuse_dispatch: Cell<bool>,
+    counters: RefCell<HashMap<String, u64>>,
+    latencies: RefCell<Vec<u64>>,
 }
 
 impl Host for FakeHost {
@@ -47,6 +49,16 @@ impl Host for FakeHost {
             .push((self.next_token.get(), request.clone()));
         Ok(self.next_token.get())
     }
+    fn count(&self, counter: Counter) {
+        *self
+            .counters
+            .borrow_mut()
+            .entry(counter.name())
+            .or_default() += 1;
+    }
+    fn observe_idp_latency(&self, ms: u64) {
+        self.latencies.borrow_mut().push(ms);
+    }
 }
 
 impl FakeHost {
@@ -57,6 +69,9 @@ impl FakeHost {
     }
     fn advance(&self, ms: u64) {
         self.now.set(self.now.get() + ms);
+    }
+    fn counter(&self, name: &str) -> u64 {
+        self.counters.borrow().get(name).copied().unwrap_or(0)
     }
     fn call_count(&self) -> usize {
         self.calls.borrow().len()
@@ -607,4 +622,37 @@ fn repeated_server_errors_pause_calls_briefly() {
     // a verdict ends the streak
     answer(&mut g, &host, host.last_call().0, 200, &token_ok(60));
     assert_eq!(g.failures_in_a_row, 0);
+}
+
+#[test]
+fn counters_follow_the_traffic() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, "");
+    ask(&mut g, &host, 10, &basic("app", "s"));
+    host.advance(7);
+    answer(&mut g, &host, host.last_call().0, 200, &token_ok(60));
+    ask(&mut g, &host, 11, &basic("app", "s"));
+    ask(&mut g, &host, 12, &basic("app", "wrong"));
+    answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
+    ask(&mut g, &host, 13, &basic("app", "wrong"));
+    ask(&mut g, &host, 14, b"Basic !!");
+    g.on_request(15, &[], &host);
+    ask(&mut g, &host, 16, &basic("down", "s"));
+    answer(&mut g, &host, host.last_call().0, 503, "");
+    for (name, expected) in [
+        ("okta_dcr_auth_requests_allowed", 2),
+        ("okta_dcr_auth_requests_denied_invalid", 2),
+        ("okta_dcr_auth_requests_denied_malformed", 1),
+        ("okta_dcr_auth_requests_denied_no_credentials", 1),
+        ("okta_dcr_auth_requests_denied_idp_unavailable", 1),
+        ("okta_dcr_auth_cache_hits", 1),
+        ("okta_dcr_auth_cache_misses", 3),
+        ("okta_dcr_auth_cache_negative_hits", 1),
+        ("okta_dcr_auth_idp_token_ok", 1),
+        ("okta_dcr_auth_idp_token_4xx", 1),
+        ("okta_dcr_auth_idp_token_5xx", 1),
+    ] {
+        assert_eq!(host.counter(name), expected, "{name}");
+    }
+    assert_eq!(host.latencies.borrow()[0], 7);
 }

@@ -7,6 +7,7 @@
 //! - [`okta`]: the requests to Okta and how its answers are read;
 //! - [`verdict`]: grants, denials and the reply for each;
 //! - [`cache`]: cache keys, slots and the entry encoding in shared data;
+//! - [`metrics`]: the counters and histogram the filter exposes;
 //! - [`gate`]: the request state machine over a small [`gate::Host`] trait.
 //!
 //! `filter` (wasm32 only) is the proxy-wasm glue that drives the gate.
@@ -15,6 +16,7 @@ pub mod cache;
 pub mod config;
 pub mod credentials;
 pub mod gate;
+pub mod metrics;
 pub mod okta;
 pub mod url;
 pub mod verdict;

@@ -1,0 +1,185 @@
+//! What the filter counts. The glue defines one host metric per name (proxy-wasm
+//! `define_metric`), so they appear in Envoy's `/stats` and `/stats/prometheus`; the gate
+//! only says which one to bump.
+
+/// Why a request was refused, as operators want it split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    NoCredentials,
+    /// Refused without asking the IdP: unreadable `Authorization`, or several of them.
+    Malformed,
+    /// The IdP (or a cached verdict from it) said no.
+    Invalid,
+    InsufficientScope,
+    IdpUnavailable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdpEndpoint {
+    Token,
+    Introspection,
+    Discovery,
+}
+
+/// How an IdP call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallResult {
+    Ok,
+    ClientError,
+    RateLimited,
+    ServerError,
+    Timeout,
+    /// Not sent, connection refused or reset, or a status no exchange expects (1xx, 3xx).
+    Failure,
+}
+
+impl CallResult {
+    /// Classifies an answer; a missing one is a timeout when it took the whole timeout.
+    pub fn of(status: Option<u16>, elapsed_ms: u64, timeout_ms: u64) -> CallResult {
+        match status {
+            None if elapsed_ms + 5 >= timeout_ms => CallResult::Timeout,
+            None => CallResult::Failure,
+            Some(200..=299) => CallResult::Ok,
+            Some(429) => CallResult::RateLimited,
+            Some(400..=499) => CallResult::ClientError,
+            Some(500..=599) => CallResult::ServerError,
+            Some(_) => CallResult::Failure,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Allowed,
+    Denied(DenyReason),
+    CacheHit,
+    CacheMiss,
+    CacheStale,
+    CacheNegativeHit,
+    IdpCall(IdpEndpoint, CallResult),
+}
+
+const DENY_REASONS: [(DenyReason, &str); 5] = [
+    (DenyReason::NoCredentials, "no_credentials"),
+    (DenyReason::Malformed, "malformed"),
+    (DenyReason::Invalid, "invalid"),
+    (DenyReason::InsufficientScope, "insufficient_scope"),
+    (DenyReason::IdpUnavailable, "idp_unavailable"),
+];
+const ENDPOINTS: [(IdpEndpoint, &str); 3] = [
+    (IdpEndpoint::Token, "token"),
+    (IdpEndpoint::Introspection, "introspect"),
+    (IdpEndpoint::Discovery, "discovery"),
+];
+const RESULTS: [(CallResult, &str); 6] = [
+    (CallResult::Ok, "ok"),
+    (CallResult::ClientError, "4xx"),
+    (CallResult::RateLimited, "429"),
+    (CallResult::ServerError, "5xx"),
+    (CallResult::Timeout, "timeout"),
+    (CallResult::Failure, "failure"),
+];
+
+/// The histogram of IdP call latency, in milliseconds.
+pub const IDP_LATENCY: &str = "okta_dcr_auth_idp_latency_ms";
+
+impl Counter {
+    /// Every counter, in `index` order.
+    pub fn all() -> Vec<Counter> {
+        let mut all = vec![Counter::Allowed];
+        all.extend(DENY_REASONS.iter().map(|(r, _)| Counter::Denied(*r)));
+        all.extend([
+            Counter::CacheHit,
+            Counter::CacheMiss,
+            Counter::CacheStale,
+            Counter::CacheNegativeHit,
+        ]);
+        for (endpoint, _) in ENDPOINTS {
+            all.extend(
+                RESULTS
+                    .iter()
+                    .map(|(result, _)| Counter::IdpCall(endpoint, *result)),
+            );
+        }
+        all
+    }
+
+    pub fn index(self) -> usize {
+        let position =
+            |list: &[(DenyReason, &str)], r| list.iter().position(|(x, _)| *x == r).unwrap_or(0);
+        match self {
+            Counter::Allowed => 0,
+            Counter::Denied(r) => 1 + position(&DENY_REASONS, r),
+            Counter::CacheHit => 6,
+            Counter::CacheMiss => 7,
+            Counter::CacheStale => 8,
+            Counter::CacheNegativeHit => 9,
+            Counter::IdpCall(e, r) => {
+                let e = ENDPOINTS.iter().position(|(x, _)| *x == e).unwrap_or(0);
+                let r = RESULTS.iter().position(|(x, _)| *x == r).unwrap_or(0);
+                10 + e * RESULTS.len() + r
+            }
+        }
+    }
+
+    pub fn name(self) -> String {
+        let label = |list: &[(DenyReason, &'static str)], r| {
+            list.iter().find(|(x, _)| *x == r).map_or("", |(_, n)| *n)
+        };
+        match self {
+            Counter::Allowed => "okta_dcr_auth_requests_allowed".into(),
+            Counter::Denied(r) => {
+                format!("okta_dcr_auth_requests_denied_{}", label(&DENY_REASONS, r))
+            }
+            Counter::CacheHit => "okta_dcr_auth_cache_hits".into(),
+            Counter::CacheMiss => "okta_dcr_auth_cache_misses".into(),
+            Counter::CacheStale => "okta_dcr_auth_cache_stale_serves".into(),
+            Counter::CacheNegativeHit => "okta_dcr_auth_cache_negative_hits".into(),
+            Counter::IdpCall(e, r) => {
+                let e = ENDPOINTS
+                    .iter()
+                    .find(|(x, _)| *x == e)
+                    .map_or("", |(_, n)| *n);
+                let r = RESULTS
+                    .iter()
+                    .find(|(x, _)| *x == r)
+                    .map_or("", |(_, n)| *n);
+                format!("okta_dcr_auth_idp_{e}_{r}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_has_its_own_index_and_name() {
+        let all = Counter::all();
+        assert_eq!(all.len(), 10 + 3 * 6);
+        for (i, c) in all.iter().enumerate() {
+            assert_eq!(c.index(), i, "{c:?}");
+            assert!(c.name().starts_with("okta_dcr_auth_"));
+        }
+        let mut names: Vec<String> = all.iter().map(|c| c.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), all.len());
+        assert_eq!(
+            Counter::IdpCall(IdpEndpoint::Introspection, CallResult::RateLimited).name(),
+            "okta_dcr_auth_idp_introspect_429"
+        );
+    }
+
+    #[test]
+    fn call_results() {
+        assert_eq!(CallResult::of(Some(200), 5, 3000), CallResult::Ok);
+        assert_eq!(CallResult::of(Some(401), 5, 3000), CallResult::ClientError);
+        assert_eq!(CallResult::of(Some(429), 5, 3000), CallResult::RateLimited);
+        assert_eq!(CallResult::of(Some(503), 5, 3000), CallResult::ServerError);
+        assert_eq!(CallResult::of(Some(302), 5, 3000), CallResult::Failure);
+        assert_eq!(CallResult::of(None, 3000, 3000), CallResult::Timeout);
+        assert_eq!(CallResult::of(None, 3, 3000), CallResult::Failure);
+    }
+}
