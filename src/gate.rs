@@ -442,7 +442,7 @@ impl Gate {
                 Err(DispatchError) => {
                     self.warn(
                         now,
-                        format_args!("[{ctx}] IdP call could not be sent (check idp_upstream)"),
+                        format_args!("[{ctx}] IdP call could not be sent (is idp_upstream a known cluster with a healthy host?)"),
                     );
                     self.release_lease(&w.key, host, true);
                     self.unavailable_or_stale(ctx, &w, &entry, now, host)
@@ -765,7 +765,7 @@ impl Gate {
                 self.discovery_failed(
                     host.now_ms(),
                     attempt,
-                    "the call could not be sent (check idp_upstream)",
+                    "the call could not be sent (is idp_upstream a known cluster with a healthy host?)",
                 );
             }
         }

@@ -1,0 +1,137 @@
+//! Bad configuration is refused when the plugin starts (issue 2, CONTRACT "Plugin configuration").
+//!
+//! What Envoy 1.40 does with it: the filter's `on_configure` returns false on the main thread,
+//! Envoy logs `Unable to create Wasm plugin <name>` (the filter is `FAIL_CLOSED`) and exits with
+//! status 1 before the listener opens. So each case asserts that exit, and that the plugin logged
+//! exactly one error line, naming the field, without the secret from the configuration.
+
+use okta_dcr_auth_tests::*;
+use serde_json::{json, Value};
+
+/// A secret in every refused configuration, to prove the refusal does not log it.
+const CONFIG_SECRET: &str = "config-Introspection_Secret_0a1b2c";
+
+fn refused(config: Value) -> StartFailure {
+    refused_with(Stack::builder().route("/", config))
+}
+
+fn refused_with(builder: StackBuilder) -> StartFailure {
+    match builder.try_start() {
+        Ok(mut stack) => {
+            let r = stack.get(
+                "/",
+                &[("authorization", &basic_header("0oa8x", "y-Secret_123456"))],
+            );
+            let running = stack.envoy_running();
+            panic!(
+                "Envoy started with a bad configuration (running: {running}); a request got {}: {r:#?}",
+                r.status
+            );
+        }
+        Err(failure) => failure,
+    }
+}
+
+/// Envoy exited, naming the plugin; the plugin logged one error line that contains `field`.
+fn assert_refused_naming(failure: &StartFailure, field: &str) {
+    let log = &failure.log;
+    let exited = failure.status.map(|s| !s.success()).unwrap_or(false);
+    assert!(exited, "Envoy should exit with an error status: {failure}");
+    assert!(
+        log.contains("Unable to create Wasm plugin okta-dcr-auth-0"),
+        "Envoy should say which plugin failed: {failure}"
+    );
+    let errors: Vec<&str> = plugin_log_lines(log)
+        .into_iter()
+        .filter(|l| l.contains("[error]") || l.contains("[critical]"))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "exactly one plugin error line, got {errors:#?}\n{failure}"
+    );
+    assert!(
+        errors[0].contains(field),
+        "the plugin's error line should name `{field}`: {}",
+        errors[0]
+    );
+    eprintln!("refused as expected: {}", errors[0]);
+    let leaks = find_secrets_in_log(log, &[CONFIG_SECRET, GATEWAY_CLIENT_SECRET]);
+    assert!(leaks.is_empty(), "secret in the log: {leaks:#?}");
+    let _ = std::fs::remove_dir_all(&failure.dir);
+}
+
+fn with_secret(overrides: Value) -> Value {
+    let mut config = filter_config(json!({ "introspection_client_secret": CONFIG_SECRET }));
+    if let (Some(c), Value::Object(o)) = (config.as_object_mut(), overrides) {
+        for (k, v) in o {
+            c.insert(k, v);
+        }
+    }
+    config
+}
+
+#[test]
+fn openid_scope_is_refused_at_start() {
+    let failure = refused(with_secret(json!({ "scopes": ["api:read", "openid"] })));
+    assert_refused_naming(&failure, "scopes");
+}
+
+#[test]
+fn unknown_field_is_refused_at_start() {
+    let failure = refused(with_secret(json!({ "cache_ttl_seconds": 60 })));
+    assert_refused_naming(&failure, "cache_ttl_seconds");
+}
+
+#[test]
+fn zero_idp_timeout_is_refused_at_start() {
+    let failure = refused(with_secret(json!({ "idp_timeout_ms": 0 })));
+    assert_refused_naming(&failure, "idp_timeout_ms");
+}
+
+#[test]
+fn plain_http_issuer_is_refused_for_a_non_loopback_host() {
+    let failure = refused(with_secret(
+        json!({ "issuer": "http://dev-123.okta.com/oauth2/default" }),
+    ));
+    assert_refused_naming(&failure, "issuer");
+}
+
+#[test]
+fn missing_issuer_is_refused_at_start() {
+    let failure = refused(with_secret(json!({ "issuer": null })));
+    assert_refused_naming(&failure, "issuer");
+}
+
+#[test]
+fn accepting_bearer_without_an_introspection_client_is_refused() {
+    let failure = refused(filter_config(json!({
+        "accept": ["basic", "bearer"],
+        "introspection_client_id": null,
+        "introspection_client_secret": null,
+    })));
+    assert_refused_naming(&failure, "introspection_client");
+}
+
+#[test]
+fn unknown_accept_value_is_refused() {
+    let failure = refused(with_secret(json!({ "accept": ["basic", "digest"] })));
+    assert_refused_naming(&failure, "accept");
+}
+
+#[test]
+fn configuration_that_is_not_json_is_refused() {
+    let failure = refused_with(Stack::builder().route_raw_config("/", "{\"issuer\": "));
+    let exited = failure.status.map(|s| !s.success()).unwrap_or(false);
+    assert!(exited, "Envoy should exit with an error status: {failure}");
+    let errors: Vec<&str> = plugin_log_lines(&failure.log)
+        .into_iter()
+        .filter(|l| l.contains("[error]"))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "one plugin error line: {errors:#?}\n{failure}"
+    );
+    let _ = std::fs::remove_dir_all(&failure.dir);
+}
