@@ -161,6 +161,8 @@ pub struct Gate {
     waiting: HashMap<u32, Waiting>,
     calls: HashMap<u32, Call>,
     last_warn_ms: u64,
+    /// The root context's id, for log lines that belong to no request.
+    root: u32,
     /// IdP failures in a row seen by this worker (reset by any answer that is a verdict).
     failures_in_a_row: u32,
 }
@@ -194,6 +196,7 @@ impl Gate {
             waiting: HashMap::new(),
             calls: HashMap::new(),
             last_warn_ms: 0,
+            root: 0,
             failures_in_a_row: 0,
         }
     }
@@ -206,6 +209,7 @@ impl Gate {
     /// (the host ignores CAS for a key that does not exist yet), and take discovered endpoints
     /// from another worker, or start discovery. `root` is the context dispatches belong to.
     pub fn start(&mut self, root: u32, host: &dyn Host) {
+        self.root = root;
         for slot in 0..self.config.cache_slots {
             let name = self.names.slot(slot);
             if host.shared_get(&name).is_none() {
@@ -607,10 +611,14 @@ impl Gate {
             _ => return,
         };
         if until > self.paused_until(host) {
-            log::warn!(
-                "okta-dcr-auth: pausing IdP calls for {} ms ({})",
-                until - now,
-                failure.describe()
+            let root = self.root;
+            let ms = until - now;
+            self.warn(
+                now,
+                format_args!(
+                    "[{root}] pausing IdP calls for {ms} ms: {}",
+                    failure.describe()
+                ),
             );
             let _ = host.shared_set(&self.names.guard(), &until.to_le_bytes(), 0);
         }
@@ -670,7 +678,7 @@ impl Gate {
                         "the discovery document lacks a needed endpoint",
                     );
                 } else {
-                    log::info!("okta-dcr-auth: endpoints discovered from the issuer");
+                    log::info!("[{}] endpoints discovered from the issuer", self.root);
                     self.discovery = Discovery::Ready;
                     self.share_endpoints(now, host);
                 }
@@ -717,8 +725,8 @@ impl Gate {
     fn discovery_failed(&mut self, now: u64, attempt: u32, why: &str) {
         let backoff = (DISCOVERY_MIN_BACKOFF_MS << attempt.min(10)).min(DISCOVERY_MAX_BACKOFF_MS);
         log::warn!(
-            "okta-dcr-auth: discovery at the issuer failed: {why}; retrying in {} ms",
-            backoff
+            "[{}] discovery at the issuer failed: {why}; retrying in {backoff} ms",
+            self.root
         );
         self.discovery = Discovery::RetryAt {
             at_ms: now + backoff,
