@@ -69,6 +69,11 @@ impl Names {
         format!("{}discovery", self.prefix)
     }
 
+    /// Present once every slot exists, so that later workers skip creating them.
+    pub fn slots_ready(&self) -> String {
+        format!("{}slots", self.prefix)
+    }
+
     /// Until when (ms since epoch) no worker calls the IdP: the quota guard.
     pub fn guard(&self) -> String {
         format!("{}guard", self.prefix)

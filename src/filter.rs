@@ -100,6 +100,18 @@ impl RootContext for Root {
         };
         let metrics = Metrics::define();
         let mut gate = Gate::new(config);
+        // Envoy refuses to switch to a context that does not exist; ngx_wasm_module's
+        // set_effective_context accepts anything and does nothing, so there a request can only
+        // be answered from its own callbacks.
+        let solo = switch_to(u32::MAX);
+        switch_to(self.id);
+        if solo {
+            log::info!(
+                "[{}] host cannot resume other requests: no cross-request waiting",
+                self.id
+            );
+        }
+        gate.set_solo(solo);
         gate.start(self.id, &HostCalls(&metrics));
         self.plugin = Some(Rc::new(Plugin {
             gate: RefCell::new(gate),
@@ -251,7 +263,7 @@ fn deliver(plugin: &Rc<Plugin>, caller: u32, token: u32, body_size: usize) {
 /// Applies steps to paused requests, each in its own context.
 fn apply_elsewhere(steps: Vec<(u32, Step)>) {
     for (ctx, step) in steps {
-        if hostcalls::set_effective_context(ctx).is_err() {
+        if !switch_to(ctx) {
             continue;
         }
         match step {
@@ -288,6 +300,18 @@ fn send_reply(reply: &LocalReply) {
         headers.push(("www-authenticate", challenge));
     }
     let _ = hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+}
+
+/// Makes `ctx` the context host calls act on; false if the host refused. (The SDK's wrapper
+/// panics on statuses it does not expect, and a panic aborts the VM.)
+fn switch_to(ctx: u32) -> bool {
+    // SAFETY: a plain host call taking an integer; no memory is shared.
+    unsafe { proxy_set_effective_context(ctx) == 0 }
 }
 
 /// The host, for the gate.
@@ -332,6 +356,14 @@ impl Host for HostCalls<'_> {
     fn dispatch(&self, config: &Config, request: &IdpRequest) -> Result<u32, DispatchError> {
         let mut headers: Vec<(&str, &str)> = vec![
             (":method", request.method),
+            (
+                ":scheme",
+                if config.issuer_url.https {
+                    "https"
+                } else {
+                    "http"
+                },
+            ),
             (":path", &request.path),
             (":authority", &config.idp_authority),
             (

@@ -163,6 +163,8 @@ pub struct Gate {
     last_warn_ms: u64,
     /// The root context's id, for log lines that belong to no request.
     root: u32,
+    /// The host cannot resume a request from another context (see `set_solo`).
+    solo: bool,
     /// IdP failures in a row seen by this worker (reset by any answer that is a verdict).
     failures_in_a_row: u32,
 }
@@ -197,6 +199,7 @@ impl Gate {
             calls: HashMap::new(),
             last_warn_ms: 0,
             root: 0,
+            solo: false,
             failures_in_a_row: 0,
         }
     }
@@ -210,17 +213,29 @@ impl Gate {
     /// from another worker, or start discovery. `root` is the context dispatches belong to.
     pub fn start(&mut self, root: u32, host: &dyn Host) {
         self.root = root;
-        for slot in 0..self.config.cache_slots {
-            let name = self.names.slot(slot);
-            if host.shared_get(&name).is_none() {
-                let _ = host.shared_set(&name, EMPTY_SLOT, 0);
+        let ready = self.names.slots_ready();
+        if host.shared_get(&ready).is_none() {
+            for slot in 0..self.config.cache_slots {
+                let name = self.names.slot(slot);
+                if host.shared_get(&name).is_none() {
+                    let _ = host.shared_set(&name, EMPTY_SLOT, 0);
+                }
             }
+            let _ = host.shared_set(&ready, b"1", 0);
         }
+        // Discovery, when needed, starts at the first tick: some hosts (ngx_wasm_module) refuse
+        // IdP calls during plugin start.
         if let Discovery::RetryAt { .. } = self.discovery {
-            if !self.adopt_shared_endpoints(host) {
-                self.start_discovery(root, host);
-            }
+            self.adopt_shared_endpoints(host);
         }
+    }
+
+    /// Tells the gate whether the host can act on a request from another context's callback
+    /// (Envoy can; ngx_wasm_module cannot: its `set_effective_context` does nothing). When it
+    /// cannot, a request never waits for someone else: it makes its own discovery and IdP
+    /// calls, and only the request whose callback is running is ever answered.
+    pub fn set_solo(&mut self, solo: bool) {
+        self.solo = solo;
     }
 
     /// A new request. `authorization` holds every `Authorization` value it carries.
@@ -305,7 +320,8 @@ impl Gate {
         {
             self.start_discovery(root, host);
         }
-        if self.waiting.is_empty() {
+        // Solo, requests are never answered from the root context: the host could not apply it.
+        if self.waiting.is_empty() || self.solo {
             return Vec::new();
         }
         let discovered = matches!(self.discovery, Discovery::Ready);
@@ -386,8 +402,23 @@ impl Gate {
                 return self.unavailable_or_stale(ctx, &w, &entry, now, host);
             }
             if !matches!(self.discovery, Discovery::Ready) {
-                if let Discovery::RetryAt { at_ms, .. } = self.discovery {
-                    if at_ms > w.deadline_ms {
+                let retry_at = match self.discovery {
+                    Discovery::RetryAt { at_ms, .. } => at_ms,
+                    _ => now,
+                };
+                if retry_at > w.deadline_ms || (self.solo && retry_at > now) {
+                    return self.unavailable_or_stale(ctx, &w, &entry, now, host);
+                }
+                if self.solo {
+                    // Nobody could wake this request: it asks for the endpoints itself.
+                    let attempt = self.discovery_attempt();
+                    self.dispatch_discovery(
+                        caller,
+                        DiscoveryDocument::OAuthAuthorizationServer,
+                        attempt,
+                        host,
+                    );
+                    if !matches!(self.discovery, Discovery::InFlight { .. }) {
                         return self.unavailable_or_stale(ctx, &w, &entry, now, host);
                     }
                 }
@@ -395,7 +426,7 @@ impl Gate {
                 self.waiting.insert(ctx, w);
                 return Step::Wait;
             }
-            if entry.leased(&w.key, now) {
+            if entry.leased(&w.key, now) && !self.solo {
                 if now > w.deadline_ms {
                     return self.unavailable_or_stale(ctx, &w, &entry, now, host);
                 }
@@ -407,7 +438,8 @@ impl Gate {
                 // The quota guard: Okta asked us to back off, or keeps failing.
                 return self.unavailable_or_stale(ctx, &w, &entry, now, host);
             }
-            // Take the lease. A colliding entry for another key gives way to this one.
+            // Take the lease (unless, solo, someone else holds it: then this request asks the
+            // IdP on its own). A colliding entry for another key gives way to this one.
             let lease_until = now + self.config.idp_timeout_ms + LEASE_MARGIN_MS;
             let mut leased = if entry.key == w.key {
                 entry.clone()
@@ -415,10 +447,13 @@ impl Gate {
                 CacheEntry::empty(w.key)
             };
             leased.lease_until_ms = lease_until;
-            match host.shared_set(&slot, &leased.encode(), cas) {
-                Ok(()) => {}
-                Err(SharedError::CasMismatch) => continue,
-                Err(SharedError::Other) => {}
+            let theirs = self.solo && entry.leased(&w.key, now);
+            if !theirs {
+                match host.shared_set(&slot, &leased.encode(), cas) {
+                    Ok(()) => {}
+                    Err(SharedError::CasMismatch) => continue,
+                    Err(SharedError::Other) => {}
+                }
             }
             let request = match self.idp_request(&w.credential) {
                 Some(r) => r,
@@ -520,11 +555,15 @@ impl Gate {
         if verdict.is_ok() {
             self.failures_in_a_row = 0;
         }
-        // The leader and every request of this worker waiting on the same key.
+        // The leader and every request of this worker waiting on the same key (solo, only the
+        // leader: the others have calls of their own, and the host could not answer them here).
+        let solo = self.solo;
         let mut ids: Vec<u32> = self
             .waiting
             .iter()
-            .filter(|(_, w)| w.key == key && !matches!(w.phase, Phase::Discovery))
+            .filter(|(id, w)| {
+                w.key == key && !matches!(w.phase, Phase::Discovery) && (!solo || **id == leader)
+            })
             .map(|(id, _)| *id)
             .collect();
         ids.sort_unstable_by_key(|id| *id != leader);
@@ -620,7 +659,7 @@ impl Gate {
                     failure.describe()
                 ),
             );
-            let _ = host.shared_set(&self.names.guard(), &until.to_le_bytes(), 0);
+            overwrite(host, &self.names.guard(), &until.to_le_bytes());
         }
     }
 
@@ -653,11 +692,15 @@ impl Gate {
         host: &dyn Host,
     ) -> Vec<(u32, Step)> {
         let now = host.now_ms();
-        let attempt = match self.discovery {
-            Discovery::RetryAt { attempt, .. } | Discovery::InFlight { attempt } => attempt,
-            Discovery::Ready => 0,
+        let attempt = self.discovery_attempt();
+        // A second answer (several requests asked, solo) changes nothing once discovery is done.
+        let result = okta::read_discovery(&self.config, answer, now / 1000);
+        let result = if matches!(self.discovery, Discovery::Ready) {
+            Ok(self.endpoints.clone())
+        } else {
+            result
         };
-        match okta::read_discovery(&self.config, answer, now / 1000) {
+        match result {
             Ok(found) => {
                 let token_path = self.endpoints.token_path.take().or(found.token_path);
                 let introspection_path = self
@@ -704,10 +747,12 @@ impl Gate {
             }
         }
         // Requests parked for discovery go on now (Ready) or fail if the retry is too late.
+        // Solo, only the request that made this call can be answered from here.
+        let solo = self.solo;
         let ids: Vec<u32> = self
             .waiting
             .iter()
-            .filter(|(_, w)| matches!(w.phase, Phase::Discovery))
+            .filter(|(id, w)| matches!(w.phase, Phase::Discovery) && (!solo || **id == caller))
             .map(|(id, _)| *id)
             .collect();
         let mut steps = Vec::new();
@@ -734,11 +779,15 @@ impl Gate {
         };
     }
 
-    fn start_discovery(&mut self, root: u32, host: &dyn Host) {
-        let attempt = match self.discovery {
+    fn discovery_attempt(&self) -> u32 {
+        match self.discovery {
             Discovery::RetryAt { attempt, .. } | Discovery::InFlight { attempt } => attempt,
             Discovery::Ready => 0,
-        };
+        }
+    }
+
+    fn start_discovery(&mut self, root: u32, host: &dyn Host) {
+        let attempt = self.discovery_attempt();
         self.dispatch_discovery(
             root,
             DiscoveryDocument::OAuthAuthorizationServer,
@@ -789,7 +838,7 @@ impl Gate {
                 .as_deref()
                 .unwrap_or_default()
         );
-        let _ = host.shared_set(&self.names.discovery(), value.as_bytes(), 0);
+        overwrite(host, &self.names.discovery(), value.as_bytes());
     }
 
     fn adopt_shared_endpoints(&mut self, host: &dyn Host) -> bool {
@@ -909,6 +958,17 @@ impl Gate {
             log::warn!("{message}");
         } else {
             log::debug!("{message}");
+        }
+    }
+}
+
+/// Writes a shared-data key whatever it holds. Always with the current CAS: ngx_wasm_module
+/// reads CAS 0 as "create only", Envoy as "unconditional".
+fn overwrite(host: &dyn Host, key: &str, value: &[u8]) {
+    for _ in 0..4 {
+        let cas = host.shared_get(key).map_or(0, |(_, cas)| cas);
+        if host.shared_set(key, value, cas) != Err(SharedError::CasMismatch) {
+            return;
         }
     }
 }

@@ -450,12 +450,13 @@ fn malformed_input_never_reaches_the_idp() {
 fn shared_keys_stay_within_the_slots() {
     let host = FakeHost::at(T0);
     let mut g = gate(&host, r#","cache_slots":16"#);
-    assert_eq!(host.data.borrow().len(), 16);
+    assert_eq!(host.data.borrow().len(), 16 + 1);
     for i in 0..500 {
         ask(&mut g, &host, 1000 + i, &basic(&format!("app{i}"), "s"));
         answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
     }
-    assert_eq!(host.data.borrow().len(), 16);
+    // the slots, the "slots ready" marker, the quota guard and the discovered endpoints at most
+    assert!(host.data.borrow().len() <= 16 + 3);
 }
 
 #[test]
@@ -467,6 +468,8 @@ fn discovery_runs_first_and_requests_wait_for_it() {
     .expect("valid");
     let mut g = Gate::new(cfg);
     g.start(ROOT, &host);
+    assert_eq!(host.call_count(), 0, "no IdP call during plugin start");
+    g.on_tick(ROOT, &host);
     let (discovery, request) = host.last_call();
     assert_eq!(
         request.path,
@@ -490,6 +493,7 @@ fn discovery_runs_first_and_requests_wait_for_it() {
     // another worker takes the endpoints from shared data without asking
     let mut other = Gate::new(g.config().clone());
     other.start(ROOT, &host);
+    other.on_tick(ROOT, &host);
     assert_eq!(host.call_count(), 3);
 }
 
@@ -502,6 +506,8 @@ fn failed_discovery_is_retried_and_waiters_get_503_meanwhile() {
     .expect("valid");
     let mut g = Gate::new(cfg);
     g.start(ROOT, &host);
+    assert_eq!(host.call_count(), 0, "no IdP call during plugin start");
+    g.on_tick(ROOT, &host);
     let (discovery, _) = host.last_call();
     assert_eq!(ask(&mut g, &host, 10, &basic("app", "s")), Step::Wait);
     answer(&mut g, &host, discovery, 500, "");
@@ -526,6 +532,8 @@ fn discovery_naming_another_issuer_is_refused() {
     .expect("valid");
     let mut g = Gate::new(cfg);
     g.start(ROOT, &host);
+    assert_eq!(host.call_count(), 0, "no IdP call during plugin start");
+    g.on_tick(ROOT, &host);
     let doc = r#"{"issuer":"https://evil.example/oauth2/default","token_endpoint":"https://evil.example/t"}"#;
     answer(&mut g, &host, host.last_call().0, 200, doc);
     assert_eq!(
@@ -655,4 +663,117 @@ fn counters_follow_the_traffic() {
         assert_eq!(host.counter(name), expected, "{name}");
     }
     assert_eq!(host.latencies.borrow()[0], 7);
+}
+
+fn solo_gate(host: &FakeHost, json: &[u8]) -> Gate {
+    let mut g = Gate::new(Config::from_json(json).expect("valid"));
+    g.set_solo(true);
+    g.start(ROOT, host);
+    g
+}
+
+#[test]
+fn solo_host_never_parks_a_request_behind_another() {
+    let host = FakeHost::at(T0);
+    let json =
+        br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["basic"],
+        "token_endpoint":"https://o.okta.com/oauth2/default/v1/token","cache_slots":8}"#;
+    let mut worker_a = solo_gate(&host, json);
+    let mut worker_b = solo_gate(&host, json);
+    assert_eq!(
+        ask(&mut worker_a, &host, 10, &basic("app", "s")),
+        Step::Wait
+    );
+    let first = host.last_call().0;
+    assert_eq!(
+        ask(&mut worker_b, &host, 20, &basic("app", "s")),
+        Step::Wait
+    );
+    assert_eq!(
+        ask(&mut worker_a, &host, 11, &basic("app", "s")),
+        Step::Wait
+    );
+    assert_eq!(host.call_count(), 3, "each request asks for itself");
+    // an answer resolves only the request it belongs to; ticks resolve nothing
+    let steps = worker_a.on_idp_answer(
+        10,
+        first,
+        IdpAnswer {
+            status: Some(200),
+            headers: &[],
+            body: token_ok(60).as_bytes(),
+        },
+        &host,
+    );
+    assert_eq!(steps.len(), 1);
+    assert_eq!((steps[0].0, status(&steps[0].1)), (10, 200));
+    host.advance(60_000 - 1);
+    assert!(worker_b.on_tick(ROOT, &host).is_empty());
+    // the cache still serves later requests
+    assert_eq!(
+        status(&ask(&mut worker_b, &host, 21, &basic("app", "s"))),
+        200
+    );
+}
+
+#[test]
+fn solo_request_makes_its_own_discovery_call() {
+    let host = FakeHost::at(T0);
+    let json = br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["basic"],"cache_slots":8}"#;
+    let mut g = solo_gate(&host, json);
+    assert_eq!(ask(&mut g, &host, 10, &basic("app", "s")), Step::Wait);
+    assert_eq!(ask(&mut g, &host, 11, &basic("app", "s")), Step::Wait);
+    let calls = host.calls.borrow().clone();
+    assert_eq!(calls.len(), 2);
+    assert!(calls
+        .iter()
+        .all(|(_, r)| r.path.ends_with("/.well-known/oauth-authorization-server")));
+    let doc = r#"{"issuer":"https://o.okta.com/oauth2/default","token_endpoint":"https://o.okta.com/oauth2/default/v1/token"}"#;
+    let headers = vec![(":status".to_string(), "200".to_string())];
+    let steps = g.on_idp_answer(
+        11,
+        calls[1].0,
+        IdpAnswer {
+            status: Some(200),
+            headers: &headers,
+            body: doc.as_bytes(),
+        },
+        &host,
+    );
+    assert!(steps.is_empty(), "request 11 now waits for its token call");
+    assert_eq!(host.last_call().1.path, "/oauth2/default/v1/token");
+    // the other request's own discovery answer, even a failure, lets it go on
+    let steps = g.on_idp_answer(
+        10,
+        calls[0].0,
+        IdpAnswer {
+            status: Some(500),
+            headers: &[],
+            body: b"",
+        },
+        &host,
+    );
+    assert!(steps.is_empty());
+    assert_eq!(host.call_count(), 4);
+}
+
+#[test]
+fn solo_discovery_failure_answers_the_request_at_once() {
+    let host = FakeHost::at(T0);
+    let json = br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["basic"],"cache_slots":8}"#;
+    let mut g = solo_gate(&host, json);
+    ask(&mut g, &host, 10, &basic("app", "s"));
+    let steps = g.on_idp_answer(
+        10,
+        host.last_call().0,
+        IdpAnswer {
+            status: Some(500),
+            headers: &[],
+            body: b"",
+        },
+        &host,
+    );
+    assert_eq!((steps[0].0, status(&steps[0].1)), (10, 503));
+    // during the backoff, a new request is answered at once rather than parked
+    assert_eq!(status(&ask(&mut g, &host, 11, &basic("app", "s"))), 503);
 }
