@@ -1,0 +1,620 @@
+//! Every filter configuration the repository ships is parsed by the filter's own code
+//! ([`Config::from_json`], what `on_configure` runs), so that no example drifts from the rules.
+//!
+//! The whole tree is walked (build output, tools and fuzzing data aside) and configurations are
+//! taken from:
+//! - YAML (`*.yaml`, `*.yml`): Envoy's Wasm filter (`envoy.extensions.filters.http.wasm.v3.Wasm`
+//!   loading `okta_dcr_auth.wasm`: its `configuration`, a `google.protobuf.StringValue`), and Kong's
+//!   `filter_chains` and `plugins` entries named `okta_dcr_auth` (their `config`: a string, given to
+//!   the filter as is, or a map, which Kong serializes to JSON);
+//! - JSON files whose top-level object has an `issuer` or `idp_upstream` field;
+//! - Markdown: fenced `yaml` blocks as above, and fenced `json` blocks that are marked
+//!   (```` ```json okta-dcr-auth ````) or have an `issuer` or `idp_upstream` field;
+//! - templates (`NAME.yaml.tmpl`, ...), as their inner type, once their `${VAR}` placeholders are
+//!   given sample values.
+//!
+//! Hidden folders (`.git`, `.venv`, tools' caches) and build output are not walked. The test fails
+//! when a configuration does not parse, when a file under `envoy/` or `kong/` holds none (its
+//! layout changed under the extractor), or when nothing is found at all.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use okta_dcr_auth::config::Config;
+use serde::Deserialize;
+use serde_norway::Value;
+
+const ENVOY_WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
+/// The module an Envoy Wasm filter must load to be ours.
+const WASM_FILE: &str = "okta_dcr_auth.wasm";
+/// The filter's name on Kong: its file name in `wasm_filters_path`, without `.wasm`.
+const KONG_FILTER: &str = "okta_dcr_auth";
+/// Folders whose files must each hold at least one filter configuration.
+const CONFIG_DIRS: &[&str] = &["envoy", "kong"];
+/// Folders never walked, at any depth, besides hidden ones: build output, fuzzing data.
+const SKIPPED_DIRS: &[&str] = &[
+    "target",
+    "node_modules",
+    "corpus",
+    "artifacts",
+    "regressions",
+];
+/// Text that makes a block or file ours even when it does not parse.
+const MARKERS: &[&str] = &["okta_dcr_auth", "okta-dcr-auth", "envoy.filters.http.wasm"];
+/// Sample values for template placeholders (`${NAME}`); `${NAME:-default}` takes its default.
+const SAMPLES: &[(&str, &str)] = &[
+    (
+        "OKTA_ISSUER",
+        "https://dev-12345678.okta.com/oauth2/default",
+    ),
+    ("OKTA_HOST", "dev-12345678.okta.com"),
+    (
+        "OKTA_INTROSPECTION_CLIENT_ID",
+        "0oaEXAMPLEintrospectionClient",
+    ),
+    (
+        "OKTA_INTROSPECTION_CLIENT_SECRET",
+        "EXAMPLE-introspection-client-secret",
+    ),
+    ("OKTA_SCOPES", "api:read"),
+    ("IDP_UPSTREAM", "okta"),
+    ("PORT", "8080"),
+    ("ADMIN_PORT", "9901"),
+];
+
+/// One filter configuration found in a file: where, and its bytes (or why there are none).
+#[derive(Debug)]
+struct Found {
+    origin: String,
+    bytes: Result<Vec<u8>, String>,
+}
+
+/// What checking one file gave.
+#[derive(Debug, Default)]
+struct Checked {
+    parsed: Vec<String>,
+    failures: Vec<String>,
+}
+
+impl Checked {
+    fn add(&mut self, found: Vec<Found>) {
+        for f in found {
+            match f.bytes {
+                Err(why) => self.failures.push(format!("{}: {why}", f.origin)),
+                Ok(bytes) => match Config::from_json(&bytes) {
+                    Ok(_) => self.parsed.push(f.origin),
+                    Err(e) => self
+                        .failures
+                        .push(format!("{}: configuration refused: {e}", f.origin)),
+                },
+            }
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            if !name.starts_with('.') && !SKIPPED_DIRS.contains(&name.as_str()) {
+                walk(&path, out);
+            }
+        } else if kind.is_file() && kind_of(&name).is_some() {
+            out.push(path);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Yaml,
+    Json,
+    Markdown,
+}
+
+/// The kind of a file by its name; a template (`x.yaml.tmpl`) is read as its inner kind.
+fn kind_of(name: &str) -> Option<Kind> {
+    let name = name.strip_suffix(".tmpl").unwrap_or(name);
+    let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+    match ext.as_str() {
+        "yaml" | "yml" => Some(Kind::Yaml),
+        "json" => Some(Kind::Json),
+        "md" => Some(Kind::Markdown),
+        _ => None,
+    }
+}
+
+/// Gives `${NAME}` and `${NAME:-default}` their sample or default value; an unknown name with no
+/// default is an error, so that a new template comes with a sample value here.
+fn substitute(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "an unterminated ${ placeholder".to_string())?;
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        let value = SAMPLES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .or(default)
+            .ok_or_else(|| {
+                format!("placeholder ${{{name}}} has no sample value (add one to SAMPLES in tests/examples.rs)")
+            })?;
+        out.push_str(value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Checks one file's text, `origin` naming it in messages. A template's placeholders get sample
+/// values first; `must_parse`: a YAML file that does not parse is a failure even without a marker.
+fn check_text(origin: &str, kind: Kind, text: &str, must_parse: bool) -> Checked {
+    let mut checked = Checked::default();
+    let text = if origin.ends_with(".tmpl") {
+        match substitute(text) {
+            Ok(t) => t,
+            Err(why) => {
+                checked.failures.push(format!("{origin}: {why}"));
+                return checked;
+            }
+        }
+    } else {
+        text.to_string()
+    };
+    match kind {
+        Kind::Yaml => match yaml_documents(&text) {
+            Ok(docs) => {
+                for doc in &docs {
+                    checked.add(configs_in_yaml(origin, doc));
+                }
+            }
+            Err(e) if must_parse || MARKERS.iter().any(|m| text.contains(m)) => checked
+                .failures
+                .push(format!("{origin}: not valid YAML: {e}")),
+            Err(_) => {}
+        },
+        Kind::Json => {
+            if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
+                if looks_like_filter_config(&value) {
+                    checked.add(vec![Found {
+                        origin: origin.to_string(),
+                        bytes: Ok(text.into_bytes()),
+                    }]);
+                }
+            }
+        }
+        Kind::Markdown => {
+            for block in fenced_blocks(&text) {
+                check_block(origin, &block, &mut checked);
+            }
+        }
+    }
+    checked
+}
+
+fn yaml_documents(text: &str) -> Result<Vec<Value>, serde_norway::Error> {
+    serde_norway::Deserializer::from_str(text)
+        .map(Value::deserialize)
+        .collect()
+}
+
+fn looks_like_filter_config(value: &serde_json::Value) -> bool {
+    value
+        .as_object()
+        .is_some_and(|o| o.contains_key("issuer") || o.contains_key("idp_upstream"))
+}
+
+/// Walks a YAML document for Envoy Wasm filters and Kong filter entries that are ours.
+fn configs_in_yaml(origin: &str, doc: &Value) -> Vec<Found> {
+    let mut found = Vec::new();
+    visit(origin, doc, &mut found);
+    found
+}
+
+fn visit(origin: &str, value: &Value, found: &mut Vec<Found>) {
+    match value {
+        Value::Mapping(map) => {
+            if map.get("@type").and_then(Value::as_str) == Some(ENVOY_WASM_TYPE) {
+                if let Some(f) = envoy_config(origin, value) {
+                    found.push(f);
+                }
+            }
+            for key in ["filter_chains", "plugins"] {
+                if let Some(Value::Sequence(entries)) = map.get(key) {
+                    kong_configs(origin, key, entries, found);
+                }
+            }
+            for (_, v) in map {
+                visit(origin, v, found);
+            }
+        }
+        Value::Sequence(items) => {
+            for v in items {
+                visit(origin, v, found);
+            }
+        }
+        Value::Tagged(tagged) => visit(origin, &tagged.value, found),
+        _ => {}
+    }
+}
+
+/// The `configuration` of an Envoy Wasm filter, `None` when it loads another module.
+fn envoy_config(origin: &str, wasm: &Value) -> Option<Found> {
+    let config = wasm.get("config");
+    let filename = config
+        .and_then(|c| c.get("vm_config"))
+        .and_then(|v| v.get("code"))
+        .and_then(|c| c.get("local"))
+        .and_then(|l| l.get("filename"))
+        .and_then(Value::as_str);
+    if filename.is_some_and(|f| !f.ends_with(WASM_FILE)) {
+        return None;
+    }
+    let name = config
+        .and_then(|c| c.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    let origin = format!("{origin} (Envoy Wasm filter \"{name}\")");
+    let bytes = match config.and_then(|c| c.get("configuration")) {
+        None => Err("the Wasm filter has no configuration".to_string()),
+        Some(conf) => match conf.get("@type").and_then(Value::as_str) {
+            Some(STRING_VALUE_TYPE) => match conf.get("value") {
+                Some(Value::String(s)) => Ok(s.clone().into_bytes()),
+                _ => Err("the StringValue has no string `value`".to_string()),
+            },
+            other => Err(format!(
+                "configuration of type {other:?}: the filter reads JSON from a {STRING_VALUE_TYPE}"
+            )),
+        },
+    };
+    Some(Found { origin, bytes })
+}
+
+/// Kong's entries named `okta_dcr_auth` in `filter_chains[].filters[]` or `plugins[]`.
+fn kong_configs(origin: &str, key: &str, entries: &[Value], found: &mut Vec<Found>) {
+    let filters: Vec<(String, &Value)> = if key == "filter_chains" {
+        entries
+            .iter()
+            .filter_map(|chain| {
+                let chain_name = chain.get("name").and_then(Value::as_str).unwrap_or("?");
+                let filters = chain.get("filters")?.as_sequence()?;
+                Some(
+                    filters
+                        .iter()
+                        .map(move |f| (format!("filter chain \"{chain_name}\""), f)),
+                )
+            })
+            .flatten()
+            .collect()
+    } else {
+        entries.iter().map(|p| ("plugins".to_string(), p)).collect()
+    };
+    for (place, filter) in filters {
+        if filter.get("name").and_then(Value::as_str) != Some(KONG_FILTER) {
+            continue;
+        }
+        let origin = format!("{origin} (Kong {place}, filter {KONG_FILTER})");
+        let bytes = match filter.get("config") {
+            None | Some(Value::Null) => Err("the filter has no `config`".to_string()),
+            Some(Value::String(s)) => Ok(s.clone().into_bytes()),
+            Some(map @ Value::Mapping(_)) => kong_map_config(map),
+            Some(_) => Err("`config` is neither a JSON string nor a map".to_string()),
+        };
+        found.push(Found { origin, bytes });
+    }
+}
+
+/// A map `config` as Kong hands it over: serialized to JSON. Kong's JSON encoder (lua-cjson) may
+/// write an empty list as `{}`, which the filter would refuse, so empty lists are refused here.
+fn kong_map_config(map: &Value) -> Result<Vec<u8>, String> {
+    fn has_empty_list(v: &Value) -> bool {
+        match v {
+            Value::Sequence(s) => s.is_empty() || s.iter().any(has_empty_list),
+            Value::Mapping(m) => m.iter().any(|(_, v)| has_empty_list(v)),
+            Value::Tagged(t) => has_empty_list(&t.value),
+            _ => false,
+        }
+    }
+    if has_empty_list(map) {
+        return Err(
+            "an empty list in a map `config` may reach the filter as `{}` \
+                    (Kong's JSON encoder): leave the field out, or give `config` as a JSON string"
+                .to_string(),
+        );
+    }
+    serde_json::to_vec(map).map_err(|e| format!("`config` does not convert to JSON: {e}"))
+}
+
+#[derive(Debug)]
+struct Block {
+    line: usize,
+    info: String,
+    text: String,
+}
+
+/// Fenced code blocks (``` or ~~~) of a Markdown text.
+fn fenced_blocks(text: &str) -> Vec<Block> {
+    let mut blocks = Vec::new();
+    let mut open: Option<(String, Block)> = None;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        match &mut open {
+            None => {
+                for fence in ["```", "~~~"] {
+                    if let Some(info) = trimmed.strip_prefix(fence) {
+                        let marker_len = fence.len()
+                            + info.chars().take_while(|c| fence.starts_with(*c)).count();
+                        let info = trimmed[marker_len..].trim().to_string();
+                        open = Some((
+                            trimmed[..marker_len].to_string(),
+                            Block {
+                                line: i + 1,
+                                info,
+                                text: String::new(),
+                            },
+                        ));
+                        break;
+                    }
+                }
+            }
+            Some((fence, block)) => {
+                if trimmed.starts_with(fence.as_str()) && trimmed.trim_end() == fence.as_str() {
+                    if let Some((_, block)) = open.take() {
+                        blocks.push(block);
+                    }
+                } else {
+                    block.text.push_str(line);
+                    block.text.push('\n');
+                }
+            }
+        }
+    }
+    blocks
+}
+
+fn check_block(origin: &str, block: &Block, checked: &mut Checked) {
+    let mut words = block.info.split_whitespace();
+    let lang = words.next().unwrap_or("").to_ascii_lowercase();
+    let marked = block.info.contains("okta-dcr-auth");
+    let origin = format!("{origin}:{} (```{} block)", block.line, block.info);
+    match lang.as_str() {
+        "yaml" | "yml" => match yaml_documents(&block.text) {
+            Ok(docs) => {
+                for doc in &docs {
+                    checked.add(configs_in_yaml(&origin, doc));
+                }
+            }
+            Err(e) => {
+                if marked || MARKERS.iter().any(|m| block.text.contains(m)) {
+                    checked
+                        .failures
+                        .push(format!("{origin}: not valid YAML: {e}"));
+                }
+            }
+        },
+        "json" => match serde_json::from_str::<serde_json::Value>(&block.text) {
+            Ok(value) if marked || looks_like_filter_config(&value) => checked.add(vec![Found {
+                origin,
+                bytes: Ok(block.text.clone().into_bytes()),
+            }]),
+            Ok(_) => {}
+            Err(e) if marked => checked
+                .failures
+                .push(format!("{origin}: not valid JSON: {e}")),
+            Err(_) => {}
+        },
+        _ => {}
+    }
+}
+
+#[test]
+fn every_shipped_filter_configuration_parses() {
+    let root = root();
+    let mut files = Vec::new();
+    walk(&root, &mut files);
+
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for path in &files {
+        let rel = path.strip_prefix(&root).unwrap_or(path);
+        let rel_text = rel.display().to_string();
+        let name = rel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(kind) = kind_of(&name) else {
+            continue;
+        };
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                failures.push(format!("{rel_text}: unreadable: {e}"));
+                continue;
+            }
+        };
+        let in_config_dir = rel
+            .components()
+            .next()
+            .is_some_and(|c| CONFIG_DIRS.iter().any(|d| c.as_os_str() == *d));
+        let checked = check_text(&rel_text, kind, &text, in_config_dir);
+        let count = checked.parsed.len() + checked.failures.len();
+        if count == 0 && in_config_dir && kind == Kind::Yaml {
+            failures.push(format!(
+                "{rel_text}: no okta-dcr-auth configuration found (did the file's layout change?)"
+            ));
+        }
+        if count > 0 {
+            report.push(format!("{count:3}  {rel_text}"));
+        }
+        total += checked.parsed.len();
+        failures.extend(checked.failures);
+    }
+
+    println!(
+        "filter configurations found, by file:\n{}",
+        report.join("\n")
+    );
+    assert!(
+        failures.is_empty(),
+        "{} shipped filter configuration(s) do not parse:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+    assert!(
+        total > 0,
+        "no filter configuration found in the repository: the extractor is broken"
+    );
+}
+
+#[cfg(test)]
+mod extractor {
+    use super::*;
+
+    const GOOD: &str = r#"{"issuer": "https://o.okta.com/oauth2/default", "idp_upstream": "okta", "accept": ["basic"]}"#;
+
+    fn envoy(configuration: &str) -> String {
+        format!(
+            r#"
+static_resources:
+  listeners:
+  - filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": {ENVOY_WASM_TYPE}
+              config:
+                name: okta-dcr-auth
+                vm_config:
+                  code: {{ local: {{ filename: /etc/envoy/okta_dcr_auth.wasm }} }}
+                configuration:
+                  "@type": {STRING_VALUE_TYPE}
+                  value: '{configuration}'
+"#
+        )
+    }
+
+    #[test]
+    fn an_envoy_configuration_is_found_and_checked() {
+        let ok = check_text("ok.yaml", Kind::Yaml, &envoy(GOOD), true);
+        assert_eq!((ok.parsed.len(), ok.failures.len()), (1, 0), "{ok:?}");
+
+        let bad = GOOD.replace("\"basic\"]", "\"basic\"], \"scopes\": [\"openid\"]");
+        let bad = check_text("bad.yaml", Kind::Yaml, &envoy(&bad), true);
+        assert_eq!(bad.failures.len(), 1, "{bad:?}");
+        assert!(bad.failures[0].contains("field `scopes`"), "{bad:?}");
+    }
+
+    #[test]
+    fn another_wasm_module_is_not_ours() {
+        let other = envoy("not json").replace("okta_dcr_auth.wasm", "other.wasm");
+        let checked = check_text("other.yaml", Kind::Yaml, &other, true);
+        assert_eq!((checked.parsed.len(), checked.failures.len()), (0, 0));
+    }
+
+    #[test]
+    fn kong_string_and_map_configurations_are_checked() {
+        let yaml = format!(
+            r#"
+_format_version: "3.0"
+services:
+- name: s
+  url: http://echo:9002
+  filter_chains:
+  - name: c
+    filters:
+    - name: okta_dcr_auth
+      config: '{GOOD}'
+    - name: okta_dcr_auth
+      config:
+        issuer: https://o.okta.com/oauth2/default
+        idp_upstream: o.okta.com:443
+        accept: [basic]
+    - name: some_other_filter
+      config: whatever
+plugins:
+- name: okta_dcr_auth
+  config:
+    issuer: https://o.okta.com/oauth2/default
+    idp_upstream: o.okta.com:443
+    accept: [basic]
+    scopes: []
+"#
+        );
+        let checked = check_text("kong.yaml", Kind::Yaml, &yaml, true);
+        assert_eq!(checked.parsed.len(), 2, "{checked:?}");
+        assert_eq!(checked.failures.len(), 1, "{checked:?}");
+        assert!(checked.failures[0].contains("empty list"), "{checked:?}");
+
+        let unknown = yaml.replace(
+            "accept: [basic]\n    - name: some",
+            "acept: [basic]\n    - name: some",
+        );
+        let checked = check_text("kong.yaml", Kind::Yaml, &unknown, true);
+        assert!(
+            checked.failures.iter().any(|f| f.contains("field `acept`")),
+            "{checked:?}"
+        );
+    }
+
+    #[test]
+    fn markdown_blocks_are_checked() {
+        let md = format!(
+            "# t\n\n```json okta-dcr-auth\n{GOOD}\n```\n\n```json\n{{\"issuer\": \"http://example.com/x\", \"idp_upstream\": \"o\"}}\n```\n\n```json\n{{\"unrelated\": true}}\n```\n\n```yaml\n{}```\n\n```sh\ncurl -i localhost:8080/\n```\n",
+            envoy(GOOD)
+        );
+        let checked = check_text("README.md", Kind::Markdown, &md, false);
+        assert_eq!(checked.parsed.len(), 2, "{checked:?}");
+        assert_eq!(checked.failures.len(), 1, "{checked:?}");
+        assert!(
+            checked.failures[0].starts_with("README.md:7 ")
+                && checked.failures[0].contains("field `issuer`"),
+            "{checked:?}"
+        );
+    }
+
+    #[test]
+    fn placeholders_take_sample_values_or_are_reported() {
+        assert_eq!(
+            substitute("a ${OKTA_ISSUER} ${NOPE:-d} b").as_deref(),
+            Ok("a https://dev-12345678.okta.com/oauth2/default d b")
+        );
+        assert!(substitute("${UNKNOWN_THING}")
+            .unwrap_err()
+            .contains("UNKNOWN_THING"));
+        let template = envoy(&GOOD.replace("https://o.okta.com/oauth2/default", "${OKTA_ISSUER}"));
+        let checked = check_text("envoy/x.yaml.tmpl", Kind::Yaml, &template, true);
+        assert_eq!(checked.parsed.len(), 1, "{checked:?}");
+        assert_eq!(kind_of("x.yaml.tmpl"), Some(Kind::Yaml));
+        assert_eq!(kind_of("README.md"), Some(Kind::Markdown));
+        assert_eq!(kind_of("Makefile"), None);
+    }
+}
