@@ -34,10 +34,12 @@ pub enum CallResult {
 }
 
 impl CallResult {
-    /// Classifies an answer; a missing one is a timeout when it took the whole timeout.
+    /// Classifies an answer. Envoy answers a call that ran out of time with its own 504, other
+    /// hosts with no answer at all: either is a timeout when it took the whole timeout.
     pub fn of(status: Option<u16>, elapsed_ms: u64, timeout_ms: u64) -> CallResult {
+        let took_it_all = elapsed_ms + 5 >= timeout_ms;
         match status {
-            None if elapsed_ms + 5 >= timeout_ms => CallResult::Timeout,
+            None | Some(504) if took_it_all => CallResult::Timeout,
             None => CallResult::Failure,
             Some(200..=299) => CallResult::Ok,
             Some(429) => CallResult::RateLimited,
@@ -180,6 +182,8 @@ mod tests {
         assert_eq!(CallResult::of(Some(503), 5, 3000), CallResult::ServerError);
         assert_eq!(CallResult::of(Some(302), 5, 3000), CallResult::Failure);
         assert_eq!(CallResult::of(None, 3000, 3000), CallResult::Timeout);
+        assert_eq!(CallResult::of(Some(504), 3001, 3000), CallResult::Timeout);
+        assert_eq!(CallResult::of(Some(504), 20, 3000), CallResult::ServerError);
         assert_eq!(CallResult::of(None, 3, 3000), CallResult::Failure);
     }
 }

@@ -59,6 +59,7 @@ impl IdpFailure {
         match self {
             IdpFailure::NoAnswer => "no answer (refused, reset or timed out)".into(),
             IdpFailure::RateLimited { .. } => "rate limited (429)".into(),
+            IdpFailure::ServerError(504) => "no answer in time, or a gateway timeout (504)".into(),
             IdpFailure::ServerError(s) => format!("server error ({s})"),
             IdpFailure::UnexpectedStatus(s) => format!("unexpected status ({s})"),
             IdpFailure::Unreadable => "unreadable answer".into(),
