@@ -16,6 +16,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
+use crate::abi;
 use crate::config::Config;
 use crate::gate::{
     AuthorizationEdit, DispatchError, Forward, Gate, Host, SharedError, Step, TICK_MS,
@@ -70,12 +71,12 @@ impl Context for Root {
     fn on_http_call_response(
         &mut self,
         token: u32,
-        _headers: usize,
+        headers: usize,
         body_size: usize,
         _trailers: usize,
     ) {
         if let Some(plugin) = &self.plugin {
-            deliver(plugin, self.id, token, body_size);
+            deliver(plugin, self.id, token, headers, body_size);
         }
     }
 }
@@ -103,8 +104,8 @@ impl RootContext for Root {
         // Envoy refuses to switch to a context that does not exist; ngx_wasm_module's
         // set_effective_context accepts anything and does nothing, so there a request can only
         // be answered from its own callbacks.
-        let solo = switch_to(u32::MAX);
-        switch_to(self.id);
+        let solo = abi::set_effective_context(u32::MAX);
+        abi::set_effective_context(self.id);
         if solo {
             log::info!(
                 "[{}] host cannot resume other requests: no cross-request waiting",
@@ -159,12 +160,12 @@ impl Context for Request {
     fn on_http_call_response(
         &mut self,
         token: u32,
-        _headers: usize,
+        headers: usize,
         body_size: usize,
         _trailers: usize,
     ) {
         if let Some(plugin) = &self.plugin {
-            deliver(plugin, self.id, token, body_size);
+            deliver(plugin, self.id, token, headers, body_size);
         }
     }
 
@@ -203,7 +204,7 @@ impl HttpContext for Request {
             if name.eq_ignore_ascii_case("authorization") {
                 authorization.push(value);
             } else if is_identity_header(name) {
-                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+                abi::remove_request_header(name);
             }
         }
         let Some(plugin) = &self.plugin else {
@@ -233,13 +234,23 @@ impl HttpContext for Request {
 }
 
 /// Reads an IdP answer in the context that received it, then applies the resulting steps.
-fn deliver(plugin: &Rc<Plugin>, caller: u32, token: u32, body_size: usize) {
-    let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+fn deliver(plugin: &Rc<Plugin>, caller: u32, token: u32, header_count: usize, body_size: usize) {
+    // A failed call has no headers, and asking for them then is an error the SDK panics on.
+    // Values as bytes: the SDK's string getter panics on one that is not UTF-8.
+    let headers: Vec<(String, String)> = if header_count == 0 {
+        Vec::new()
+    } else {
+        hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+            .collect()
+    };
     let status = headers
         .iter()
         .find(|(k, _)| k == ":status")
         .and_then(|(_, v)| v.parse::<u16>().ok());
-    let body = if body_size <= MAX_IDP_BODY {
+    let body = if body_size > 0 && body_size <= MAX_IDP_BODY {
         hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
             .ok()
             .flatten()
@@ -263,13 +274,13 @@ fn deliver(plugin: &Rc<Plugin>, caller: u32, token: u32, body_size: usize) {
 /// Applies steps to paused requests, each in its own context.
 fn apply_elsewhere(steps: Vec<(u32, Step)>) {
     for (ctx, step) in steps {
-        if !switch_to(ctx) {
+        if !abi::set_effective_context(ctx) {
             continue;
         }
         match step {
             Step::Forward(forward) => {
                 apply_forward(&forward);
-                let _ = hostcalls::resume_http_request();
+                abi::continue_request();
             }
             Step::Reply(_, reply) => send_reply(&reply),
             Step::Wait => {}
@@ -278,19 +289,20 @@ fn apply_elsewhere(steps: Vec<(u32, Step)>) {
 }
 
 fn apply_forward(forward: &Forward) {
-    let set = |name: &str, value: Option<&str>| {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
-    };
-    set("x-credential-identifier", Some(&forward.identity));
+    abi::set_request_header("x-credential-identifier", &forward.identity);
     if forward.scope.is_empty() {
-        set("x-authenticated-scope", None);
+        abi::remove_request_header("x-authenticated-scope");
     } else {
-        set("x-authenticated-scope", Some(&forward.scope));
+        abi::set_request_header("x-authenticated-scope", &forward.scope);
     }
     match &forward.authorization {
         AuthorizationEdit::Keep => {}
-        AuthorizationEdit::Remove => set("authorization", None),
-        AuthorizationEdit::Set(value) => set("authorization", Some(value)),
+        AuthorizationEdit::Remove => {
+            abi::remove_request_header("authorization");
+        }
+        AuthorizationEdit::Set(value) => {
+            abi::set_request_header("authorization", value);
+        }
     }
 }
 
@@ -299,19 +311,7 @@ fn send_reply(reply: &LocalReply) {
     for challenge in &reply.challenges {
         headers.push(("www-authenticate", challenge));
     }
-    let _ = hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
-}
-
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_set_effective_context(context_id: u32) -> u32;
-}
-
-/// Makes `ctx` the context host calls act on; false if the host refused. (The SDK's wrapper
-/// panics on statuses it does not expect, and a panic aborts the VM.)
-fn switch_to(ctx: u32) -> bool {
-    // SAFETY: a plain host call taking an integer; no memory is shared.
-    unsafe { proxy_set_effective_context(ctx) == 0 }
+    abi::send_local_response(reply.status, &headers, reply.body.as_bytes());
 }
 
 /// The host, for the gate.

@@ -22,4 +22,6 @@ pub mod url;
 pub mod verdict;
 
 #[cfg(target_arch = "wasm32")]
+mod abi;
+#[cfg(target_arch = "wasm32")]
 mod filter;
