@@ -182,14 +182,14 @@ impl Context for Request {
     }
 }
 
-/// Client-sent headers that would pass for ours, in any case and with `_` for `-`.
+/// Client-sent headers that would pass for ours: any case, and `_` or `.` for `-` (some
+/// upstreams and frameworks read them as the same name).
 fn is_identity_header(name: &str) -> bool {
     let matches = |ours: &str| {
         name.len() == ours.len()
-            && name
-                .bytes()
-                .zip(ours.bytes())
-                .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
+            && name.bytes().zip(ours.bytes()).all(|(a, b)| {
+                a.to_ascii_lowercase() == b || (b == b'-' && (a == b'_' || a == b'.'))
+            })
     };
     matches("x-credential-identifier") || matches("x-authenticated-scope")
 }

@@ -650,14 +650,13 @@ impl Gate {
             _ => return,
         };
         if until > self.paused_until(host) {
-            let root = self.root;
-            let ms = until - now;
-            self.warn(
-                now,
-                format_args!(
-                    "[{root}] pausing IdP calls for {ms} ms: {}",
-                    failure.describe()
-                ),
+            // A line of its own, not folded into the rate-limited failure warnings: operators
+            // need to see a pause, and there is at most one per pause.
+            log::warn!(
+                "[{}] pausing IdP calls for {} ms: {}",
+                self.root,
+                until - now,
+                failure.describe()
             );
             overwrite(host, &self.names.guard(), &until.to_le_bytes());
         }
