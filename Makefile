@@ -72,10 +72,12 @@ unit: ## native unit tests: the filter, the dev IdP
 	cargo test
 	cargo test -p okta-dev-idp
 
-validate: wasm $(ENVOY_STAMP) ## envoy --mode validate on every envoy/*.yaml (and what make run renders from them)
+validate: wasm $(ENVOY_STAMP) ## envoy --mode validate on every envoy/*.yaml (and what make run renders); docker-compose config -q
 	ENVOY=$(ENVOY) scripts/validate.sh
+	scripts/check-examples.sh
 
 integration: wasm $(ENVOY_STAMP) ## integration tests: the built wasm in real Envoy against the dev IdP
+	cargo build --release --target $(WASM_TARGET) -p okta-dcr-auth-panic-filter
 	cargo test -p okta-dcr-auth-tests
 
 test: fmt-check clippy unit wasm validate integration ## all of the above, in this order, stopping at the first failure
