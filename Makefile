@@ -68,9 +68,10 @@ clippy: $(WASM_STD) ## clippy, warnings denied: the filter for wasm32-wasip1, th
 	cargo clippy --target $(WASM_TARGET) -- -D warnings
 	cargo clippy -p okta-dev-idp -p okta-dcr-auth-tests --all-targets -- -D warnings
 
-unit: ## native unit tests: the filter, the dev IdP
+unit: ## native unit tests: the filter, the dev IdP, and the fuzz seeds and regressions replayed
 	cargo test
 	cargo test -p okta-dev-idp
+	cargo test --manifest-path fuzz/Cargo.toml
 
 validate: wasm $(ENVOY_STAMP) ## envoy --mode validate on every envoy/*.yaml (and what make run renders); docker-compose config -q
 	ENVOY=$(ENVOY) scripts/validate.sh
@@ -92,3 +93,52 @@ clean: ## remove build output and make run's logs
 
 distclean: clean ## also remove .venv
 	rm -rf $(VENV)
+
+# ---- fuzzing: cargo fuzz on the filter's pure core (fuzz/README.md) ----
+# fuzz/ is its own workspace, built by the nightly toolchain into fuzz/target. Each run reads
+# the committed seeds in fuzz/corpus/<target> and writes what it learns to
+# fuzz/target/corpus/<target>; an input that fails is saved under fuzz/artifacts/<target>/.
+
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := authorization form_decode okta_answers cache_entry config
+
+.PHONY: fuzz fuzz-smoke
+
+fuzz fuzz-smoke: export CARGO_TARGET_DIR := $(CURDIR)/fuzz/target
+
+# $(1): seconds per target. Installs nightly and cargo-fuzz when missing, replays
+# fuzz/regressions/<target>-*, then fuzzes every target, and names the targets that failed.
+define fuzz_run
+	@rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+	@cargo fuzz --version >/dev/null 2>&1 || env -u CARGO_TARGET_DIR cargo install cargo-fuzz --locked
+	cargo +nightly fuzz build
+	@failed=""; \
+	for t in $(FUZZ_TARGETS); do \
+	  regressions=$$(ls fuzz/regressions/$$t-* 2>/dev/null || true); \
+	  if [ -n "$$regressions" ]; then \
+	    echo "fuzz: $$t: replaying $$(echo $$regressions | wc -w) regression(s)"; \
+	    cargo +nightly fuzz run $$t $$regressions -- -runs=1 || { failed="$$failed $$t"; continue; }; \
+	  fi; \
+	  mkdir -p fuzz/target/corpus/$$t; \
+	  dict=""; [ -f fuzz/dicts/$$t.dict ] && dict="-dict=fuzz/dicts/$$t.dict"; \
+	  echo "fuzz: $$t for $(1) s"; \
+	  cargo +nightly fuzz run $$t fuzz/target/corpus/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(1) -print_final_stats=1 $$dict || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed (inputs in fuzz/artifacts/)" >&2; exit 1; fi; \
+	echo "fuzz: $(FUZZ_TARGETS): no failure in $(1) s each"
+endef
+
+fuzz: ## cargo fuzz every target for FUZZ_SECONDS (60) each, after replaying fuzz/regressions (nightly)
+	$(call fuzz_run,$(FUZZ_SECONDS))
+
+fuzz-smoke: ## cargo fuzz every target for 10 s each, after replaying fuzz/regressions (nightly)
+	$(call fuzz_run,10)
+
+# ---- soak: wrk against Envoy with the filter while the dev IdP fails (tests/tests/soak.rs) ----
+
+.PHONY: soak
+
+soak: wasm $(ENVOY_STAMP) ## load test, ~60 s, not in make test: wrk, valid and bad credentials, IdP faults; no wrong verdict (SOAK_SECS)
+	@command -v wrk >/dev/null 2>&1 || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }
+	cargo test -p okta-dcr-auth-tests --test soak -- --ignored --nocapture

@@ -20,7 +20,8 @@ pub enum Scheme {
     Bearer,
 }
 
-#[derive(Debug, Deserialize)]
+/// No `Debug`: it holds the introspection secret.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub issuer: String,
@@ -106,6 +107,16 @@ fn refuse(field: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A value that must never be printed: its `Debug` says so instead.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -118,7 +129,7 @@ pub struct Config {
     pub token_path: Option<String>,
     pub introspection_path: Option<String>,
     /// `Basic …` value authenticating the gateway at the introspection endpoint.
-    pub introspection_authorization: Option<String>,
+    pub introspection_authorization: Option<Redacted>,
     pub accept_basic: bool,
     pub accept_bearer: bool,
     pub allow_raw_basic: bool,
@@ -198,7 +209,10 @@ struct JsonReason {
 /// secret: keep only what was expected, and the field name for missing or unknown fields.
 fn describe_json_error(e: &serde_json::Error) -> JsonReason {
     let msg = e.to_string();
-    let msg = msg.split(" at line ").next().unwrap_or_default();
+    // serde_json appends " at line L column C"; the value itself may contain that text.
+    let msg = msg
+        .rsplit_once(" at line ")
+        .map_or(msg.as_str(), |(m, _)| m);
     let quoted = |prefix: &str| {
         msg.strip_prefix(prefix)
             .and_then(|rest| rest.strip_prefix('`'))
@@ -229,8 +243,10 @@ fn describe_json_error(e: &serde_json::Error) -> JsonReason {
             text: "must be \"basic\" or \"bearer\"".into(),
         };
     }
-    let text = match msg.find("expected ") {
-        Some(i) => format!("has the wrong type or value: {}", &msg[i..]),
+    // `invalid type: string "<value>", expected <what>`: the value may contain ", expected "
+    // too, so only serde's own, the last one, starts the part that is safe to show.
+    let text = match msg.rfind(", expected ") {
+        Some(i) => format!("has the wrong type or value: {}", &msg[i + 2..]),
         None => "has the wrong type or value".into(),
     };
     JsonReason { field: None, text }
@@ -282,7 +298,7 @@ impl RawConfig {
                         "must be a non-empty string",
                     ));
                 }
-                Some(client_secret_basic(id, secret))
+                Some(Redacted(client_secret_basic(id, secret)))
             }
             (None, Some(_)) if accept_bearer => {
                 return Err(refuse(
@@ -464,7 +480,7 @@ mod tests {
         .unwrap();
         assert!(c.accept_basic && c.accept_bearer);
         assert_eq!(
-            c.introspection_authorization.as_deref(),
+            c.introspection_authorization.as_ref().map(|r| r.0.as_str()),
             Some("Basic Z3c6czM=")
         );
     }
@@ -546,6 +562,14 @@ mod tests {
             format!(
                 r#"{{"issuer":"https://o.okta.com/x","idp_upstream":"o","accept":["{secret}"]}}"#
             ),
+            // serde quotes the value before what it expected: a value saying "expected" too
+            format!(
+                r#"{{"issuer":"https://o.okta.com/x","idp_upstream":"o","accept":["basic"],"cache_slots":"expected {secret}"}}"#
+            ),
+            format!(
+                r#"{{"issuer":"https://o.okta.com/x","idp_upstream":"o","accept":["basic"],"cache_slots":"x, expected {secret} at line 1"}}"#
+            ),
+            format!(r#""expected {secret}""#),
         ] {
             let e = refused(&json);
             assert!(!e.to_string().contains(secret), "{e}");

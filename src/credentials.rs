@@ -167,13 +167,16 @@ pub fn form_decode(part: &str) -> Option<String> {
 }
 
 /// RFC 6750 2.1: `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
-fn parse_bearer(param: &str) -> Result<String, CredentialError> {
-    let body = param.trim_end_matches('=');
-    let valid = !body.is_empty()
-        && param.len() <= MAX_CREDENTIAL_LEN
+pub(crate) fn is_b64token(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
         && body.bytes().all(|b| {
             b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-        });
+        })
+}
+
+fn parse_bearer(param: &str) -> Result<String, CredentialError> {
+    let valid = param.len() <= MAX_CREDENTIAL_LEN && is_b64token(param);
     if valid {
         Ok(param.to_string())
     } else {

@@ -137,8 +137,8 @@ pub fn read_discovery(
         Some(404) => return Err(DiscoveryError::NotFound),
         _ => return Err(DiscoveryError::Failed(failure_of(answer, now_s))),
     }
-    let meta: Metadata = serde_json::from_slice(answer.body)
-        .map_err(|_| DiscoveryError::Failed(IdpFailure::Unreadable))?;
+    let meta: Metadata =
+        from_json_object(answer.body).ok_or(DiscoveryError::Failed(IdpFailure::Unreadable))?;
     if meta.issuer.trim_end_matches('/') != config.issuer {
         return Err(DiscoveryError::Mismatch(
             "the discovery document names another issuer",
@@ -187,6 +187,20 @@ pub fn token_request(config: &Config, token_path: &str, client: &ClientCredentia
     }
 }
 
+/// Okta answers with JSON objects. serde's derived `Deserialize` also reads a struct from a
+/// JSON array, field by field, so anything else is refused before it gets there.
+fn from_json_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Option<T> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
+    serde_json::from_slice(body).ok()
+}
+
+/// What a grant puts in an upstream header: no control characters (CR, LF, NUL, ...).
+fn header_safe(s: &str) -> bool {
+    !s.chars().any(char::is_control)
+}
+
 #[derive(Deserialize)]
 struct OAuthError<'a> {
     #[serde(borrow)]
@@ -203,8 +217,13 @@ pub fn read_token_answer(client: &ClientCredentials, answer: IdpAnswer<'_>, now_
         scope: String,
     }
     match answer.status {
-        Some(200) => match serde_json::from_slice::<TokenAnswer>(answer.body) {
-            Ok(t) if t.token_type.eq_ignore_ascii_case("bearer") && !t.access_token.is_empty() => {
+        Some(200) => match from_json_object::<TokenAnswer>(answer.body) {
+            // The token goes upstream as `Authorization: Bearer <token>`, the scope as a header.
+            Some(t)
+                if t.token_type.eq_ignore_ascii_case("bearer")
+                    && crate::credentials::is_b64token(&t.access_token)
+                    && header_safe(&t.scope) =>
+            {
                 Outcome::Granted {
                     grant: Grant {
                         identity: client.client_id.clone(),
@@ -216,13 +235,13 @@ pub fn read_token_answer(client: &ClientCredentials, answer: IdpAnswer<'_>, now_
             }
             _ => Outcome::Failed(IdpFailure::Unreadable),
         },
-        Some(400 | 401) => match serde_json::from_slice::<OAuthError<'_>>(answer.body) {
-            Ok(e) if e.error == "invalid_client" => Outcome::Denied(Denial::InvalidClient),
-            Ok(e) if e.error == "invalid_scope" => Outcome::Denied(Denial::InsufficientScope),
+        Some(400 | 401) => match from_json_object::<OAuthError<'_>>(answer.body) {
+            Some(e) if e.error == "invalid_client" => Outcome::Denied(Denial::InvalidClient),
+            Some(e) if e.error == "invalid_scope" => Outcome::Denied(Denial::InsufficientScope),
             // unauthorized_client, invalid_request, unsupported_grant_type: the gateway's
             // request or the app's set-up is wrong, not the caller's credentials. No verdict.
-            Ok(_) => Outcome::Failed(IdpFailure::UnexpectedStatus(answer.status.unwrap_or(400))),
-            Err(_) => Outcome::Failed(IdpFailure::Unreadable),
+            Some(_) => Outcome::Failed(IdpFailure::UnexpectedStatus(answer.status.unwrap_or(400))),
+            None => Outcome::Failed(IdpFailure::Unreadable),
         },
         _ => Outcome::Failed(failure_of(answer, now_s)),
     }
@@ -245,7 +264,8 @@ pub fn introspection_request(config: &Config, path: &str, token: &str) -> IdpReq
                 "authorization",
                 config
                     .introspection_authorization
-                    .clone()
+                    .as_ref()
+                    .map(|r| r.0.clone())
                     .unwrap_or_default(),
             ),
         ],
@@ -296,6 +316,10 @@ pub fn read_introspection(config: &Config, answer: IdpAnswer<'_>, now_s: u64) ->
         .get("scope")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    // The scope goes upstream as `x-authenticated-scope`.
+    if !header_safe(scope) {
+        return Outcome::Failed(IdpFailure::Unreadable);
+    }
     if !config
         .scopes
         .iter()
@@ -353,7 +377,7 @@ fn rate_limited_until(answer: IdpAnswer<'_>, now_s: u64) -> Option<u64> {
             .parse::<u64>()
             .ok()?,
     };
-    Some(until.min(now_s + 3600))
+    Some(until.min(now_s.saturating_add(3600)))
 }
 
 #[cfg(test)]
@@ -473,6 +497,28 @@ mod tests {
                 Outcome::Failed(IdpFailure::UnexpectedStatus(302)),
             ),
             (None, "", Outcome::Failed(IdpFailure::NoAnswer)),
+            // serde reads a struct from a JSON array too; Okta never answers with one
+            (
+                Some(200),
+                r#"["a.b.c","Bearer",3600,"api:read"]"#,
+                Outcome::Failed(IdpFailure::Unreadable),
+            ),
+            (
+                Some(400),
+                r#"["invalid_client"]"#,
+                Outcome::Failed(IdpFailure::Unreadable),
+            ),
+            // what would go upstream in a header must be one
+            (
+                Some(200),
+                r#"{"token_type":"Bearer","access_token":"a\nb"}"#,
+                Outcome::Failed(IdpFailure::Unreadable),
+            ),
+            (
+                Some(200),
+                r#"{"token_type":"Bearer","access_token":"a.b.c","scope":"api:read\r\nx-injected: 1"}"#,
+                Outcome::Failed(IdpFailure::Unreadable),
+            ),
             (
                 Some(429),
                 "{}",
@@ -566,6 +612,10 @@ mod tests {
             with("scope", "api:reader".into()),
             Outcome::Denied(Denial::InsufficientScope)
         );
+        assert_eq!(
+            with("scope", "api:read\nx-injected: 1".into()),
+            Outcome::Failed(IdpFailure::Unreadable)
+        );
         // identity falls back to cid, then client_id
         let mut j = good.clone();
         j.as_object_mut().unwrap().remove("app_id");
@@ -640,6 +690,18 @@ mod tests {
         );
         assert_eq!(
             read_discovery(&cfg, answer(Some(200), &[], "nope"), NOW),
+            Err(DiscoveryError::Failed(IdpFailure::Unreadable))
+        );
+        assert_eq!(
+            read_discovery(
+                &cfg,
+                answer(
+                    Some(200),
+                    &[],
+                    r#"["https://o.okta.com/oauth2/default",null,null]"#
+                ),
+                NOW
+            ),
             Err(DiscoveryError::Failed(IdpFailure::Unreadable))
         );
     }
