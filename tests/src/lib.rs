@@ -125,18 +125,12 @@ pub fn insufficient_scope_challenge(scope: &str) -> String {
 
 /// A fault answered at once.
 pub fn fault(answer: FaultAnswer) -> Fault {
-    Fault {
-        delay: Duration::ZERO,
-        answer,
-    }
+    Fault::answer(answer)
 }
 
 /// A normal answer after `delay`.
 pub fn delay(delay: Duration) -> Fault {
-    Fault {
-        delay,
-        answer: FaultAnswer::Normal,
-    }
+    Fault::delay(delay)
 }
 
 /// The lines the plugin itself logged (Envoy prefixes them with `wasm log`).

@@ -325,6 +325,24 @@ fn flood_bogus_tokens(
 // Single flight
 // ---------------------------------------------------------------------------------------------
 
+fn assert_every_request_passed(answers: &[Response]) {
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "every request passes: {statuses:?}\nfirst non-200: {:#?}",
+        answers.iter().find(|r| r.status != 200)
+    );
+}
+
+fn assert_upstream_saw_the_app(stack: &Stack) {
+    for req in stack.upstream() {
+        assert_eq!(
+            upstream_header(&req, "x-credential-identifier"),
+            vec![APP_ID]
+        );
+    }
+}
+
 #[test]
 fn concurrent_first_basic_requests_on_every_worker_make_one_token_call() {
     let stack = Stack::start(filter_config(json!({})));
@@ -339,12 +357,7 @@ fn concurrent_first_basic_requests_on_every_worker_make_one_token_call() {
         started.elapsed()
     );
 
-    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
-    assert!(
-        statuses.iter().all(|s| *s == 200),
-        "every request passes: {statuses:?}\nfirst non-200: {:#?}",
-        answers.iter().find(|r| r.status != 200)
-    );
+    assert_every_request_passed(&answers);
     assert_eq!(
         stack.token_calls(),
         1,
@@ -352,12 +365,7 @@ fn concurrent_first_basic_requests_on_every_worker_make_one_token_call() {
          token call"
     );
     assert_eq!(stack.echo.count(), CONCURRENT as u64);
-    for req in stack.upstream() {
-        assert_eq!(
-            upstream_header(&req, "x-credential-identifier"),
-            vec![APP_ID]
-        );
-    }
+    assert_upstream_saw_the_app(&stack);
     assert_every_worker_took_connections(&stack, &workers_before, "Basic single flight");
 
     // And the verdict is cached: more requests, no more calls.
@@ -384,12 +392,7 @@ fn concurrent_first_bearer_requests_on_every_worker_make_one_introspection() {
         started.elapsed()
     );
 
-    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
-    assert!(
-        statuses.iter().all(|s| *s == 200),
-        "every request passes: {statuses:?}\nfirst non-200: {:#?}",
-        answers.iter().find(|r| r.status != 200)
-    );
+    assert_every_request_passed(&answers);
     assert_eq!(
         stack.idp.introspections(&token),
         1,
@@ -398,12 +401,7 @@ fn concurrent_first_bearer_requests_on_every_worker_make_one_introspection() {
     );
     assert_eq!(stack.idp.calls(Endpoint::Introspect), 1);
     assert_eq!(stack.echo.count(), CONCURRENT as u64);
-    for req in stack.upstream() {
-        assert_eq!(
-            upstream_header(&req, "x-credential-identifier"),
-            vec![APP_ID]
-        );
-    }
+    assert_upstream_saw_the_app(&stack);
     assert_every_worker_took_connections(&stack, &workers_before, "Bearer single flight");
 }
 
