@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use crate::cache::{CacheEntry, CacheKey, Cached, Freshness, Names};
+use crate::cache::{CacheEntry, CacheKey, Cached, Freshness, LocalCache, Names};
 use crate::config::Config;
 use crate::credentials::{parse_authorization, Accepted, Credential, CredentialError};
 use crate::metrics::{CallResult, Counter, DenyReason, IdpEndpoint};
@@ -103,6 +103,8 @@ const RATE_LIMIT_MIN_PAUSE_MS: u64 = 1_000;
 const FAILURES_BEFORE_PAUSE: u32 = 3;
 const FAILURE_PAUSE_MS: u64 = 1_000;
 const FAILURE_MAX_PAUSE_MS: u64 = 10_000;
+/// At most this many verdicts are copied per worker in front of shared data.
+const LOCAL_CACHE_ENTRIES: usize = 1_024;
 /// Tick period the glue sets once: how soon a follower sees another worker's verdict.
 pub const TICK_MS: u64 = 10;
 
@@ -160,6 +162,7 @@ pub struct Gate {
     endpoints: Endpoints,
     waiting: HashMap<u32, Waiting>,
     calls: HashMap<u32, Call>,
+    local: LocalCache,
     last_warn_ms: u64,
     /// The root context's id, for log lines that belong to no request.
     root: u32,
@@ -189,6 +192,7 @@ impl Gate {
         } else {
             Discovery::Ready
         };
+        let local = LocalCache::with_capacity(LOCAL_CACHE_ENTRIES.min(config.cache_slots as usize));
         Gate {
             config,
             names,
@@ -197,6 +201,7 @@ impl Gate {
             endpoints,
             waiting: HashMap::new(),
             calls: HashMap::new(),
+            local,
             last_warn_ms: 0,
             root: 0,
             solo: false,
@@ -388,21 +393,22 @@ impl Gate {
         now: u64,
         host: &dyn Host,
     ) -> Step {
+        if let Some(verdict) = self.local.get(&w.key, now).cloned() {
+            return self.cached(ctx, &w, verdict, host);
+        }
         let slot = self.names.slot(w.key.slot(self.config.cache_slots));
         for _attempt in 0..4 {
             let (entry, cas) = read_slot(host, &slot, &w.key);
             match entry.freshness(&w.key, now, 0) {
-                Freshness::Fresh(Cached::Allow(grant)) => {
-                    if !w.counted {
-                        host.count(Counter::CacheHit);
-                    }
-                    return self.allow(&w.credential, grant.clone(), host);
-                }
-                Freshness::Fresh(Cached::Deny(d)) => {
-                    if !w.counted {
-                        host.count(Counter::CacheNegativeHit);
-                    }
-                    return self.deny(ctx, Some(&w.credential), *d, host);
+                Freshness::Fresh(verdict) => {
+                    let verdict = verdict.clone();
+                    self.local.put(
+                        w.key,
+                        verdict.clone(),
+                        entry.decided_at_ms,
+                        entry.expires_at_ms,
+                    );
+                    return self.cached(ctx, &w, verdict, host);
                 }
                 _ if !w.counted => {
                     host.count(Counter::CacheMiss);
@@ -510,6 +516,24 @@ impl Gate {
         Step::Wait
     }
 
+    /// Answers from a fresh cached verdict.
+    fn cached(&self, ctx: u32, w: &Waiting, verdict: Cached, host: &dyn Host) -> Step {
+        match verdict {
+            Cached::Allow(grant) => {
+                if !w.counted {
+                    host.count(Counter::CacheHit);
+                }
+                self.allow(&w.credential, grant, host)
+            }
+            Cached::Deny(d) => {
+                if !w.counted {
+                    host.count(Counter::CacheNegativeHit);
+                }
+                self.deny(ctx, Some(&w.credential), d, host)
+            }
+        }
+    }
+
     fn idp_request(&self, credential: &Credential) -> Option<IdpRequest> {
         match credential {
             Credential::Basic(client) => {
@@ -605,7 +629,7 @@ impl Gate {
     /// Writes a verdict, unless the slot already holds a newer one for the same key: an older,
     /// slower answer never overwrites a newer verdict.
     fn store(
-        &self,
+        &mut self,
         key: &CacheKey,
         now: u64,
         expires_at_ms: u64,
@@ -622,7 +646,7 @@ impl Gate {
             key: *key,
             decided_at_ms: now,
             expires_at_ms,
-            verdict: Some(verdict),
+            verdict: Some(verdict.clone()),
             lease_until_ms: 0,
             failed_at_ms: 0,
         };
@@ -634,7 +658,11 @@ impl Gate {
             }
             match host.shared_set(&slot, &bytes, cas) {
                 Err(SharedError::CasMismatch) => continue,
-                _ => return,
+                Ok(()) => {
+                    self.local.put(*key, verdict, now, expires_at_ms);
+                    return;
+                }
+                Err(SharedError::Other) => return,
             }
         }
     }

@@ -17,6 +17,7 @@ struct FakeHost {
     calls: RefCell<Vec<(u32, IdpRequest)>>,
     next_token: Cell<u32>,
     refuse_dispatch: Cell<bool>,
+    shared_reads: Cell<usize>,
     counters: RefCell<HashMap<String, u64>>,
     latencies: RefCell<Vec<u64>>,
 }
@@ -26,6 +27,7 @@ impl Host for FakeHost {
         self.now.get()
     }
     fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.shared_reads.set(self.shared_reads.get() + 1);
         self.data.borrow().get(key).cloned()
     }
     fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedError> {
@@ -547,7 +549,7 @@ fn discovery_naming_another_issuer_is_refused() {
 #[test]
 fn an_older_answer_never_overwrites_a_newer_verdict() {
     let host = FakeHost::at(T0);
-    let g = gate(&host, "");
+    let mut g = gate(&host, "");
     let key = CacheKey([5; 32]);
     g.store(
         &key,
@@ -776,4 +778,51 @@ fn solo_discovery_failure_answers_the_request_at_once() {
     assert_eq!((steps[0].0, status(&steps[0].1)), (10, 503));
     // during the backoff, a new request is answered at once rather than parked
     assert_eq!(status(&ask(&mut g, &host, 11, &basic("app", "s"))), 503);
+}
+
+#[test]
+fn a_repeat_credential_is_answered_without_reading_shared_data() {
+    let host = FakeHost::at(T0);
+    let mut worker_a = gate(&host, r#","cache_ttl_s":60"#);
+    let mut worker_b = gate(&host, r#","cache_ttl_s":60"#);
+    ask(&mut worker_a, &host, 10, &basic("app", "s"));
+    answer(
+        &mut worker_a,
+        &host,
+        host.last_call().0,
+        200,
+        &token_ok(3600),
+    );
+    let reads = host.shared_reads.get();
+    assert_eq!(
+        status(&ask(&mut worker_a, &host, 11, &basic("app", "s"))),
+        200
+    );
+    assert_eq!(
+        host.shared_reads.get(),
+        reads,
+        "the leader's worker kept a copy"
+    );
+    // another worker reads the slot once, then keeps its own copy
+    assert_eq!(
+        status(&ask(&mut worker_b, &host, 20, &basic("app", "s"))),
+        200
+    );
+    let reads = host.shared_reads.get();
+    assert_eq!(
+        status(&ask(&mut worker_b, &host, 21, &basic("app", "s"))),
+        200
+    );
+    assert_eq!(host.shared_reads.get(), reads);
+    assert_eq!(host.counter("okta_dcr_auth_cache_hits"), 3);
+    // the copies expire with the verdict
+    host.advance(60_000);
+    assert_eq!(
+        ask(&mut worker_a, &host, 12, &basic("app", "s")),
+        Step::Wait
+    );
+    assert_eq!(
+        ask(&mut worker_b, &host, 22, &basic("app", "s")),
+        Step::Wait
+    );
 }
