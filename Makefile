@@ -26,7 +26,7 @@ WASM_STD      := $(shell rustc --print sysroot 2>/dev/null)/lib/rustlib/$(WASM_T
 # The Envoy the integration tests run (tests/src/envoy.rs).
 export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 
-.PHONY: help setup envoy wasm devidp fmt-check clippy unit validate integration test run clean distclean
+.PHONY: help setup envoy wasm devidp fmt-check clippy unit validate integration test run bench clean distclean
 
 help: ## list the targets
 	@echo "okta-dcr-auth: make TARGET"
@@ -86,6 +86,9 @@ test: fmt-check clippy unit wasm validate integration ## all of the above, in th
 
 run: wasm devidp $(ENVOY_STAMP) ## Envoy with the filter on localhost:PORT, the dev IdP (or OKTA_ISSUER's org), an echo API; Ctrl-C stops
 	ENVOY=$(ENVOY) DEVIDP=$(DEVIDP) scripts/run.sh
+
+bench: wasm devidp $(ENVOY_STAMP) ## benchmark vs no filter, an empty wasm filter, basic_auth: bench/RESULTS.md (BENCH_ROUNDS, BENCH_SECONDS; ~15 min)
+	ENVOY=$(ENVOY) DEVIDP=$(DEVIDP) bench/run.sh
 
 clean: ## remove build output and make run's logs
 	cargo clean

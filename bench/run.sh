@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# `make bench`: installs what the benchmark needs, builds it, and runs bench/bench.py, which
+# writes bench/RESULTS.md (and bench/out/). Run it through `make bench`, which first builds the
+# filter (.wasm), the dev IdP and installs Envoy.
+#
+#   BENCH_ROUNDS    rounds, each running every configuration in turn (default 5, at least 5 for
+#                   the published numbers)
+#   BENCH_SECONDS   seconds per wrk / oha run (default 6; the low-rate latency runs take at most 4)
+#   BENCH_SKIP_CRITERION=1   skip the native criterion benchmark
+#
+# Tools: wrk from apt-get (Debian) when missing; oha (open-loop latency) from crates.io with
+# `cargo install --locked` into bench/.tools (git-ignored; a few minutes the first time, then cached).
+#
+# The machine should be otherwise idle: Envoy is pinned to core 1, the load generators to core 0.
+# Never part of `make test`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+OHA_VERSION=1.16.0
+TOOLS=bench/.tools
+export BENCH_ROUNDS=${BENCH_ROUNDS:-5}
+export BENCH_SECONDS=${BENCH_SECONDS:-6}
+export ENVOY=${ENVOY:-.venv/bin/envoy}
+export DEVIDP=${DEVIDP:-target/release/okta-dev-idp}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+
+say() { printf 'bench: %s\n' "$*"; }
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+
+(( BENCH_ROUNDS >= 1 )) || die "BENCH_ROUNDS must be a positive number"
+(( BENCH_SECONDS >= 1 )) || die "BENCH_SECONDS must be a positive number"
+(( $(nproc) >= 2 )) || die "needs at least 2 CPUs (Envoy on one, the load generator on the other)"
+for tool in taskset python3 cargo; do
+  command -v "$tool" >/dev/null || die "$tool is needed"
+done
+
+# --- tools -----------------------------------------------------------------------------------
+
+if ! command -v wrk >/dev/null; then
+  if [[ -f /etc/debian_version ]] && command -v apt-get >/dev/null; then
+    say "installing wrk (apt-get)"
+    sudo_=""
+    (( EUID == 0 )) || sudo_=sudo
+    $sudo_ apt-get install -y wrk >/dev/null 2>&1 || { $sudo_ apt-get update -qq && $sudo_ apt-get install -y wrk; }
+  else
+    die "wrk is needed: install it with your package manager"
+  fi
+fi
+
+if ! [[ -x $TOOLS/bin/oha ]] || [[ $("$TOOLS/bin/oha" --version 2>/dev/null) != "oha $OHA_VERSION" ]]; then
+  say "installing oha $OHA_VERSION into $TOOLS (cargo install --locked; a few minutes, once)"
+  CARGO_TARGET_DIR=$PWD/$TOOLS/build cargo install --locked --quiet --root "$TOOLS" "oha@$OHA_VERSION"
+  rm -rf "$TOOLS/build"
+fi
+
+# --- builds ----------------------------------------------------------------------------------
+
+say "building the empty filter (bench/empty-filter) for wasm32-wasip1"
+cargo build --quiet --release --target wasm32-wasip1 -p bench-empty-filter
+if [[ ${BENCH_SKIP_CRITERION:-0} != 1 ]]; then
+  say "building the native core benchmark (benches/core.rs)"
+  cargo bench --quiet -p okta-dcr-auth --bench core --no-run
+fi
+
+# --- run -------------------------------------------------------------------------------------
+
+say "running: BENCH_ROUNDS=$BENCH_ROUNDS BENCH_SECONDS=$BENCH_SECONDS (load average now: $(cut -d' ' -f1-3 /proc/loadavg))"
+exec python3 bench/bench.py

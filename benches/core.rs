@@ -1,0 +1,168 @@
+//! The core's work per request, natively: reading `Authorization`, the cache key (SHA-256),
+//! decoding a realistic cache entry, and the whole warm-cache `Gate::on_request` over a fake
+//! host that answers the slot read from memory. `make bench` runs it (`cargo bench --bench
+//! core`); under valgrind it is also the callgrind target (`bench/run.sh` prints how).
+//!
+//! The values are sized like real ones: a 20-character Okta client id, a 40-character DCR
+//! secret, a ~1 KB RS256 access token.
+
+// Bench setup failing is a broken bench, not a request to survive.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::hint::black_box;
+
+use base64::Engine as _;
+use criterion::{criterion_group, criterion_main, Criterion};
+
+use okta_dcr_auth::cache::{CacheEntry, CacheKey, Cached};
+use okta_dcr_auth::config::Config;
+use okta_dcr_auth::credentials::{parse_authorization, Accepted, Credential};
+use okta_dcr_auth::gate::{DispatchError, Gate, Host, SharedError, Step};
+use okta_dcr_auth::metrics::Counter;
+use okta_dcr_auth::okta::IdpRequest;
+use okta_dcr_auth::verdict::Grant;
+
+const CLIENT_ID: &str = "0oa8f5j3ecb5w3dF35d7";
+const CLIENT_SECRET: &str = "Lh2RK3e4oxJfHlkc0aGPGIxYnDyX9qeZ8Bn1c6kM";
+const NOW_MS: u64 = 1_800_000_000_000;
+
+const CONFIG: &str = r#"{
+  "issuer": "http://127.0.0.1:9001/oauth2/default",
+  "idp_upstream": "okta",
+  "token_endpoint": "http://127.0.0.1:9001/oauth2/default/v1/token",
+  "introspection_endpoint": "http://127.0.0.1:9001/oauth2/default/v1/introspect",
+  "introspection_client_id": "0oa6gatewayIntrospect",
+  "introspection_client_secret": "gateway-Introspection_Secret",
+  "scopes": ["api:read"]
+}"#;
+
+/// A JWT-shaped token of Okta's size: header, claims, RS256 signature (base64url).
+fn access_token() -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header =
+        b64.encode(br#"{"kid":"f3dHk2pXqV0bGk7Kq4zX3y9s1mWcR2tL8nJ5uB6aE0o","alg":"RS256"}"#);
+    let claims = b64.encode(format!(
+        r#"{{"ver":1,"jti":"AT.o9b2kC8yQ4Zr1mV7xN3pL6sT0wE5hJ2gF8dA1cK4uY","iss":"https://dev-12345678.okta.com/oauth2/default","aud":"api://default","iat":1800000000,"exp":1800003600,"cid":"{CLIENT_ID}","scp":["api:read"],"sub":"{CLIENT_ID}","app_id":"{CLIENT_ID}"}}"#
+    ));
+    let signature = b64.encode([0x5au8; 256]);
+    format!("{header}.{claims}.{signature}")
+}
+
+fn accepted() -> Accepted {
+    Accepted {
+        basic: true,
+        bearer: true,
+        raw_basic: true,
+    }
+}
+
+/// The slot's bytes as the host hands them over: an allow verdict for `credential`.
+fn entry_bytes(config: &Config, credential: &Credential, access_token: Option<String>) -> Vec<u8> {
+    CacheEntry {
+        key: CacheKey::new(&config.digest, credential),
+        decided_at_ms: NOW_MS - 1_000,
+        expires_at_ms: NOW_MS + 3_600_000,
+        verdict: Some(Cached::Allow(Grant {
+            identity: CLIENT_ID.into(),
+            scope: "api:read".into(),
+            access_token,
+        })),
+        lease_until_ms: 0,
+        failed_at_ms: 0,
+    }
+    .encode()
+}
+
+/// A host whose shared data holds one warm slot. `shared_get` copies the value, as the real host
+/// does into the VM's memory.
+struct WarmHost {
+    slot: Vec<u8>,
+}
+
+impl Host for WarmHost {
+    fn now_ms(&self) -> u64 {
+        NOW_MS
+    }
+    fn shared_get(&self, _key: &str) -> Option<(Vec<u8>, u32)> {
+        Some((self.slot.clone(), 7))
+    }
+    fn shared_set(&self, _key: &str, _value: &[u8], _cas: u32) -> Result<(), SharedError> {
+        panic!("a warm hit writes nothing")
+    }
+    fn dispatch(&self, _config: &Config, _request: &IdpRequest) -> Result<u32, DispatchError> {
+        panic!("a warm hit calls no IdP")
+    }
+    fn count(&self, counter: Counter) {
+        black_box(counter);
+    }
+    fn observe_idp_latency(&self, ms: u64) {
+        black_box(ms);
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let config = Config::from_json(CONFIG.as_bytes()).expect("bench config");
+    let token = access_token();
+    let basic_b64 = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
+    );
+    let basic_raw = format!("Basic {CLIENT_ID}:{CLIENT_SECRET}");
+    let bearer = format!("Bearer {token}");
+    let basic_credential = parse_authorization(&[basic_b64.as_bytes()], accepted()).unwrap();
+    let bearer_credential = parse_authorization(&[bearer.as_bytes()], accepted()).unwrap();
+    // Basic: the entry carries the token Okta issued (forwarded upstream); Bearer: it does not.
+    let basic_entry = entry_bytes(&config, &basic_credential, Some(token.clone()));
+    let bearer_entry = entry_bytes(&config, &bearer_credential, None);
+
+    let mut g = c.benchmark_group("parse_authorization");
+    for (name, value) in [
+        ("basic_base64", &basic_b64),
+        ("basic_raw", &basic_raw),
+        ("bearer", &bearer),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| parse_authorization(black_box(&[value.as_bytes()]), accepted()))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("cache_key");
+    for (name, credential) in [("basic", &basic_credential), ("bearer", &bearer_credential)] {
+        g.bench_function(name, |b| {
+            b.iter(|| CacheKey::new(black_box(&config.digest), black_box(credential)))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("cache_entry_decode");
+    for (name, bytes) in [
+        ("basic_with_token", &basic_entry),
+        ("bearer", &bearer_entry),
+    ] {
+        g.bench_function(name, |b| b.iter(|| CacheEntry::decode(black_box(bytes))));
+    }
+    g.finish();
+
+    // The whole warm path of the core, as the glue calls it: parse, key, slot name, read and
+    // decode the slot, freshness, the grant and the upstream edits.
+    let mut g = c.benchmark_group("gate_warm_hit");
+    for (name, value, slot) in [
+        ("basic", &basic_b64, &basic_entry),
+        ("bearer", &bearer, &bearer_entry),
+    ] {
+        let mut gate = Gate::new(config.clone());
+        let host = WarmHost { slot: slot.clone() };
+        match gate.on_request(1, &[value.as_bytes()], &host) {
+            Step::Forward(_) => {}
+            other => panic!("{name}: expected a cache hit, got {other:?}"),
+        }
+        g.bench_function(name, |b| {
+            b.iter(|| gate.on_request(1, black_box(&[value.as_bytes()]), &host))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(core, benches);
+criterion_main!(core);
