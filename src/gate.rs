@@ -683,6 +683,8 @@ impl Gate {
                 s.saturating_mul(1000).max(now + RATE_LIMIT_MIN_PAUSE_MS)
             }
             RateLimited { until_s: None } => now + RATE_LIMIT_DEFAULT_PAUSE_MS,
+            // Calls already out when a pause began fail together: they do not make it longer.
+            ServerError(_) | NoAnswer if self.paused_until(host) > now => return,
             ServerError(_) | NoAnswer => {
                 self.failures_in_a_row += 1;
                 if self.failures_in_a_row < FAILURES_BEFORE_PAUSE {

@@ -826,3 +826,23 @@ fn a_repeat_credential_is_answered_without_reading_shared_data() {
         Step::Wait
     );
 }
+
+#[test]
+fn calls_failing_together_do_not_lengthen_the_pause() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, "");
+    // twenty different credentials out at once, then all fail
+    for i in 0..20 {
+        assert_eq!(
+            ask(&mut g, &host, 100 + i, &basic(&format!("app{i}"), "s")),
+            Step::Wait
+        );
+    }
+    let tokens: Vec<u32> = host.calls.borrow().iter().map(|(t, _)| *t).collect();
+    for token in tokens {
+        answer(&mut g, &host, token, 500, "");
+    }
+    // the pause is the first one, not a doubled one
+    host.advance(FAILURE_PAUSE_MS);
+    assert_eq!(ask(&mut g, &host, 200, &basic("later", "s")), Step::Wait);
+}
