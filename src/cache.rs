@@ -118,6 +118,12 @@ pub enum Freshness<'a> {
 /// An entry decided more than this far in the future means the clock went back: distrust it.
 const CLOCK_SKEW_MS: u64 = 1_000;
 
+/// False when a verdict claims to be decided after `now_ms`: the clock went back since, and its
+/// expiry cannot be trusted.
+fn decided_in_the_past(decided_at_ms: u64, now_ms: u64) -> bool {
+    decided_at_ms <= now_ms.saturating_add(CLOCK_SKEW_MS)
+}
+
 impl CacheEntry {
     pub fn empty(key: CacheKey) -> CacheEntry {
         CacheEntry {
@@ -134,7 +140,7 @@ impl CacheEntry {
         let Some(verdict) = self.verdict.as_ref().filter(|_| self.key == *key) else {
             return Freshness::Absent;
         };
-        if self.decided_at_ms > now_ms.saturating_add(CLOCK_SKEW_MS) {
+        if !decided_in_the_past(self.decided_at_ms, now_ms) {
             return Freshness::Absent;
         }
         if now_ms < self.expires_at_ms {
@@ -276,7 +282,7 @@ impl LocalCache {
     /// The verdict for `key` if it is still fresh (same rules as a shared entry).
     pub fn get(&mut self, key: &CacheKey, now_ms: u64) -> Option<&Cached> {
         let fresh = self.entries.get(key).is_some_and(|e| {
-            e.decided_at_ms <= now_ms.saturating_add(CLOCK_SKEW_MS) && now_ms < e.expires_at_ms
+            decided_in_the_past(e.decided_at_ms, now_ms) && now_ms < e.expires_at_ms
         });
         if !fresh {
             self.entries.remove(key);

@@ -196,8 +196,9 @@ fn is_identity_header(name: &str) -> bool {
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        // All headers in one host call: the single-value getter returns only the first
-        // `Authorization`, and a second one must be seen to be refused.
+        // All headers in one host call: every spelling of our identity headers must be found and
+        // removed, and every `Authorization` seen (Envoy folds repeats into one value, joined
+        // by commas; a host that does not would hand over several).
         let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
         let mut authorization: Vec<&[u8]> = Vec::new();
         for (name, value) in &headers {

@@ -260,12 +260,7 @@ impl Gate {
                         (Denial::InvalidToken, DenyReason::Malformed)
                     }
                 };
-                host.count(Counter::Denied(reason));
-                log::debug!(
-                    "[{ctx}] denied: {} (malformed or missing credentials)",
-                    denial.reason()
-                );
-                return Step::Reply(denial, denial.reply(&self.config));
+                return self.refuse(ctx, None, denial, reason, host);
             }
         };
         let key = CacheKey::new(&self.config.digest, &credential);
@@ -607,6 +602,13 @@ impl Gate {
             .map(|(id, _)| *id)
             .collect();
         ids.sort_unstable_by_key(|id| *id != leader);
+        // After a failure, what the slot still holds (a stale verdict, perhaps), read once.
+        let remaining = if verdict.is_err() {
+            let slot = self.names.slot(key.slot(self.config.cache_slots));
+            read_slot(host, &slot, &key).0
+        } else {
+            CacheEntry::empty(key)
+        };
         let mut steps = Vec::new();
         for ctx in ids {
             let Some(w) = self.waiting.remove(&ctx) else {
@@ -615,11 +617,7 @@ impl Gate {
             let step = match &verdict {
                 Ok(Cached::Allow(grant)) => self.allow(&w.credential, grant.clone(), host),
                 Ok(Cached::Deny(d)) => self.deny(ctx, Some(&w.credential), *d, host),
-                Err(_) => {
-                    let slot = self.names.slot(key.slot(self.config.cache_slots));
-                    let (entry, _) = read_slot(host, &slot, &key);
-                    self.unavailable_or_stale(ctx, &w, &entry, now, host)
-                }
+                Err(_) => self.unavailable_or_stale(ctx, &w, &remaining, now, host),
             };
             steps.push((ctx, step));
         }
@@ -678,13 +676,14 @@ impl Gate {
     /// while it goes on. The pause is shared: every worker stops calling.
     fn note_failure(&mut self, failure: okta::IdpFailure, now: u64, host: &dyn Host) {
         use okta::IdpFailure::{NoAnswer, RateLimited, ServerError};
+        let paused_until = self.paused_until(host);
         let until = match failure {
             RateLimited { until_s: Some(s) } => {
                 s.saturating_mul(1000).max(now + RATE_LIMIT_MIN_PAUSE_MS)
             }
             RateLimited { until_s: None } => now + RATE_LIMIT_DEFAULT_PAUSE_MS,
             // Calls already out when a pause began fail together: they do not make it longer.
-            ServerError(_) | NoAnswer if self.paused_until(host) > now => return,
+            ServerError(_) | NoAnswer if paused_until > now => return,
             ServerError(_) | NoAnswer => {
                 self.failures_in_a_row += 1;
                 if self.failures_in_a_row < FAILURES_BEFORE_PAUSE {
@@ -695,7 +694,7 @@ impl Gate {
             }
             _ => return,
         };
-        if until > self.paused_until(host) {
+        if until > paused_until {
             // A line of its own, not folded into the rate-limited failure warnings: operators
             // need to see a pause, and there is at most one per pause.
             log::warn!(
@@ -962,6 +961,18 @@ impl Gate {
             Denial::InsufficientScope => DenyReason::InsufficientScope,
             Denial::IdpUnavailable => DenyReason::IdpUnavailable,
         };
+        self.refuse(ctx, credential, denial, reason, host)
+    }
+
+    /// Every refusal: counted by reason, one debug line, one reply.
+    fn refuse(
+        &self,
+        ctx: u32,
+        credential: Option<&Credential>,
+        denial: Denial,
+        reason: DenyReason,
+        host: &dyn Host,
+    ) -> Step {
         host.count(Counter::Denied(reason));
         match credential {
             Some(Credential::Basic(c)) => {
