@@ -17,7 +17,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use okta_dcr_auth::cache::{CacheEntry, CacheKey, Cached};
 use okta_dcr_auth::config::Config;
 use okta_dcr_auth::credentials::{parse_authorization, Accepted, Credential};
-use okta_dcr_auth::gate::{DispatchError, Gate, Host, SharedError, Step};
+use okta_dcr_auth::gate::{
+    CallToken, ContextId, DispatchError, Gate, Host, Resume, SharedData, SharedError, Step,
+};
 use okta_dcr_auth::metrics::Counter;
 use okta_dcr_auth::okta::IdpRequest;
 use okta_dcr_auth::verdict::Grant;
@@ -79,17 +81,17 @@ struct WarmHost {
     slot: Vec<u8>,
 }
 
-impl Host for WarmHost {
-    fn now_ms(&self) -> u64 {
-        NOW_MS
-    }
+impl SharedData for WarmHost {
     fn shared_get(&self, _key: &str) -> Option<(Vec<u8>, u32)> {
         Some((self.slot.clone(), 7))
     }
     fn shared_set(&self, _key: &str, _value: &[u8], _cas: u32) -> Result<(), SharedError> {
         panic!("a warm hit writes nothing")
     }
-    fn dispatch(&self, _config: &Config, _request: &IdpRequest) -> Result<u32, DispatchError> {
+}
+
+impl Host for WarmHost {
+    fn dispatch(&self, _: &str, _: &IdpRequest, _: u64) -> Result<CallToken, DispatchError> {
         panic!("a warm hit calls no IdP")
     }
     fn count(&self, counter: Counter) {
@@ -151,14 +153,20 @@ fn benches(c: &mut Criterion) {
         ("basic", &basic_b64, &basic_entry),
         ("bearer", &bearer, &bearer_entry),
     ] {
-        let mut gate = Gate::new(config.clone());
         let host = WarmHost { slot: slot.clone() };
-        match gate.on_request(1, &[value.as_bytes()], &host) {
+        let mut gate = Gate::new(
+            config.clone(),
+            ContextId(1),
+            Resume::AnyRequest,
+            NOW_MS,
+            &host,
+        );
+        match gate.on_request(ContextId(2), &[value.as_bytes()], NOW_MS, &host) {
             Step::Forward(_) => {}
             other => panic!("{name}: expected a cache hit, got {other:?}"),
         }
         g.bench_function(name, |b| {
-            b.iter(|| gate.on_request(1, black_box(&[value.as_bytes()]), &host))
+            b.iter(|| gate.on_request(ContextId(2), black_box(&[value.as_bytes()]), NOW_MS, &host))
         });
     }
     g.finish();

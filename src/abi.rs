@@ -33,6 +33,7 @@ extern "C" {
     ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_get_log_level(return_level: *mut u32) -> u32;
 }
 
 // SAFETY (every call below): the pointers are to live slices whose lengths go with them, and the
@@ -82,6 +83,24 @@ pub fn continue_request() -> bool {
 /// Makes `ctx` the context later host calls act on; false if the host refused.
 pub fn set_effective_context(ctx: u32) -> bool {
     unsafe { proxy_set_effective_context(ctx) == STATUS_OK }
+}
+
+/// The host's log level, `None` if it would not say (the SDK's wrapper panics then). Call it
+/// only on a host known to implement it: ngx_wasm_module traps.
+pub fn log_level() -> Option<proxy_wasm::types::LogLevel> {
+    use proxy_wasm::types::LogLevel;
+    let mut level = 0u32;
+    if unsafe { proxy_get_log_level(&mut level) } != STATUS_OK {
+        return None;
+    }
+    Some(match level {
+        0 => LogLevel::Trace,
+        1 => LogLevel::Debug,
+        2 => LogLevel::Info,
+        3 => LogLevel::Warn,
+        4 => LogLevel::Error,
+        _ => LogLevel::Critical,
+    })
 }
 
 /// The ABI's header map encoding: a count, each pair's sizes, then each name and value with a

@@ -6,6 +6,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::credentials::Accepted;
+use crate::okta::Endpoints;
 use crate::url::HttpUrl;
 
 /// Bounds that keep a typo from becoming an outage or an unbounded table.
@@ -125,14 +127,12 @@ pub struct Config {
     pub issuer_url: HttpUrl,
     pub idp_upstream: String,
     pub idp_authority: String,
-    /// `:path` of the token endpoint when configured; otherwise discovered.
-    pub token_path: Option<String>,
-    pub introspection_path: Option<String>,
+    /// The endpoints configured (`:path`s); discovery fills the gaps.
+    pub endpoints: Endpoints,
     /// `Basic …` value authenticating the gateway at the introspection endpoint.
     pub introspection_authorization: Option<Redacted>,
-    pub accept_basic: bool,
-    pub accept_bearer: bool,
-    pub allow_raw_basic: bool,
+    /// Which credentials clients may present.
+    pub accepted: Accepted,
     pub scopes: Vec<String>,
     pub app_claim: String,
     pub audience: Option<String>,
@@ -188,10 +188,9 @@ impl Config {
         raw.check(Sha256::digest(bytes).into())
     }
 
-    /// The `:path`s in use once discovery (if any) has filled the gaps.
+    /// Whether the configured endpoints leave an accepted scheme without one.
     pub fn needs_discovery(&self) -> bool {
-        self.token_path.is_none() && self.accept_basic
-            || self.introspection_path.is_none() && self.accept_bearer
+        !self.endpoints.covers(self.accepted)
     }
 
     /// The scopes as one space-separated string (the `scope` parameter and challenge value).
@@ -253,38 +252,83 @@ fn describe_json_error(e: &serde_json::Error) -> JsonReason {
 }
 
 impl RawConfig {
+    /// Checks each group of fields in turn; the first refusal names its field.
     fn check(self, digest: [u8; 32]) -> Result<Config, ConfigError> {
         let issuer = self.issuer.trim_end_matches('/').to_string();
         let issuer_url = checked_url("issuer", &issuer)?;
+        let idp_authority = self.check_upstream(&issuer_url)?;
+        let accepted = self.check_accept()?;
+        let endpoints = Endpoints {
+            token_path: endpoint_path("token_endpoint", self.token_endpoint.as_deref())?,
+            introspection_path: endpoint_path(
+                "introspection_endpoint",
+                self.introspection_endpoint.as_deref(),
+            )?,
+        };
+        let introspection_authorization = self.check_introspection_client(accepted)?;
+        self.check_claims()?;
+        self.check_cache_and_timeouts()?;
+        check_realm(&self.realm)?;
+        Ok(Config {
+            issuer,
+            issuer_url,
+            idp_upstream: self.idp_upstream,
+            idp_authority,
+            endpoints,
+            introspection_authorization,
+            accepted,
+            scopes: self.scopes,
+            app_claim: self.app_claim,
+            audience: self.audience,
+            cache_ttl_ms: self.cache_ttl_s * 1000,
+            negative_cache_ttl_ms: self.negative_cache_ttl_s * 1000,
+            cache_slots: self.cache_slots,
+            stale_if_error_ms: self.stale_if_error_s * 1000,
+            idp_timeout_ms: self.idp_timeout_ms,
+            realm: self.realm,
+            forward_access_token: self.forward_access_token,
+            digest,
+        })
+    }
+
+    /// `idp_upstream`, and the `:authority` of IdP calls (the issuer's by default).
+    fn check_upstream(&self, issuer_url: &HttpUrl) -> Result<String, ConfigError> {
         if self.idp_upstream.trim().is_empty() {
             return Err(refuse("idp_upstream", "must not be empty"));
         }
-        let idp_authority = match self.idp_authority {
+        match &self.idp_authority {
             Some(a) if a.is_empty() || a.bytes().any(|b| b <= b' ' || b == b'/' || b == 0x7f) => {
-                return Err(refuse("idp_authority", "must be a host[:port]"))
+                Err(refuse("idp_authority", "must be a host[:port]"))
             }
-            Some(a) => a,
-            None => issuer_url.authority.clone(),
-        };
-        let token_path = endpoint_path("token_endpoint", self.token_endpoint.as_deref())?;
-        let introspection_path = endpoint_path(
-            "introspection_endpoint",
-            self.introspection_endpoint.as_deref(),
-        )?;
+            Some(a) => Ok(a.clone()),
+            None => Ok(issuer_url.authority.clone()),
+        }
+    }
 
+    fn check_accept(&self) -> Result<Accepted, ConfigError> {
         if self.accept.is_empty() {
             return Err(refuse(
                 "accept",
                 "must name at least one of \"basic\", \"bearer\"",
             ));
         }
-        let accept_basic = self.accept.contains(&Scheme::Basic);
-        let accept_bearer = self.accept.contains(&Scheme::Bearer);
+        Ok(Accepted {
+            basic: self.accept.contains(&Scheme::Basic),
+            bearer: self.accept.contains(&Scheme::Bearer),
+            raw_basic: self.allow_raw_basic,
+        })
+    }
 
-        let introspection_authorization = match (
-            self.introspection_client_id.as_deref(),
-            self.introspection_client_secret.as_deref(),
-        ) {
+    /// The gateway's own client at the introspection endpoint: both parts or neither, and both
+    /// when Bearer tokens are accepted.
+    fn check_introspection_client(
+        &self,
+        accepted: Accepted,
+    ) -> Result<Option<Redacted>, ConfigError> {
+        let id = self.introspection_client_id.as_deref();
+        let secret = self.introspection_client_secret.as_deref();
+        let required = "is required when \"bearer\" is accepted";
+        match (id, secret) {
             (Some(id), Some(secret)) => {
                 if id.is_empty() || has_control(id) {
                     return Err(refuse(
@@ -298,27 +342,16 @@ impl RawConfig {
                         "must be a non-empty string",
                     ));
                 }
-                Some(Redacted(client_secret_basic(id, secret)))
+                Ok(Some(Redacted(client_secret_basic(id, secret))))
             }
-            (None, Some(_)) if accept_bearer => {
-                return Err(refuse(
-                    "introspection_client_id",
-                    "is required when \"bearer\" is accepted",
-                ))
-            }
-            (_, None) if accept_bearer => {
-                return Err(refuse(
-                    if self.introspection_client_id.is_none() {
-                        "introspection_client_id"
-                    } else {
-                        "introspection_client_secret"
-                    },
-                    "is required when \"bearer\" is accepted",
-                ))
-            }
-            _ => None,
-        };
+            (None, _) if accepted.bearer => Err(refuse("introspection_client_id", required)),
+            (_, None) if accepted.bearer => Err(refuse("introspection_client_secret", required)),
+            _ => Ok(None),
+        }
+    }
 
+    /// What tokens must carry: scopes, the app claim, the audience.
+    fn check_claims(&self) -> Result<(), ConfigError> {
         for scope in &self.scopes {
             if scope.is_empty() || !scope.bytes().all(is_scope_char) {
                 return Err(refuse(
@@ -336,11 +369,15 @@ impl RawConfig {
         if self.app_claim.is_empty() || has_control(&self.app_claim) {
             return Err(refuse("app_claim", "must be a non-empty claim name"));
         }
-        if let Some(aud) = &self.audience {
-            if aud.is_empty() || has_control(aud) {
-                return Err(refuse("audience", "must be a non-empty string"));
+        match &self.audience {
+            Some(aud) if aud.is_empty() || has_control(aud) => {
+                Err(refuse("audience", "must be a non-empty string"))
             }
+            _ => Ok(()),
         }
+    }
+
+    fn check_cache_and_timeouts(&self) -> Result<(), ConfigError> {
         for (field, value) in [
             ("cache_ttl_s", self.cache_ttl_s),
             ("negative_cache_ttl_s", self.negative_cache_ttl_s),
@@ -362,42 +399,20 @@ impl RawConfig {
                 format!("must be between 1 and {MAX_TIMEOUT_MS}"),
             ));
         }
-        if self.realm.is_empty()
-            || self
-                .realm
-                .bytes()
-                .any(|b| b < b' ' || b == 0x7f || b == b'"' || b == b'\\')
-        {
-            return Err(refuse(
-                "realm",
-                "must be non-empty, without quotes, backslashes or control characters",
-            ));
-        }
-
-        Ok(Config {
-            issuer,
-            issuer_url,
-            idp_upstream: self.idp_upstream,
-            idp_authority,
-            token_path,
-            introspection_path,
-            introspection_authorization,
-            accept_basic,
-            accept_bearer,
-            allow_raw_basic: self.allow_raw_basic,
-            scopes: self.scopes,
-            app_claim: self.app_claim,
-            audience: self.audience,
-            cache_ttl_ms: self.cache_ttl_s * 1000,
-            negative_cache_ttl_ms: self.negative_cache_ttl_s * 1000,
-            cache_slots: self.cache_slots,
-            stale_if_error_ms: self.stale_if_error_s * 1000,
-            idp_timeout_ms: self.idp_timeout_ms,
-            realm: self.realm,
-            forward_access_token: self.forward_access_token,
-            digest,
-        })
+        Ok(())
     }
+}
+
+/// The realm goes inside a quoted challenge parameter.
+fn check_realm(realm: &str) -> Result<(), ConfigError> {
+    let bad = |b: u8| b < b' ' || b == 0x7f || b == b'"' || b == b'\\';
+    if realm.is_empty() || realm.bytes().any(bad) {
+        return Err(refuse(
+            "realm",
+            "must be non-empty, without quotes, backslashes or control characters",
+        ));
+    }
+    Ok(())
 }
 
 fn checked_url(field: &str, text: &str) -> Result<HttpUrl, ConfigError> {
@@ -454,8 +469,8 @@ mod tests {
         let c = Config::from_json(MINIMAL.as_bytes()).unwrap();
         assert_eq!(c.issuer, "https://dev-1.okta.com/oauth2/default");
         assert_eq!(c.idp_authority, "dev-1.okta.com");
-        assert!(c.accept_basic && !c.accept_bearer);
-        assert!(c.allow_raw_basic && c.forward_access_token);
+        assert!(c.accepted.basic && !c.accepted.bearer);
+        assert!(c.accepted.raw_basic && c.forward_access_token);
         assert_eq!(c.app_claim, "app_id");
         assert_eq!(c.cache_ttl_ms, 300_000);
         assert_eq!(c.negative_cache_ttl_ms, 30_000);
@@ -478,7 +493,7 @@ mod tests {
             br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","introspection_client_id":"gw","introspection_client_secret":"s3"}"#,
         )
         .unwrap();
-        assert!(c.accept_basic && c.accept_bearer);
+        assert!(c.accepted.basic && c.accepted.bearer);
         assert_eq!(
             c.introspection_authorization.as_ref().map(|r| r.0.as_str()),
             Some("Basic Z3c6czM=")
@@ -493,7 +508,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.issuer, "http://127.0.0.1:9001/oauth2/default");
-        assert_eq!(c.token_path.as_deref(), Some("/oauth2/default/v1/token"));
+        assert_eq!(
+            c.endpoints.token_path.as_deref(),
+            Some("/oauth2/default/v1/token")
+        );
         assert_eq!(c.idp_authority, "idp.local");
         assert!(!c.needs_discovery());
     }

@@ -1,5 +1,6 @@
-//! The proxy-wasm glue: turns host events into calls on the [`Gate`] and the gate's steps into
-//! host calls. Nothing is decided here.
+//! The proxy-wasm glue: turns host events into calls on the [`Gate`] (with the time, read once
+//! per event) and the gate's decisions into host calls: header edits (`upstream`), prebuilt
+//! local replies (`verdict::Replies`), resumes. Nothing is decided here.
 //!
 //! Host calls go through `proxy_wasm::hostcalls` with their errors handled, not through the
 //! SDK's trait helpers, which unwrap (and a panic aborts the VM).
@@ -19,11 +20,12 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 use crate::abi;
 use crate::config::Config;
 use crate::gate::{
-    AuthorizationEdit, DispatchError, Forward, Gate, Host, SharedError, Step, TICK_MS,
+    CallToken, ContextId, DispatchError, Gate, Host, Resume, SharedData, SharedError, Step, TICK_MS,
 };
 use crate::metrics::{Counter, IDP_LATENCY};
 use crate::okta::{IdpAnswer, IdpRequest};
-use crate::verdict::LocalReply;
+use crate::upstream::{is_identity_header, Forward, HeaderEdit};
+use crate::verdict::{LocalReply, Replies};
 
 /// IdP answers larger than this are not read (and so are unreadable): Okta's are a few KiB.
 const MAX_IDP_BODY: usize = 256 * 1024;
@@ -37,9 +39,11 @@ proxy_wasm::main! {{
     });
 }}
 
-/// One plugin configuration in this VM: its gate and the host's ids of its metrics.
+/// One plugin configuration in this VM: its gate, its replies and the host's ids of its
+/// metrics.
 struct Plugin {
     gate: RefCell<Gate>,
+    replies: Replies,
     metrics: Metrics,
 }
 
@@ -100,22 +104,30 @@ impl RootContext for Root {
             }
         };
         let metrics = Metrics::define();
-        let mut gate = Gate::new(config);
-        // Envoy refuses to switch to a context that does not exist; ngx_wasm_module's
-        // set_effective_context accepts anything and does nothing, so there a request can only
-        // be answered from its own callbacks.
-        let solo = abi::set_effective_context(u32::MAX);
-        abi::set_effective_context(self.id);
-        if solo {
+        let resume = host_resume(self.id);
+        if resume == Resume::AnyRequest {
+            // Only where the host has it: ngx_wasm_module traps on `proxy_get_log_level`.
+            // Lines below the host's level are then not even formatted.
+            if let Some(level) = abi::log_level() {
+                proxy_wasm::set_log_level(level);
+            }
+        } else {
             log::info!(
                 "[{}] host cannot resume other requests: no cross-request waiting",
                 self.id
             );
         }
-        gate.set_solo(solo);
-        gate.start(self.id, &HostCalls(&metrics));
+        let replies = Replies::new(&config);
+        let gate = Gate::new(
+            config,
+            ContextId(self.id),
+            resume,
+            now_ms(),
+            &HostCalls(&metrics),
+        );
         self.plugin = Some(Rc::new(Plugin {
             gate: RefCell::new(gate),
+            replies,
             metrics,
         }));
         // Some hosts (ngx_wasm_module) allow the tick period to be set once only.
@@ -127,13 +139,22 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        if let Some(plugin) = &self.plugin {
-            let steps = plugin
-                .gate
-                .borrow_mut()
-                .on_tick(self.id, &HostCalls(&plugin.metrics));
-            apply_elsewhere(steps);
+        let Some(plugin) = &self.plugin else {
+            return;
+        };
+        // Most ticks have nothing to do: they do not even ask the time.
+        let Some(due) = plugin.gate.borrow().next_deadline() else {
+            return;
+        };
+        let now = now_ms();
+        if now < due {
+            return;
         }
+        let steps = plugin
+            .gate
+            .borrow_mut()
+            .on_tick(now, &HostCalls(&plugin.metrics));
+        apply_elsewhere(plugin, steps);
     }
 
     fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
@@ -175,23 +196,32 @@ impl Context for Request {
                 plugin
                     .gate
                     .borrow_mut()
-                    .on_request_gone(self.id, &HostCalls(&plugin.metrics));
+                    .on_request_gone(ContextId(self.id), &HostCalls(&plugin.metrics));
             }
         }
         true
     }
 }
 
-/// Client-sent headers that would pass for ours: any case, and `_` or `.` for `-` (some
-/// upstreams and frameworks read them as the same name).
-fn is_identity_header(name: &str) -> bool {
-    let matches = |ours: &str| {
-        name.len() == ours.len()
-            && name.bytes().zip(ours.bytes()).all(|(a, b)| {
-                a.to_ascii_lowercase() == b || (b == b'-' && (a == b'_' || a == b'.'))
-            })
-    };
-    matches("x-credential-identifier") || matches("x-authenticated-scope")
+/// Envoy refuses to switch to a context that does not exist; ngx_wasm_module's
+/// `set_effective_context` accepts anything and does nothing, so there a request can only be
+/// answered from its own callbacks.
+fn host_resume(root: u32) -> Resume {
+    let accepts_anything = abi::set_effective_context(u32::MAX);
+    abi::set_effective_context(root);
+    if accepts_anything {
+        Resume::OwnRequestOnly
+    } else {
+        Resume::AnyRequest
+    }
+}
+
+/// Wall-clock time, ms since the epoch; read once per host event.
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl HttpContext for Request {
@@ -213,17 +243,19 @@ impl HttpContext for Request {
             return Action::Pause;
         };
         let host = HostCalls(&plugin.metrics);
-        let step = plugin
-            .gate
-            .borrow_mut()
-            .on_request(self.id, &authorization, &host);
+        let step = plugin.gate.borrow_mut().on_request(
+            ContextId(self.id),
+            &authorization,
+            now_ms(),
+            &host,
+        );
         match step {
             Step::Forward(forward) => {
                 apply_forward(&forward);
                 Action::Continue
             }
-            Step::Reply(_, reply) => {
-                send_reply(&reply);
+            Step::Deny(denial) => {
+                send_reply(plugin.replies.get(denial));
                 Action::Pause
             }
             Step::Wait => {
@@ -265,17 +297,20 @@ fn deliver(plugin: &Rc<Plugin>, caller: u32, token: u32, header_count: usize, bo
         body: &body,
     };
     let host = HostCalls(&plugin.metrics);
-    let steps = plugin
-        .gate
-        .borrow_mut()
-        .on_idp_answer(caller, token, answer, &host);
-    apply_elsewhere(steps);
+    let steps = plugin.gate.borrow_mut().on_idp_answer(
+        ContextId(caller),
+        CallToken(token),
+        answer,
+        now_ms(),
+        &host,
+    );
+    apply_elsewhere(plugin, steps);
 }
 
 /// Applies steps to paused requests, each in its own context.
-fn apply_elsewhere(steps: Vec<(u32, Step)>) {
+fn apply_elsewhere(plugin: &Plugin, steps: Vec<(ContextId, Step)>) {
     for (ctx, step) in steps {
-        if !abi::set_effective_context(ctx) {
+        if !abi::set_effective_context(ctx.0) {
             continue;
         }
         match step {
@@ -283,27 +318,18 @@ fn apply_elsewhere(steps: Vec<(u32, Step)>) {
                 apply_forward(&forward);
                 abi::continue_request();
             }
-            Step::Reply(_, reply) => send_reply(&reply),
+            Step::Deny(denial) => send_reply(plugin.replies.get(denial)),
             Step::Wait => {}
         }
     }
 }
 
 fn apply_forward(forward: &Forward) {
-    abi::set_request_header("x-credential-identifier", &forward.identity);
-    if forward.scope.is_empty() {
-        abi::remove_request_header("x-authenticated-scope");
-    } else {
-        abi::set_request_header("x-authenticated-scope", &forward.scope);
-    }
-    match &forward.authorization {
-        AuthorizationEdit::Keep => {}
-        AuthorizationEdit::Remove => {
-            abi::remove_request_header("authorization");
-        }
-        AuthorizationEdit::Set(value) => {
-            abi::set_request_header("authorization", value);
-        }
+    for edit in forward.edits() {
+        match edit {
+            HeaderEdit::Set(name, value) => abi::set_request_header(name, value),
+            HeaderEdit::Remove(name) => abi::remove_request_header(name),
+        };
     }
 }
 
@@ -318,26 +344,7 @@ fn send_reply(reply: &LocalReply) {
 /// The host, for the gate.
 struct HostCalls<'a>(&'a Metrics);
 
-impl Host for HostCalls<'_> {
-    fn count(&self, counter: Counter) {
-        if let Some(Some(id)) = self.0.counters.get(counter.index()) {
-            let _ = hostcalls::increment_metric(*id, 1);
-        }
-    }
-
-    fn observe_idp_latency(&self, ms: u64) {
-        if let Some(id) = self.0.idp_latency {
-            let _ = hostcalls::record_metric(id, ms);
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_millis() as u64)
-    }
-
+impl SharedData for HostCalls<'_> {
     fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
         match hostcalls::get_shared_data(key) {
             Ok((value, Some(cas))) => Some((value.unwrap_or_default(), cas)),
@@ -353,34 +360,41 @@ impl Host for HostCalls<'_> {
             Err(_) => Err(SharedError::Other),
         }
     }
+}
 
-    fn dispatch(&self, config: &Config, request: &IdpRequest) -> Result<u32, DispatchError> {
-        let mut headers: Vec<(&str, &str)> = vec![
-            (":method", request.method),
-            (
-                ":scheme",
-                if config.issuer_url.https {
-                    "https"
-                } else {
-                    "http"
-                },
-            ),
-            (":path", &request.path),
-            (":authority", &config.idp_authority),
-            (
-                "user-agent",
-                concat!("okta-dcr-auth/", env!("CARGO_PKG_VERSION")),
-            ),
-        ];
-        headers.extend(request.headers.iter().map(|(k, v)| (*k, v.as_str())));
+impl Host for HostCalls<'_> {
+    fn count(&self, counter: Counter) {
+        if let Some(Some(id)) = self.0.counters.get(counter.index()) {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+    }
+
+    fn observe_idp_latency(&self, ms: u64) {
+        if let Some(id) = self.0.idp_latency {
+            let _ = hostcalls::record_metric(id, ms);
+        }
+    }
+
+    fn dispatch(
+        &self,
+        upstream: &str,
+        request: &IdpRequest,
+        timeout_ms: u64,
+    ) -> Result<CallToken, DispatchError> {
+        let headers: Vec<(&str, &str)> = request
+            .headers
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
         let body = (!request.body.is_empty()).then_some(request.body.as_slice());
         hostcalls::dispatch_http_call(
-            &config.idp_upstream,
+            upstream,
             headers,
             body,
             Vec::new(),
-            Duration::from_millis(config.idp_timeout_ms),
+            Duration::from_millis(timeout_ms),
         )
+        .map(CallToken)
         .map_err(|_| DispatchError)
     }
 }

@@ -6,9 +6,11 @@
 //! - [`credentials`]: reading `Authorization` (Basic client credentials, Bearer tokens);
 //! - [`okta`]: the requests to Okta and how its answers are read;
 //! - [`verdict`]: grants, denials and the reply for each;
-//! - [`cache`]: cache keys, slots and the entry encoding in shared data;
+//! - [`upstream`]: what an allowed request carries upstream, and which client headers go;
+//! - [`cache`]: cache keys and the entry encoding in shared data, and per-worker copies;
 //! - [`metrics`]: the counters and histogram the filter exposes;
-//! - [`gate`]: the request state machine over a small [`gate::Host`] trait.
+//! - [`gate`]: the request state machine over a small [`gate::Host`] trait, with its parts:
+//!   the shared-slot protocol, discovery, the quota guard.
 //!
 //! `filter` (wasm32 only) is the proxy-wasm glue that drives the gate.
 
@@ -18,6 +20,7 @@ pub mod credentials;
 pub mod gate;
 pub mod metrics;
 pub mod okta;
+pub mod upstream;
 pub mod url;
 pub mod verdict;
 

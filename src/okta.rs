@@ -6,17 +6,61 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{client_secret_basic, Config};
-use crate::credentials::ClientCredentials;
+use crate::credentials::{Accepted, ClientCredentials};
 use crate::verdict::{Denial, Grant};
 
-/// One HTTP call to the IdP, as the host will send it.
+/// One HTTP call to the IdP, exactly as the host will send it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdpRequest {
     pub method: &'static str,
     pub path: String,
-    /// Besides `:method`, `:path`, `:authority`, which the glue adds.
+    /// Every header, pseudo-headers first (`:method`, `:scheme`, `:path`, `:authority`), then
+    /// `user-agent` and the exchange's own.
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+}
+
+/// Sent with every IdP call, so Okta's logs and rate-limit reports name the gateway.
+pub const USER_AGENT: &str = concat!("okta-dcr-auth/", env!("CARGO_PKG_VERSION"));
+
+impl IdpRequest {
+    /// A request to the issuer's origin: `:scheme` follows the issuer (Kong picks TLS from it),
+    /// `:authority` is `idp_authority`.
+    fn new(
+        config: &Config,
+        method: &'static str,
+        path: String,
+        own: Vec<(&'static str, String)>,
+        body: Vec<u8>,
+    ) -> IdpRequest {
+        let scheme = if config.issuer_url.https {
+            "https"
+        } else {
+            "http"
+        };
+        let mut headers = vec![
+            (":method", method.to_string()),
+            (":scheme", scheme.to_string()),
+            (":path", path.clone()),
+            (":authority", config.idp_authority.clone()),
+            ("user-agent", USER_AGENT.to_string()),
+        ];
+        headers.extend(own);
+        IdpRequest {
+            method,
+            path,
+            headers,
+            body,
+        }
+    }
+
+    /// The value of a header (the first, by exact lowercase name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// What came back. `status` is `None` when the call failed: refused, reset, or timed out.
@@ -97,19 +141,37 @@ pub fn discovery_request(config: &Config, doc: DiscoveryDocument) -> IdpRequest 
         DiscoveryDocument::OAuthAuthorizationServer => "/.well-known/oauth-authorization-server",
         DiscoveryDocument::OpenIdConfiguration => "/.well-known/openid-configuration",
     };
-    IdpRequest {
-        method: "GET",
-        path: format!("{}{}", config.issuer_url.path.trim_end_matches('/'), suffix),
-        headers: vec![("accept", "application/json".into())],
-        body: Vec::new(),
-    }
+    let path = format!("{}{}", config.issuer_url.path.trim_end_matches('/'), suffix);
+    IdpRequest::new(
+        config,
+        "GET",
+        path,
+        vec![("accept", "application/json".into())],
+        Vec::new(),
+    )
 }
 
-/// The `:path`s discovery found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The `:path`s of the endpoints: configured, discovered, or both.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Endpoints {
     pub token_path: Option<String>,
     pub introspection_path: Option<String>,
+}
+
+impl Endpoints {
+    /// Every accepted scheme has its endpoint.
+    pub fn covers(&self, accepted: Accepted) -> bool {
+        (!accepted.basic || self.token_path.is_some())
+            && (!accepted.bearer || self.introspection_path.is_some())
+    }
+
+    /// These endpoints, with `other`'s where these have none (configured ones win).
+    pub fn or(&self, other: Endpoints) -> Endpoints {
+        Endpoints {
+            token_path: self.token_path.clone().or(other.token_path),
+            introspection_path: self.introspection_path.clone().or(other.introspection_path),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,10 +234,11 @@ pub fn token_request(config: &Config, token_path: &str, client: &ClientCredentia
     if !config.scopes.is_empty() {
         form.append_pair("scope", &config.scope_string());
     }
-    IdpRequest {
-        method: "POST",
-        path: token_path.to_string(),
-        headers: vec![
+    IdpRequest::new(
+        config,
+        "POST",
+        token_path.to_string(),
+        vec![
             ("content-type", "application/x-www-form-urlencoded".into()),
             ("accept", "application/json".into()),
             (
@@ -183,8 +246,8 @@ pub fn token_request(config: &Config, token_path: &str, client: &ClientCredentia
                 client_secret_basic(&client.client_id, &client.client_secret),
             ),
         ],
-        body: form.finish().into_bytes(),
-    }
+        form.finish().into_bytes(),
+    )
 }
 
 /// Okta answers with JSON objects. serde's derived `Deserialize` also reads a struct from a
@@ -254,23 +317,22 @@ pub fn introspection_request(config: &Config, path: &str, token: &str) -> IdpReq
         .append_pair("token", token)
         .append_pair("token_type_hint", "access_token")
         .finish();
-    IdpRequest {
-        method: "POST",
-        path: path.to_string(),
-        headers: vec![
+    let gateway = config
+        .introspection_authorization
+        .as_ref()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    IdpRequest::new(
+        config,
+        "POST",
+        path.to_string(),
+        vec![
             ("content-type", "application/x-www-form-urlencoded".into()),
             ("accept", "application/json".into()),
-            (
-                "authorization",
-                config
-                    .introspection_authorization
-                    .as_ref()
-                    .map(|r| r.0.clone())
-                    .unwrap_or_default(),
-            ),
+            ("authorization", gateway),
         ],
-        body: body.into_bytes(),
-    }
+        body.into_bytes(),
+    )
 }
 
 /// RFC 7662 answer checked against the contract: `active` the JSON `true`, `exp` in the
@@ -303,12 +365,7 @@ pub fn read_introspection(config: &Config, answer: IdpAnswer<'_>, now_s: u64) ->
         }
     }
     if let Some(audience) = &config.audience {
-        let matches = match claims.get("aud") {
-            Some(Value::String(a)) => a == audience,
-            Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(audience)),
-            _ => false,
-        };
-        if !matches {
+        if !audience_contains(claims.get("aud"), audience) {
             return Outcome::Denied(Denial::InvalidToken);
         }
     }
@@ -327,20 +384,9 @@ pub fn read_introspection(config: &Config, answer: IdpAnswer<'_>, now_s: u64) ->
     {
         return Outcome::Denied(Denial::InsufficientScope);
     }
-    let identity = [config.app_claim.as_str(), "cid", "client_id"]
-        .iter()
-        .find_map(|c| {
-            claims
-                .get(*c)
-                .and_then(Value::as_str)
-                .filter(|v| !v.is_empty())
-        });
-    let Some(identity) = identity else {
+    let Some(identity) = identity_of(&claims, &config.app_claim) else {
         return Outcome::Denied(Denial::InvalidToken);
     };
-    if identity.chars().any(char::is_control) {
-        return Outcome::Denied(Denial::InvalidToken);
-    }
     Outcome::Granted {
         grant: Grant {
             identity: identity.to_string(),
@@ -349,6 +395,32 @@ pub fn read_introspection(config: &Config, answer: IdpAnswer<'_>, now_s: u64) ->
         },
         expires_at_s: exp,
     }
+}
+
+/// `aud`, a string or an array of strings, contains `audience`.
+pub fn audience_contains(aud: Option<&Value>, audience: &str) -> bool {
+    match aud {
+        Some(Value::String(a)) => a == audience,
+        Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(audience)),
+        _ => false,
+    }
+}
+
+/// The app a token belongs to: `app_claim`, then `cid`, then `client_id`; `None` when none is
+/// a non-empty string, or the one found is not header-safe.
+pub fn identity_of<'a>(
+    claims: &'a serde_json::Map<String, Value>,
+    app_claim: &str,
+) -> Option<&'a str> {
+    [app_claim, "cid", "client_id"]
+        .iter()
+        .find_map(|c| {
+            claims
+                .get(*c)
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+        })
+        .filter(|id| header_safe(id))
 }
 
 fn failure_of(answer: IdpAnswer<'_>, now_s: u64) -> IdpFailure {
@@ -414,6 +486,36 @@ mod tests {
             client_id: "0oa-app".into(),
             client_secret: "s".into(),
         }
+    }
+
+    #[test]
+    fn every_call_carries_the_pseudo_headers_and_user_agent_first() {
+        let c = config(r#","idp_authority":"okta.internal""#);
+        for r in [
+            token_request(&c, "/oauth2/default/v1/token", &client()),
+            introspection_request(&c, "/oauth2/default/v1/introspect", "tok"),
+            discovery_request(&c, DiscoveryDocument::OAuthAuthorizationServer),
+        ] {
+            let names: Vec<&str> = r.headers.iter().map(|(k, _)| *k).collect();
+            assert_eq!(
+                names[..5],
+                [":method", ":scheme", ":path", ":authority", "user-agent"]
+            );
+            assert_eq!(r.header(":method"), Some(r.method));
+            assert_eq!(r.header(":path"), Some(r.path.as_str()));
+            assert_eq!(r.header(":scheme"), Some("https"));
+            assert_eq!(r.header(":authority"), Some("okta.internal"));
+            assert_eq!(r.header("user-agent"), Some(USER_AGENT));
+            assert!(USER_AGENT.starts_with("okta-dcr-auth/"));
+        }
+        // a loopback issuer over http (development) is called over http
+        let dev = Config::from_json(
+            br#"{"issuer":"http://127.0.0.1:9001/oauth2/default","idp_upstream":"okta","accept":["basic"]}"#,
+        )
+        .unwrap();
+        let r = token_request(&dev, "/t", &client());
+        assert_eq!(r.header(":scheme"), Some("http"));
+        assert_eq!(r.header(":authority"), Some("127.0.0.1:9001"));
     }
 
     #[test]

@@ -46,6 +46,15 @@ pub enum Denial {
 }
 
 impl Denial {
+    pub const ALL: [Denial; 6] = [
+        Denial::NoCredentials,
+        Denial::InvalidClient,
+        Denial::InvalidToken,
+        Denial::InsufficientScope,
+        Denial::DuplicateAuthorization,
+        Denial::IdpUnavailable,
+    ];
+
     /// A short name for logs and metrics.
     pub fn reason(self) -> &'static str {
         match self {
@@ -64,10 +73,10 @@ impl Denial {
         let (status, challenges, message) = match self {
             Denial::NoCredentials => {
                 let mut challenges = Vec::new();
-                if config.accept_bearer {
+                if config.accepted.bearer {
                     challenges.push(format!("Bearer realm=\"{realm}\""));
                 }
-                if config.accept_basic {
+                if config.accepted.basic {
                     challenges.push(basic);
                 }
                 (401, challenges, "missing credentials")
@@ -111,6 +120,23 @@ pub struct LocalReply {
     pub challenges: Vec<String>,
     /// `application/json`.
     pub body: String,
+}
+
+/// Every reply one configuration can send, built once when the plugin starts, so that a
+/// refusal costs no formatting (a flood of bad credentials is a flood of refusals).
+#[derive(Debug, Clone)]
+pub struct Replies(Vec<LocalReply>);
+
+impl Replies {
+    pub fn new(config: &Config) -> Replies {
+        Replies(Denial::ALL.iter().map(|d| d.reply(config)).collect())
+    }
+
+    pub fn get(&self, denial: Denial) -> &LocalReply {
+        // `ALL` lists every variant, so the position always exists; the fallback is unreachable.
+        let i = Denial::ALL.iter().position(|d| *d == denial).unwrap_or(0);
+        &self.0[i]
+    }
 }
 
 impl LocalReply {
@@ -185,6 +211,15 @@ mod tests {
         ] {
             let body: serde_json::Value = serde_json::from_str(&d.reply(&c).body).unwrap();
             assert!(body["message"].is_string());
+        }
+    }
+
+    #[test]
+    fn prebuilt_replies_are_the_replies() {
+        let c = config(r#"["basic","bearer"]"#);
+        let replies = Replies::new(&c);
+        for d in Denial::ALL {
+            assert_eq!(replies.get(d), &d.reply(&c), "{d:?}");
         }
     }
 

@@ -132,11 +132,14 @@ fn accepted(c: &Config) {
         .idp_authority
         .bytes()
         .any(|b| b <= b' ' || b == b'/' || b == 0x7f));
-    for path in [&c.token_path, &c.introspection_path].into_iter().flatten() {
+    for path in [&c.endpoints.token_path, &c.endpoints.introspection_path]
+        .into_iter()
+        .flatten()
+    {
         assert!(path.starts_with('/') && !path.bytes().any(|b| b <= b' ' || b == 0x7f));
     }
-    assert!(c.accept_basic || c.accept_bearer);
-    assert!(!c.accept_bearer || c.introspection_authorization.is_some());
+    assert!(c.accepted.basic || c.accepted.bearer);
+    assert!(!c.accepted.bearer || c.introspection_authorization.is_some());
     for scope in &c.scopes {
         assert!(!scope.is_empty() && scope != "openid");
         assert!(!scope

@@ -1,14 +1,26 @@
-//! The gate driven by a fake host: every path of a request's life without Envoy.
+//! The gate driven by a fake host: every path of a request's life without Envoy, each test run
+//! twice: with Envoy's shared-data semantics and with ngx_wasm_module's (CAS 0 creates only).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use base64::Engine as _;
 
+use super::guard::{FAILURES_BEFORE_PAUSE, FAILURE_PAUSE_MS, RATE_LIMIT_DEFAULT_PAUSE_MS};
 use super::*;
+use crate::cache::Cached;
+use crate::upstream::AuthorizationEdit;
+use crate::verdict::Grant;
 
-/// Shared data with Envoy's semantics (CAS ignored for a key that does not exist yet), a
-/// settable clock, and a record of dispatched calls.
+thread_local! {
+    /// ngx_wasm_module's semantics: CAS 0 only creates, and a CAS for a key that does not
+    /// exist never matches. Envoy's (the default): CAS 0 writes unconditionally, and a CAS for
+    /// a key that does not exist yet is ignored.
+    static CREATE_ONLY_CAS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Shared data with either host's semantics, a settable clock, and a record of dispatched
+/// calls.
 #[derive(Default)]
 struct FakeHost {
     data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
@@ -22,26 +34,36 @@ struct FakeHost {
     latencies: RefCell<Vec<u64>>,
 }
 
-impl Host for FakeHost {
-    fn now_ms(&self) -> u64 {
-        self.now.get()
-    }
+impl SharedData for FakeHost {
     fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
         self.shared_reads.set(self.shared_reads.get() + 1);
         self.data.borrow().get(key).cloned()
     }
     fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedError> {
         let mut data = self.data.borrow_mut();
-        if let Some((_, current)) = data.get(key) {
-            if cas != 0 && cas != *current {
-                return Err(SharedError::CasMismatch);
-            }
+        let current = data.get(key).map(|(_, c)| *c);
+        let matches = if CREATE_ONLY_CAS.with(Cell::get) {
+            current.unwrap_or(0) == cas
+        } else {
+            current.is_none() || cas == 0 || current == Some(cas)
+        };
+        if !matches {
+            return Err(SharedError::CasMismatch);
         }
         self.next_cas.set(self.next_cas.get() + 1);
         data.insert(key.to_string(), (value.to_vec(), self.next_cas.get()));
         Ok(())
     }
-    fn dispatch(&self, _config: &Config, request: &IdpRequest) -> Result<u32, DispatchError> {
+}
+
+impl Host for FakeHost {
+    fn dispatch(
+        &self,
+        upstream: &str,
+        request: &IdpRequest,
+        timeout_ms: u64,
+    ) -> Result<CallToken, DispatchError> {
+        assert_eq!((upstream, timeout_ms > 0), ("okta", true));
         if self.refuse_dispatch.get() {
             return Err(DispatchError);
         }
@@ -49,7 +71,7 @@ impl Host for FakeHost {
         self.calls
             .borrow_mut()
             .push((self.next_token.get(), request.clone()));
-        Ok(self.next_token.get())
+        Ok(CallToken(self.next_token.get()))
     }
     fn count(&self, counter: Counter) {
         *self
@@ -68,6 +90,9 @@ impl FakeHost {
         let host = FakeHost::default();
         host.now.set(now_ms);
         host
+    }
+    fn now(&self) -> u64 {
+        self.now.get()
     }
     fn advance(&self, ms: u64) {
         self.now.set(self.now.get() + ms);
@@ -109,10 +134,18 @@ fn config(extra: &str) -> Config {
     .expect("test configuration is valid")
 }
 
+fn start(config: Config, host: &FakeHost) -> Gate {
+    Gate::new(
+        config,
+        ContextId(ROOT),
+        Resume::AnyRequest,
+        host.now(),
+        host,
+    )
+}
+
 fn gate(host: &FakeHost, extra: &str) -> Gate {
-    let mut g = Gate::new(config(extra));
-    g.start(ROOT, host);
-    g
+    start(config(extra), host)
 }
 
 fn basic(id: &str, secret: &str) -> Vec<u8> {
@@ -124,21 +157,42 @@ fn basic(id: &str, secret: &str) -> Vec<u8> {
 }
 
 fn ask(g: &mut Gate, host: &FakeHost, ctx: u32, authorization: &[u8]) -> Step {
-    g.on_request(ctx, &[authorization], host)
+    g.on_request(ContextId(ctx), &[authorization], host.now(), host)
+}
+
+fn numbered(steps: Vec<(ContextId, Step)>) -> Vec<(u32, Step)> {
+    steps.into_iter().map(|(ctx, step)| (ctx.0, step)).collect()
+}
+
+/// An IdP answer for call `token`, delivered in context `caller`.
+fn deliver(
+    g: &mut Gate,
+    host: &FakeHost,
+    caller: u32,
+    token: u32,
+    answer: IdpAnswer<'_>,
+) -> Vec<(u32, Step)> {
+    numbered(g.on_idp_answer(
+        ContextId(caller),
+        CallToken(token),
+        answer,
+        host.now(),
+        host,
+    ))
 }
 
 fn answer(g: &mut Gate, host: &FakeHost, token: u32, status: u16, body: &str) -> Vec<(u32, Step)> {
     let headers = vec![(":status".to_string(), status.to_string())];
-    g.on_idp_answer(
-        ROOT,
-        token,
-        IdpAnswer {
-            status: Some(status),
-            headers: &headers,
-            body: body.as_bytes(),
-        },
-        host,
-    )
+    let answer = IdpAnswer {
+        status: Some(status),
+        headers: &headers,
+        body: body.as_bytes(),
+    };
+    deliver(g, host, ROOT, token, answer)
+}
+
+fn tick(g: &mut Gate, host: &FakeHost) -> Vec<(u32, Step)> {
+    numbered(g.on_tick(host.now(), host))
 }
 
 fn token_ok(expires_in: u64) -> String {
@@ -152,7 +206,7 @@ const INVALID_CLIENT: &str = r#"{"error":"invalid_client","error_description":"T
 fn status(step: &Step) -> u32 {
     match step {
         Step::Forward(_) => 200,
-        Step::Reply(_, reply) => reply.status,
+        Step::Deny(denial) => denial.reply(&config("")).status,
         Step::Wait => 0,
     }
 }
@@ -272,7 +326,9 @@ fn no_answer_at_all_is_503() {
     let host = FakeHost::at(T0);
     let mut g = gate(&host, "");
     ask(&mut g, &host, 10, &basic("app", "s"));
-    let steps = g.on_idp_answer(
+    let steps = deliver(
+        &mut g,
+        &host,
         ROOT,
         host.last_call().0,
         IdpAnswer {
@@ -280,7 +336,6 @@ fn no_answer_at_all_is_503() {
             headers: &[],
             body: b"",
         },
-        &host,
     );
     assert_eq!(status(&steps[0].1), 503);
 }
@@ -346,7 +401,7 @@ fn concurrent_first_requests_across_workers_make_one_call() {
     assert_eq!(steps[0].0, 10, "the leader first");
     // the other worker's followers see the verdict at the next tick
     host.advance(TICK_MS);
-    let steps = worker_b.on_tick(ROOT, &host);
+    let steps = tick(&mut worker_b, &host);
     assert_eq!(steps.len(), 9);
     assert!(steps.iter().all(|(_, s)| status(s) == 200));
     assert_eq!(host.call_count(), 1);
@@ -365,7 +420,7 @@ fn followers_give_up_when_the_leader_fails() {
     );
     host.advance(1);
     answer(&mut worker_a, &host, host.last_call().0, 500, "");
-    let steps = worker_b.on_tick(ROOT, &host);
+    let steps = tick(&mut worker_b, &host);
     assert_eq!(steps.len(), 1);
     assert_eq!(status(&steps[0].1), 503);
     assert_eq!(host.call_count(), 1);
@@ -382,8 +437,8 @@ fn a_vanished_leader_hands_over_to_a_follower() {
         Step::Wait
     );
     // the client of the leader hangs up: its call dies with it
-    worker_a.on_request_gone(10, &host);
-    assert!(worker_b.on_tick(ROOT, &host).is_empty());
+    worker_a.on_request_gone(ContextId(10), &host);
+    assert!(tick(&mut worker_b, &host).is_empty());
     assert_eq!(
         host.call_count(),
         2,
@@ -402,11 +457,11 @@ fn followers_never_wait_forever() {
     ask(&mut worker_b, &host, 20, &basic("app", "s"));
     // worker A's answer never comes (the worker died); the lease runs out and B takes over
     host.advance(500 + LEASE_MARGIN_MS + 1);
-    assert!(worker_b.on_tick(ROOT, &host).is_empty());
+    assert!(tick(&mut worker_b, &host).is_empty());
     assert_eq!(host.call_count(), 2);
     // and if that one never answers either, the backstop ends the wait
     host.advance(3 * (500 + LEASE_MARGIN_MS));
-    let steps = worker_b.on_tick(ROOT, &host);
+    let steps = tick(&mut worker_b, &host);
     assert_eq!(status(&steps[0].1), 503);
 }
 
@@ -438,11 +493,19 @@ fn stale_verdict_serves_while_the_idp_fails_but_a_new_credential_does_not() {
 fn malformed_input_never_reaches_the_idp() {
     let host = FakeHost::at(T0);
     let mut g = gate(&host, "");
-    assert_eq!(status(&g.on_request(10, &[], &host)), 401);
+    assert_eq!(
+        status(&g.on_request(ContextId(10), &[], host.now(), &host)),
+        401
+    );
     assert_eq!(status(&ask(&mut g, &host, 11, b"Basic !!!")), 401);
     assert_eq!(status(&ask(&mut g, &host, 12, b"Bearer a b")), 401);
     assert_eq!(
-        status(&g.on_request(13, &[b"Basic a:b", b"Basic a:b"], &host)),
+        status(&g.on_request(
+            ContextId(13),
+            &[b"Basic a:b", b"Basic a:b"],
+            host.now(),
+            &host
+        )),
         400
     );
     assert_eq!(host.call_count(), 0);
@@ -468,10 +531,9 @@ fn discovery_runs_first_and_requests_wait_for_it() {
         br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["basic"],"cache_slots":8}"#,
     )
     .expect("valid");
-    let mut g = Gate::new(cfg);
-    g.start(ROOT, &host);
+    let mut g = start(cfg, &host);
     assert_eq!(host.call_count(), 0, "no IdP call during plugin start");
-    g.on_tick(ROOT, &host);
+    tick(&mut g, &host);
     let (discovery, request) = host.last_call();
     assert_eq!(
         request.path,
@@ -493,9 +555,8 @@ fn discovery_runs_first_and_requests_wait_for_it() {
     let steps = answer(&mut g, &host, token, 200, &token_ok(60));
     assert_eq!((steps[0].0, status(&steps[0].1)), (10, 200));
     // another worker takes the endpoints from shared data without asking
-    let mut other = Gate::new(g.config().clone());
-    other.start(ROOT, &host);
-    other.on_tick(ROOT, &host);
+    let mut other = start(g.config().clone(), &host);
+    tick(&mut other, &host);
     assert_eq!(host.call_count(), 3);
 }
 
@@ -506,15 +567,14 @@ fn failed_discovery_is_retried_and_waiters_get_503_meanwhile() {
         br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["basic"],"cache_slots":8,"idp_timeout_ms":200}"#,
     )
     .expect("valid");
-    let mut g = Gate::new(cfg);
-    g.start(ROOT, &host);
+    let mut g = start(cfg, &host);
     assert_eq!(host.call_count(), 0, "no IdP call during plugin start");
-    g.on_tick(ROOT, &host);
+    tick(&mut g, &host);
     let (discovery, _) = host.last_call();
     assert_eq!(ask(&mut g, &host, 10, &basic("app", "s")), Step::Wait);
     answer(&mut g, &host, discovery, 500, "");
     host.advance(200 + LEASE_MARGIN_MS + 1);
-    let steps = g.on_tick(ROOT, &host);
+    let steps = tick(&mut g, &host);
     assert_eq!((steps[0].0, status(&steps[0].1)), (10, 503));
     // the retry went out on a tick after the backoff
     assert_eq!(host.call_count(), 2);
@@ -532,10 +592,9 @@ fn discovery_naming_another_issuer_is_refused() {
         br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["basic"],"cache_slots":8}"#,
     )
     .expect("valid");
-    let mut g = Gate::new(cfg);
-    g.start(ROOT, &host);
+    let mut g = start(cfg, &host);
     assert_eq!(host.call_count(), 0, "no IdP call during plugin start");
-    g.on_tick(ROOT, &host);
+    tick(&mut g, &host);
     let doc = r#"{"issuer":"https://evil.example/oauth2/default","token_endpoint":"https://evil.example/t"}"#;
     answer(&mut g, &host, host.last_call().0, 200, doc);
     assert_eq!(
@@ -552,14 +611,14 @@ fn an_older_answer_never_overwrites_a_newer_verdict() {
     let mut g = gate(&host, "");
     let key = CacheKey([5; 32]);
     g.store(
-        &key,
+        key,
         T0 + 10,
         T0 + 100_000,
         Cached::Deny(Denial::InvalidClient),
         &host,
     );
     g.store(
-        &key,
+        key,
         T0 + 5,
         T0 + 100_000,
         Cached::Allow(Grant {
@@ -569,8 +628,7 @@ fn an_older_answer_never_overwrites_a_newer_verdict() {
         }),
         &host,
     );
-    let slot = g.names.slot(key.slot(g.config.cache_slots));
-    let (entry, _) = read_slot(&host, &slot, &key);
+    let entry = g.slots.read(&host, &key);
     assert_eq!(entry.verdict, Some(Cached::Deny(Denial::InvalidClient)));
 }
 
@@ -587,7 +645,9 @@ fn rate_limit_pauses_every_worker_until_the_reset() {
             (T0 / 1000 + 2).to_string(),
         ),
     ];
-    let steps = worker_a.on_idp_answer(
+    let steps = deliver(
+        &mut worker_a,
+        &host,
         ROOT,
         host.last_call().0,
         IdpAnswer {
@@ -595,7 +655,6 @@ fn rate_limit_pauses_every_worker_until_the_reset() {
             headers: &headers,
             body: b"{}",
         },
-        &host,
     );
     assert_eq!(status(&steps[0].1), 503);
     host.advance(1_000);
@@ -646,7 +705,7 @@ fn counters_follow_the_traffic() {
     answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
     ask(&mut g, &host, 13, &basic("app", "wrong"));
     ask(&mut g, &host, 14, b"Basic !!");
-    g.on_request(15, &[], &host);
+    g.on_request(ContextId(15), &[], host.now(), &host);
     ask(&mut g, &host, 16, &basic("down", "s"));
     answer(&mut g, &host, host.last_call().0, 503, "");
     for (name, expected) in [
@@ -668,10 +727,14 @@ fn counters_follow_the_traffic() {
 }
 
 fn solo_gate(host: &FakeHost, json: &[u8]) -> Gate {
-    let mut g = Gate::new(Config::from_json(json).expect("valid"));
-    g.set_solo(true);
-    g.start(ROOT, host);
-    g
+    let config = Config::from_json(json).expect("valid");
+    Gate::new(
+        config,
+        ContextId(ROOT),
+        Resume::OwnRequestOnly,
+        host.now(),
+        host,
+    )
 }
 
 #[test]
@@ -697,7 +760,9 @@ fn solo_host_never_parks_a_request_behind_another() {
     );
     assert_eq!(host.call_count(), 3, "each request asks for itself");
     // an answer resolves only the request it belongs to; ticks resolve nothing
-    let steps = worker_a.on_idp_answer(
+    let steps = deliver(
+        &mut worker_a,
+        &host,
         10,
         first,
         IdpAnswer {
@@ -705,12 +770,11 @@ fn solo_host_never_parks_a_request_behind_another() {
             headers: &[],
             body: token_ok(60).as_bytes(),
         },
-        &host,
     );
     assert_eq!(steps.len(), 1);
     assert_eq!((steps[0].0, status(&steps[0].1)), (10, 200));
     host.advance(60_000 - 1);
-    assert!(worker_b.on_tick(ROOT, &host).is_empty());
+    assert!(tick(&mut worker_b, &host).is_empty());
     // the cache still serves later requests
     assert_eq!(
         status(&ask(&mut worker_b, &host, 21, &basic("app", "s"))),
@@ -732,7 +796,9 @@ fn solo_request_makes_its_own_discovery_call() {
         .all(|(_, r)| r.path.ends_with("/.well-known/oauth-authorization-server")));
     let doc = r#"{"issuer":"https://o.okta.com/oauth2/default","token_endpoint":"https://o.okta.com/oauth2/default/v1/token"}"#;
     let headers = vec![(":status".to_string(), "200".to_string())];
-    let steps = g.on_idp_answer(
+    let steps = deliver(
+        &mut g,
+        &host,
         11,
         calls[1].0,
         IdpAnswer {
@@ -740,12 +806,13 @@ fn solo_request_makes_its_own_discovery_call() {
             headers: &headers,
             body: doc.as_bytes(),
         },
-        &host,
     );
     assert!(steps.is_empty(), "request 11 now waits for its token call");
     assert_eq!(host.last_call().1.path, "/oauth2/default/v1/token");
     // the other request's own discovery answer, even a failure, lets it go on
-    let steps = g.on_idp_answer(
+    let steps = deliver(
+        &mut g,
+        &host,
         10,
         calls[0].0,
         IdpAnswer {
@@ -753,7 +820,6 @@ fn solo_request_makes_its_own_discovery_call() {
             headers: &[],
             body: b"",
         },
-        &host,
     );
     assert!(steps.is_empty());
     assert_eq!(host.call_count(), 4);
@@ -765,7 +831,9 @@ fn solo_discovery_failure_answers_the_request_at_once() {
     let json = br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["basic"],"cache_slots":8}"#;
     let mut g = solo_gate(&host, json);
     ask(&mut g, &host, 10, &basic("app", "s"));
-    let steps = g.on_idp_answer(
+    let steps = deliver(
+        &mut g,
+        &host,
         10,
         host.last_call().0,
         IdpAnswer {
@@ -773,7 +841,6 @@ fn solo_discovery_failure_answers_the_request_at_once() {
             headers: &[],
             body: b"",
         },
-        &host,
     );
     assert_eq!((steps[0].0, status(&steps[0].1)), (10, 503));
     // during the backoff, a new request is answered at once rather than parked
@@ -845,4 +912,151 @@ fn calls_failing_together_do_not_lengthen_the_pause() {
     // the pause is the first one, not a doubled one
     host.advance(FAILURE_PAUSE_MS);
     assert_eq!(ask(&mut g, &host, 200, &basic("later", "s")), Step::Wait);
+}
+
+#[test]
+fn the_leader_backstop_serves_a_stale_verdict() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(
+        &host,
+        r#","cache_ttl_s":1,"stale_if_error_s":60,"idp_timeout_ms":500"#,
+    );
+    ask(&mut g, &host, 10, &basic("app", "s"));
+    answer(&mut g, &host, host.last_call().0, 200, &token_ok(3600));
+    host.advance(2_000);
+    assert_eq!(ask(&mut g, &host, 11, &basic("app", "s")), Step::Wait);
+    // the host never answers the call: the backstop ends the wait with the stale verdict
+    host.advance(2 * (500 + LEASE_MARGIN_MS) + 1);
+    let steps = tick(&mut g, &host);
+    assert_eq!(steps.len(), 1);
+    assert_eq!(forwarded(&steps[0].1).identity, "app");
+    assert_eq!(host.counter("okta_dcr_auth_cache_stale_serves"), 1);
+    assert!(g.parked.is_empty() && g.calls.is_empty());
+}
+
+#[test]
+fn a_discovery_timeout_serves_a_stale_verdict() {
+    let host = FakeHost::at(T0);
+    let json =
+        br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["basic"],
+        "cache_slots":8,"cache_ttl_s":1,"stale_if_error_s":86400,"idp_timeout_ms":500}"#;
+    let cfg = Config::from_json(json).expect("valid");
+    let mut worker_a = start(cfg.clone(), &host);
+    tick(&mut worker_a, &host);
+    let doc = r#"{"issuer":"https://o.okta.com/oauth2/default","token_endpoint":"https://o.okta.com/oauth2/default/v1/token"}"#;
+    answer(&mut worker_a, &host, host.last_call().0, 200, doc);
+    ask(&mut worker_a, &host, 10, &basic("app", "s"));
+    answer(&mut worker_a, &host, host.last_call().0, 200, &token_ok(60));
+    // two hours on, a new worker finds the shared endpoints too old and must discover again
+    host.advance(7_200_000);
+    let mut worker_b = start(cfg, &host);
+    assert_eq!(
+        ask(&mut worker_b, &host, 20, &basic("app", "s")),
+        Step::Wait
+    );
+    tick(&mut worker_b, &host);
+    assert!(host
+        .last_call()
+        .1
+        .path
+        .ends_with("oauth-authorization-server"));
+    host.advance(500 + LEASE_MARGIN_MS + 1);
+    let steps = tick(&mut worker_b, &host);
+    assert_eq!(steps.len(), 1);
+    assert_eq!(forwarded(&steps[0].1).identity, "app");
+}
+
+#[test]
+fn next_deadline_says_when_a_tick_has_work() {
+    let host = FakeHost::at(T0);
+    let mut worker_a = gate(&host, r#","idp_timeout_ms":500"#);
+    let mut worker_b = gate(&host, r#","idp_timeout_ms":500"#);
+    assert_eq!(worker_a.next_deadline(), None, "idle: no tick work");
+    ask(&mut worker_a, &host, 10, &basic("app", "s"));
+    assert_eq!(
+        worker_a.next_deadline(),
+        Some(T0 + 500 + LEASE_MARGIN_MS + 500 + 1),
+        "a leader: only its backstop"
+    );
+    ask(&mut worker_b, &host, 20, &basic("app", "s"));
+    assert_eq!(
+        worker_b.next_deadline(),
+        Some(0),
+        "a follower polls every tick"
+    );
+    answer(&mut worker_a, &host, host.last_call().0, 200, &token_ok(60));
+    assert_eq!(worker_a.next_deadline(), None);
+    tick(&mut worker_b, &host);
+    assert_eq!(worker_b.next_deadline(), None);
+    // a configuration that needs discovery has a retry due at once
+    let cfg = Config::from_json(
+        br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["basic"],"cache_slots":8}"#,
+    )
+    .expect("valid");
+    let mut g = start(cfg, &host);
+    assert_eq!(g.next_deadline(), Some(0));
+    tick(&mut g, &host);
+    assert_eq!(g.next_deadline(), None, "the call is out");
+    answer(&mut g, &host, host.last_call().0, 500, "");
+    assert_eq!(g.next_deadline(), Some(host.now() + 500), "the backoff");
+}
+
+#[test]
+fn the_fake_host_models_create_only_cas() {
+    CREATE_ONLY_CAS.with(|c| c.set(true));
+    let host = FakeHost::at(T0);
+    assert_eq!(host.shared_set("k", b"a", 7), Err(SharedError::CasMismatch));
+    assert_eq!(host.shared_set("k", b"a", 0), Ok(()));
+    assert_eq!(host.shared_set("k", b"b", 0), Err(SharedError::CasMismatch));
+    let (_, cas) = host.shared_get("k").expect("created");
+    assert_eq!(host.shared_set("k", b"b", cas), Ok(()));
+}
+
+/// Every test above again, with ngx_wasm_module's shared-data semantics.
+mod create_only_cas {
+    macro_rules! again {
+        ($($name:ident),* $(,)?) => {
+            $(
+                #[test]
+                fn $name() {
+                    super::CREATE_ONLY_CAS.with(|c| c.set(true));
+                    super::$name();
+                }
+            )*
+        };
+    }
+
+    again!(
+        valid_client_is_asked_once_then_served_from_cache,
+        wrong_secret_is_not_served_from_cache,
+        definite_no_is_cached_for_the_negative_ttl_only,
+        invalid_scope_is_403,
+        idp_failures_are_503_and_never_cached,
+        no_answer_at_all_is_503,
+        dispatch_refused_answers_503_at_once,
+        verdict_expires_with_the_token,
+        forward_access_token_false_sends_no_authorization,
+        concurrent_first_requests_across_workers_make_one_call,
+        followers_give_up_when_the_leader_fails,
+        a_vanished_leader_hands_over_to_a_follower,
+        followers_never_wait_forever,
+        stale_verdict_serves_while_the_idp_fails_but_a_new_credential_does_not,
+        malformed_input_never_reaches_the_idp,
+        shared_keys_stay_within_the_slots,
+        discovery_runs_first_and_requests_wait_for_it,
+        failed_discovery_is_retried_and_waiters_get_503_meanwhile,
+        discovery_naming_another_issuer_is_refused,
+        an_older_answer_never_overwrites_a_newer_verdict,
+        rate_limit_pauses_every_worker_until_the_reset,
+        repeated_server_errors_pause_calls_briefly,
+        counters_follow_the_traffic,
+        solo_host_never_parks_a_request_behind_another,
+        solo_request_makes_its_own_discovery_call,
+        solo_discovery_failure_answers_the_request_at_once,
+        a_repeat_credential_is_answered_without_reading_shared_data,
+        calls_failing_together_do_not_lengthen_the_pause,
+        the_leader_backstop_serves_a_stale_verdict,
+        a_discovery_timeout_serves_a_stale_verdict,
+        next_deadline_says_when_a_tick_has_work,
+    );
 }

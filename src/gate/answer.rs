@@ -1,0 +1,150 @@
+//! What an IdP answer decides: the verdict, cached for every worker, for the request that
+//! asked and every request of this worker waiting on the same key; or a failure, which
+//! releases the lease, falls back to a stale verdict, and may pause calls (the quota guard).
+
+use super::slots::overwrite;
+use super::{deny_reason, guard, refuse, ContextId, Gate, Host, Parked, Resume, Step};
+use crate::cache::{CacheEntry, CacheKey, Cached};
+use crate::credentials::Credential;
+use crate::okta::{self, IdpAnswer, IdpFailure, Outcome};
+
+impl Gate {
+    pub(super) fn on_verdict_answer(
+        &mut self,
+        key: CacheKey,
+        credential: &Credential,
+        leader: ContextId,
+        answer: IdpAnswer<'_>,
+        now: u64,
+        host: &dyn Host,
+    ) -> Vec<(ContextId, Step)> {
+        let outcome = match credential {
+            Credential::Basic(client) => okta::read_token_answer(client, answer, now / 1000),
+            Credential::Bearer(_) => okta::read_introspection(&self.config, answer, now / 1000),
+        };
+        let verdict = self.settle(key, leader, outcome, now, host);
+        // After a failure, what the slot still holds (a stale verdict, perhaps), read once.
+        let remaining = verdict.is_err().then(|| self.slots.read(host, &key));
+        let mut steps = Vec::new();
+        for ctx in self.waiting_on(key, leader) {
+            let Some(parked) = self.parked.remove(&ctx) else {
+                continue;
+            };
+            let req = parked.into_req();
+            let step = match &verdict {
+                Ok(Cached::Allow(grant)) => self.allow(&req.credential, grant.clone(), host),
+                Ok(Cached::Deny(d)) => refuse(ctx, Some(&key), *d, deny_reason(*d), host),
+                Err(_) => self.no_verdict(ctx, &req, remaining.as_ref(), now, host),
+            };
+            steps.push((ctx, step));
+        }
+        steps
+    }
+
+    /// The leader and every request of this worker waiting on the same key, leader first (with
+    /// `OwnRequestOnly`, only the leader: the others have calls of their own, and the host
+    /// could not answer them here).
+    fn waiting_on(&self, key: CacheKey, leader: ContextId) -> Vec<ContextId> {
+        let own_only = self.resume == Resume::OwnRequestOnly;
+        let mut ids: Vec<ContextId> = self
+            .parked
+            .iter()
+            .filter(|(id, p)| {
+                p.req().key == key
+                    && !matches!(p, Parked::Discovery { .. })
+                    && (!own_only || **id == leader)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable_by_key(|id| *id != leader);
+        ids
+    }
+
+    /// Records what an answer decided: a verdict is cached, a failure releases the lease and
+    /// may pause calls.
+    fn settle(
+        &mut self,
+        key: CacheKey,
+        leader: ContextId,
+        outcome: Outcome,
+        now: u64,
+        host: &dyn Host,
+    ) -> Result<Cached, IdpFailure> {
+        let (verdict, expires) = match outcome {
+            Outcome::Granted {
+                grant,
+                expires_at_s,
+            } => {
+                let mut expires = now + self.config.cache_ttl_ms;
+                if let Some(exp) = expires_at_s {
+                    expires = expires.min(exp.saturating_mul(1000));
+                }
+                (Cached::Allow(grant), expires)
+            }
+            Outcome::Denied(denial) => (
+                Cached::Deny(denial),
+                now + self.config.negative_cache_ttl_ms,
+            ),
+            Outcome::Failed(failure) => {
+                let why = failure.describe();
+                self.warn(now, format_args!("[{leader}] IdP call failed: {why}"));
+                self.slots.release(host, &key, Some(now));
+                self.note_failure(failure, now, host);
+                return Err(failure);
+            }
+        };
+        self.failures_in_a_row = 0;
+        self.store(key, now, expires, verdict.clone(), host);
+        Ok(verdict)
+    }
+
+    pub(super) fn store(
+        &mut self,
+        key: CacheKey,
+        now: u64,
+        expires_at_ms: u64,
+        verdict: Cached,
+        host: &dyn Host,
+    ) {
+        if expires_at_ms <= now {
+            // Nothing to keep (a zero TTL): just let followers go.
+            self.slots.release(host, &key, None);
+            return;
+        }
+        let entry = CacheEntry {
+            decided_at_ms: now,
+            expires_at_ms,
+            verdict: Some(verdict.clone()),
+            ..CacheEntry::empty(key)
+        };
+        if self.slots.store(host, &entry) {
+            self.local.put(key, verdict, now, expires_at_ms);
+        }
+    }
+
+    /// Until when IdP calls are paused for all workers (0: not paused).
+    pub(super) fn paused_until(&self, host: &dyn Host) -> u64 {
+        host.shared_get(&self.names.guard())
+            .map_or(0, |(bytes, _)| guard::decode(&bytes))
+    }
+
+    /// A 429 pauses calls until Okta's reset; repeated 5xx or silence pause them briefly,
+    /// longer while it goes on. The pause is shared: every worker stops calling.
+    fn note_failure(&mut self, failure: IdpFailure, now: u64, host: &dyn Host) {
+        let current = self.paused_until(host);
+        if guard::counts_as_trouble(failure) && current <= now {
+            self.failures_in_a_row += 1;
+        }
+        if let Some(until) = guard::pause_until(failure, now, current, self.failures_in_a_row) {
+            // A line of its own, not folded into the rate-limited failure warnings: operators
+            // need to see a pause, and there is at most one per pause.
+            log::warn!(
+                "[{}] pausing IdP calls for {} ms: {}",
+                self.root,
+                until - now,
+                failure.describe()
+            );
+            overwrite(host, &self.names.guard(), &guard::encode(until));
+        }
+    }
+}

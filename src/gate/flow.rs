@@ -1,0 +1,268 @@
+//! How one request moves: from the cache, through discovery and the lease on its key, to its
+//! own IdP call or another's, or to a stale verdict or a 503 when no verdict can come.
+
+use super::slots::Update;
+use super::{
+    deny_reason, refuse, Call, ContextId, DispatchError, Gate, Host, Parked, Pending, Purpose,
+    Resume, Step, LEASE_MARGIN_MS,
+};
+use crate::cache::{CacheEntry, Cached, Freshness};
+use crate::credentials::Credential;
+use crate::metrics::Counter;
+use crate::okta::{self, IdpRequest};
+use crate::upstream::Forward;
+use crate::verdict::{Denial, Grant};
+
+/// What a request does next, given what its slot holds.
+#[derive(Debug)]
+enum Move {
+    /// A fresh verdict is there.
+    Cached(Cached, u64, u64),
+    /// No verdict can come in time: a stale one, or 503.
+    GiveUp,
+    WaitForDiscovery,
+    /// `OwnRequestOnly`: nobody could wake this request, so it asks for the endpoints itself.
+    Discover,
+    Follow,
+    /// Call the IdP, taking the lease first unless (`OwnRequestOnly`) another request holds it.
+    Lead {
+        take_lease: bool,
+    },
+}
+
+impl Gate {
+    fn lease_ms(&self) -> u64 {
+        self.config.idp_timeout_ms + LEASE_MARGIN_MS
+    }
+
+    /// Moves a request as far as it can go: cache, discovery, lease, IdP call. `following`:
+    /// the deadline of a request that was waiting for another request's call (a failure of
+    /// that call ends its wait).
+    pub(super) fn advance(
+        &mut self,
+        ctx: ContextId,
+        caller: ContextId,
+        mut req: Pending,
+        following: Option<u64>,
+        now: u64,
+        host: &dyn Host,
+    ) -> Step {
+        if let Some(verdict) = self.local.get(&req.key, now).cloned() {
+            return self.cached(ctx, &req, verdict, host);
+        }
+        let lease_until = now + self.lease_ms();
+        let mut seen = CacheEntry::empty(req.key);
+        let mut next = Move::GiveUp;
+        let update = self.slots.lease_if(host, &req.key, lease_until, |entry| {
+            next = self.next_move(&req, entry, following, now, host);
+            seen = entry.clone();
+            matches!(next, Move::Lead { take_lease: true })
+        });
+        if !matches!(next, Move::Cached(..)) && !req.counted {
+            host.count(Counter::CacheMiss);
+            req.counted = true;
+        }
+        let deadline_ms = following.unwrap_or(req.arrived_ms + self.lease_ms());
+        match next {
+            Move::Cached(verdict, decided, expires) => {
+                self.local.put(req.key, verdict.clone(), decided, expires);
+                self.cached(ctx, &req, verdict, host)
+            }
+            Move::GiveUp => self.no_verdict(ctx, &req, Some(&seen), now, host),
+            Move::Discover => {
+                self.dispatch_discovery(
+                    caller,
+                    okta::DiscoveryDocument::OAuthAuthorizationServer,
+                    now,
+                    host,
+                );
+                if !self.discovery.in_flight() {
+                    return self.no_verdict(ctx, &req, Some(&seen), now, host);
+                }
+                self.park(ctx, Parked::Discovery { req, deadline_ms })
+            }
+            Move::WaitForDiscovery => self.park(ctx, Parked::Discovery { req, deadline_ms }),
+            Move::Follow => self.park(ctx, Parked::Follower { req, deadline_ms }),
+            // Lost the race for the lease every time: wait for whoever won.
+            Move::Lead { .. } if update == Update::Lost => {
+                self.park(ctx, Parked::Follower { req, deadline_ms })
+            }
+            Move::Lead { .. } => self.lead(ctx, caller, req, &seen, lease_until, now, host),
+        }
+    }
+
+    fn park(&mut self, ctx: ContextId, parked: Parked) -> Step {
+        self.parked.insert(ctx, parked);
+        Step::Wait
+    }
+
+    /// The decision itself, over what the slot holds; no writes.
+    fn next_move(
+        &self,
+        req: &Pending,
+        entry: &CacheEntry,
+        following: Option<u64>,
+        now: u64,
+        host: &dyn Host,
+    ) -> Move {
+        if let Freshness::Fresh(verdict) = entry.freshness(&req.key, now, 0) {
+            return Move::Cached(verdict.clone(), entry.decided_at_ms, entry.expires_at_ms);
+        }
+        let own_only = self.resume == Resume::OwnRequestOnly;
+        let deadline = following.unwrap_or(req.arrived_ms + self.lease_ms());
+        if following.is_some() && entry.key == req.key && entry.failed_at_ms >= req.arrived_ms {
+            // The call we were waiting on failed.
+            return Move::GiveUp;
+        }
+        if !self.discovery.is_ready() {
+            let retry_at = self.discovery.retry_at().unwrap_or(now);
+            return match () {
+                _ if retry_at > deadline || (own_only && retry_at > now) => Move::GiveUp,
+                _ if own_only => Move::Discover,
+                _ => Move::WaitForDiscovery,
+            };
+        }
+        let theirs = entry.leased(&req.key, now);
+        if theirs && !own_only {
+            return if now > deadline {
+                Move::GiveUp
+            } else {
+                Move::Follow
+            };
+        }
+        if self.paused_until(host) > now {
+            // The quota guard: Okta asked us to back off, or keeps failing.
+            return Move::GiveUp;
+        }
+        Move::Lead {
+            take_lease: !theirs,
+        }
+    }
+
+    /// Sends this request's own IdP call and parks it as the leader.
+    #[allow(clippy::too_many_arguments)]
+    fn lead(
+        &mut self,
+        ctx: ContextId,
+        caller: ContextId,
+        req: Pending,
+        seen: &CacheEntry,
+        lease_until_ms: u64,
+        now: u64,
+        host: &dyn Host,
+    ) -> Step {
+        let Some(request) = self.idp_request(&req.credential) else {
+            self.slots.release(host, &req.key, None);
+            return self.no_verdict(ctx, &req, Some(seen), now, host);
+        };
+        match host.dispatch(
+            &self.config.idp_upstream,
+            &request,
+            self.config.idp_timeout_ms,
+        ) {
+            Ok(call) => {
+                let purpose = Purpose::Verdict {
+                    key: req.key,
+                    credential: req.credential.clone(),
+                    leader: ctx,
+                };
+                let started_ms = now;
+                self.calls.insert(
+                    call,
+                    Call {
+                        purpose,
+                        started_ms,
+                        owner: caller,
+                    },
+                );
+                self.park(
+                    ctx,
+                    Parked::Leader {
+                        req,
+                        call,
+                        lease_until_ms,
+                    },
+                )
+            }
+            Err(DispatchError) => {
+                self.warn(
+                    now,
+                    format_args!("[{ctx}] IdP call could not be sent (is idp_upstream a known cluster with a healthy host?)"),
+                );
+                self.slots.release(host, &req.key, Some(now));
+                self.no_verdict(ctx, &req, Some(seen), now, host)
+            }
+        }
+    }
+
+    fn idp_request(&self, credential: &Credential) -> Option<IdpRequest> {
+        let endpoints = self.discovery.endpoints();
+        match credential {
+            Credential::Basic(client) => {
+                let path = endpoints.token_path.as_deref()?;
+                Some(okta::token_request(&self.config, path, client))
+            }
+            Credential::Bearer(token) => {
+                let path = endpoints.introspection_path.as_deref()?;
+                Some(okta::introspection_request(&self.config, path, token))
+            }
+        }
+    }
+
+    /// Answers from a fresh cached verdict.
+    fn cached(&self, ctx: ContextId, req: &Pending, verdict: Cached, host: &dyn Host) -> Step {
+        match verdict {
+            Cached::Allow(grant) => {
+                if !req.counted {
+                    host.count(Counter::CacheHit);
+                }
+                self.allow(&req.credential, grant, host)
+            }
+            Cached::Deny(d) => {
+                if !req.counted {
+                    host.count(Counter::CacheNegativeHit);
+                }
+                refuse(ctx, Some(&req.key), d, deny_reason(d), host)
+            }
+        }
+    }
+
+    pub(super) fn allow(&self, credential: &Credential, grant: Grant, host: &dyn Host) -> Step {
+        // No log line: this is the hot path, and the metrics count it.
+        host.count(Counter::Allowed);
+        Step::Forward(Forward::new(
+            credential,
+            grant,
+            self.config.forward_access_token,
+        ))
+    }
+
+    /// No verdict from the IdP: a recently expired positive verdict when `stale_if_error_s`
+    /// allows it, else 503. `seen` is the slot as last read, if it was.
+    pub(super) fn no_verdict(
+        &self,
+        ctx: ContextId,
+        req: &Pending,
+        seen: Option<&CacheEntry>,
+        now: u64,
+        host: &dyn Host,
+    ) -> Step {
+        let read;
+        let entry = match seen {
+            Some(entry) => entry,
+            None => {
+                read = self.slots.read(host, &req.key);
+                &read
+            }
+        };
+        if let Freshness::Stale(grant) =
+            entry.freshness(&req.key, now, self.config.stale_if_error_ms)
+        {
+            host.count(Counter::CacheStale);
+            log::debug!("[{ctx}] IdP unavailable: serving a stale verdict");
+            return self.allow(&req.credential, grant.clone(), host);
+        }
+        let denial = Denial::IdpUnavailable;
+        refuse(ctx, Some(&req.key), denial, deny_reason(denial), host)
+    }
+}

@@ -1,0 +1,501 @@
+//! The request state machine's event API: a request arrives, an IdP answer arrives, the clock
+//! ticks, a request goes away. This module owns the tables of parked requests and of calls in
+//! flight and nothing else; the cache slots ([`slots`]), discovery ([`discovery`]), the quota
+//! guard ([`guard`]) and the reply and upstream edits (`verdict`, `upstream`) are decided in
+//! their own modules. It sees the host only through [`Host`], and time only as an argument, so
+//! a fake host in unit tests drives every path.
+//!
+//! A request's life: `on_request` answers at once (cache hit, malformed input) or parks the
+//! request ([`Parked`]) as waiting for discovery, for its own IdP call (leader), or for
+//! another worker's (follower). `on_idp_answer` and `on_tick` later hand back a [`Step`] for
+//! each parked request that can go on; [`Gate::next_deadline`] says when a tick has work.
+
+mod answer;
+mod discovery;
+mod flow;
+pub mod guard;
+pub mod slots;
+
+use std::collections::HashMap;
+
+use crate::cache::{CacheKey, LocalCache, Names};
+use crate::config::Config;
+use crate::credentials::{parse_authorization, Credential, CredentialError};
+use crate::metrics::{CallResult, Counter, DenyReason, IdpEndpoint};
+use crate::okta::{self, DiscoveryDocument, IdpAnswer, IdpRequest};
+use crate::upstream::Forward;
+use crate::verdict::Denial;
+
+use discovery::{Discovery, Next};
+use slots::{overwrite, Slots};
+pub use slots::{SharedData, SharedError};
+
+/// The host as the gate needs it: shared data, IdP calls, metrics. No clock: every event
+/// carries its time.
+pub trait Host: SharedData {
+    /// Sends one IdP call through `upstream`. The answer comes to whichever context was active
+    /// when this was called.
+    fn dispatch(
+        &self,
+        upstream: &str,
+        request: &IdpRequest,
+        timeout_ms: u64,
+    ) -> Result<CallToken, DispatchError>;
+    fn count(&self, counter: Counter);
+    /// Records how long an IdP call took.
+    fn observe_idp_latency(&self, ms: u64);
+}
+
+/// The host refused to send an IdP call (unknown upstream, no memory, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DispatchError;
+
+/// A proxy-wasm context: a request's, or the root's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContextId(pub u32);
+
+impl std::fmt::Display for ContextId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The host's token for an IdP call in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CallToken(pub u32);
+
+/// Which paused requests the host lets a callback act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Any (Envoy): a request may wait for a call another request or the root made.
+    AnyRequest,
+    /// Only the request whose callback is running (ngx_wasm_module: its
+    /// `set_effective_context` does nothing). A request then never waits for anyone else: it
+    /// makes its own discovery and IdP calls.
+    OwnRequestOnly,
+}
+
+/// What to do with a request: a decision, which the glue turns into header edits or a reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Forward(Forward),
+    Deny(Denial),
+    /// Stay paused; a later event hands back this request's step.
+    Wait,
+}
+
+/// Extra time beyond the IdP timeout that a lease, or a wait for one, may last.
+const LEASE_MARGIN_MS: u64 = 1_000;
+/// IdP trouble is logged at warn at most this often per worker.
+const WARN_INTERVAL_MS: u64 = 10_000;
+/// At most this many verdicts are copied per worker in front of shared data.
+const LOCAL_CACHE_ENTRIES: usize = 1_024;
+/// Tick period the glue sets once: how soon a follower sees another worker's verdict.
+pub const TICK_MS: u64 = 10;
+
+/// A request the gate is deciding about.
+#[derive(Debug)]
+struct Pending {
+    credential: Credential,
+    key: CacheKey,
+    arrived_ms: u64,
+    /// Whether its cache lookup was counted (hit or miss), so retries do not count again.
+    counted: bool,
+}
+
+/// A paused request, by what it waits for.
+#[derive(Debug)]
+enum Parked {
+    /// The issuer's endpoints, until `deadline_ms`.
+    Discovery { req: Pending, deadline_ms: u64 },
+    /// Its own IdP call; its lease on the key ends at `lease_until_ms`.
+    Leader {
+        req: Pending,
+        call: CallToken,
+        lease_until_ms: u64,
+    },
+    /// Another request's call for the same key (since `req.arrived_ms`), until `deadline_ms`.
+    Follower { req: Pending, deadline_ms: u64 },
+}
+
+impl Parked {
+    fn req(&self) -> &Pending {
+        match self {
+            Parked::Discovery { req, .. }
+            | Parked::Leader { req, .. }
+            | Parked::Follower { req, .. } => req,
+        }
+    }
+
+    fn into_req(self) -> Pending {
+        match self {
+            Parked::Discovery { req, .. }
+            | Parked::Leader { req, .. }
+            | Parked::Follower { req, .. } => req,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Purpose {
+    Discovery(DiscoveryDocument),
+    Verdict {
+        key: CacheKey,
+        credential: Credential,
+        leader: ContextId,
+    },
+}
+
+#[derive(Debug)]
+struct Call {
+    purpose: Purpose,
+    started_ms: u64,
+    /// The context the host attributes the call to; if that request goes away, so does the call.
+    owner: ContextId,
+}
+
+/// Per worker, per plugin configuration.
+pub struct Gate {
+    config: Config,
+    names: Names,
+    slots: Slots,
+    discovery: Discovery,
+    parked: HashMap<ContextId, Parked>,
+    calls: HashMap<CallToken, Call>,
+    local: LocalCache,
+    /// The root context: log lines that belong to no request, and tick-driven calls.
+    root: ContextId,
+    resume: Resume,
+    /// IdP failures in a row seen by this worker (reset by any answer that is a verdict).
+    failures_in_a_row: u32,
+    last_warn_ms: u64,
+}
+
+impl Gate {
+    /// The gate of one configuration in one worker, ready for requests: every cache slot
+    /// exists, and endpoints another worker discovered are taken. Discovery, when still
+    /// needed, starts at the first tick: some hosts (ngx_wasm_module) refuse IdP calls during
+    /// plugin start.
+    pub fn new(config: Config, root: ContextId, resume: Resume, now: u64, host: &dyn Host) -> Gate {
+        let names = Names::new(&config.digest);
+        let slots = Slots::new(names.clone(), config.cache_slots);
+        slots.create_all(host);
+        let discovery = Discovery::new(config.endpoints.clone(), config.accepted);
+        let local = LocalCache::with_capacity(LOCAL_CACHE_ENTRIES.min(config.cache_slots as usize));
+        let mut gate = Gate {
+            config,
+            names,
+            slots,
+            discovery,
+            parked: HashMap::new(),
+            calls: HashMap::new(),
+            local,
+            root,
+            resume,
+            failures_in_a_row: 0,
+            last_warn_ms: 0,
+        };
+        if !gate.discovery.is_ready() {
+            gate.adopt_shared_endpoints(now, host);
+        }
+        gate
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A new request. `authorization` holds every `Authorization` value it carries.
+    pub fn on_request(
+        &mut self,
+        ctx: ContextId,
+        authorization: &[&[u8]],
+        now: u64,
+        host: &dyn Host,
+    ) -> Step {
+        let credential = match parse_authorization(authorization, self.config.accepted) {
+            Ok(c) => c,
+            Err(e) => {
+                let (denial, reason) = match e {
+                    CredentialError::Missing => (Denial::NoCredentials, DenyReason::NoCredentials),
+                    CredentialError::Duplicate => {
+                        (Denial::DuplicateAuthorization, DenyReason::Malformed)
+                    }
+                    CredentialError::MalformedBasic => {
+                        (Denial::InvalidClient, DenyReason::Malformed)
+                    }
+                    CredentialError::MalformedBearer => {
+                        (Denial::InvalidToken, DenyReason::Malformed)
+                    }
+                };
+                return refuse(ctx, None, denial, reason, host);
+            }
+        };
+        let req = Pending {
+            key: CacheKey::new(&self.config.digest, &credential),
+            credential,
+            arrived_ms: now,
+            counted: false,
+        };
+        self.advance(ctx, ctx, req, None, now, host)
+    }
+
+    /// An IdP answer arrived, in the context `caller` (the context now active).
+    pub fn on_idp_answer(
+        &mut self,
+        caller: ContextId,
+        token: CallToken,
+        answer: IdpAnswer<'_>,
+        now: u64,
+        host: &dyn Host,
+    ) -> Vec<(ContextId, Step)> {
+        let Some(call) = self.calls.remove(&token) else {
+            return Vec::new();
+        };
+        let elapsed = now.saturating_sub(call.started_ms);
+        let endpoint = match &call.purpose {
+            Purpose::Discovery(_) => IdpEndpoint::Discovery,
+            Purpose::Verdict {
+                credential: Credential::Basic(_),
+                ..
+            } => IdpEndpoint::Token,
+            Purpose::Verdict {
+                credential: Credential::Bearer(_),
+                ..
+            } => IdpEndpoint::Introspection,
+        };
+        let result = CallResult::of(answer.status, elapsed, self.config.idp_timeout_ms);
+        host.count(Counter::IdpCall(endpoint, result));
+        host.observe_idp_latency(elapsed);
+        match call.purpose {
+            Purpose::Discovery(doc) => self.on_discovery_answer(caller, doc, answer, now, host),
+            Purpose::Verdict {
+                key,
+                credential,
+                leader,
+            } => self.on_verdict_answer(key, &credential, leader, answer, now, host),
+        }
+    }
+
+    /// When a tick next has work (ms since the epoch; 0: at the next tick), `None` when idle.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let discovery = self.discovery.retry_at();
+        if self.resume == Resume::OwnRequestOnly {
+            // Requests are never answered from the root context there: the host could not act.
+            return discovery;
+        }
+        let timeout = self.config.idp_timeout_ms;
+        let ready = self.discovery.is_ready();
+        let parked = self.parked.values().map(|p| match p {
+            Parked::Follower { .. } => 0,
+            Parked::Discovery { .. } if ready => 0,
+            Parked::Discovery { deadline_ms, .. } => deadline_ms + 1,
+            Parked::Leader { lease_until_ms, .. } => lease_until_ms + timeout + 1,
+        });
+        discovery.into_iter().chain(parked).min()
+    }
+
+    /// The root context's tick: retries discovery, wakes followers, enforces deadlines.
+    pub fn on_tick(&mut self, now: u64, host: &dyn Host) -> Vec<(ContextId, Step)> {
+        if self.discovery.due(now) && !self.adopt_shared_endpoints(now, host) {
+            self.dispatch_discovery(
+                self.root,
+                DiscoveryDocument::OAuthAuthorizationServer,
+                now,
+                host,
+            );
+        }
+        if self.resume == Resume::OwnRequestOnly {
+            return Vec::new();
+        }
+        let timeout = self.config.idp_timeout_ms;
+        let ready = self.discovery.is_ready();
+        let due: Vec<ContextId> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| match p {
+                // The host always answers a call, if only with its timeout; this is a backstop.
+                Parked::Leader { lease_until_ms, .. } => now > lease_until_ms + timeout,
+                Parked::Discovery { deadline_ms, .. } => ready || now > *deadline_ms,
+                Parked::Follower { .. } => true,
+            })
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        let mut steps = Vec::new();
+        for ctx in due {
+            let Some(parked) = self.parked.remove(&ctx) else {
+                continue;
+            };
+            let step = match parked {
+                Parked::Leader { req, call, .. } => {
+                    self.calls.remove(&call);
+                    self.no_verdict(ctx, &req, None, now, host)
+                }
+                Parked::Discovery { req, .. } if !ready => {
+                    self.no_verdict(ctx, &req, None, now, host)
+                }
+                Parked::Discovery { req, .. } => self.advance(ctx, self.root, req, None, now, host),
+                Parked::Follower { req, deadline_ms } => {
+                    self.advance(ctx, self.root, req, Some(deadline_ms), now, host)
+                }
+            };
+            if step != Step::Wait {
+                steps.push((ctx, step));
+            }
+        }
+        steps
+    }
+
+    /// The request is gone (client hung up, stream reset). A call it owned dies with it: the
+    /// host cancels it, so its lease is released for a follower to take over at once.
+    pub fn on_request_gone(&mut self, ctx: ContextId, host: &dyn Host) {
+        let Some(parked) = self.parked.remove(&ctx) else {
+            return;
+        };
+        if let Parked::Leader { req, .. } = parked {
+            let before = self.calls.len();
+            self.calls.retain(|_, c| c.owner != ctx);
+            if self.calls.len() != before {
+                self.slots.release(host, &req.key, None);
+            }
+        }
+    }
+
+    fn on_discovery_answer(
+        &mut self,
+        caller: ContextId,
+        doc: DiscoveryDocument,
+        answer: IdpAnswer<'_>,
+        now: u64,
+        host: &dyn Host,
+    ) -> Vec<(ContextId, Step)> {
+        let result = okta::read_discovery(&self.config, answer, now / 1000);
+        match self.discovery.on_answer(doc, result, now) {
+            Next::Ready { newly: true } => {
+                log::info!("[{}] endpoints discovered from the issuer", self.root);
+                overwrite(host, &self.names.discovery(), &self.discovery.record(now));
+            }
+            Next::Ready { newly: false } => {}
+            Next::Fetch(next) => {
+                self.dispatch_discovery(caller, next, now, host);
+                if self.discovery.in_flight() {
+                    return Vec::new();
+                }
+            }
+            Next::Retry { in_ms, why } => self.discovery_failed(in_ms, &why),
+        }
+        // Requests parked for discovery go on now, or fail if the retry is too late. With
+        // `OwnRequestOnly`, only the request that made this call can be answered from here.
+        let own_only = self.resume == Resume::OwnRequestOnly;
+        let ids: Vec<ContextId> = self
+            .parked
+            .iter()
+            .filter(|(id, p)| {
+                matches!(p, Parked::Discovery { .. }) && (!own_only || **id == caller)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let mut steps = Vec::new();
+        for ctx in ids {
+            if let Some(parked) = self.parked.remove(&ctx) {
+                let step = self.advance(ctx, caller, parked.into_req(), None, now, host);
+                if step != Step::Wait {
+                    steps.push((ctx, step));
+                }
+            }
+        }
+        steps
+    }
+
+    fn discovery_failed(&self, in_ms: u64, why: &str) {
+        log::warn!(
+            "[{}] discovery at the issuer failed: {why}; retrying in {in_ms} ms",
+            self.root
+        );
+    }
+
+    fn dispatch_discovery(
+        &mut self,
+        caller: ContextId,
+        doc: DiscoveryDocument,
+        now: u64,
+        host: &dyn Host,
+    ) {
+        let request = okta::discovery_request(&self.config, doc);
+        match host.dispatch(
+            &self.config.idp_upstream,
+            &request,
+            self.config.idp_timeout_ms,
+        ) {
+            Ok(token) => {
+                let purpose = Purpose::Discovery(doc);
+                self.calls.insert(
+                    token,
+                    Call {
+                        purpose,
+                        started_ms: now,
+                        owner: caller,
+                    },
+                );
+                self.discovery.sent();
+            }
+            Err(DispatchError) => {
+                host.count(Counter::IdpCall(
+                    IdpEndpoint::Discovery,
+                    CallResult::Failure,
+                ));
+                let why = "the call could not be sent (is idp_upstream a known cluster with a healthy host?)";
+                if let Next::Retry { in_ms, why } = self.discovery.failed(now, why) {
+                    self.discovery_failed(in_ms, &why);
+                }
+            }
+        }
+    }
+
+    fn adopt_shared_endpoints(&mut self, now: u64, host: &dyn Host) -> bool {
+        host.shared_get(&self.names.discovery())
+            .is_some_and(|(record, _)| self.discovery.adopt(&record, now))
+    }
+
+    /// Logs IdP trouble at warn at most once per `WARN_INTERVAL_MS`, at debug otherwise.
+    fn warn(&mut self, now: u64, message: std::fmt::Arguments<'_>) {
+        if now >= self.last_warn_ms + WARN_INTERVAL_MS || self.last_warn_ms == 0 {
+            self.last_warn_ms = now;
+            log::warn!("{message}");
+        } else {
+            log::debug!("{message}");
+        }
+    }
+}
+
+/// Every refusal: counted by reason, one debug line, one decision. The line names a Basic
+/// credential by a short hash of its cache key: a client id is not known to be one until Okta
+/// accepts it (a client that swaps id and secret must not get its secret logged).
+fn refuse(
+    ctx: ContextId,
+    key: Option<&CacheKey>,
+    denial: Denial,
+    reason: DenyReason,
+    host: &dyn Host,
+) -> Step {
+    host.count(Counter::Denied(reason));
+    match key {
+        Some(key) => log::debug!("[{ctx}] denied: {} ({key:?})", denial.reason()),
+        None => log::debug!("[{ctx}] denied: {}", denial.reason()),
+    }
+    Step::Deny(denial)
+}
+
+/// The metrics reason of a denial decided by the IdP, a cached verdict of its, or its absence.
+fn deny_reason(denial: Denial) -> DenyReason {
+    match denial {
+        Denial::NoCredentials => DenyReason::NoCredentials,
+        Denial::DuplicateAuthorization => DenyReason::Malformed,
+        Denial::InvalidClient | Denial::InvalidToken => DenyReason::Invalid,
+        Denial::InsufficientScope => DenyReason::InsufficientScope,
+        Denial::IdpUnavailable => DenyReason::IdpUnavailable,
+    }
+}
+
+#[cfg(test)]
+mod tests;

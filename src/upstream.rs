@@ -1,0 +1,175 @@
+//! What an allowed request carries upstream, decided here and applied by the glue: the
+//! identity and scope headers, the `Authorization` edit, and which client-sent headers would
+//! pass for ours and must go first (contract, "Upstream").
+
+use crate::credentials::Credential;
+use crate::verdict::Grant;
+
+/// The DCR app (`app_claim`; on the Basic path, the client id).
+pub const IDENTITY_HEADER: &str = "x-credential-identifier";
+/// The granted scopes, space-separated.
+pub const SCOPE_HEADER: &str = "x-authenticated-scope";
+
+/// Client-sent headers that would pass for ours: any case, and `_` or `.` for `-` (some
+/// upstreams and frameworks read them as the same name).
+pub fn is_identity_header(name: &str) -> bool {
+    let matches = |ours: &str| {
+        name.len() == ours.len()
+            && name.bytes().zip(ours.bytes()).all(|(a, b)| {
+                a.to_ascii_lowercase() == b || (b == b'-' && (a == b'_' || a == b'.'))
+            })
+    };
+    matches(IDENTITY_HEADER) || matches(SCOPE_HEADER)
+}
+
+/// An allowed request's upstream edits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub identity: String,
+    pub scope: String,
+    pub authorization: AuthorizationEdit,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum AuthorizationEdit {
+    /// Bearer path: the client's token goes upstream unchanged.
+    Keep,
+    /// Basic path without `forward_access_token`: the secret never goes upstream.
+    Remove,
+    /// Basic path: `Bearer <the token Okta issued>`.
+    Set(String),
+}
+
+impl std::fmt::Debug for AuthorizationEdit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AuthorizationEdit::Keep => "Keep",
+            AuthorizationEdit::Remove => "Remove",
+            AuthorizationEdit::Set(_) => "Set(<redacted>)",
+        })
+    }
+}
+
+/// One change to the upstream request's headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderEdit<'a> {
+    Set(&'static str, &'a str),
+    Remove(&'static str),
+}
+
+impl Forward {
+    /// A grant for `credential`: on the Basic path the client secret never goes upstream; the
+    /// token Okta issued does, when `forward_access_token` says so.
+    pub fn new(credential: &Credential, grant: Grant, forward_access_token: bool) -> Forward {
+        let authorization = match credential {
+            Credential::Bearer(_) => AuthorizationEdit::Keep,
+            Credential::Basic(_) => match grant.access_token {
+                Some(token) if forward_access_token => {
+                    AuthorizationEdit::Set(format!("Bearer {token}"))
+                }
+                _ => AuthorizationEdit::Remove,
+            },
+        };
+        Forward {
+            identity: grant.identity,
+            scope: grant.scope,
+            authorization,
+        }
+    }
+
+    /// The header edits, in the order the glue applies them.
+    pub fn edits(&self) -> Vec<HeaderEdit<'_>> {
+        let mut edits = vec![HeaderEdit::Set(IDENTITY_HEADER, &self.identity)];
+        edits.push(if self.scope.is_empty() {
+            HeaderEdit::Remove(SCOPE_HEADER)
+        } else {
+            HeaderEdit::Set(SCOPE_HEADER, &self.scope)
+        });
+        match &self.authorization {
+            AuthorizationEdit::Keep => {}
+            AuthorizationEdit::Remove => edits.push(HeaderEdit::Remove("authorization")),
+            AuthorizationEdit::Set(value) => edits.push(HeaderEdit::Set("authorization", value)),
+        }
+        edits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::ClientCredentials;
+
+    fn grant(scope: &str, token: Option<&str>) -> Grant {
+        Grant {
+            identity: "0oaApp".into(),
+            scope: scope.into(),
+            access_token: token.map(str::to_string),
+        }
+    }
+
+    fn basic() -> Credential {
+        Credential::Basic(ClientCredentials {
+            client_id: "0oaApp".into(),
+            client_secret: "s3cret".into(),
+        })
+    }
+
+    #[test]
+    fn every_spelling_of_our_headers_is_spoofed() {
+        for name in [
+            "x-credential-identifier",
+            "X-Credential-Identifier",
+            "X_CREDENTIAL_IDENTIFIER",
+            "x.credential.identifier",
+            "x-authenticated-scope",
+            "X-Authenticated_Scope",
+            "x.authenticated.scope",
+        ] {
+            assert!(is_identity_header(name), "{name}");
+        }
+        for name in [
+            "x-credential-identifiers",
+            "x-credential",
+            "authorization",
+            "x-authenticated-scopes",
+            "xcredential-identifier",
+            "x-credential-identifieR ",
+        ] {
+            assert!(!is_identity_header(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn basic_grant_forwards_the_okta_token_never_the_secret() {
+        let f = Forward::new(&basic(), grant("api:read", Some("okta.jwt")), true);
+        assert_eq!(
+            f.edits(),
+            [
+                HeaderEdit::Set(IDENTITY_HEADER, "0oaApp"),
+                HeaderEdit::Set(SCOPE_HEADER, "api:read"),
+                HeaderEdit::Set("authorization", "Bearer okta.jwt"),
+            ]
+        );
+        let f = Forward::new(&basic(), grant("api:read", Some("okta.jwt")), false);
+        assert_eq!(f.edits()[2], HeaderEdit::Remove("authorization"));
+        // no token from Okta: the client's Basic credentials still never go upstream
+        let f = Forward::new(&basic(), grant("api:read", None), true);
+        assert_eq!(f.edits()[2], HeaderEdit::Remove("authorization"));
+    }
+
+    #[test]
+    fn bearer_grant_keeps_the_token_and_an_empty_scope_removes_the_header() {
+        let f = Forward::new(&Credential::Bearer("t".into()), grant("", None), true);
+        assert_eq!(
+            f.edits(),
+            [
+                HeaderEdit::Set(IDENTITY_HEADER, "0oaApp"),
+                HeaderEdit::Remove(SCOPE_HEADER),
+            ]
+        );
+        assert_eq!(
+            format!("{:?}", Forward::new(&basic(), grant("", Some("tok")), true)),
+            "Forward { identity: \"0oaApp\", scope: \"\", authorization: Set(<redacted>) }"
+        );
+    }
+}
