@@ -120,7 +120,7 @@ const CLOCK_SKEW_MS: u64 = 1_000;
 
 /// False when a verdict claims to be decided after `now_ms`: the clock went back since, and its
 /// expiry cannot be trusted.
-fn decided_in_the_past(decided_at_ms: u64, now_ms: u64) -> bool {
+pub(crate) fn decided_in_the_past(decided_at_ms: u64, now_ms: u64) -> bool {
     decided_at_ms <= now_ms.saturating_add(CLOCK_SKEW_MS)
 }
 
@@ -254,69 +254,6 @@ impl CacheEntry {
     }
 }
 
-/// Each worker's copies of fresh verdicts it has read or reached, in front of shared data: a
-/// repeat credential then costs no host call and no decoding. A copy keeps the shared entry's
-/// expiry, so it never outlives it, and the revocation bound is the same. Bounded: when full,
-/// it starts over (it is only an accelerator; the shared table is the cache).
-#[derive(Debug, Default)]
-pub struct LocalCache {
-    entries: std::collections::HashMap<CacheKey, LocalEntry>,
-    capacity: usize,
-}
-
-#[derive(Debug)]
-struct LocalEntry {
-    verdict: Cached,
-    decided_at_ms: u64,
-    expires_at_ms: u64,
-}
-
-impl LocalCache {
-    pub fn with_capacity(capacity: usize) -> LocalCache {
-        LocalCache {
-            entries: std::collections::HashMap::new(),
-            capacity,
-        }
-    }
-
-    /// The verdict for `key` if it is still fresh (same rules as a shared entry).
-    pub fn get(&mut self, key: &CacheKey, now_ms: u64) -> Option<&Cached> {
-        let fresh = self.entries.get(key).is_some_and(|e| {
-            decided_in_the_past(e.decided_at_ms, now_ms) && now_ms < e.expires_at_ms
-        });
-        if !fresh {
-            self.entries.remove(key);
-            return None;
-        }
-        self.entries.get(key).map(|e| &e.verdict)
-    }
-
-    pub fn put(&mut self, key: CacheKey, verdict: Cached, decided_at_ms: u64, expires_at_ms: u64) {
-        if self.capacity == 0 {
-            return;
-        }
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
-            self.entries.clear();
-        }
-        self.entries.insert(
-            key,
-            LocalEntry {
-                verdict,
-                decided_at_ms,
-                expires_at_ms,
-            },
-        );
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
 fn put_str(out: &mut Vec<u8>, s: &str) {
     // Every string stored is bounded far below 4 GiB (credentials are at most 8 KiB, and
     // IdP answers are read from bounded bodies).
@@ -436,23 +373,6 @@ mod tests {
         let mut long = bytes.clone();
         long[4 + 32 + 32 + 1] = 0xff;
         assert_eq!(CacheEntry::decode(&long), None);
-    }
-
-    #[test]
-    fn local_copies_expire_with_the_entry_and_stay_bounded() {
-        let mut local = LocalCache::with_capacity(2);
-        let deny = Cached::Deny(Denial::InvalidClient);
-        local.put(CacheKey([1; 32]), deny.clone(), 1_000, 5_000);
-        assert_eq!(local.get(&CacheKey([1; 32]), 4_999), Some(&deny));
-        assert_eq!(local.get(&CacheKey([1; 32]), 5_000), None);
-        assert!(local.is_empty(), "an expired copy is dropped");
-        // decided "in the future": the clock went back
-        local.put(CacheKey([1; 32]), deny.clone(), 900_000, 990_000);
-        assert_eq!(local.get(&CacheKey([1; 32]), 2_000), None);
-        for i in 0..10u8 {
-            local.put(CacheKey([i; 32]), deny.clone(), 1_000, 5_000);
-            assert!(local.len() <= 2);
-        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 use base64::Engine as _;
 
+use crate::config::Scheme;
+
 /// Longest credential we read: far above any Okta token or DCR secret, far below a
 /// header size that would let one request cost much.
 pub const MAX_CREDENTIAL_LEN: usize = 8 * 1024;
@@ -35,6 +37,15 @@ impl std::fmt::Debug for Credential {
         match self {
             Credential::Basic(c) => c.fmt(f),
             Credential::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+        }
+    }
+}
+
+impl Credential {
+    pub fn scheme(&self) -> Scheme {
+        match self {
+            Credential::Basic(_) => Scheme::Basic,
+            Credential::Bearer(_) => Scheme::Bearer,
         }
     }
 }

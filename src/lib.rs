@@ -7,7 +7,8 @@
 //! - [`okta`]: the requests to Okta and how its answers are read;
 //! - [`verdict`]: grants, denials and the reply for each;
 //! - [`upstream`]: what an allowed request carries upstream, and which client headers go;
-//! - [`cache`]: cache keys and the entry encoding in shared data, and per-worker copies;
+//! - [`cache`]: cache keys and the entry encoding in shared data;
+//! - [`local`]: each worker's copies of verdicts, by the exact `Authorization` bytes;
 //! - [`metrics`]: the counters and histogram the filter exposes;
 //! - [`gate`]: the request state machine over a small [`gate::Host`] trait, with its parts:
 //!   the shared-slot protocol, discovery, the quota guard.
@@ -18,6 +19,7 @@ pub mod cache;
 pub mod config;
 pub mod credentials;
 pub mod gate;
+pub mod local;
 pub mod metrics;
 pub mod okta;
 pub mod upstream;

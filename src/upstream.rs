@@ -2,7 +2,7 @@
 //! identity and scope headers, the `Authorization` edit, and which client-sent headers would
 //! pass for ours and must go first (contract, "Upstream").
 
-use crate::credentials::Credential;
+use crate::config::Scheme;
 use crate::verdict::Grant;
 
 /// The DCR app (`app_claim`; on the Basic path, the client id).
@@ -58,12 +58,12 @@ pub enum HeaderEdit<'a> {
 }
 
 impl Forward {
-    /// A grant for `credential`: on the Basic path the client secret never goes upstream; the
-    /// token Okta issued does, when `forward_access_token` says so.
-    pub fn new(credential: &Credential, grant: Grant, forward_access_token: bool) -> Forward {
-        let authorization = match credential {
-            Credential::Bearer(_) => AuthorizationEdit::Keep,
-            Credential::Basic(_) => match grant.access_token {
+    /// A grant for a credential of `scheme`: on the Basic path the client secret never goes
+    /// upstream; the token Okta issued does, when `forward_access_token` says so.
+    pub fn new(scheme: Scheme, grant: Grant, forward_access_token: bool) -> Forward {
+        let authorization = match scheme {
+            Scheme::Bearer => AuthorizationEdit::Keep,
+            Scheme::Basic => match grant.access_token {
                 Some(token) if forward_access_token => {
                     AuthorizationEdit::Set(format!("Bearer {token}"))
                 }
@@ -97,7 +97,6 @@ impl Forward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credentials::ClientCredentials;
 
     fn grant(scope: &str, token: Option<&str>) -> Grant {
         Grant {
@@ -105,13 +104,6 @@ mod tests {
             scope: scope.into(),
             access_token: token.map(str::to_string),
         }
-    }
-
-    fn basic() -> Credential {
-        Credential::Basic(ClientCredentials {
-            client_id: "0oaApp".into(),
-            client_secret: "s3cret".into(),
-        })
     }
 
     #[test]
@@ -141,7 +133,7 @@ mod tests {
 
     #[test]
     fn basic_grant_forwards_the_okta_token_never_the_secret() {
-        let f = Forward::new(&basic(), grant("api:read", Some("okta.jwt")), true);
+        let f = Forward::new(Scheme::Basic, grant("api:read", Some("okta.jwt")), true);
         assert_eq!(
             f.edits(),
             [
@@ -150,16 +142,16 @@ mod tests {
                 HeaderEdit::Set("authorization", "Bearer okta.jwt"),
             ]
         );
-        let f = Forward::new(&basic(), grant("api:read", Some("okta.jwt")), false);
+        let f = Forward::new(Scheme::Basic, grant("api:read", Some("okta.jwt")), false);
         assert_eq!(f.edits()[2], HeaderEdit::Remove("authorization"));
         // no token from Okta: the client's Basic credentials still never go upstream
-        let f = Forward::new(&basic(), grant("api:read", None), true);
+        let f = Forward::new(Scheme::Basic, grant("api:read", None), true);
         assert_eq!(f.edits()[2], HeaderEdit::Remove("authorization"));
     }
 
     #[test]
     fn bearer_grant_keeps_the_token_and_an_empty_scope_removes_the_header() {
-        let f = Forward::new(&Credential::Bearer("t".into()), grant("", None), true);
+        let f = Forward::new(Scheme::Bearer, grant("", None), true);
         assert_eq!(
             f.edits(),
             [
@@ -168,7 +160,10 @@ mod tests {
             ]
         );
         assert_eq!(
-            format!("{:?}", Forward::new(&basic(), grant("", Some("tok")), true)),
+            format!(
+                "{:?}",
+                Forward::new(Scheme::Basic, grant("", Some("tok")), true)
+            ),
             "Forward { identity: \"0oaApp\", scope: \"\", authorization: Set(<redacted>) }"
         );
     }

@@ -6,6 +6,7 @@ use super::slots::overwrite;
 use super::{deny_reason, guard, refuse, ContextId, Gate, Host, Parked, Resume, Step};
 use crate::cache::{CacheEntry, CacheKey, Cached};
 use crate::credentials::Credential;
+use crate::local::Copy;
 use crate::okta::{self, IdpAnswer, IdpFailure, Outcome};
 
 impl Gate {
@@ -31,9 +32,22 @@ impl Gate {
                 continue;
             };
             let req = parked.into_req();
+            if let Ok((verdict, Some(stored))) = &verdict {
+                // Each request's own spelling of the credential gets its copy.
+                let copy = Copy {
+                    verdict: verdict.clone(),
+                    scheme: req.credential.scheme(),
+                    key,
+                    decided_at_ms: now,
+                    expires_at_ms: *stored,
+                };
+                self.local.put(&req.raw, copy);
+            }
             let step = match &verdict {
-                Ok(Cached::Allow(grant)) => self.allow(&req.credential, grant.clone(), host),
-                Ok(Cached::Deny(d)) => refuse(ctx, Some(&key), *d, deny_reason(*d), host),
+                Ok((Cached::Allow(grant), _)) => {
+                    self.allow(req.credential.scheme(), grant.clone(), host)
+                }
+                Ok((Cached::Deny(d), _)) => refuse(ctx, Some(&key), *d, deny_reason(*d), host),
                 Err(_) => self.no_verdict(ctx, &req, remaining.as_ref(), now, host),
             };
             steps.push((ctx, step));
@@ -69,7 +83,7 @@ impl Gate {
         outcome: Outcome,
         now: u64,
         host: &dyn Host,
-    ) -> Result<Cached, IdpFailure> {
+    ) -> Result<(Cached, Option<u64>), IdpFailure> {
         let (verdict, expires) = match outcome {
             Outcome::Granted {
                 grant,
@@ -94,10 +108,12 @@ impl Gate {
             }
         };
         self.failures_in_a_row = 0;
-        self.store(key, now, expires, verdict.clone(), host);
-        Ok(verdict)
+        let stored = self.store(key, now, expires, verdict.clone(), host);
+        Ok((verdict, stored.then_some(expires)))
     }
 
+    /// Caches a verdict for every worker; whether it was written (a worker-local copy is kept
+    /// only of what shared data holds).
     pub(super) fn store(
         &mut self,
         key: CacheKey,
@@ -105,21 +121,19 @@ impl Gate {
         expires_at_ms: u64,
         verdict: Cached,
         host: &dyn Host,
-    ) {
+    ) -> bool {
         if expires_at_ms <= now {
             // Nothing to keep (a zero TTL): just let followers go.
             self.slots.release(host, &key, None);
-            return;
+            return false;
         }
         let entry = CacheEntry {
             decided_at_ms: now,
             expires_at_ms,
-            verdict: Some(verdict.clone()),
+            verdict: Some(verdict),
             ..CacheEntry::empty(key)
         };
-        if self.slots.store(host, &entry) {
-            self.local.put(key, verdict, now, expires_at_ms);
-        }
+        self.slots.store(host, &entry)
     }
 
     /// Until when IdP calls are paused for all workers (0: not paused).

@@ -6,8 +6,10 @@ use super::{
     deny_reason, refuse, Call, ContextId, DispatchError, Gate, Host, Parked, Pending, Purpose,
     Resume, Step, LEASE_MARGIN_MS,
 };
-use crate::cache::{CacheEntry, Cached, Freshness};
+use crate::cache::{CacheEntry, CacheKey, Cached, Freshness};
+use crate::config::Scheme;
 use crate::credentials::Credential;
+use crate::local::Copy;
 use crate::metrics::Counter;
 use crate::okta::{self, IdpRequest};
 use crate::upstream::Forward;
@@ -47,8 +49,16 @@ impl Gate {
         now: u64,
         host: &dyn Host,
     ) -> Step {
-        if let Some(verdict) = self.local.get(&req.key, now).cloned() {
-            return self.cached(ctx, &req, verdict, host);
+        if let Some(copy) = self.local.get(&req.raw, now) {
+            let verdict = copy.verdict.clone();
+            return self.cached(
+                ctx,
+                req.credential.scheme(),
+                &req.key,
+                req.counted,
+                verdict,
+                host,
+            );
         }
         let lease_until = now + self.lease_ms();
         let mut seen = CacheEntry::empty(req.key);
@@ -64,9 +74,17 @@ impl Gate {
         }
         let deadline_ms = following.unwrap_or(req.arrived_ms + self.lease_ms());
         match next {
-            Move::Cached(verdict, decided, expires) => {
-                self.local.put(req.key, verdict.clone(), decided, expires);
-                self.cached(ctx, &req, verdict, host)
+            Move::Cached(verdict, decided_at_ms, expires_at_ms) => {
+                let scheme = req.credential.scheme();
+                let copy = Copy {
+                    verdict: verdict.clone(),
+                    scheme,
+                    key: req.key,
+                    decided_at_ms,
+                    expires_at_ms,
+                };
+                self.local.put(&req.raw, copy);
+                self.cached(ctx, scheme, &req.key, req.counted, verdict, host)
             }
             Move::GiveUp => self.no_verdict(ctx, &req, Some(&seen), now, host),
             Move::Discover => {
@@ -209,29 +227,37 @@ impl Gate {
         }
     }
 
-    /// Answers from a fresh cached verdict.
-    fn cached(&self, ctx: ContextId, req: &Pending, verdict: Cached, host: &dyn Host) -> Step {
+    /// Answers from a fresh cached verdict (`counted`: the lookup was already counted).
+    pub(super) fn cached(
+        &self,
+        ctx: ContextId,
+        scheme: Scheme,
+        key: &CacheKey,
+        counted: bool,
+        verdict: Cached,
+        host: &dyn Host,
+    ) -> Step {
         match verdict {
             Cached::Allow(grant) => {
-                if !req.counted {
+                if !counted {
                     host.count(Counter::CacheHit);
                 }
-                self.allow(&req.credential, grant, host)
+                self.allow(scheme, grant, host)
             }
             Cached::Deny(d) => {
-                if !req.counted {
+                if !counted {
                     host.count(Counter::CacheNegativeHit);
                 }
-                refuse(ctx, Some(&req.key), d, deny_reason(d), host)
+                refuse(ctx, Some(key), d, deny_reason(d), host)
             }
         }
     }
 
-    pub(super) fn allow(&self, credential: &Credential, grant: Grant, host: &dyn Host) -> Step {
+    pub(super) fn allow(&self, scheme: Scheme, grant: Grant, host: &dyn Host) -> Step {
         // No log line: this is the hot path, and the metrics count it.
         host.count(Counter::Allowed);
         Step::Forward(Forward::new(
-            credential,
+            scheme,
             grant,
             self.config.forward_access_token,
         ))
@@ -260,7 +286,7 @@ impl Gate {
         {
             host.count(Counter::CacheStale);
             log::debug!("[{ctx}] IdP unavailable: serving a stale verdict");
-            return self.allow(&req.credential, grant.clone(), host);
+            return self.allow(req.credential.scheme(), grant.clone(), host);
         }
         let denial = Denial::IdpUnavailable;
         refuse(ctx, Some(&req.key), denial, deny_reason(denial), host)

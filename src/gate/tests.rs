@@ -1058,5 +1058,42 @@ mod create_only_cas {
         the_leader_backstop_serves_a_stale_verdict,
         a_discovery_timeout_serves_a_stale_verdict,
         next_deadline_says_when_a_tick_has_work,
+        a_local_copy_never_outlives_the_shared_verdict_nor_matches_a_changed_byte,
     );
+}
+
+#[test]
+fn a_local_copy_never_outlives_the_shared_verdict_nor_matches_a_changed_byte() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, r#","cache_ttl_s":60"#);
+    let token = "eyJraWQiOiJrMSJ9.eyJzdWIiOiJhcHAifQ.c2lnbmF0dXJlLWJ5dGVz";
+    let bearer = format!("Bearer {token}");
+    ask(&mut g, &host, 10, bearer.as_bytes());
+    let exp = T0 / 1000 + 30;
+    let active = format!(
+        r#"{{"active":true,"scope":"api:read","client_id":"app","exp":{exp},"iss":"https://o.okta.com/oauth2/default"}}"#
+    );
+    answer(&mut g, &host, host.last_call().0, 200, &active);
+    let reads = host.shared_reads.get();
+    assert_eq!(status(&ask(&mut g, &host, 11, bearer.as_bytes())), 200);
+    assert_eq!(host.shared_reads.get(), reads, "served from the local copy");
+    // any changed byte is another credential: never the copy's verdict
+    for i in "Bearer ".len()..bearer.len() {
+        let mut changed = bearer.clone().into_bytes();
+        changed[i] = if changed[i] == b'A' { b'B' } else { b'A' };
+        let calls = host.call_count();
+        let step = ask(&mut g, &host, 100 + i as u32, &changed);
+        assert_eq!(step, Step::Wait, "byte {i}");
+        assert_eq!(host.call_count(), calls + 1, "byte {i}: asks the IdP");
+    }
+    let basic_right = basic("app", "s3cret");
+    ask(&mut g, &host, 20, &basic_right);
+    answer(&mut g, &host, host.last_call().0, 200, &token_ok(3600));
+    assert_eq!(status(&ask(&mut g, &host, 21, &basic_right)), 200);
+    assert_eq!(ask(&mut g, &host, 22, &basic("app", "s3creT")), Step::Wait);
+    // the token's own expiry bounds the shared verdict, and so the local copy
+    host.advance(29_999);
+    assert_eq!(status(&ask(&mut g, &host, 12, bearer.as_bytes())), 200);
+    host.advance(1);
+    assert_eq!(ask(&mut g, &host, 13, bearer.as_bytes()), Step::Wait);
 }
