@@ -74,9 +74,9 @@ impl Names {
         format!("{}slots", self.prefix)
     }
 
-    /// Until when (ms since epoch) no worker calls the IdP: the quota guard.
-    pub fn guard(&self) -> String {
-        format!("{}guard", self.prefix)
+    /// Until when (ms since epoch) no worker calls this IdP endpoint: its quota guard.
+    pub fn guard(&self, endpoint: crate::metrics::IdpEndpoint) -> String {
+        format!("{}guard/{}", self.prefix, endpoint.name())
     }
 }
 

@@ -14,6 +14,7 @@ use crate::url::HttpUrl;
 const MAX_TTL_S: u64 = 86_400;
 const MAX_SLOTS: u32 = 262_144;
 const MAX_TIMEOUT_MS: u64 = 60_000;
+const MAX_CALLS_IN_FLIGHT: u32 = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -62,6 +63,8 @@ pub struct RawConfig {
     pub realm: String,
     #[serde(default = "default_true")]
     pub forward_access_token: bool,
+    #[serde(default = "default_max_idp_calls_in_flight")]
+    pub max_idp_calls_in_flight: u32,
 }
 
 fn default_accept() -> Vec<Scheme> {
@@ -84,6 +87,9 @@ fn default_cache_slots() -> u32 {
 }
 fn default_idp_timeout_ms() -> u64 {
     3_000
+}
+fn default_max_idp_calls_in_flight() -> u32 {
+    64
 }
 fn default_realm() -> String {
     "api".to_string()
@@ -143,6 +149,8 @@ pub struct Config {
     pub idp_timeout_ms: u64,
     pub realm: String,
     pub forward_access_token: bool,
+    /// Per worker: beyond it, credentials without a usable verdict get 503 at once.
+    pub max_idp_calls_in_flight: usize,
     /// SHA-256 of the configuration as given: it scopes every cache key and shared-data name,
     /// so a verdict reached under one configuration never answers under another.
     pub digest: [u8; 32],
@@ -267,7 +275,7 @@ impl RawConfig {
         };
         let introspection_authorization = self.check_introspection_client(accepted)?;
         self.check_claims()?;
-        self.check_cache_and_timeouts()?;
+        self.check_limits()?;
         check_realm(&self.realm)?;
         Ok(Config {
             issuer,
@@ -287,6 +295,7 @@ impl RawConfig {
             idp_timeout_ms: self.idp_timeout_ms,
             realm: self.realm,
             forward_access_token: self.forward_access_token,
+            max_idp_calls_in_flight: self.max_idp_calls_in_flight as usize,
             digest,
         })
     }
@@ -377,7 +386,8 @@ impl RawConfig {
         }
     }
 
-    fn check_cache_and_timeouts(&self) -> Result<(), ConfigError> {
+    /// Lifetimes, sizes, timeouts and caps.
+    fn check_limits(&self) -> Result<(), ConfigError> {
         for (field, value) in [
             ("cache_ttl_s", self.cache_ttl_s),
             ("negative_cache_ttl_s", self.negative_cache_ttl_s),
@@ -397,6 +407,12 @@ impl RawConfig {
             return Err(refuse(
                 "idp_timeout_ms",
                 format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+            ));
+        }
+        if self.max_idp_calls_in_flight == 0 || self.max_idp_calls_in_flight > MAX_CALLS_IN_FLIGHT {
+            return Err(refuse(
+                "max_idp_calls_in_flight",
+                format!("must be between 1 and {MAX_CALLS_IN_FLIGHT}"),
             ));
         }
         Ok(())
@@ -478,6 +494,7 @@ mod tests {
         assert_eq!(c.stale_if_error_ms, 0);
         assert_eq!(c.idp_timeout_ms, 3_000);
         assert_eq!(c.realm, "api");
+        assert_eq!(c.max_idp_calls_in_flight, 64);
         assert!(c.needs_discovery());
     }
 
@@ -526,6 +543,11 @@ mod tests {
             (r#","idp_timeout_ms":0"#, "idp_timeout_ms"),
             (r#","idp_timeout_ms":-1"#, "idp_timeout_ms"),
             (r#","cache_slots":0"#, "cache_slots"),
+            (r#","max_idp_calls_in_flight":0"#, "max_idp_calls_in_flight"),
+            (
+                r#","max_idp_calls_in_flight":10001"#,
+                "max_idp_calls_in_flight",
+            ),
             (r#","cache_ttl_s":999999"#, "cache_ttl_s"),
             (r#","realm":"a\"b""#, "realm"),
             (r#","app_claim":"""#, "app_claim"),

@@ -14,11 +14,30 @@ pub enum DenyReason {
     IdpUnavailable,
 }
 
+/// The IdP's endpoints, each with its own metrics and its own quota guard (Okta rate-limits
+/// each endpoint separately).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdpEndpoint {
     Token,
     Introspection,
     Discovery,
+}
+
+impl IdpEndpoint {
+    pub const COUNT: usize = ENDPOINTS.len();
+
+    /// Its position in `0..COUNT`.
+    pub fn index(self) -> usize {
+        ENDPOINTS.iter().position(|(e, _)| *e == self).unwrap_or(0)
+    }
+
+    /// Its name in metrics and shared-data keys.
+    pub fn name(self) -> &'static str {
+        ENDPOINTS
+            .iter()
+            .find(|(e, _)| *e == self)
+            .map_or("", |(_, n)| *n)
+    }
 }
 
 /// How an IdP call ended.

@@ -299,10 +299,15 @@ pub fn read_token_answer(client: &ClientCredentials, answer: IdpAnswer<'_>, now_
             _ => Outcome::Failed(IdpFailure::Unreadable),
         },
         Some(400 | 401) => match from_json_object::<OAuthError<'_>>(answer.body) {
-            Some(e) if e.error == "invalid_client" => Outcome::Denied(Denial::InvalidClient),
+            // `unauthorized_client`: this client may not use the client-credentials grant, a
+            // definite no for these credentials (and cached as one, so that retrying them costs
+            // no call).
+            Some(e) if e.error == "invalid_client" || e.error == "unauthorized_client" => {
+                Outcome::Denied(Denial::InvalidClient)
+            }
             Some(e) if e.error == "invalid_scope" => Outcome::Denied(Denial::InsufficientScope),
-            // unauthorized_client, invalid_request, unsupported_grant_type: the gateway's
-            // request or the app's set-up is wrong, not the caller's credentials. No verdict.
+            // invalid_request, unsupported_grant_type: the gateway's request is wrong, not the
+            // caller's credentials. No verdict.
             Some(_) => Outcome::Failed(IdpFailure::UnexpectedStatus(answer.status.unwrap_or(400))),
             None => Outcome::Failed(IdpFailure::Unreadable),
         },

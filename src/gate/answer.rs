@@ -7,6 +7,7 @@ use super::{deny_reason, guard, refuse, ContextId, Gate, Host, Parked, Resume, S
 use crate::cache::{CacheEntry, CacheKey, Cached};
 use crate::credentials::Credential;
 use crate::local::Copy;
+use crate::metrics::IdpEndpoint;
 use crate::okta::{self, IdpAnswer, IdpFailure, Outcome};
 
 impl Gate {
@@ -23,7 +24,8 @@ impl Gate {
             Credential::Basic(client) => okta::read_token_answer(client, answer, now / 1000),
             Credential::Bearer(_) => okta::read_introspection(&self.config, answer, now / 1000),
         };
-        let verdict = self.settle(key, leader, outcome, now, host);
+        let endpoint = endpoint_of(credential);
+        let verdict = self.settle(key, endpoint, leader, outcome, now, host);
         // After a failure, what the slot still holds (a stale verdict, perhaps), read once.
         let remaining = verdict.is_err().then(|| self.slots.read(host, &key));
         let mut steps = Vec::new();
@@ -79,6 +81,7 @@ impl Gate {
     fn settle(
         &mut self,
         key: CacheKey,
+        endpoint: IdpEndpoint,
         leader: ContextId,
         outcome: Outcome,
         now: u64,
@@ -103,11 +106,11 @@ impl Gate {
                 let why = failure.describe();
                 self.warn(now, format_args!("[{leader}] IdP call failed: {why}"));
                 self.slots.release(host, &key, Some(now));
-                self.note_failure(failure, now, host);
+                self.note_failure(failure, endpoint, now, host);
                 return Err(failure);
             }
         };
-        self.failures_in_a_row = 0;
+        self.failures_in_a_row[endpoint.index()] = 0;
         let stored = self.store(key, now, expires, verdict.clone(), host);
         Ok((verdict, stored.then_some(expires)))
     }
@@ -136,29 +139,46 @@ impl Gate {
         self.slots.store(host, &entry)
     }
 
-    /// Until when IdP calls are paused for all workers (0: not paused).
-    pub(super) fn paused_until(&self, host: &dyn Host) -> u64 {
-        host.shared_get(&self.names.guard())
+    /// Until when calls to `endpoint` are paused for all workers (0: not paused).
+    pub(super) fn paused_until(&self, endpoint: IdpEndpoint, host: &dyn Host) -> u64 {
+        host.shared_get(&self.names.guard(endpoint))
             .map_or(0, |(bytes, _)| guard::decode(&bytes))
     }
 
-    /// A 429 pauses calls until Okta's reset; repeated 5xx or silence pause them briefly,
-    /// longer while it goes on. The pause is shared: every worker stops calling.
-    fn note_failure(&mut self, failure: IdpFailure, now: u64, host: &dyn Host) {
-        let current = self.paused_until(host);
+    /// A 429 pauses calls to that endpoint until Okta's reset; repeated 5xx or silence pause
+    /// them briefly, longer while it goes on. The pause is shared: every worker stops calling
+    /// that endpoint, and only that one (Okta limits each separately).
+    fn note_failure(
+        &mut self,
+        failure: IdpFailure,
+        endpoint: IdpEndpoint,
+        now: u64,
+        host: &dyn Host,
+    ) {
+        let current = self.paused_until(endpoint, host);
+        let in_a_row = &mut self.failures_in_a_row[endpoint.index()];
         if guard::counts_as_trouble(failure) && current <= now {
-            self.failures_in_a_row += 1;
+            *in_a_row += 1;
         }
-        if let Some(until) = guard::pause_until(failure, now, current, self.failures_in_a_row) {
+        if let Some(until) = guard::pause_until(failure, now, current, *in_a_row) {
             // A line of its own, not folded into the rate-limited failure warnings: operators
             // need to see a pause, and there is at most one per pause.
             log::warn!(
-                "[{}] pausing IdP calls for {} ms: {}",
+                "[{}] pausing {} calls for {} ms: {}",
                 self.root,
+                endpoint.name(),
                 until - now,
                 failure.describe()
             );
-            overwrite(host, &self.names.guard(), &guard::encode(until));
+            overwrite(host, &self.names.guard(endpoint), &guard::encode(until));
         }
+    }
+}
+
+/// The endpoint that gives a verdict on a credential.
+pub(super) fn endpoint_of(credential: &Credential) -> IdpEndpoint {
+    match credential {
+        Credential::Basic(_) => IdpEndpoint::Token,
+        Credential::Bearer(_) => IdpEndpoint::Introspection,
     }
 }

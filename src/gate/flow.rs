@@ -26,6 +26,8 @@ enum Move {
     /// `OwnRequestOnly`: nobody could wake this request, so it asks for the endpoints itself.
     Discover,
     Follow,
+    /// This worker has `max_idp_calls_in_flight` calls out: no verdict now.
+    AtCap,
     /// Call the IdP, taking the lease first unless (`OwnRequestOnly`) another request holds it.
     Lead {
         take_lease: bool,
@@ -87,6 +89,16 @@ impl Gate {
                 self.cached(ctx, scheme, &req.key, req.counted, verdict, host)
             }
             Move::GiveUp => self.no_verdict(ctx, &req, Some(&seen), now, host),
+            Move::AtCap => {
+                let cap = self.config.max_idp_calls_in_flight;
+                self.warn(
+                    now,
+                    format_args!(
+                        "[{ctx}] {cap} IdP calls in flight (max_idp_calls_in_flight): no new call"
+                    ),
+                );
+                self.no_verdict(ctx, &req, Some(&seen), now, host)
+            }
             Move::Discover => {
                 self.dispatch_discovery(
                     caller,
@@ -148,9 +160,12 @@ impl Gate {
                 Move::Follow
             };
         }
-        if self.paused_until(host) > now {
+        if self.paused_until(super::answer::endpoint_of(&req.credential), host) > now {
             // The quota guard: Okta asked us to back off, or keeps failing.
             return Move::GiveUp;
+        }
+        if self.calls.len() >= self.config.max_idp_calls_in_flight {
+            return Move::AtCap;
         }
         Move::Lead {
             take_lease: !theirs,

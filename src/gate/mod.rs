@@ -169,8 +169,9 @@ pub struct Gate {
     /// The root context: log lines that belong to no request, and tick-driven calls.
     root: ContextId,
     resume: Resume,
-    /// IdP failures in a row seen by this worker (reset by any answer that is a verdict).
-    failures_in_a_row: u32,
+    /// IdP failures in a row seen by this worker, per endpoint (reset by any answer from it
+    /// that is a verdict).
+    failures_in_a_row: [u32; IdpEndpoint::COUNT],
     last_warn_ms: u64,
 }
 
@@ -201,7 +202,7 @@ impl Gate {
             local,
             root,
             resume,
-            failures_in_a_row: 0,
+            failures_in_a_row: [0; IdpEndpoint::COUNT],
             last_warn_ms: 0,
         };
         if !gate.discovery.is_ready() {
@@ -271,14 +272,7 @@ impl Gate {
         let elapsed = now.saturating_sub(call.started_ms);
         let endpoint = match &call.purpose {
             Purpose::Discovery(_) => IdpEndpoint::Discovery,
-            Purpose::Verdict {
-                credential: Credential::Basic(_),
-                ..
-            } => IdpEndpoint::Token,
-            Purpose::Verdict {
-                credential: Credential::Bearer(_),
-                ..
-            } => IdpEndpoint::Introspection,
+            Purpose::Verdict { credential, .. } => answer::endpoint_of(credential),
         };
         let result = CallResult::of(answer.status, elapsed, self.config.idp_timeout_ms);
         host.count(Counter::IdpCall(endpoint, result));

@@ -280,6 +280,22 @@ fn definite_no_is_cached_for_the_negative_ttl_only() {
 }
 
 #[test]
+fn unauthorized_client_is_a_cached_401() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, "");
+    ask(&mut g, &host, 10, &basic("app", "s"));
+    let body = r#"{"error":"unauthorized_client","error_description":"The client is not authorized to use the provided grant type."}"#;
+    let steps = answer(&mut g, &host, host.last_call().0, 400, body);
+    assert_eq!(status(&steps[0].1), 401);
+    assert_eq!(status(&ask(&mut g, &host, 11, &basic("app", "s"))), 401);
+    assert_eq!(
+        host.call_count(),
+        1,
+        "the second refusal comes from the cache"
+    );
+}
+
+#[test]
 fn invalid_scope_is_403() {
     let host = FakeHost::at(T0);
     let mut g = gate(&host, "");
@@ -303,7 +319,7 @@ fn idp_failures_are_503_and_never_cached() {
         (200, "<html>"),
         (200, "{}"),
         (302, ""),
-        (400, "{\"error\":\"unauthorized_client\"}"),
+        (400, "{\"error\":\"invalid_request\"}"),
     ] {
         let host = FakeHost::at(T0);
         let mut g = gate(&host, "");
@@ -690,7 +706,7 @@ fn repeated_server_errors_pause_calls_briefly() {
     assert_eq!(ask(&mut g, &host, 51, &basic("app", "s")), Step::Wait);
     // a verdict ends the streak
     answer(&mut g, &host, host.last_call().0, 200, &token_ok(60));
-    assert_eq!(g.failures_in_a_row, 0);
+    assert_eq!(g.failures_in_a_row, [0; IdpEndpoint::COUNT]);
 }
 
 #[test]
@@ -1031,6 +1047,7 @@ mod create_only_cas {
         wrong_secret_is_not_served_from_cache,
         definite_no_is_cached_for_the_negative_ttl_only,
         invalid_scope_is_403,
+        unauthorized_client_is_a_cached_401,
         idp_failures_are_503_and_never_cached,
         no_answer_at_all_is_503,
         dispatch_refused_answers_503_at_once,
@@ -1059,6 +1076,8 @@ mod create_only_cas {
         a_discovery_timeout_serves_a_stale_verdict,
         next_deadline_says_when_a_tick_has_work,
         a_local_copy_never_outlives_the_shared_verdict_nor_matches_a_changed_byte,
+        a_rate_limited_token_endpoint_leaves_introspection_working,
+        calls_in_flight_are_capped_per_worker,
     );
 }
 
@@ -1096,4 +1115,48 @@ fn a_local_copy_never_outlives_the_shared_verdict_nor_matches_a_changed_byte() {
     assert_eq!(status(&ask(&mut g, &host, 12, bearer.as_bytes())), 200);
     host.advance(1);
     assert_eq!(ask(&mut g, &host, 13, bearer.as_bytes()), Step::Wait);
+}
+
+#[test]
+fn a_rate_limited_token_endpoint_leaves_introspection_working() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, "");
+    ask(&mut g, &host, 10, &basic("app", "s"));
+    answer(&mut g, &host, host.last_call().0, 429, "{}");
+    assert_eq!(status(&ask(&mut g, &host, 11, &basic("other", "s"))), 503);
+    // the introspection endpoint is not paused
+    assert_eq!(
+        ask(&mut g, &host, 12, b"Bearer some.opaque.token"),
+        Step::Wait
+    );
+    assert!(host.last_call().1.path.ends_with("/v1/introspect"));
+    assert_eq!(host.call_count(), 2);
+}
+
+#[test]
+fn calls_in_flight_are_capped_per_worker() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(
+        &host,
+        r#","max_idp_calls_in_flight":3,"cache_ttl_s":1,"stale_if_error_s":60"#,
+    );
+    ask(&mut g, &host, 1, &basic("known", "s"));
+    answer(&mut g, &host, host.last_call().0, 200, &token_ok(3600));
+    host.advance(1_000);
+    for i in 0..3 {
+        assert_eq!(
+            ask(&mut g, &host, 10 + i, &basic(&format!("app{i}"), "s")),
+            Step::Wait
+        );
+    }
+    // beyond the cap: no call; a credential with a stale verdict is still served
+    assert_eq!(status(&ask(&mut g, &host, 20, &basic("app9", "s"))), 503);
+    assert_eq!(
+        forwarded(&ask(&mut g, &host, 21, &basic("known", "s"))).identity,
+        "known"
+    );
+    assert_eq!(host.call_count(), 4);
+    // an answer frees a place
+    answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
+    assert_eq!(ask(&mut g, &host, 22, &basic("app9", "s")), Step::Wait);
 }

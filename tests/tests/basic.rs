@@ -713,3 +713,31 @@ fn verdict_is_not_reused_past_the_access_token_expiry() {
         );
     }
 }
+
+#[test]
+fn unauthorized_client_is_401_and_answered_from_the_negative_cache() {
+    let (stack, app) = stack_with_app();
+    let body = json!({
+        "error": "unauthorized_client",
+        "error_description": "The client is not authorized to use the provided grant type."
+    })
+    .to_string();
+    stack.idp.set_fault(
+        Endpoint::Token,
+        Fault::answer(FaultAnswer::Custom {
+            status: 400,
+            content_type: "application/json".into(),
+            body,
+            headers: Vec::new(),
+        }),
+    );
+    for _ in 0..3 {
+        let r = stack.get("/", &[("authorization", &app.basic())]);
+        assert_basic_401(&stack, &r);
+    }
+    assert_eq!(
+        stack.token_calls(),
+        1,
+        "a definite no for these credentials: asked once, then cached"
+    );
+}

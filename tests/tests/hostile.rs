@@ -1108,15 +1108,6 @@ fn every_unusable_token_endpoint_answer_is_503_and_never_cached() {
             ),
         ),
         case(
-            "400 unauthorized_client",
-            custom(
-                400,
-                json,
-                oauth_error_body("unauthorized_client", "idp-body-unauthorized-Client_18"),
-                &[],
-            ),
-        ),
-        case(
             "401 that is not JSON",
             custom(
                 401,

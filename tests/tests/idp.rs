@@ -85,6 +85,31 @@ fn idp_rate_limit_is_503_then_recovers() {
 }
 
 #[test]
+fn a_429_on_the_token_endpoint_leaves_introspection_working() {
+    let stack = Stack::start(filter_config(json!({})));
+    let app = stack.client(APP_ID, APP_SECRET, &[SCOPE]);
+    let mut spec = TokenSpec::for_client(APP_ID, &[SCOPE]);
+    spec.claims.insert("app_id".into(), json!(APP_ID));
+    let token = stack.idp.mint_token(spec);
+    stack.track_secret(&token);
+    stack.idp.set_fault(
+        Endpoint::Token,
+        fault(FaultAnswer::RateLimited { reset_in_secs: 30 }),
+    );
+    let r = stack.get("/", &[("authorization", &app.basic())]);
+    assert_503(&stack, &r);
+    // the token endpoint is paused for every worker until its reset...
+    let other = stack.client("0oa8otherFaultApp", "other-Secret_9a8b7c6d", &[SCOPE]);
+    let r = stack.get("/", &[("authorization", &other.basic())]);
+    assert_503(&stack, &r);
+    assert_eq!(stack.token_calls(), 1, "no call while the pause lasts");
+    // ...and introspection is not
+    let r = stack.get("/", &[("authorization", &format!("Bearer {token}"))]);
+    assert_eq!(r.status, 200, "introspection still works: {r:#?}");
+    assert_eq!(stack.idp.calls(Endpoint::Introspect), 1);
+}
+
+#[test]
 fn idp_slower_than_idp_timeout_is_503_then_recovers() {
     let stack = Stack::start(filter_config(json!({ "idp_timeout_ms": 300 })));
     let app = stack.client(APP_ID, APP_SECRET, &[SCOPE]);
