@@ -96,6 +96,22 @@ pub enum IdpFailure {
     Unreadable,
     /// The introspection endpoint refused the gateway's own client.
     GatewayRejected,
+    /// An answer the local proxy made itself; the call never got an answer from Okta. Not
+    /// Okta's failure: it never counts toward the quota guard's pause.
+    Local(LocalCause),
+}
+
+/// Why the local proxy (Envoy) answered an IdP call itself. Recognised by what Envoy's own
+/// replies carry (`x-envoy-overloaded`, its plain-text 503 bodies) and never when the answer
+/// carries Okta's `x-okta-request-id`, so an Envoy in front of Okta's edge is still Okta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalCause {
+    /// A circuit breaker of the `idp_upstream` cluster overflowed, or the proxy is overloaded.
+    Overloaded,
+    /// The proxy knows no healthy host for `idp_upstream`.
+    NoHealthyUpstream,
+    /// The proxy could not connect to the IdP, or lost the connection before any answer.
+    ConnectFailure,
 }
 
 impl IdpFailure {
@@ -109,6 +125,15 @@ impl IdpFailure {
             IdpFailure::Unreadable => "unreadable answer".into(),
             IdpFailure::GatewayRejected => {
                 "the gateway's introspection client was refused (check introspection_client_id/secret)".into()
+            }
+            IdpFailure::Local(LocalCause::Overloaded) => {
+                "refused by the proxy itself: circuit breaker overflow or overload (not the IdP)".into()
+            }
+            IdpFailure::Local(LocalCause::NoHealthyUpstream) => {
+                "refused by the proxy itself: no healthy host for idp_upstream".into()
+            }
+            IdpFailure::Local(LocalCause::ConnectFailure) => {
+                "the proxy could not connect to the IdP, or lost the connection".into()
             }
         }
     }
@@ -429,6 +454,9 @@ pub fn identity_of<'a>(
 }
 
 fn failure_of(answer: IdpAnswer<'_>, now_s: u64) -> IdpFailure {
+    if let Some(cause) = local_cause(answer) {
+        return IdpFailure::Local(cause);
+    }
     match answer.status {
         None => IdpFailure::NoAnswer,
         Some(429) => IdpFailure::RateLimited {
@@ -437,6 +465,33 @@ fn failure_of(answer: IdpAnswer<'_>, now_s: u64) -> IdpFailure {
         Some(s) if s >= 500 => IdpFailure::ServerError(s),
         Some(s) if (200..300).contains(&s) => IdpFailure::Unreadable,
         Some(s) => IdpFailure::UnexpectedStatus(s),
+    }
+}
+
+/// Envoy's plain-text local replies are a few dozen bytes; anything longer is not one.
+const MAX_LOCAL_REPLY_BODY: usize = 512;
+
+/// Whether the local proxy answered the call itself (see [`LocalCause`]). An answer carrying
+/// `x-okta-request-id` came from Okta, whatever else it says.
+fn local_cause(answer: IdpAnswer<'_>) -> Option<LocalCause> {
+    if answer.header("x-okta-request-id").is_some() {
+        return None;
+    }
+    if answer.header("x-envoy-overloaded").is_some() {
+        return Some(LocalCause::Overloaded);
+    }
+    if answer.status != Some(503) || answer.body.len() > MAX_LOCAL_REPLY_BODY {
+        return None;
+    }
+    let body = std::str::from_utf8(answer.body).ok()?.trim();
+    if body == "no healthy upstream" {
+        return Some(LocalCause::NoHealthyUpstream);
+    }
+    let rest = body.strip_prefix("upstream connect error or disconnect/reset before headers")?;
+    if rest.contains("overflow") {
+        Some(LocalCause::Overloaded)
+    } else {
+        Some(LocalCause::ConnectFailure)
     }
 }
 
@@ -662,6 +717,118 @@ mod tests {
             Some(NOW + 3600)
         );
         assert_eq!(until(&h("retry-after", "soon")), None);
+    }
+
+    #[test]
+    fn answers_the_local_proxy_made_itself_are_not_okta_failures() {
+        let h = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let overflow =
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+        let refused = "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: delayed connect error: 111";
+        let local = |cause| Outcome::Failed(IdpFailure::Local(cause));
+        let cases: Vec<(u16, Vec<(String, String)>, &str, Outcome)> = vec![
+            (
+                503,
+                h(&[("x-envoy-overloaded", "true")]),
+                overflow,
+                local(LocalCause::Overloaded),
+            ),
+            (
+                503,
+                h(&[("X-Envoy-Overloaded", "true")]),
+                "",
+                local(LocalCause::Overloaded),
+            ),
+            (503, h(&[]), overflow, local(LocalCause::Overloaded)),
+            (
+                503,
+                h(&[]),
+                "no healthy upstream",
+                local(LocalCause::NoHealthyUpstream),
+            ),
+            (
+                503,
+                h(&[]),
+                "no healthy upstream\n",
+                local(LocalCause::NoHealthyUpstream),
+            ),
+            (503, h(&[]), refused, local(LocalCause::ConnectFailure)),
+            // Okta (or anything in front of it that is not our proxy) answered: its failure.
+            (
+                503,
+                h(&[("x-okta-request-id", "abc"), ("x-envoy-overloaded", "true")]),
+                "",
+                Outcome::Failed(IdpFailure::ServerError(503)),
+            ),
+            (
+                503,
+                h(&[("x-okta-request-id", "abc")]),
+                "no healthy upstream",
+                Outcome::Failed(IdpFailure::ServerError(503)),
+            ),
+            (
+                503,
+                h(&[]),
+                r#"{"errorCode":"E0000009"}"#,
+                Outcome::Failed(IdpFailure::ServerError(503)),
+            ),
+            (
+                502,
+                h(&[]),
+                "no healthy upstream",
+                Outcome::Failed(IdpFailure::ServerError(502)),
+            ),
+            // Envoy's own timeout cannot be told from a slow Okta: it stays a 504.
+            (
+                504,
+                h(&[]),
+                "upstream request timeout",
+                Outcome::Failed(IdpFailure::ServerError(504)),
+            ),
+            (
+                429,
+                h(&[("x-rate-limit-reset", &(NOW + 5).to_string())]),
+                "{}",
+                Outcome::Failed(IdpFailure::RateLimited {
+                    until_s: Some(NOW + 5),
+                }),
+            ),
+        ];
+        for (status, headers, body, expected) in cases {
+            assert_eq!(
+                read_token_answer(&client(), answer(Some(status), &headers, body), NOW),
+                expected,
+                "{status} {headers:?} {body}"
+            );
+        }
+        let long = format!("no healthy upstream{}", " ".repeat(MAX_LOCAL_REPLY_BODY));
+        assert_eq!(
+            read_token_answer(&client(), answer(Some(503), &[], &long), NOW),
+            Outcome::Failed(IdpFailure::ServerError(503))
+        );
+        let cfg = config("");
+        assert_eq!(
+            read_introspection(&cfg, answer(Some(503), &[], "no healthy upstream"), NOW),
+            local(LocalCause::NoHealthyUpstream)
+        );
+        assert_eq!(
+            read_discovery(
+                &cfg,
+                answer(Some(503), &h(&[("x-envoy-overloaded", "true")]), ""),
+                NOW
+            ),
+            Err(DiscoveryError::Failed(IdpFailure::Local(
+                LocalCause::Overloaded
+            )))
+        );
+        assert!(IdpFailure::Local(LocalCause::Overloaded)
+            .describe()
+            .contains("not the IdP"));
     }
 
     fn introspect(cfg: &Config, body: &str) -> Outcome {
