@@ -9,6 +9,7 @@
 //! - [`upstream`]: what an allowed request carries upstream, and which client headers go;
 //! - [`cache`]: cache keys and the entry encoding in shared data;
 //! - [`local`]: each worker's copies of verdicts, by the exact `Authorization` bytes;
+//! - [`guard`]: the quota guard per Okta endpoint (when to pause calls);
 //! - [`metrics`]: the counters and histogram the filter exposes;
 //! - [`gate`]: the request state machine over a small [`gate::Host`] trait, with its parts:
 //!   the shared-slot protocol, discovery, the quota guard.
@@ -19,6 +20,7 @@ pub mod cache;
 pub mod config;
 pub mod credentials;
 pub mod gate;
+pub mod guard;
 pub mod local;
 pub mod metrics;
 pub mod okta;
