@@ -9,6 +9,7 @@
 //! - [`upstream`]: what an allowed request carries upstream, and which client headers go;
 //! - [`cache`]: cache keys and the entry encoding in shared data;
 //! - [`local`]: each worker's copies of verdicts, by the exact `Authorization` bytes;
+//! - [`budget`]: the IdP call budget per Okta endpoint, shared by all workers;
 //! - [`guard`]: the quota guard per Okta endpoint (when to pause calls);
 //! - [`metrics`]: the counters and histogram the filter exposes;
 //! - [`gate`]: the request state machine over a small [`gate::Host`] trait, with its parts:
@@ -16,6 +17,7 @@
 //!
 //! `filter` (wasm32 only) is the proxy-wasm glue that drives the gate.
 
+pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod credentials;
