@@ -11,6 +11,7 @@
 //! - [`local`]: each worker's copies of verdicts, by the exact `Authorization` bytes;
 //! - [`budget`]: the IdP call budget per Okta endpoint, shared by all workers;
 //! - [`guard`]: the quota guard per Okta endpoint (when to pause calls);
+//! - [`throttle`]: the per-client-id failure throttle for Basic credentials;
 //! - [`metrics`]: the counters and histogram the filter exposes;
 //! - [`gate`]: the request state machine over a small [`gate::Host`] trait, with its parts:
 //!   the shared-slot protocol, discovery, the quota guard.
@@ -26,6 +27,7 @@ pub mod guard;
 pub mod local;
 pub mod metrics;
 pub mod okta;
+pub mod throttle;
 pub mod upstream;
 pub mod url;
 pub mod verdict;
