@@ -1,7 +1,38 @@
-//! The verdict cache's shape in proxy-wasm shared data: which key a credential maps to, and
-//! the bytes of an entry. Shared data never evicts, so the table is fixed: `cache_slots` slots
-//! per configuration, each holding at most one entry, the newer colliding entry replacing the
-//! older. An entry carries the full key hash, so a slot collision is a miss, never a wrong hit.
+//! The verdict cache's shape in proxy-wasm shared data: which key a credential maps to, where
+//! its entry may live, and the bytes of an entry. Shared data never evicts, so the table is
+//! fixed. An entry carries the full key hash, so a collision is a miss, never a wrong hit.
+//!
+//! Two layouts live here while the gate moves from one to the other:
+//! - today's, direct-mapped: `cache_slots` slots per configuration ([`CacheKey::slot`],
+//!   [`Names::new`]), each holding one entry; whatever comes next for the slot replaces it;
+//! - the set-associative one: `cache_slots / WAYS` sets ([`set_of`], [`sets_for`]), one
+//!   shared-data key per set holding [`WAYS`] entries ([`CacheSet`]), and an eviction order
+//!   ([`choose_way`]) under which a positive verdict inside its lifetime plus
+//!   `stale_if_error` is never replaced by a lease, a negative verdict or an unknown
+//!   credential, so a flood of bogus credentials cannot take it away. Its names
+//!   ([`Names::stable`]) carry no configuration digest: a new configuration version overwrites
+//!   the old version's table instead of growing a new one beside it.
+//!
+//! Why the direct-mapped table lost valid verdicts to even a small flood (issue 11, finding 3):
+//! - a bogus credential whose key maps to a valid client's slot writes its lease there as
+//!   `CacheEntry::empty(bogus)`: the lease path keeps an entry only when it is the same key's,
+//!   so the verdict is dropped before the bogus call is even answered (and stays dropped if that
+//!   call fails), then the bogus negative verdict takes the slot;
+//! - so each distinct bogus credential is one independent chance per valid client:
+//!   `1 - (1 - 1/slots)^n` is 13.6% for 2,400 bogus credentials and 16,384 slots, 95% for 48,000
+//!   (3 of 50 clients left, as measured); a run that checks k clients loses at least one with
+//!   `1 - 0.864^k`: 52% for five. Driving the gate itself with a fake host gives the same
+//!   figures, so within one table nothing else evicts;
+//! - nothing shows or repairs the loss while the IdP works: each worker serves the client from
+//!   its per-worker copy ([`crate::local`]), which keeps the shared entry's expiry and never
+//!   reads the slot again before then; and when that copy was cleared with the rest of the full
+//!   per-worker cache (before `local` kept negative copies apart), the client's next request
+//!   found the slot taken and had to call the IdP, which a flood against a rate-limited IdP
+//!   has pushed into 429s and the quota guard's pause;
+//! - every shared-data name carries the configuration digest, so any configuration change (a
+//!   reload, an xDS push) moves all workers to a new, empty table: every stale verdict of the
+//!   old one is out of reach at once (and its memory is never freed). A run that changes the
+//!   configuration between filling the cache and the outage loses all of them.
 
 use sha2::{Digest, Sha256};
 
@@ -47,37 +78,128 @@ impl CacheKey {
     }
 }
 
-/// Names of the shared-data keys of one configuration: `okta-dcr-auth/<ns>/<slot>` plus a
-/// constant few (`/discovery`, ...). `ns` is a prefix of the configuration digest.
+/// Names of the filter's shared-data keys.
+///
+/// [`Names::new`] is today's layout: everything under a prefix of the configuration digest,
+/// `okta-dcr-auth/<digest>/<slot>` plus a constant few (`/discovery`, `/slots`, `/guard/<ep>`), so
+/// each configuration version creates a full table of its own and never frees the old one.
+///
+/// [`Names::stable`] is the layout that does not grow with configuration versions:
+/// - the cache table is the gateway's, not a version's: `okta-dcr-auth/set/<n>` and its
+///   readiness marker `okta-dcr-auth/sets` (see [`sets_to_create`]). Cache keys already hash
+///   the configuration digest, so versions never answer for each other; a new version's entries
+///   take the old version's places under the eviction order, and the old entries age out;
+/// - what belongs to an issuer is named by a hash of it: `okta-dcr-auth/i/<issuer>/discovery`;
+/// - what belongs to an Okta org (its rate limits) by a hash of the issuer's origin:
+///   `okta-dcr-auth/o/<origin>/guard/<endpoint>` and `.../budget/<endpoint>`;
+/// - the failure throttle is the gateway's: `okta-dcr-auth/throttle/<n>`.
+///
+/// The number of keys is then bounded by the largest `cache_slots` ever configured, plus a few
+/// per distinct issuer, whatever the number of versions.
 #[derive(Debug, Clone)]
 pub struct Names {
-    prefix: String,
+    /// Prefix of the cache's keys (slots or sets).
+    table: String,
+    /// Prefix of the per-configuration (legacy) or per-issuer names.
+    issuer: String,
+    /// Prefix of the per-org names (guard, budget).
+    org: String,
+    stable: bool,
 }
 
+const NAMESPACE: &str = "okta-dcr-auth/";
+
 impl Names {
+    /// Today's layout: every name under a prefix of the configuration digest.
     pub fn new(config_digest: &[u8; 32]) -> Names {
+        let prefix = format!("{NAMESPACE}{}/", hex(&config_digest[..8]));
         Names {
-            prefix: format!("okta-dcr-auth/{}/", hex(&config_digest[..8])),
+            table: prefix.clone(),
+            issuer: prefix.clone(),
+            org: prefix,
+            stable: false,
         }
     }
 
+    /// The layout that does not grow with configuration versions (see the type's doc).
+    /// `issuer` as configured (`https://dev-123.okta.com/oauth2/default`).
+    pub fn stable(issuer: &str) -> Names {
+        let issuer = issuer.trim_end_matches('/');
+        Names {
+            table: format!("{NAMESPACE}set/"),
+            issuer: format!("{NAMESPACE}i/{}/", short_hash(issuer)),
+            org: format!("{NAMESPACE}o/{}/", short_hash(origin_of(issuer))),
+            stable: true,
+        }
+    }
+
+    /// A cache slot (direct-mapped) or, with [`Names::stable`], a cache set.
     pub fn slot(&self, slot: u32) -> String {
-        format!("{}{slot}", self.prefix)
+        format!("{}{slot}", self.table)
+    }
+
+    /// The cache set `set` ([`Names::stable`]'s table).
+    pub fn set(&self, set: u32) -> String {
+        self.slot(set)
     }
 
     pub fn discovery(&self) -> String {
-        format!("{}discovery", self.prefix)
+        format!("{}discovery", self.issuer)
     }
 
-    /// Present once every slot exists, so that later workers skip creating them.
+    /// Present once every slot exists, so that later workers skip creating them. With
+    /// [`Names::stable`]: `okta-dcr-auth/sets`, holding how many sets exist ([`sets_to_create`]).
     pub fn slots_ready(&self) -> String {
-        format!("{}slots", self.prefix)
+        if self.stable {
+            format!("{NAMESPACE}sets")
+        } else {
+            format!("{}slots", self.issuer)
+        }
     }
 
     /// Until when (ms since epoch) no worker calls this IdP endpoint: its quota guard.
     pub fn guard(&self, endpoint: crate::metrics::IdpEndpoint) -> String {
-        format!("{}guard/{}", self.prefix, endpoint.name())
+        format!("{}guard/{}", self.org, endpoint.name())
     }
+
+    /// The call budget of one IdP endpoint (`budget::Budget::encode`).
+    pub fn budget(&self, endpoint: crate::metrics::IdpEndpoint) -> String {
+        format!("{}budget/{}", self.org, endpoint.name())
+    }
+
+    /// A failure-throttle slot (`throttle::FailureRecord::encode`).
+    pub fn throttle(&self, slot: u32) -> String {
+        format!("{NAMESPACE}throttle/{slot}")
+    }
+}
+
+/// `scheme://host[:port]` of a URL (the whole string when it has no path).
+fn origin_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(i) => &url[..after_scheme + i],
+        None => url,
+    }
+}
+
+fn short_hash(s: &str) -> String {
+    hex(&Sha256::digest(s.as_bytes())[..8])
+}
+
+/// The sets a worker must create at start so that compare-and-swap guards each of them: those
+/// from the count the readiness marker holds (`marker`, `None` when it does not exist) up to
+/// `wanted`. A configuration with more sets than any before creates only the missing ones;
+/// after creating them the worker writes [`sets_marker`]`(wanted)` if it is larger.
+pub fn sets_to_create(marker: Option<&[u8]>, wanted: u32) -> std::ops::Range<u32> {
+    let created = marker
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_le_bytes);
+    created.min(wanted)..wanted
+}
+
+/// The readiness marker's value for `sets` created sets.
+pub fn sets_marker(sets: u32) -> [u8; 4] {
+    sets.to_le_bytes()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -254,6 +376,209 @@ impl CacheEntry {
     }
 }
 
+// ---- set-associative placement ----
+
+/// Entries per set.
+pub const WAYS: usize = 4;
+
+/// How many sets a table of `cache_slots` entries has: the entry count stays within
+/// `cache_slots` (rounded down to whole sets, at least one set).
+pub fn sets_for(cache_slots: u32) -> u32 {
+    (cache_slots / WAYS as u32).max(1)
+}
+
+/// The set a key lives in, among `sets`.
+pub fn set_of(key: &CacheKey, sets: u32) -> u32 {
+    key.slot(sets)
+}
+
+/// What is about to be written for a key, as far as placement cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incoming {
+    /// A lease (and perhaps a failure mark) for a credential with no verdict here.
+    Lease,
+    /// A definite "no".
+    Negative,
+    /// A positive verdict.
+    Positive,
+}
+
+/// Where a key's entry goes in its set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// The key already has this way: update it in place.
+    Hit(usize),
+    /// Put it in this way, replacing what is there.
+    Replace(usize),
+    /// Nowhere: every way holds a live positive verdict, which a lease or a negative verdict
+    /// may not replace. The request goes on without a shared entry: a lease is kept by this
+    /// worker only (other workers may make their own call, which the budget bounds), a negative
+    /// verdict only in this worker's copies ([`crate::local`]).
+    NotCached,
+}
+
+/// Why a way may be taken, lowest first: the eviction order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Claim {
+    Empty,
+    /// No usable verdict and no live lease: a negative past its TTL, a positive past its TTL
+    /// plus `stale_if_error`, a verdict dated after now (the clock went back), a dead lease.
+    Expired,
+    Negative,
+    /// A live lease for a credential with no verdict here.
+    Lease,
+    /// A positive verdict inside its lifetime plus `stale_if_error`.
+    Positive,
+}
+
+/// A way's claim to stay, and when that claim ends (the earlier ending goes first).
+fn claim(way: Option<&CacheEntry>, now_ms: u64, stale_if_error_ms: u64) -> (Claim, u64) {
+    let Some(e) = way else {
+        return (Claim::Empty, 0);
+    };
+    let trusted = decided_in_the_past(e.decided_at_ms, now_ms);
+    match &e.verdict {
+        Some(Cached::Allow(_)) if trusted => {
+            let ends = e.expires_at_ms.saturating_add(stale_if_error_ms);
+            if now_ms < ends {
+                return (Claim::Positive, ends);
+            }
+        }
+        Some(Cached::Deny(_)) if trusted && now_ms < e.expires_at_ms => {
+            return (Claim::Negative, e.expires_at_ms);
+        }
+        _ => {}
+    }
+    if e.lease_until_ms > now_ms {
+        (Claim::Lease, e.lease_until_ms)
+    } else {
+        (Claim::Expired, 0)
+    }
+}
+
+/// Where `key`'s entry goes among its set's `ways`, for what is `incoming`. The order: the
+/// key's own way; an empty way; one expired beyond `stale_if_error`; a negative verdict; a
+/// lease for an unknown credential; and only then a positive verdict, and only for an incoming
+/// positive verdict when every way holds one: the one whose lifetime plus `stale_if_error`
+/// ends first goes (the set is too small for the clients that are really there; the loser's
+/// workers still hold their copies ([`crate::local`]) until it expires). A lease or a negative
+/// verdict never replaces a live positive verdict: then it is [`Choice::NotCached`]. Within a
+/// class, the entry whose claim ends first goes, then the lowest way.
+pub fn choose_way(
+    ways: &[Option<CacheEntry>],
+    key: &CacheKey,
+    incoming: Incoming,
+    now_ms: u64,
+    stale_if_error_ms: u64,
+) -> Choice {
+    if let Some(i) = ways
+        .iter()
+        .position(|w| w.as_ref().is_some_and(|e| e.key == *key))
+    {
+        return Choice::Hit(i);
+    }
+    let victim = ways
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (claim(w.as_ref(), now_ms, stale_if_error_ms), i))
+        .min();
+    match victim {
+        None => Choice::NotCached,
+        Some(((Claim::Positive, _), _)) if incoming != Incoming::Positive => Choice::NotCached,
+        Some((_, i)) => Choice::Replace(i),
+    }
+}
+
+/// One set's ways as kept under one shared-data key: read, choose, write back with
+/// compare-and-swap, so a set changes as a whole and a key is never in two ways.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSet {
+    pub ways: Vec<Option<CacheEntry>>,
+}
+
+impl Default for CacheSet {
+    fn default() -> CacheSet {
+        CacheSet {
+            ways: vec![None; WAYS],
+        }
+    }
+}
+
+impl CacheSet {
+    const MAGIC: &'static [u8; 4] = b"ODS\x01";
+
+    /// Magic, then per way a `u32` length (0: empty) and the entry's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + WAYS * 128);
+        out.extend_from_slice(Self::MAGIC);
+        for way in self.ways.iter().take(WAYS) {
+            let bytes = way.as_ref().map(CacheEntry::encode).unwrap_or_default();
+            // An entry is bounded far below 4 GiB (see `put_str`).
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(&bytes);
+        }
+        for _ in self.ways.len()..WAYS {
+            out.extend_from_slice(&0u32.to_le_bytes());
+        }
+        out
+    }
+
+    /// Anything unreadable (the empty marker a new set holds, a foreign or truncated value) is
+    /// an empty set: a bad set costs the verdicts it held, never a wrong one.
+    pub fn decode(bytes: &[u8]) -> CacheSet {
+        Self::ways_of(bytes)
+            .and_then(|ways| {
+                ways.into_iter()
+                    .map(|b| b.map_or(Some(None), |b| CacheEntry::decode(b).map(Some)))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .map_or_else(CacheSet::default, |ways| CacheSet { ways })
+    }
+
+    /// `key`'s entry in an encoded set, decoding only that one: the hot path's read.
+    pub fn lookup(bytes: &[u8], key: &CacheKey) -> Option<CacheEntry> {
+        Self::ways_of(bytes)?
+            .into_iter()
+            .flatten()
+            .find(|b| b.get(4..36) == Some(&key.0[..]))
+            .and_then(CacheEntry::decode)
+    }
+
+    /// Puts `entry` where [`choose_way`] says; false when it is not cached.
+    pub fn place(
+        &mut self,
+        entry: CacheEntry,
+        incoming: Incoming,
+        now_ms: u64,
+        stale_if_error_ms: u64,
+    ) -> bool {
+        self.ways.resize(WAYS, None);
+        match choose_way(&self.ways, &entry.key, incoming, now_ms, stale_if_error_ms) {
+            Choice::Hit(i) | Choice::Replace(i) => {
+                self.ways[i] = Some(entry);
+                true
+            }
+            Choice::NotCached => false,
+        }
+    }
+
+    /// The encoded ways' bytes (`None`: empty way), or `None` when the value is not a set.
+    fn ways_of(bytes: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+        let mut r = Reader(bytes);
+        if r.take(4)? != Self::MAGIC {
+            return None;
+        }
+        let mut ways = Vec::with_capacity(WAYS);
+        for _ in 0..WAYS {
+            let mut len = [0u8; 4];
+            len.copy_from_slice(r.take(4)?);
+            let len = u32::from_le_bytes(len) as usize;
+            ways.push(if len == 0 { None } else { Some(r.take(len)?) });
+        }
+        r.0.is_empty().then_some(ways)
+    }
+}
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
     // Every string stored is bounded far below 4 GiB (credentials are at most 8 KiB, and
     // IdP answers are read from bounded bodies).
@@ -401,5 +726,304 @@ mod tests {
             ..allow_entry()
         };
         assert_eq!(deny.freshness(&key, 301_000, 10_000), Freshness::Absent);
+    }
+
+    // ---- set-associative placement ----
+
+    const NOW: u64 = 1_700_000_000_000;
+    const STALE: u64 = 60_000;
+
+    fn key(n: u32) -> CacheKey {
+        let mut k = [0u8; 32];
+        k[..4].copy_from_slice(&n.to_le_bytes());
+        k[31] = 0xaa;
+        CacheKey(k)
+    }
+
+    fn grant() -> Cached {
+        Cached::Allow(Grant {
+            identity: "0oa-app".into(),
+            scope: "api:read".into(),
+            access_token: Some("eyJ.token".into()),
+        })
+    }
+
+    fn verdict(n: u32, verdict: Cached, expires_at_ms: u64) -> Option<CacheEntry> {
+        Some(CacheEntry {
+            decided_at_ms: NOW - 1_000,
+            expires_at_ms,
+            verdict: Some(verdict),
+            ..CacheEntry::empty(key(n))
+        })
+    }
+
+    fn positive(n: u32, expires_at_ms: u64) -> Option<CacheEntry> {
+        verdict(n, grant(), expires_at_ms)
+    }
+
+    fn negative(n: u32, expires_at_ms: u64) -> Option<CacheEntry> {
+        verdict(n, Cached::Deny(Denial::InvalidClient), expires_at_ms)
+    }
+
+    fn lease(n: u32, lease_until_ms: u64) -> Option<CacheEntry> {
+        Some(CacheEntry {
+            lease_until_ms,
+            ..CacheEntry::empty(key(n))
+        })
+    }
+
+    fn choose(ways: &[Option<CacheEntry>], incoming: Incoming) -> Choice {
+        choose_way(ways, &key(99), incoming, NOW, STALE)
+    }
+
+    #[test]
+    fn eviction_order_own_empty_expired_negative_lease_then_positive() {
+        let live_pos = positive(1, NOW + 5_000);
+        let stale_pos = positive(2, NOW - 5_000); // expired, inside stale_if_error
+        let dead_pos = positive(3, NOW - STALE - 1);
+        let live_neg = negative(4, NOW + 5_000);
+        let dead_neg = negative(5, NOW - 1);
+        let live_lease = lease(6, NOW + 3_000);
+        let dead_lease = lease(7, NOW - 1);
+        for incoming in [Incoming::Lease, Incoming::Negative, Incoming::Positive] {
+            let mut own = vec![live_pos.clone(), live_neg.clone(), None, None];
+            own[3] = lease(99, NOW + 1);
+            assert_eq!(choose(&own, incoming), Choice::Hit(3));
+            let ways = [live_pos.clone(), live_neg.clone(), None, live_lease.clone()];
+            assert_eq!(choose(&ways, incoming), Choice::Replace(2));
+            for expired in [&dead_pos, &dead_neg, &dead_lease] {
+                let ways = [
+                    live_pos.clone(),
+                    live_lease.clone(),
+                    expired.clone(),
+                    live_neg.clone(),
+                ];
+                assert_eq!(choose(&ways, incoming), Choice::Replace(2), "{expired:?}");
+            }
+            let ways = [
+                stale_pos.clone(),
+                live_lease.clone(),
+                live_neg.clone(),
+                live_pos.clone(),
+            ];
+            assert_eq!(choose(&ways, incoming), Choice::Replace(2));
+            let ways = [
+                stale_pos.clone(),
+                live_pos.clone(),
+                live_lease.clone(),
+                positive(8, NOW + 1),
+            ];
+            assert_eq!(choose(&ways, incoming), Choice::Replace(2));
+        }
+    }
+
+    #[test]
+    fn a_set_of_live_positive_verdicts_only_gives_way_to_a_positive_one() {
+        let ways = [
+            positive(1, NOW + 5_000),
+            positive(2, NOW - 30_000), // stale, ends first
+            positive(3, NOW + 1_000),
+            positive(4, NOW + 9_000),
+        ];
+        assert_eq!(choose(&ways, Incoming::Lease), Choice::NotCached);
+        assert_eq!(choose(&ways, Incoming::Negative), Choice::NotCached);
+        assert_eq!(choose(&ways, Incoming::Positive), Choice::Replace(1));
+        assert_eq!(
+            choose_way(&ways, &key(3), Incoming::Lease, NOW, STALE),
+            Choice::Hit(2)
+        );
+        // once stale_if_error is over, it is just expired
+        let later = NOW + 40_000;
+        assert_eq!(
+            choose_way(&ways, &key(99), Incoming::Lease, later, STALE),
+            Choice::Replace(1)
+        );
+        assert_eq!(choose(&[], Incoming::Positive), Choice::NotCached);
+    }
+
+    #[test]
+    fn within_a_class_the_claim_that_ends_first_goes() {
+        let ways = [
+            negative(1, NOW + 9_000),
+            negative(2, NOW + 1_000),
+            negative(3, NOW + 1_000),
+            negative(4, NOW + 5_000),
+        ];
+        assert_eq!(choose(&ways, Incoming::Lease), Choice::Replace(1));
+        let ways = [
+            lease(1, NOW + 9_000),
+            lease(2, NOW + 1_000),
+            positive(3, NOW),
+            lease(4, NOW + 500),
+        ];
+        assert_eq!(choose(&ways, Incoming::Negative), Choice::Replace(3));
+    }
+
+    #[test]
+    fn a_verdict_dated_after_now_is_not_trusted_to_stay() {
+        let future = Some(CacheEntry {
+            decided_at_ms: NOW + 3_600_000,
+            ..positive(1, NOW + 3_900_000).unwrap_or_else(|| CacheEntry::empty(key(1)))
+        });
+        let ways = [
+            positive(2, NOW + 1),
+            future,
+            negative(3, NOW + 1),
+            lease(4, NOW + 1),
+        ];
+        assert_eq!(choose(&ways, Incoming::Lease), Choice::Replace(1));
+    }
+
+    /// The promise of issue 11: after a flood of ten times the table's size in distinct bogus
+    /// credentials, every valid client inside its lifetime plus stale_if_error is still there.
+    #[test]
+    fn a_flood_of_bogus_credentials_never_evicts_a_live_positive_verdict() {
+        let cache_slots = 4_096;
+        let sets = sets_for(cache_slots);
+        let mut table = vec![CacheSet::default(); sets as usize];
+        let digest = [5u8; 32];
+        let valid: Vec<CacheKey> = (0..50)
+            .map(|i| CacheKey::new(&digest, &basic(&format!("0oa-app-{i}"), "s3cret")))
+            .collect();
+        let mut now = NOW;
+        for k in &valid {
+            let entry = CacheEntry {
+                key: *k,
+                decided_at_ms: now,
+                expires_at_ms: now + 8_000,
+                verdict: Some(grant()),
+                lease_until_ms: 0,
+                failed_at_ms: 0,
+            };
+            let set = &mut table[set_of(k, sets) as usize];
+            assert!(set.place(entry, Incoming::Positive, now, STALE));
+        }
+        for i in 0..10 * cache_slots {
+            now += 1;
+            let k = CacheKey::new(&digest, &basic("bogus", &format!("guess-{i}")));
+            let set = &mut table[set_of(&k, sets) as usize];
+            // through shared data, as the gate would: decode, place, encode
+            let mut decoded = CacheSet::decode(&set.encode());
+            let leased = CacheEntry {
+                lease_until_ms: now + 4_000,
+                ..CacheEntry::empty(k)
+            };
+            decoded.place(leased, Incoming::Lease, now, STALE);
+            let denied = CacheEntry {
+                decided_at_ms: now,
+                expires_at_ms: now + 30_000,
+                verdict: Some(Cached::Deny(Denial::InvalidClient)),
+                ..CacheEntry::empty(k)
+            };
+            decoded.place(denied, Incoming::Negative, now, STALE);
+            *set = decoded;
+        }
+        // The flood took 41 s: every verdict has expired, and is inside stale_if_error.
+        for k in &valid {
+            let bytes = table[set_of(k, sets) as usize].encode();
+            let entry = CacheSet::lookup(&bytes, k).unwrap_or_else(|| CacheEntry::empty(*k));
+            assert!(
+                matches!(entry.freshness(k, now, STALE), Freshness::Stale(_)),
+                "{k:?} lost"
+            );
+        }
+    }
+
+    #[test]
+    fn sets_round_trip_and_anything_unreadable_is_an_empty_set() {
+        let set = CacheSet {
+            ways: vec![positive(1, NOW), None, negative(2, NOW), lease(3, NOW)],
+        };
+        let bytes = set.encode();
+        assert_eq!(CacheSet::decode(&bytes), set);
+        assert_eq!(CacheSet::lookup(&bytes, &key(2)), negative(2, NOW));
+        assert_eq!(CacheSet::lookup(&bytes, &key(3)), lease(3, NOW));
+        assert_eq!(CacheSet::lookup(&bytes, &key(4)), None);
+        for n in 0..bytes.len() {
+            assert_eq!(CacheSet::decode(&bytes[..n]), CacheSet::default(), "{n}");
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert_eq!(CacheSet::decode(&trailing), CacheSet::default());
+        assert_eq!(CacheSet::lookup(&trailing, &key(2)), None);
+        // today's empty-slot marker, and a direct-mapped entry, are empty sets
+        assert_eq!(CacheSet::decode(b"\0"), CacheSet::default());
+        assert_eq!(
+            CacheSet::decode(&allow_entry().encode()),
+            CacheSet::default()
+        );
+        // a way that does not decode spoils the set, never a lookup of another key's way
+        let mut bad = CacheSet::default();
+        bad.ways[0] = positive(1, NOW);
+        let mut bytes = bad.encode();
+        // way 0's entry ends 3 empty ways (12 bytes) before the end; its access token's flag
+        // is 14 bytes before the entry's end (flag, length, "eyJ.token")
+        let flag = bytes.len() - 12 - 14;
+        assert_eq!(bytes[flag], 1);
+        bytes[flag] = 7;
+        assert_eq!(CacheSet::decode(&bytes), CacheSet::default());
+        assert_eq!(CacheSet::lookup(&bytes, &key(1)), None);
+        assert_eq!(CacheSet::default().encode().len(), 4 + 4 * WAYS);
+    }
+
+    #[test]
+    fn sets_keep_the_entry_count_within_cache_slots() {
+        assert_eq!(sets_for(16_384), 4_096);
+        assert_eq!(sets_for(10), 2);
+        assert_eq!(sets_for(1), 1);
+        assert_eq!(sets_for(0), 1);
+        let k = key(12_345);
+        assert!(set_of(&k, 4_096) < 4_096);
+        assert_eq!(set_of(&k, 4_096), k.slot(4_096));
+    }
+
+    #[test]
+    fn stable_names_do_not_carry_the_configuration_and_stay_bounded() {
+        let issuer = "https://dev-1.okta.com/oauth2/default";
+        let v1 = Names::stable(issuer);
+        let v2 = Names::stable(&format!("{issuer}/"));
+        assert_eq!(v1.set(7), "okta-dcr-auth/set/7");
+        assert_eq!(v1.set(7), v2.set(7));
+        assert_eq!(v1.slots_ready(), "okta-dcr-auth/sets");
+        assert_eq!(v1.discovery(), v2.discovery());
+        assert_eq!(v1.throttle(3), "okta-dcr-auth/throttle/3");
+        let ep = crate::metrics::IdpEndpoint::Token;
+        assert!(v1.guard(ep).ends_with("/guard/token"));
+        assert!(v1.budget(ep).ends_with("/budget/token"));
+        // another authorization server of the same org: its own discovery, the org's limits
+        let other = Names::stable("https://dev-1.okta.com/oauth2/aus123");
+        assert_ne!(other.discovery(), v1.discovery());
+        assert_eq!(other.budget(ep), v1.budget(ep));
+        assert_eq!(other.guard(ep), v1.guard(ep));
+        let elsewhere = Names::stable("https://dev-2.okta.com/oauth2/default");
+        assert_ne!(elsewhere.budget(ep), v1.budget(ep));
+        assert_ne!(
+            v1.guard(ep),
+            v1.guard(crate::metrics::IdpEndpoint::Introspection)
+        );
+        // today's layout is unchanged
+        let legacy = Names::new(&[0xab; 32]);
+        assert_eq!(legacy.slot(5), "okta-dcr-auth/abababababababab/5");
+        assert_eq!(
+            legacy.guard(ep),
+            "okta-dcr-auth/abababababababab/guard/token"
+        );
+        assert_eq!(legacy.slots_ready(), "okta-dcr-auth/abababababababab/slots");
+        assert_eq!(
+            legacy.discovery(),
+            "okta-dcr-auth/abababababababab/discovery"
+        );
+        assert_eq!(origin_of("http://127.0.0.1:9/x/y"), "http://127.0.0.1:9");
+        assert_eq!(origin_of("https://h"), "https://h");
+    }
+
+    #[test]
+    fn only_missing_sets_are_created() {
+        assert_eq!(sets_to_create(None, 4_096), 0..4_096);
+        let marker = sets_marker(1_024);
+        assert_eq!(sets_to_create(Some(&marker), 4_096), 1_024..4_096);
+        assert_eq!(sets_to_create(Some(&marker), 512), 512..512);
+        assert!(sets_to_create(Some(&marker), 512).is_empty());
+        assert_eq!(sets_to_create(Some(b"1"), 8), 0..8);
     }
 }
