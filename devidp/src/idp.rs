@@ -14,10 +14,12 @@ use serde_json::{json, Map, Value};
 use crate::serve::{self, ResetConnection, Resp, ServerThread};
 
 mod admin;
+mod ratelimit;
 use crate::util::{
     self, client_auth, is_form, json_response, method_not_allowed, no_store, not_found,
     oauth_error, okta_error, param, parse_form, response, ClientAuth,
 };
+pub use ratelimit::RateLimit;
 
 /// The path of the authorization server; the issuer is `http://HOST:PORT` followed by it.
 pub const AUTH_SERVER_PATH: &str = "/oauth2/default";
@@ -222,6 +224,7 @@ struct State {
     token_requests: VecDeque<TokenRequestRecord>,
     tokens: HashMap<String, IssuedToken>,
     introspections: HashMap<String, u64>,
+    limits: ratelimit::Limits,
 }
 
 struct Shared {
@@ -491,9 +494,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Res
         Route::Revoke | Route::Admin | Route::NotFound => None,
     };
     let mut fault = None;
+    let mut limit = None;
     if let Some(ep) = endpoint {
         let mut state = shared.lock();
         state.calls[ep.index()] += 1;
+        limit = state.limits.check(ep, util::now());
         match ep {
             Endpoint::Token => {
                 let record = token_record(&req);
@@ -515,6 +520,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Res
         }
         fault = state.faults.get(&ep).cloned();
     }
+    if let Some(resp) = ratelimit::refusal(limit.as_ref()) {
+        return Ok(resp);
+    }
     if let (Some(ep), Some(fault)) = (endpoint, fault) {
         if !fault.delay.is_zero() {
             tokio::time::sleep(fault.delay).await;
@@ -535,6 +543,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Res
         Route::NotFound => not_found(&req.path),
     };
     util::set_header(&mut resp, "x-okta-request-id", &util::random_id(27));
+    ratelimit::annotate(&mut resp, limit.as_ref());
     Ok(resp)
 }
 

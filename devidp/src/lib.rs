@@ -9,7 +9,8 @@
 //! `/v1/token` (client credentials, `client_secret_basic` per RFC 6749 2.3.1), `/v1/introspect`
 //! (RFC 7662), `/v1/revoke`, `/v1/keys`, plus an admin API under `/_dev/` (see the `admin`
 //! module docs) for out-of-process use. Faults (delay, status, garbage, HTML, empty, 429, custom,
-//! connection reset) can be set per endpoint. It never logs, so it never logs a secret or token.
+//! connection reset) can be set per endpoint, and so can Okta-like rate limits (`X-Rate-Limit-*`
+//! headers, 429 `E0000047` beyond the limit). It never logs, so it never logs a secret or token.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -20,8 +21,8 @@ mod util;
 
 pub use echo::{EchoHandle, EchoRequest, MAX_ECHO_RECORDS};
 pub use idp::{
-    Client, Endpoint, Fault, FaultAnswer, IdpHandle, IdpOptions, TokenRequestRecord, TokenSpec,
-    AUTH_SERVER_PATH, MAX_TOKEN_REQUEST_RECORDS,
+    Client, Endpoint, Fault, FaultAnswer, IdpHandle, IdpOptions, RateLimit, TokenRequestRecord,
+    TokenSpec, AUTH_SERVER_PATH, MAX_TOKEN_REQUEST_RECORDS,
 };
 
 /// The demo client `--demo` seeds (a DCR app of the Konnect Dev Portal).

@@ -12,6 +12,7 @@
 //! | `POST /_dev/tokens` | a [`TokenSpec`](super::TokenSpec) as JSON, see [`TokenSpecDto`] | 200 `{"access_token","token_type","expires_in"}` |
 //! | `POST /_dev/revoke` | `{"token"}` | 204 |
 //! | `POST /_dev/reset` | | 204 (counters, as `IdpHandle::reset_counters`) |
+//! | `GET`, `POST`, `DELETE /_dev/rate_limit` | see the `ratelimit` module | |
 
 use std::time::Duration;
 
@@ -221,6 +222,7 @@ pub(super) fn handle(shared: &Shared, req: &Req) -> Resp {
             no_content()
         }
         ("/_dev/reset", _) => method_not_allowed("POST"),
+        ("/_dev/rate_limit", _) => super::ratelimit::admin(shared, req),
         _ => not_found(path),
     }
 }
