@@ -719,109 +719,59 @@ mod tests {
         assert_eq!(until(&h("retry-after", "soon")), None);
     }
 
+    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// How the token endpoint's answer with this status, headers and body fails.
+    fn token_failure(status: u16, pairs: &[(&str, &str)], body: &str) -> Outcome {
+        read_token_answer(&client(), answer(Some(status), &headers(pairs), body), NOW)
+    }
+
+    const OVERFLOW: &str =
+        "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+    const REFUSED: &str = "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: delayed connect error: 111";
+
+    fn local(cause: LocalCause) -> Outcome {
+        Outcome::Failed(IdpFailure::Local(cause))
+    }
+
     #[test]
-    fn answers_the_local_proxy_made_itself_are_not_okta_failures() {
-        let h = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        let overflow =
-            "upstream connect error or disconnect/reset before headers. reset reason: overflow";
-        let refused = "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: delayed connect error: 111";
-        let local = |cause| Outcome::Failed(IdpFailure::Local(cause));
-        let cases: Vec<(u16, Vec<(String, String)>, &str, Outcome)> = vec![
-            (
-                503,
-                h(&[("x-envoy-overloaded", "true")]),
-                overflow,
-                local(LocalCause::Overloaded),
-            ),
-            (
-                503,
-                h(&[("X-Envoy-Overloaded", "true")]),
-                "",
-                local(LocalCause::Overloaded),
-            ),
-            (503, h(&[]), overflow, local(LocalCause::Overloaded)),
-            (
-                503,
-                h(&[]),
-                "no healthy upstream",
-                local(LocalCause::NoHealthyUpstream),
-            ),
-            (
-                503,
-                h(&[]),
-                "no healthy upstream\n",
-                local(LocalCause::NoHealthyUpstream),
-            ),
-            (503, h(&[]), refused, local(LocalCause::ConnectFailure)),
-            // Okta (or anything in front of it that is not our proxy) answered: its failure.
-            (
-                503,
-                h(&[("x-okta-request-id", "abc"), ("x-envoy-overloaded", "true")]),
-                "",
-                Outcome::Failed(IdpFailure::ServerError(503)),
-            ),
-            (
-                503,
-                h(&[("x-okta-request-id", "abc")]),
-                "no healthy upstream",
-                Outcome::Failed(IdpFailure::ServerError(503)),
-            ),
-            (
-                503,
-                h(&[]),
-                r#"{"errorCode":"E0000009"}"#,
-                Outcome::Failed(IdpFailure::ServerError(503)),
-            ),
-            (
-                502,
-                h(&[]),
-                "no healthy upstream",
-                Outcome::Failed(IdpFailure::ServerError(502)),
-            ),
-            // Envoy's own timeout cannot be told from a slow Okta: it stays a 504.
-            (
-                504,
-                h(&[]),
-                "upstream request timeout",
-                Outcome::Failed(IdpFailure::ServerError(504)),
-            ),
-            (
-                429,
-                h(&[("x-rate-limit-reset", &(NOW + 5).to_string())]),
-                "{}",
-                Outcome::Failed(IdpFailure::RateLimited {
-                    until_s: Some(NOW + 5),
-                }),
-            ),
-        ];
-        for (status, headers, body, expected) in cases {
+    fn answers_the_local_proxy_made_itself_are_local_failures() {
+        let overloaded = [("x-envoy-overloaded", "true")];
+        assert_eq!(
+            token_failure(503, &overloaded, OVERFLOW),
+            local(LocalCause::Overloaded)
+        );
+        assert_eq!(
+            token_failure(503, &[("X-Envoy-Overloaded", "true")], ""),
+            local(LocalCause::Overloaded)
+        );
+        assert_eq!(
+            token_failure(503, &[], OVERFLOW),
+            local(LocalCause::Overloaded)
+        );
+        for body in ["no healthy upstream", "no healthy upstream\n"] {
             assert_eq!(
-                read_token_answer(&client(), answer(Some(status), &headers, body), NOW),
-                expected,
-                "{status} {headers:?} {body}"
+                token_failure(503, &[], body),
+                local(LocalCause::NoHealthyUpstream)
             );
         }
-        let long = format!("no healthy upstream{}", " ".repeat(MAX_LOCAL_REPLY_BODY));
         assert_eq!(
-            read_token_answer(&client(), answer(Some(503), &[], &long), NOW),
-            Outcome::Failed(IdpFailure::ServerError(503))
+            token_failure(503, &[], REFUSED),
+            local(LocalCause::ConnectFailure)
         );
+        // the same on the other endpoints
         let cfg = config("");
         assert_eq!(
             read_introspection(&cfg, answer(Some(503), &[], "no healthy upstream"), NOW),
             local(LocalCause::NoHealthyUpstream)
         );
         assert_eq!(
-            read_discovery(
-                &cfg,
-                answer(Some(503), &h(&[("x-envoy-overloaded", "true")]), ""),
-                NOW
-            ),
+            read_discovery(&cfg, answer(Some(503), &headers(&overloaded), ""), NOW),
             Err(DiscoveryError::Failed(IdpFailure::Local(
                 LocalCause::Overloaded
             )))
@@ -829,6 +779,40 @@ mod tests {
         assert!(IdpFailure::Local(LocalCause::Overloaded)
             .describe()
             .contains("not the IdP"));
+    }
+
+    #[test]
+    fn answers_okta_or_anything_beyond_the_proxy_sent_stay_okta_failures() {
+        let server_error = |s| Outcome::Failed(IdpFailure::ServerError(s));
+        // Okta's request id: Okta (or an Envoy at its edge) answered, whatever else it says
+        let okta = [("x-okta-request-id", "abc"), ("x-envoy-overloaded", "true")];
+        assert_eq!(token_failure(503, &okta, ""), server_error(503));
+        assert_eq!(
+            token_failure(503, &okta[..1], "no healthy upstream"),
+            server_error(503)
+        );
+        assert_eq!(
+            token_failure(503, &[], r#"{"errorCode":"E0000009"}"#),
+            server_error(503)
+        );
+        assert_eq!(
+            token_failure(502, &[], "no healthy upstream"),
+            server_error(502)
+        );
+        let long = format!("no healthy upstream{}", " ".repeat(MAX_LOCAL_REPLY_BODY));
+        assert_eq!(token_failure(503, &[], &long), server_error(503));
+        // Envoy's own timeout cannot be told from a slow Okta: it stays a 504
+        assert_eq!(
+            token_failure(504, &[], "upstream request timeout"),
+            server_error(504)
+        );
+        let reset = (NOW + 5).to_string();
+        assert_eq!(
+            token_failure(429, &[("x-rate-limit-reset", &reset)], "{}"),
+            Outcome::Failed(IdpFailure::RateLimited {
+                until_s: Some(NOW + 5)
+            })
+        );
     }
 
     fn introspect(cfg: &Config, body: &str) -> Outcome {
