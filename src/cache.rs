@@ -281,6 +281,16 @@ impl CacheEntry {
         }
     }
 
+    /// Whether this entry says `key` once had a positive verdict (fresh, stale or long
+    /// expired): a call for it is a refresh (`budget::CallClass::Refresh`), which may use the
+    /// budget's reserved share. Only the IdP's "yes" ever writes one, so no unknown credential
+    /// can pass for a refresh. A verdict dated after now (the clock went back) does not count.
+    pub fn had_positive_verdict(&self, key: &CacheKey, now_ms: u64) -> bool {
+        self.key == *key
+            && matches!(self.verdict, Some(Cached::Allow(_)))
+            && decided_in_the_past(self.decided_at_ms, now_ms)
+    }
+
     /// Someone else is asking the IdP for this key right now.
     pub fn leased(&self, key: &CacheKey, now_ms: u64) -> bool {
         self.key == *key && self.lease_until_ms > now_ms
@@ -967,6 +977,20 @@ mod tests {
         assert_eq!(CacheSet::decode(&bytes), CacheSet::default());
         assert_eq!(CacheSet::lookup(&bytes, &key(1)), None);
         assert_eq!(CacheSet::default().encode().len(), 4 + 4 * WAYS);
+    }
+
+    #[test]
+    fn only_a_positive_verdict_of_the_same_key_makes_a_refresh() {
+        let live = positive(1, NOW + 5_000).unwrap_or_else(|| CacheEntry::empty(key(1)));
+        assert!(live.had_positive_verdict(&key(1), NOW));
+        assert!(!live.had_positive_verdict(&key(2), NOW));
+        // long expired still counts: the credential was good once
+        assert!(live.had_positive_verdict(&key(1), NOW + 86_400_000));
+        for other in [negative(1, NOW + 5_000), lease(1, NOW + 5_000)] {
+            let e = other.unwrap_or_else(|| CacheEntry::empty(key(1)));
+            assert!(!e.had_positive_verdict(&key(1), NOW));
+        }
+        assert!(!live.had_positive_verdict(&key(1), NOW - 3_600_000));
     }
 
     #[test]
