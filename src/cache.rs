@@ -84,8 +84,9 @@ impl CacheKey {
 /// Names of the filter's shared-data keys.
 ///
 /// [`Names::new`] is today's layout: everything under a prefix of the configuration digest,
-/// `okta-dcr-auth/<digest>/<slot>` plus a constant few (`/discovery`, `/slots`, `/guard/<ep>`), so
-/// each configuration version creates a full table of its own and never frees the old one.
+/// `okta-dcr-auth/<digest>/<slot>` plus a constant few (`/discovery`, `/slots`,
+/// `/guard/<endpoint>`), so each configuration version creates a full table of its own and
+/// never frees the old one.
 ///
 /// [`Names::stable`] is the layout that does not grow with configuration versions:
 /// - the cache table is the gateway's, not a version's: `okta-dcr-auth/set/<n>` and its

@@ -1,13 +1,20 @@
-//! The quota guard, one per Okta endpoint: when Okta says "too many requests", or keeps failing,
-//! every worker stops calling that endpoint for a while. This module owns the rules only: how a
-//! failed call moves a worker's count of failures in a row and the endpoint's shared "paused
-//! until" time. The caller keeps that time in one shared-data record per endpoint
-//! ([`encode`]/[`decode`], see `cache::Names::guard`) and raises it with compare-and-swap.
+//! The quota guard's rules, one guard per IdP endpoint (`metrics::IdpEndpoint`): when Okta
+//! says "too many requests", or keeps failing, every worker stops calling that endpoint for a
+//! while. This module owns the rules only: how a failed call moves a worker's count of failures
+//! in a row for the endpoint and the endpoint's shared "paused until" time. The caller keeps that
+//! time in one shared-data record per endpoint ([`encode`]/[`decode`], `cache::Names::guard`)
+//! and raises it with compare-and-swap.
 //!
-//! The rules are today's (`Gate::note_failure`), now per endpoint, plus one: an answer the local
-//! proxy made itself ([`IdpFailure::Local`]: circuit breaker overflow, no healthy host, failed
-//! connection) is not Okta's failure. It neither counts toward a pause nor resets the count.
+//! The rules are `gate::guard`'s (and before it `Gate::note_failure`'s), in one pure function
+//! that also keeps the count, plus:
+//! - one place, [`classify`], says which failures are Okta's trouble; an answer the local proxy
+//!   made itself ([`IdpFailure::Local`]: circuit breaker overflow, no healthy host, failed
+//!   connection) is not: it neither counts toward a pause nor resets the count;
+//! - a pause further ahead than any pause the guard sets ([`MAX_PAUSE_MS`]) was written before
+//!   the clock went back and is not trusted ([`is_paused`]), so a clock jump cannot switch an
+//!   endpoint off for longer than Okta asked.
 //!
+//! The rules:
 //! - a 429 pauses until Okta's `X-Rate-Limit-Reset` (or `Retry-After`), at least
 //!   [`RATE_LIMIT_MIN_PAUSE_MS`] from now; without a usable time, [`RATE_LIMIT_DEFAULT_PAUSE_MS`];
 //! - [`FAILURES_BEFORE_PAUSE`] server errors or silences in a row pause for
@@ -17,32 +24,6 @@
 //! - a pause is only ever raised, never shortened, by a failure.
 
 use crate::okta::IdpFailure;
-
-/// The Okta endpoints the filter calls, each with its own rate limit at Okta and so its own
-/// guard and budget. Discovery documents and the key set share one: the filter calls them
-/// rarely, and only together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Endpoint {
-    /// `/v1/token`: Basic credentials.
-    Token,
-    /// `/v1/introspect`: Bearer tokens in introspection mode.
-    Introspection,
-    /// Discovery (`/.well-known/...`) and the key set (`/v1/keys`).
-    Keys,
-}
-
-impl Endpoint {
-    pub const ALL: [Endpoint; 3] = [Endpoint::Token, Endpoint::Introspection, Endpoint::Keys];
-
-    /// Its part of shared-data names: `token`, `introspect`, `keys`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Endpoint::Token => "token",
-            Endpoint::Introspection => "introspect",
-            Endpoint::Keys => "keys",
-        }
-    }
-}
 
 /// After a 429 without a usable reset time, calls pause this long.
 pub const RATE_LIMIT_DEFAULT_PAUSE_MS: u64 = 2_000;
@@ -286,11 +267,5 @@ mod tests {
         assert_eq!(decode(b""), 0);
         assert_eq!(decode(b"\0"), 0);
         assert_eq!(decode(&[1; 9]), 0);
-    }
-
-    #[test]
-    fn endpoints_have_distinct_names() {
-        let names: std::collections::HashSet<_> = Endpoint::ALL.iter().map(|e| e.name()).collect();
-        assert_eq!(names.len(), Endpoint::ALL.len());
     }
 }
