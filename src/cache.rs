@@ -503,6 +503,16 @@ pub fn choose_way(
     }
 }
 
+/// Why a change to a set is not written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotWritten {
+    /// Nothing to do: the caller's `decide` said no, a newer verdict is there, or the key has no
+    /// entry to release.
+    Declined,
+    /// Every way holds a live positive verdict, which this may not replace.
+    NoRoom,
+}
+
 /// One set's ways as kept under one shared-data key: read, choose, write back with
 /// compare-and-swap, so a set changes as a whole and a key is never in two ways.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -574,6 +584,85 @@ impl CacheSet {
             }
             Choice::NotCached => false,
         }
+    }
+
+    /// `key`'s entry in a set as read from shared data (`None`: the key does not exist), or an
+    /// empty one for `key`: what the slot protocol's `read` returns.
+    pub fn entry_for(bytes: Option<&[u8]>, key: &CacheKey) -> CacheEntry {
+        bytes
+            .and_then(|b| Self::lookup(b, key))
+            .unwrap_or_else(|| CacheEntry::empty(*key))
+    }
+
+    /// The set to write back for a lease on `key` until `until_ms`, given what the set holds
+    /// (`bytes`) and `decide`, which sees `key`'s entry (an empty one if it has none) and says
+    /// whether to lease. The key's own way keeps its verdict; a newcomer takes a way under the
+    /// eviction order, and never one of a live positive verdict ([`NotWritten::NoRoom`]: go on
+    /// with no shared lease, this worker's only).
+    pub fn with_lease(
+        bytes: Option<&[u8]>,
+        key: &CacheKey,
+        until_ms: u64,
+        now_ms: u64,
+        stale_if_error_ms: u64,
+        decide: impl FnOnce(&CacheEntry) -> bool,
+    ) -> Result<Vec<u8>, NotWritten> {
+        let mut set = bytes.map(Self::decode).unwrap_or_default();
+        let mut leased = Self::entry_for(bytes, key);
+        if !decide(&leased) {
+            return Err(NotWritten::Declined);
+        }
+        leased.lease_until_ms = until_ms;
+        if set.place(leased, Incoming::Lease, now_ms, stale_if_error_ms) {
+            Ok(set.encode())
+        } else {
+            Err(NotWritten::NoRoom)
+        }
+    }
+
+    /// The set to write back with `entry`'s verdict, unless the key's own way already holds a
+    /// newer verdict (an older, slower answer never overwrites a newer one:
+    /// [`NotWritten::Declined`]) or, for a negative verdict, no way may take it
+    /// ([`NotWritten::NoRoom`]: keep it in this worker's copies only).
+    pub fn with_verdict(
+        bytes: Option<&[u8]>,
+        entry: &CacheEntry,
+        now_ms: u64,
+        stale_if_error_ms: u64,
+    ) -> Result<Vec<u8>, NotWritten> {
+        let current = Self::entry_for(bytes, &entry.key);
+        if current.verdict.is_some() && current.decided_at_ms > entry.decided_at_ms {
+            return Err(NotWritten::Declined);
+        }
+        let incoming = match entry.verdict {
+            Some(Cached::Allow(_)) => Incoming::Positive,
+            Some(Cached::Deny(_)) => Incoming::Negative,
+            None => Incoming::Lease,
+        };
+        let mut set = bytes.map(Self::decode).unwrap_or_default();
+        if set.place(entry.clone(), incoming, now_ms, stale_if_error_ms) {
+            Ok(set.encode())
+        } else {
+            Err(NotWritten::NoRoom)
+        }
+    }
+
+    /// The set to write back once the lease on `key` ends, recording when the call failed
+    /// (if it did); [`NotWritten::Declined`] when the set holds no entry for `key`.
+    pub fn with_release(
+        bytes: Option<&[u8]>,
+        key: &CacheKey,
+        failed_at_ms: Option<u64>,
+    ) -> Result<Vec<u8>, NotWritten> {
+        let mut set = bytes.map(Self::decode).unwrap_or_default();
+        let Some(entry) = set.ways.iter_mut().flatten().find(|e| e.key == *key) else {
+            return Err(NotWritten::Declined);
+        };
+        entry.lease_until_ms = 0;
+        if let Some(at) = failed_at_ms {
+            entry.failed_at_ms = at;
+        }
+        Ok(set.encode())
     }
 
     /// The encoded ways' bytes (`None`: empty way), or `None` when the value is not a set.
@@ -1053,5 +1142,79 @@ mod tests {
         assert_eq!(sets_to_create(Some(&marker), 512), 512..512);
         assert!(sets_to_create(Some(&marker), 512).is_empty());
         assert_eq!(sets_to_create(Some(b"1"), 8), 0..8);
+    }
+
+    #[test]
+    fn set_changes_follow_the_slot_protocol() {
+        // a lease on a new key in an empty (never written) set
+        let bytes = CacheSet::with_lease(None, &key(1), NOW + 4_000, NOW, STALE, |e| {
+            e.key == key(1) && e.verdict.is_none()
+        })
+        .unwrap_or_default();
+        let leased = CacheSet::entry_for(Some(&bytes), &key(1));
+        assert!(leased.leased(&key(1), NOW));
+        // declined by the caller
+        assert_eq!(
+            CacheSet::with_lease(Some(&bytes), &key(1), NOW + 9, NOW, STALE, |e| !e
+                .leased(&key(1), NOW)),
+            Err(NotWritten::Declined)
+        );
+        // the verdict replaces the lease in the same way
+        let verdict = positive(1, NOW + 8_000).unwrap_or_else(|| CacheEntry::empty(key(1)));
+        let bytes = CacheSet::with_verdict(Some(&bytes), &verdict, NOW, STALE).unwrap_or_default();
+        assert_eq!(CacheSet::decode(&bytes).ways.iter().flatten().count(), 1);
+        assert_eq!(CacheSet::entry_for(Some(&bytes), &key(1)), verdict);
+        // an older answer never overwrites it
+        let older = CacheEntry {
+            decided_at_ms: verdict.decided_at_ms - 1,
+            ..verdict.clone()
+        };
+        assert_eq!(
+            CacheSet::with_verdict(Some(&bytes), &older, NOW, STALE),
+            Err(NotWritten::Declined)
+        );
+        // a refresh lease keeps the verdict; its release records the failure
+        let bytes = CacheSet::with_lease(Some(&bytes), &key(1), NOW + 4_000, NOW, STALE, |_| true)
+            .unwrap_or_default();
+        let e = CacheSet::entry_for(Some(&bytes), &key(1));
+        assert_eq!((e.verdict.is_some(), e.lease_until_ms), (true, NOW + 4_000));
+        let bytes =
+            CacheSet::with_release(Some(&bytes), &key(1), Some(NOW + 5)).unwrap_or_default();
+        let e = CacheSet::entry_for(Some(&bytes), &key(1));
+        assert_eq!((e.lease_until_ms, e.failed_at_ms), (0, NOW + 5));
+        assert!(e.verdict.is_some());
+        assert_eq!(
+            CacheSet::with_release(Some(&bytes), &key(2), None),
+            Err(NotWritten::Declined)
+        );
+        // today's empty-slot marker reads as an empty set
+        assert!(CacheSet::with_lease(Some(b"\0"), &key(3), NOW + 1, NOW, STALE, |_| true).is_ok());
+    }
+
+    #[test]
+    fn a_full_set_of_live_positives_takes_no_lease_and_no_negative() {
+        let full = CacheSet {
+            ways: (1..=4)
+                .map(|n| positive(n, NOW + 1_000 * u64::from(n)))
+                .collect(),
+        }
+        .encode();
+        assert_eq!(
+            CacheSet::with_lease(Some(&full), &key(9), NOW + 4_000, NOW, STALE, |_| true),
+            Err(NotWritten::NoRoom)
+        );
+        let denied = negative(9, NOW + 30_000).unwrap_or_else(|| CacheEntry::empty(key(9)));
+        assert_eq!(
+            CacheSet::with_verdict(Some(&full), &denied, NOW, STALE),
+            Err(NotWritten::NoRoom)
+        );
+        // a new positive verdict is stored, in place of the one that ends first
+        let granted = positive(9, NOW + 8_000).unwrap_or_else(|| CacheEntry::empty(key(9)));
+        let bytes = CacheSet::with_verdict(Some(&full), &granted, NOW, STALE).unwrap_or_default();
+        assert_eq!(CacheSet::entry_for(Some(&bytes), &key(9)), granted);
+        assert_eq!(CacheSet::lookup(&bytes, &key(1)), None);
+        for n in 2..=4 {
+            assert!(CacheSet::lookup(&bytes, &key(n)).is_some());
+        }
     }
 }
