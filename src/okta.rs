@@ -104,6 +104,14 @@ pub enum IdpFailure {
 /// Why the local proxy (Envoy) answered an IdP call itself. Recognised by what Envoy's own
 /// replies carry (`x-envoy-overloaded`, its plain-text 503 bodies) and never when the answer
 /// carries Okta's `x-okta-request-id`, so an Envoy in front of Okta's edge is still Okta.
+///
+/// Seen in Envoy 1.40 (V8): a failed connection arrives as such an answer (`ConnectFailure`);
+/// a circuit-breaker overflow, and no healthy host, are decided while the call is sent, so the
+/// dispatch itself fails (the gate's `DispatchError`, which never pauses) and the answer forms
+/// are for other hosts and versions. A call that waited in Envoy's queue past the timeout gets
+/// Envoy's 504 `upstream request timeout`, which cannot be told from a slow Okta and stays
+/// [`IdpFailure::ServerError`]: the filter's own in-flight cap, kept under the cluster's
+/// circuit breakers, is what keeps calls out of that queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalCause {
     /// A circuit breaker of the `idp_upstream` cluster overflowed, or the proxy is overloaded.
