@@ -15,6 +15,9 @@ const MAX_TTL_S: u64 = 86_400;
 const MAX_SLOTS: u32 = 262_144;
 const MAX_TIMEOUT_MS: u64 = 60_000;
 const MAX_CALLS_IN_FLIGHT: u32 = 10_000;
+const MAX_CALLS_PER_MINUTE: u32 = 100_000;
+const MAX_CLIENT_FAILURES: u32 = 1_000;
+const MAX_FAILURE_WINDOW_S: u64 = 3_600;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,6 +68,12 @@ pub struct RawConfig {
     pub forward_access_token: bool,
     #[serde(default = "default_max_idp_calls_in_flight")]
     pub max_idp_calls_in_flight: u32,
+    #[serde(default = "default_idp_calls_per_minute")]
+    pub idp_calls_per_minute: u32,
+    #[serde(default = "default_max_client_failures")]
+    pub max_client_failures: u32,
+    #[serde(default = "default_client_failure_window_s")]
+    pub client_failure_window_s: u64,
 }
 
 fn default_accept() -> Vec<Scheme> {
@@ -90,6 +99,15 @@ fn default_idp_timeout_ms() -> u64 {
 }
 fn default_max_idp_calls_in_flight() -> u32 {
     64
+}
+fn default_idp_calls_per_minute() -> u32 {
+    600
+}
+fn default_max_client_failures() -> u32 {
+    5
+}
+fn default_client_failure_window_s() -> u64 {
+    60
 }
 fn default_realm() -> String {
     "api".to_string()
@@ -151,6 +169,13 @@ pub struct Config {
     pub forward_access_token: bool,
     /// Per worker: beyond it, credentials without a usable verdict get 503 at once.
     pub max_idp_calls_in_flight: usize,
+    /// IdP calls per endpoint per minute, all workers together (a share reserved for
+    /// refreshes of credentials that had a positive verdict).
+    pub idp_calls_per_minute: u32,
+    /// `invalid_client` answers for one client id within the window before its unverified
+    /// secrets are refused locally; 0: never.
+    pub max_client_failures: u32,
+    pub client_failure_window_ms: u64,
     /// SHA-256 of the configuration as given: it scopes every cache key and shared-data name,
     /// so a verdict reached under one configuration never answers under another.
     pub digest: [u8; 32],
@@ -296,6 +321,9 @@ impl RawConfig {
             realm: self.realm,
             forward_access_token: self.forward_access_token,
             max_idp_calls_in_flight: self.max_idp_calls_in_flight as usize,
+            idp_calls_per_minute: self.idp_calls_per_minute,
+            max_client_failures: self.max_client_failures,
+            client_failure_window_ms: self.client_failure_window_s * 1000,
             digest,
         })
     }
@@ -409,13 +437,42 @@ impl RawConfig {
                 format!("must be between 1 and {MAX_TIMEOUT_MS}"),
             ));
         }
-        if self.max_idp_calls_in_flight == 0 || self.max_idp_calls_in_flight > MAX_CALLS_IN_FLIGHT {
-            return Err(refuse(
-                "max_idp_calls_in_flight",
-                format!("must be between 1 and {MAX_CALLS_IN_FLIGHT}"),
-            ));
-        }
-        Ok(())
+        self.check_abuse_limits()
+    }
+
+    /// The IdP budget, the calls-in-flight cap and the failure throttle.
+    fn check_abuse_limits(&self) -> Result<(), ConfigError> {
+        let between = |field: &str, value: u64, low: u64, high: u64| {
+            if (low..=high).contains(&value) {
+                Ok(())
+            } else {
+                Err(refuse(field, format!("must be between {low} and {high}")))
+            }
+        };
+        between(
+            "max_idp_calls_in_flight",
+            self.max_idp_calls_in_flight.into(),
+            1,
+            MAX_CALLS_IN_FLIGHT.into(),
+        )?;
+        between(
+            "idp_calls_per_minute",
+            self.idp_calls_per_minute.into(),
+            1,
+            MAX_CALLS_PER_MINUTE.into(),
+        )?;
+        between(
+            "max_client_failures",
+            self.max_client_failures.into(),
+            0,
+            MAX_CLIENT_FAILURES.into(),
+        )?;
+        between(
+            "client_failure_window_s",
+            self.client_failure_window_s,
+            1,
+            MAX_FAILURE_WINDOW_S,
+        )
     }
 }
 
@@ -495,6 +552,11 @@ mod tests {
         assert_eq!(c.idp_timeout_ms, 3_000);
         assert_eq!(c.realm, "api");
         assert_eq!(c.max_idp_calls_in_flight, 64);
+        assert_eq!(c.idp_calls_per_minute, 600);
+        assert_eq!(
+            (c.max_client_failures, c.client_failure_window_ms),
+            (5, 60_000)
+        );
         assert!(c.needs_discovery());
     }
 

@@ -25,7 +25,7 @@ use crate::gate::{
 use crate::metrics::{Counter, IDP_LATENCY};
 use crate::okta::{IdpAnswer, IdpRequest};
 use crate::upstream::{is_identity_header, Forward, HeaderEdit};
-use crate::verdict::{LocalReply, Replies};
+use crate::verdict::{Denial, LocalReply, Replies};
 
 /// IdP answers larger than this are not read (and so are unreadable): Okta's are a few KiB.
 const MAX_IDP_BODY: usize = 256 * 1024;
@@ -239,7 +239,7 @@ impl HttpContext for Request {
             }
         }
         let Some(plugin) = &self.plugin else {
-            send_reply(&LocalReply::not_configured());
+            send_reply(&LocalReply::not_configured(), None);
             return Action::Pause;
         };
         let host = HostCalls(&plugin.metrics);
@@ -255,7 +255,11 @@ impl HttpContext for Request {
                 Action::Continue
             }
             Step::Deny(denial) => {
-                send_reply(plugin.replies.get(denial));
+                send_reply(plugin.replies.get(denial), None);
+                Action::Pause
+            }
+            Step::Unavailable { retry_after_s } => {
+                send_unavailable(plugin, retry_after_s);
                 Action::Pause
             }
             Step::Wait => {
@@ -318,7 +322,8 @@ fn apply_elsewhere(plugin: &Plugin, steps: Vec<(ContextId, Step)>) {
                 apply_forward(&forward);
                 abi::continue_request();
             }
-            Step::Deny(denial) => send_reply(plugin.replies.get(denial)),
+            Step::Deny(denial) => send_reply(plugin.replies.get(denial), None),
+            Step::Unavailable { retry_after_s } => send_unavailable(plugin, retry_after_s),
             Step::Wait => {}
         }
     }
@@ -333,10 +338,18 @@ fn apply_forward(forward: &Forward) {
     }
 }
 
-fn send_reply(reply: &LocalReply) {
+fn send_unavailable(plugin: &Plugin, retry_after_s: u64) {
+    let seconds = retry_after_s.to_string();
+    send_reply(plugin.replies.get(Denial::IdpUnavailable), Some(&seconds));
+}
+
+fn send_reply(reply: &LocalReply, retry_after: Option<&str>) {
     let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
     for challenge in &reply.challenges {
         headers.push(("www-authenticate", challenge));
+    }
+    if let Some(seconds) = retry_after {
+        headers.push(("retry-after", seconds));
     }
     abi::send_local_response(reply.status, &headers, reply.body.as_bytes());
 }

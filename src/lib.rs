@@ -10,11 +10,11 @@
 //! - [`cache`]: cache keys and the entry encoding in shared data;
 //! - [`local`]: each worker's copies of verdicts, by the exact `Authorization` bytes;
 //! - [`budget`]: the IdP call budget per Okta endpoint, shared by all workers;
-//! - [`guard`]: the quota guard per Okta endpoint (when to pause calls);
 //! - [`throttle`]: the per-client-id failure throttle for Basic credentials;
 //! - [`metrics`]: the counters and histogram the filter exposes;
 //! - [`gate`]: the request state machine over a small [`gate::Host`] trait, with its parts:
-//!   the shared-slot protocol, discovery, the quota guard.
+//!   the shared-slot protocol, discovery, the quota guard, admission (budget, guard,
+//!   throttle).
 //!
 //! `filter` (wasm32 only) is the proxy-wasm glue that drives the gate.
 
@@ -23,7 +23,6 @@ pub mod cache;
 pub mod config;
 pub mod credentials;
 pub mod gate;
-pub mod guard;
 pub mod local;
 pub mod metrics;
 pub mod okta;

@@ -1,14 +1,15 @@
 //! What an IdP answer decides: the verdict, cached for every worker, for the request that
 //! asked and every request of this worker waiting on the same key; or a failure, which
-//! releases the lease, falls back to a stale verdict, and may pause calls (the quota guard).
+//! releases the lease, falls back to a stale verdict, and may pause calls (the quota guard,
+//! in `admission`). An `invalid_client` counts against its client id (the failure throttle).
 
-use super::slots::overwrite;
-use super::{deny_reason, guard, refuse, ContextId, Gate, Host, Parked, Resume, Step};
+use super::{deny_reason, refuse, ContextId, Gate, Host, Parked, Resume, Step};
 use crate::cache::{CacheEntry, CacheKey, Cached};
 use crate::credentials::Credential;
 use crate::local::Copy;
 use crate::metrics::IdpEndpoint;
 use crate::okta::{self, IdpAnswer, IdpFailure, Outcome};
+use crate::verdict::Denial;
 
 impl Gate {
     pub(super) fn on_verdict_answer(
@@ -26,6 +27,9 @@ impl Gate {
         };
         let endpoint = endpoint_of(credential);
         let verdict = self.settle(key, endpoint, leader, outcome, now, host);
+        if matches!(verdict, Ok((Cached::Deny(Denial::InvalidClient), _))) {
+            self.note_client_failure(credential, now, host);
+        }
         // After a failure, what the slot still holds (a stale verdict, perhaps), read once.
         let remaining = verdict.is_err().then(|| self.slots.read(host, &key));
         let mut steps = Vec::new();
@@ -50,7 +54,7 @@ impl Gate {
                     self.allow(req.credential.scheme(), grant.clone(), host)
                 }
                 Ok((Cached::Deny(d), _)) => refuse(ctx, Some(&key), *d, deny_reason(*d), host),
-                Err(_) => self.no_verdict(ctx, &req, remaining.as_ref(), now, host),
+                Err(_) => self.no_verdict(ctx, &req, remaining.as_ref(), None, now, host),
             };
             steps.push((ctx, step));
         }
@@ -136,42 +140,7 @@ impl Gate {
             verdict: Some(verdict),
             ..CacheEntry::empty(key)
         };
-        self.slots.store(host, &entry)
-    }
-
-    /// Until when calls to `endpoint` are paused for all workers (0: not paused).
-    pub(super) fn paused_until(&self, endpoint: IdpEndpoint, host: &dyn Host) -> u64 {
-        host.shared_get(&self.names.guard(endpoint))
-            .map_or(0, |(bytes, _)| guard::decode(&bytes))
-    }
-
-    /// A 429 pauses calls to that endpoint until Okta's reset; repeated 5xx or silence pause
-    /// them briefly, longer while it goes on. The pause is shared: every worker stops calling
-    /// that endpoint, and only that one (Okta limits each separately).
-    fn note_failure(
-        &mut self,
-        failure: IdpFailure,
-        endpoint: IdpEndpoint,
-        now: u64,
-        host: &dyn Host,
-    ) {
-        let current = self.paused_until(endpoint, host);
-        let in_a_row = &mut self.failures_in_a_row[endpoint.index()];
-        if guard::counts_as_trouble(failure) && current <= now {
-            *in_a_row += 1;
-        }
-        if let Some(until) = guard::pause_until(failure, now, current, *in_a_row) {
-            // A line of its own, not folded into the rate-limited failure warnings: operators
-            // need to see a pause, and there is at most one per pause.
-            log::warn!(
-                "[{}] pausing {} calls for {} ms: {}",
-                self.root,
-                endpoint.name(),
-                until - now,
-                failure.describe()
-            );
-            overwrite(host, &self.names.guard(endpoint), &guard::encode(until));
-        }
+        self.slots.store(host, &entry, now)
     }
 }
 

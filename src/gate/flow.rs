@@ -20,8 +20,10 @@ use crate::verdict::{Denial, Grant};
 enum Move {
     /// A fresh verdict is there.
     Cached(Cached, u64, u64),
-    /// No verdict can come in time: a stale one, or 503.
-    GiveUp,
+    /// No verdict can come in time: a stale one, or 503 (with `Retry-After` when known).
+    GiveUp(Option<u64>),
+    /// The failure throttle refuses this Basic credential without asking the IdP.
+    Throttled,
     WaitForDiscovery,
     /// `OwnRequestOnly`: nobody could wake this request, so it asks for the endpoints itself.
     Discover,
@@ -64,16 +66,35 @@ impl Gate {
         }
         let lease_until = now + self.lease_ms();
         let mut seen = CacheEntry::empty(req.key);
-        let mut next = Move::GiveUp;
-        let update = self.slots.lease_if(host, &req.key, lease_until, |entry| {
-            next = self.next_move(&req, entry, following, now, host);
-            seen = entry.clone();
-            matches!(next, Move::Lead { take_lease: true })
-        });
+        let mut next = Move::GiveUp(None);
+        let update = self
+            .slots
+            .lease_if(host, &req.key, lease_until, now, |entry| {
+                next = self.next_move(&req, entry, following, now, host);
+                seen = entry.clone();
+                matches!(next, Move::Lead { take_lease: true })
+            });
         if !matches!(next, Move::Cached(..)) && !req.counted {
             host.count(Counter::CacheMiss);
             req.counted = true;
         }
+        self.make_move(ctx, caller, req, next, &seen, update, following, now, host)
+    }
+
+    /// Carries out what `next_move` decided.
+    #[allow(clippy::too_many_arguments)]
+    fn make_move(
+        &mut self,
+        ctx: ContextId,
+        caller: ContextId,
+        req: Pending,
+        next: Move,
+        seen: &CacheEntry,
+        update: Update,
+        following: Option<u64>,
+        now: u64,
+        host: &dyn Host,
+    ) -> Step {
         let deadline_ms = following.unwrap_or(req.arrived_ms + self.lease_ms());
         match next {
             Move::Cached(verdict, decided_at_ms, expires_at_ms) => {
@@ -88,7 +109,14 @@ impl Gate {
                 self.local.put(&req.raw, copy);
                 self.cached(ctx, scheme, &req.key, req.counted, verdict, host)
             }
-            Move::GiveUp => self.no_verdict(ctx, &req, Some(&seen), now, host),
+            Move::GiveUp(retry_after_s) => {
+                self.no_verdict(ctx, &req, Some(seen), retry_after_s, now, host)
+            }
+            Move::Throttled => {
+                let denial = Denial::InvalidClient;
+                log::debug!("[{ctx}] too many invalid secrets for this client id: refused locally");
+                refuse(ctx, Some(&req.key), denial, deny_reason(denial), host)
+            }
             Move::AtCap => {
                 let cap = self.config.max_idp_calls_in_flight;
                 self.warn(
@@ -97,7 +125,7 @@ impl Gate {
                         "[{ctx}] {cap} IdP calls in flight (max_idp_calls_in_flight): no new call"
                     ),
                 );
-                self.no_verdict(ctx, &req, Some(&seen), now, host)
+                self.no_verdict(ctx, &req, Some(seen), Some(1), now, host)
             }
             Move::Discover => {
                 self.dispatch_discovery(
@@ -107,7 +135,7 @@ impl Gate {
                     host,
                 );
                 if !self.discovery.in_flight() {
-                    return self.no_verdict(ctx, &req, Some(&seen), now, host);
+                    return self.no_verdict(ctx, &req, Some(seen), None, now, host);
                 }
                 self.park(ctx, Parked::Discovery { req, deadline_ms })
             }
@@ -117,7 +145,10 @@ impl Gate {
             Move::Lead { .. } if update == Update::Lost => {
                 self.park(ctx, Parked::Follower { req, deadline_ms })
             }
-            Move::Lead { .. } => self.lead(ctx, caller, req, &seen, lease_until, now, host),
+            Move::Lead { .. } => {
+                let lease_until = now + self.lease_ms();
+                self.lead(ctx, caller, req, seen, lease_until, now, host)
+            }
         }
     }
 
@@ -142,12 +173,12 @@ impl Gate {
         let deadline = following.unwrap_or(req.arrived_ms + self.lease_ms());
         if following.is_some() && entry.key == req.key && entry.failed_at_ms >= req.arrived_ms {
             // The call we were waiting on failed.
-            return Move::GiveUp;
+            return Move::GiveUp(None);
         }
         if !self.discovery.is_ready() {
             let retry_at = self.discovery.retry_at().unwrap_or(now);
             return match () {
-                _ if retry_at > deadline || (own_only && retry_at > now) => Move::GiveUp,
+                _ if retry_at > deadline || (own_only && retry_at > now) => Move::GiveUp(None),
                 _ if own_only => Move::Discover,
                 _ => Move::WaitForDiscovery,
             };
@@ -155,14 +186,18 @@ impl Gate {
         let theirs = entry.leased(&req.key, now);
         if theirs && !own_only {
             return if now > deadline {
-                Move::GiveUp
+                Move::GiveUp(None)
             } else {
                 Move::Follow
             };
         }
-        if self.paused_until(super::answer::endpoint_of(&req.credential), host) > now {
+        let endpoint = super::answer::endpoint_of(&req.credential);
+        if let Some(seconds) = self.paused_for(endpoint, now, host) {
             // The quota guard: Okta asked us to back off, or keeps failing.
-            return Move::GiveUp;
+            return Move::GiveUp(Some(seconds));
+        }
+        if self.throttled(&req.credential, &req.key, entry, now, host) {
+            return Move::Throttled;
         }
         if self.calls.len() >= self.config.max_idp_calls_in_flight {
             return Move::AtCap;
@@ -186,8 +221,21 @@ impl Gate {
     ) -> Step {
         let Some(request) = self.idp_request(&req.credential) else {
             self.slots.release(host, &req.key, None);
-            return self.no_verdict(ctx, &req, Some(seen), now, host);
+            return self.no_verdict(ctx, &req, Some(seen), None, now, host);
         };
+        let endpoint = super::answer::endpoint_of(&req.credential);
+        if let Err(retry_after_s) = self.take_budget(endpoint, &req.key, seen, now, host) {
+            // No call: whoever waits on this lease gives up now too.
+            self.slots.release(host, &req.key, Some(now));
+            self.warn(
+                now,
+                format_args!(
+                    "[{ctx}] {} call budget spent (idp_calls_per_minute): no call",
+                    endpoint.name()
+                ),
+            );
+            return self.no_verdict(ctx, &req, Some(seen), Some(retry_after_s), now, host);
+        }
         match host.dispatch(
             &self.config.idp_upstream,
             &request,
@@ -220,10 +268,10 @@ impl Gate {
             Err(DispatchError) => {
                 self.warn(
                     now,
-                    format_args!("[{ctx}] IdP call could not be sent (is idp_upstream a known cluster with a healthy host?)"),
+                    format_args!("[{ctx}] IdP call could not be sent (is idp_upstream a known cluster with a healthy host, or is its circuit breaker full?)"),
                 );
                 self.slots.release(host, &req.key, Some(now));
-                self.no_verdict(ctx, &req, Some(seen), now, host)
+                self.no_verdict(ctx, &req, Some(seen), Some(1), now, host)
             }
         }
     }
@@ -279,12 +327,14 @@ impl Gate {
     }
 
     /// No verdict from the IdP: a recently expired positive verdict when `stale_if_error_s`
-    /// allows it, else 503. `seen` is the slot as last read, if it was.
+    /// allows it, else 503 (with `Retry-After` when it is known when to come back). `seen` is
+    /// the cache entry as last read, if it was.
     pub(super) fn no_verdict(
         &self,
         ctx: ContextId,
         req: &Pending,
         seen: Option<&CacheEntry>,
+        retry_after_s: Option<u64>,
         now: u64,
         host: &dyn Host,
     ) -> Step {
@@ -304,6 +354,12 @@ impl Gate {
             return self.allow(req.credential.scheme(), grant.clone(), host);
         }
         let denial = Denial::IdpUnavailable;
-        refuse(ctx, Some(&req.key), denial, deny_reason(denial), host)
+        match (
+            refuse(ctx, Some(&req.key), denial, deny_reason(denial), host),
+            retry_after_s,
+        ) {
+            (_, Some(retry_after_s)) => Step::Unavailable { retry_after_s },
+            (step, None) => step,
+        }
     }
 }

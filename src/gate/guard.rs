@@ -1,135 +1,271 @@
-//! The quota guard: when Okta says "too many" (429) or keeps failing, every worker stops
-//! calling it for a while. The decision is the pure [`pause_until`]; the pause itself is one
-//! shared-data record (until when, ms since the epoch) that the gate reads before each call.
+//! The quota guard's rules, one guard per IdP endpoint (`metrics::IdpEndpoint`): when Okta
+//! says "too many requests", or keeps failing, every worker stops calling that endpoint for a
+//! while. This module owns the rules only: how a failed call moves a worker's count of failures
+//! in a row for the endpoint and the endpoint's shared "paused until" time. The caller keeps that
+//! time in one shared-data record per endpoint ([`encode`]/[`decode`], `cache::Names::guard`)
+//! and raises it with compare-and-swap.
+//!
+//! The rules are `gate::guard`'s (and before it `Gate::note_failure`'s), in one pure function
+//! that also keeps the count, plus:
+//! - one place, [`classify`], says which failures are Okta's trouble; an answer the local proxy
+//!   made itself ([`IdpFailure::Local`]: circuit breaker overflow, no healthy host, failed
+//!   connection) is not: it neither counts toward a pause nor resets the count;
+//! - a pause further ahead than any pause the guard sets ([`MAX_PAUSE_MS`]) was written before
+//!   the clock went back and is not trusted ([`is_paused`]), so a clock jump cannot switch an
+//!   endpoint off for longer than Okta asked.
+//!
+//! The rules:
+//! - a 429 pauses until Okta's `X-Rate-Limit-Reset` (or `Retry-After`), at least
+//!   [`RATE_LIMIT_MIN_PAUSE_MS`] from now; without a usable time, [`RATE_LIMIT_DEFAULT_PAUSE_MS`];
+//! - [`FAILURES_BEFORE_PAUSE`] server errors or silences in a row pause for
+//!   [`FAILURE_PAUSE_MS`], doubling with every further one up to [`FAILURE_MAX_PAUSE_MS`];
+//! - calls that were already out when a pause began fail together: while paused, a server error
+//!   or silence neither counts nor lengthens the pause;
+//! - a pause is only ever raised, never shortened, by a failure.
 
 use crate::okta::IdpFailure;
 
-/// After a 429 without a usable reset time, calls pause this long; with one, at least the
-/// minimum (a reset already past means our clock and Okta's disagree).
+/// After a 429 without a usable reset time, calls pause this long.
 pub const RATE_LIMIT_DEFAULT_PAUSE_MS: u64 = 2_000;
-const RATE_LIMIT_MIN_PAUSE_MS: u64 = 1_000;
-/// This many failures in a row (5xx, no answer) pause calls, from `FAILURE_PAUSE_MS` doubling
-/// up to `FAILURE_MAX_PAUSE_MS` while they go on.
+/// With a reset time, at least this long (a reset already past means our clock and Okta's
+/// disagree).
+pub const RATE_LIMIT_MIN_PAUSE_MS: u64 = 1_000;
+/// This many server errors or silences in a row pause calls...
 pub const FAILURES_BEFORE_PAUSE: u32 = 3;
+/// ...for this long, doubling while they go on...
 pub const FAILURE_PAUSE_MS: u64 = 1_000;
-const FAILURE_MAX_PAUSE_MS: u64 = 10_000;
+/// ...up to this.
+pub const FAILURE_MAX_PAUSE_MS: u64 = 10_000;
+/// No pause is ever longer than this (Okta's reset is read with the same bound), so a record
+/// further ahead than this was written before the clock went back and is not trusted.
+pub const MAX_PAUSE_MS: u64 = 3_600_000 + RATE_LIMIT_MIN_PAUSE_MS;
 
-/// Until when calls should pause after `failure` at `now_ms`, given the pause in force
-/// (`current_until_ms`, 0 for none) and how many failures in a row this worker has seen
-/// including this one. `None`: no new pause (or not a longer one).
+/// How a failed call counts toward the guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Okta asked us to slow down (429).
+    RateLimited { until_s: Option<u64> },
+    /// Okta failed or did not answer (5xx, silence, reset): counts toward a pause.
+    Outage,
+    /// Not a sign of Okta's load: the proxy's own answers, and answers that are Okta's but say
+    /// nothing about its health (unexpected status, unreadable body, the gateway's own client
+    /// refused). Neither counts nor resets the failures in a row.
+    Ignored,
+}
+
+/// Where a failure falls. The one place that says which failures are Okta's trouble.
+pub fn classify(failure: IdpFailure) -> FailureClass {
+    match failure {
+        IdpFailure::RateLimited { until_s } => FailureClass::RateLimited { until_s },
+        IdpFailure::ServerError(_) | IdpFailure::NoAnswer => FailureClass::Outage,
+        IdpFailure::Local(_)
+        | IdpFailure::UnexpectedStatus(_)
+        | IdpFailure::Unreadable
+        | IdpFailure::GatewayRejected => FailureClass::Ignored,
+    }
+}
+
+/// What one failed call changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// This worker's count of failures in a row for the endpoint, after this one. A verdict
+    /// (any answer that decides a credential) resets it to 0.
+    pub failures_in_a_row: u32,
+    /// Raise the endpoint's shared pause to this time (ms since epoch); `None`: leave it as it
+    /// is. Only ever later than the pause the caller passed in.
+    pub pause_until_ms: Option<u64>,
+}
+
+/// The guard's decision on one failed call to an endpoint. `current_pause_until_ms` is what the
+/// endpoint's shared record holds (0: never paused), `failures_in_a_row` this worker's count
+/// for the endpoint before this failure.
 pub fn pause_until(
     failure: IdpFailure,
     now_ms: u64,
-    current_until_ms: u64,
+    current_pause_until_ms: u64,
     failures_in_a_row: u32,
-) -> Option<u64> {
-    let until = match failure {
-        IdpFailure::RateLimited { until_s: Some(s) } => {
-            s.saturating_mul(1000).max(now_ms + RATE_LIMIT_MIN_PAUSE_MS)
-        }
-        IdpFailure::RateLimited { until_s: None } => now_ms + RATE_LIMIT_DEFAULT_PAUSE_MS,
-        // Calls already out when a pause began fail together: they do not make it longer.
-        IdpFailure::ServerError(_) | IdpFailure::NoAnswer if current_until_ms > now_ms => {
-            return None
-        }
-        IdpFailure::ServerError(_) | IdpFailure::NoAnswer => {
-            if failures_in_a_row < FAILURES_BEFORE_PAUSE {
-                return None;
-            }
-            let doublings = (failures_in_a_row - FAILURES_BEFORE_PAUSE).min(4);
-            now_ms + (FAILURE_PAUSE_MS << doublings).min(FAILURE_MAX_PAUSE_MS)
-        }
-        _ => return None,
+) -> Decision {
+    let current = trusted(now_ms, current_pause_until_ms);
+    let unchanged = Decision {
+        failures_in_a_row,
+        pause_until_ms: None,
     };
-    (until > current_until_ms).then_some(until)
+    let (failures_in_a_row, until) = match classify(failure) {
+        FailureClass::Ignored => return unchanged,
+        FailureClass::RateLimited { until_s: Some(s) } => (
+            failures_in_a_row,
+            s.saturating_mul(1000)
+                .max(now_ms.saturating_add(RATE_LIMIT_MIN_PAUSE_MS)),
+        ),
+        FailureClass::RateLimited { until_s: None } => (
+            failures_in_a_row,
+            now_ms.saturating_add(RATE_LIMIT_DEFAULT_PAUSE_MS),
+        ),
+        // Calls already out when a pause began fail together: they do not make it longer.
+        FailureClass::Outage if current > now_ms => return unchanged,
+        FailureClass::Outage => {
+            let failures = failures_in_a_row.saturating_add(1);
+            if failures < FAILURES_BEFORE_PAUSE {
+                return Decision {
+                    failures_in_a_row: failures,
+                    pause_until_ms: None,
+                };
+            }
+            let doublings = (failures - FAILURES_BEFORE_PAUSE).min(4);
+            let pause = (FAILURE_PAUSE_MS << doublings).min(FAILURE_MAX_PAUSE_MS);
+            (failures, now_ms.saturating_add(pause))
+        }
+    };
+    let until = until.min(now_ms.saturating_add(MAX_PAUSE_MS));
+    Decision {
+        failures_in_a_row,
+        pause_until_ms: (until > current).then_some(until),
+    }
 }
 
-/// Whether `failure` counts toward the failures in a row that pause calls.
-pub fn counts_as_trouble(failure: IdpFailure) -> bool {
-    matches!(failure, IdpFailure::ServerError(_) | IdpFailure::NoAnswer)
+/// Whether calls to the endpoint are paused now, given its shared record.
+pub fn is_paused(now_ms: u64, pause_until_ms: u64) -> bool {
+    trusted(now_ms, pause_until_ms) > now_ms
 }
 
-/// The shared record: until when (ms since the epoch) no worker calls the IdP.
+/// The pause as far as it can be believed: one further ahead than any pause the guard sets
+/// was written before the clock went back, and counts as none.
+fn trusted(now_ms: u64, pause_until_ms: u64) -> u64 {
+    if pause_until_ms > now_ms.saturating_add(MAX_PAUSE_MS) {
+        0
+    } else {
+        pause_until_ms
+    }
+}
+
+/// The shared record: "paused until", ms since epoch, little-endian (as today's guard key).
+pub fn encode(pause_until_ms: u64) -> [u8; 8] {
+    pause_until_ms.to_le_bytes()
+}
+
+/// Anything but 8 bytes reads as "not paused".
 pub fn decode(bytes: &[u8]) -> u64 {
     <[u8; 8]>::try_from(bytes).map_or(0, u64::from_le_bytes)
-}
-
-pub fn encode(until_ms: u64) -> [u8; 8] {
-    until_ms.to_le_bytes()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::okta::LocalCause;
 
     const NOW: u64 = 1_700_000_000_000;
 
-    #[test]
-    fn rate_limit_pauses_until_okta_reset_but_at_least_a_second() {
-        let reset_s = NOW / 1000 + 30;
-        assert_eq!(
-            pause_until(
-                IdpFailure::RateLimited {
-                    until_s: Some(reset_s)
-                },
-                NOW,
-                0,
-                1
-            ),
-            Some(reset_s * 1000)
-        );
-        // a reset in the past: our clock and Okta's disagree
-        assert_eq!(
-            pause_until(IdpFailure::RateLimited { until_s: Some(1) }, NOW, 0, 1),
-            Some(NOW + 1_000)
-        );
-        assert_eq!(
-            pause_until(IdpFailure::RateLimited { until_s: None }, NOW, 0, 1),
-            Some(NOW + 2_000)
-        );
-        // never shortens a longer pause in force
-        assert_eq!(
-            pause_until(
-                IdpFailure::RateLimited { until_s: None },
-                NOW,
-                NOW + 60_000,
-                1
-            ),
-            None
-        );
+    fn decide(failure: IdpFailure, current: u64, in_a_row: u32) -> Decision {
+        pause_until(failure, NOW, current, in_a_row)
     }
 
-    #[test]
-    fn repeated_failures_pause_briefly_then_longer_up_to_a_cap() {
-        let f = IdpFailure::ServerError(500);
-        assert_eq!(pause_until(f, NOW, 0, 1), None);
-        assert_eq!(pause_until(f, NOW, 0, 2), None);
-        assert_eq!(pause_until(f, NOW, 0, 3), Some(NOW + 1_000));
-        assert_eq!(
-            pause_until(IdpFailure::NoAnswer, NOW, 0, 4),
-            Some(NOW + 2_000)
-        );
-        assert_eq!(pause_until(f, NOW, 0, 50), Some(NOW + 10_000));
-        // calls that were out when the pause began do not lengthen it
-        assert_eq!(pause_until(f, NOW, NOW + 500, 9), None);
+    fn pause(until: u64, in_a_row: u32) -> Decision {
+        Decision {
+            failures_in_a_row: in_a_row,
+            pause_until_ms: Some(until),
+        }
     }
 
-    #[test]
-    fn definite_answers_and_unreadable_ones_never_pause() {
-        for f in [
-            IdpFailure::Unreadable,
-            IdpFailure::UnexpectedStatus(400),
-            IdpFailure::GatewayRejected,
-        ] {
-            assert_eq!(pause_until(f, NOW, 0, 99), None, "{f:?}");
-            assert!(!counts_as_trouble(f));
+    fn none(in_a_row: u32) -> Decision {
+        Decision {
+            failures_in_a_row: in_a_row,
+            pause_until_ms: None,
         }
     }
 
     #[test]
-    fn the_record_round_trips_and_garbage_means_no_pause() {
+    fn a_429_pauses_until_okta_resets_at_least_the_minimum() {
+        let at = |s: u64| IdpFailure::RateLimited { until_s: Some(s) };
+        assert_eq!(decide(at(NOW / 1000 + 30), 0, 0), pause(NOW + 30_000, 0));
+        // a reset already past: our clock and Okta's disagree
+        assert_eq!(
+            decide(at(NOW / 1000 - 5), 0, 1),
+            pause(NOW + RATE_LIMIT_MIN_PAUSE_MS, 1)
+        );
+        assert_eq!(
+            decide(IdpFailure::RateLimited { until_s: None }, 0, 2),
+            pause(NOW + RATE_LIMIT_DEFAULT_PAUSE_MS, 2)
+        );
+        // a later 429 lengthens a pause, an earlier one leaves it
+        assert_eq!(
+            decide(at(NOW / 1000 + 30), NOW + 10_000, 0),
+            pause(NOW + 30_000, 0)
+        );
+        assert_eq!(decide(at(NOW / 1000 + 5), NOW + 10_000, 0), none(0));
+        // even a wild reset is bounded
+        assert_eq!(decide(at(u64::MAX), 0, 0), pause(NOW + MAX_PAUSE_MS, 0));
+    }
+
+    #[test]
+    fn failures_in_a_row_pause_from_the_third_doubling_to_the_maximum() {
+        let fail = IdpFailure::ServerError(500);
+        assert_eq!(decide(fail, 0, 0), none(1));
+        assert_eq!(decide(IdpFailure::NoAnswer, 0, 1), none(2));
+        let expected = [1_000, 2_000, 4_000, 8_000, 10_000, 10_000, 10_000];
+        for (i, ms) in expected.iter().enumerate() {
+            let before = FAILURES_BEFORE_PAUSE - 1 + i as u32;
+            assert_eq!(decide(fail, 0, before), pause(NOW + ms, before + 1), "{i}");
+        }
+        assert_eq!(decide(fail, 0, u32::MAX), pause(NOW + 10_000, u32::MAX));
+    }
+
+    #[test]
+    fn calls_already_out_when_a_pause_began_do_not_lengthen_it() {
+        for failure in [IdpFailure::ServerError(503), IdpFailure::NoAnswer] {
+            assert_eq!(decide(failure, NOW + 1, 7), none(7));
+        }
+        // a pause that has ended is no pause
+        assert_eq!(
+            decide(IdpFailure::NoAnswer, NOW, 2),
+            pause(NOW + FAILURE_PAUSE_MS, 3)
+        );
+    }
+
+    #[test]
+    fn the_proxys_own_answers_and_non_health_failures_change_nothing() {
+        for failure in [
+            IdpFailure::Local(LocalCause::Overloaded),
+            IdpFailure::Local(LocalCause::NoHealthyUpstream),
+            IdpFailure::Local(LocalCause::ConnectFailure),
+            IdpFailure::UnexpectedStatus(400),
+            IdpFailure::Unreadable,
+            IdpFailure::GatewayRejected,
+        ] {
+            assert_eq!(classify(failure), FailureClass::Ignored, "{failure:?}");
+            for in_a_row in [0, 2, 9] {
+                assert_eq!(decide(failure, 0, in_a_row), none(in_a_row), "{failure:?}");
+            }
+        }
+        // a thousand overflows in a flood never pause; the next real failures count from
+        // where they were
+        let mut in_a_row = 0;
+        for _ in 0..1_000 {
+            let d = decide(IdpFailure::Local(LocalCause::Overloaded), 0, in_a_row);
+            assert_eq!(d.pause_until_ms, None);
+            in_a_row = d.failures_in_a_row;
+        }
+        assert_eq!(in_a_row, 0);
+    }
+
+    #[test]
+    fn a_pause_written_before_the_clock_went_back_is_not_trusted() {
+        assert!(is_paused(NOW, NOW + 1));
+        assert!(!is_paused(NOW, NOW));
+        assert!(!is_paused(NOW, 0));
+        assert!(is_paused(NOW, NOW + MAX_PAUSE_MS));
+        assert!(!is_paused(NOW, NOW + MAX_PAUSE_MS + 1));
+        // and it does not hold back a real pause either
+        assert_eq!(
+            decide(IdpFailure::NoAnswer, NOW + 2 * MAX_PAUSE_MS, 2),
+            pause(NOW + FAILURE_PAUSE_MS, 3)
+        );
+    }
+
+    #[test]
+    fn records_round_trip_and_garbage_is_no_pause() {
         assert_eq!(decode(&encode(NOW)), NOW);
-        assert_eq!(decode(b"garbage"), 0);
         assert_eq!(decode(b""), 0);
+        assert_eq!(decode(b"\0"), 0);
+        assert_eq!(decode(&[1; 9]), 0);
     }
 }

@@ -10,6 +10,7 @@
 //! another worker's (follower). `on_idp_answer` and `on_tick` later hand back a [`Step`] for
 //! each parked request that can go on; [`Gate::next_deadline`] says when a tick has work.
 
+mod admission;
 mod answer;
 mod discovery;
 mod flow;
@@ -81,6 +82,10 @@ pub enum Resume {
 pub enum Step {
     Forward(Forward),
     Deny(Denial),
+    /// 503: no verdict now, and none is asked for before `retry_after_s` (`Retry-After`).
+    Unavailable {
+        retry_after_s: u64,
+    },
     /// Stay paused; a later event hands back this request's step.
     Wait,
 }
@@ -181,8 +186,8 @@ impl Gate {
     /// needed, starts at the first tick: some hosts (ngx_wasm_module) refuse IdP calls during
     /// plugin start.
     pub fn new(config: Config, root: ContextId, resume: Resume, now: u64, host: &dyn Host) -> Gate {
-        let names = Names::new(&config.digest);
-        let slots = Slots::new(names.clone(), config.cache_slots);
+        let names = Names::stable(&config.issuer);
+        let slots = Slots::new(names.clone(), config.cache_slots, config.stale_if_error_ms);
         slots.create_all(host);
         let discovery = Discovery::new(config.endpoints.clone(), config.accepted);
         // A seed no client can know, so that nobody can make credentials collide on purpose.
@@ -339,10 +344,10 @@ impl Gate {
             let step = match parked {
                 Parked::Leader { req, call, .. } => {
                     self.calls.remove(&call);
-                    self.no_verdict(ctx, &req, None, now, host)
+                    self.no_verdict(ctx, &req, None, None, now, host)
                 }
                 Parked::Discovery { req, .. } if !ready => {
-                    self.no_verdict(ctx, &req, None, now, host)
+                    self.no_verdict(ctx, &req, None, None, now, host)
                 }
                 Parked::Discovery { req, .. } => self.advance(ctx, self.root, req, None, now, host),
                 Parked::Follower { req, deadline_ms } => {

@@ -1,5 +1,7 @@
 //! The shared-slot protocol: the only code that knows how verdicts, leases and failures sit in
-//! proxy-wasm shared data and how they are changed with compare-and-swap. Every write is a
+//! proxy-wasm shared data and how they are changed with compare-and-swap. The cache is
+//! set-associative ([`crate::cache::CacheSet`]: [`crate::cache::WAYS`] entries per shared-data
+//! key, an eviction order that keeps live positive verdicts), and every write is a
 //! read-modify-write through [`update`], which retries a lost race a few times; callers say
 //! what the new value is given the current one, never how to get it there.
 //!
@@ -7,7 +9,10 @@
 //! here always pass the CAS just read (0 only for a key that does not exist yet), which means
 //! the same on both.
 
-use crate::cache::{CacheEntry, CacheKey, Names};
+use crate::cache::{
+    set_of, sets_for, sets_marker, sets_to_create, CacheEntry, CacheKey, CacheSet, Names,
+    NotWritten,
+};
 
 /// Value and CAS token of a shared-data key; writes with a CAS token.
 pub trait SharedData {
@@ -29,6 +34,8 @@ pub enum Update {
     Written,
     /// The change function chose not to write.
     Declined,
+    /// The set has no way this may take (every one holds a live positive verdict).
+    NoRoom,
     /// Others won the race every time.
     Lost,
     /// The host refused the write (shared memory full, ...).
@@ -37,21 +44,23 @@ pub enum Update {
 
 /// Races lost in a row before a read-modify-write gives up.
 const CAS_TRIES: usize = 4;
-/// An empty slot holds this, so that it exists and compare-and-swap protects it.
-const EMPTY_SLOT: &[u8] = b"\0";
+/// A new set holds this, so that it exists and compare-and-swap protects it.
+const EMPTY_SET: &[u8] = b"\0";
 
-/// Reads `name`, asks `change` for the new value (`None`: leave it), and writes it if nobody
-/// wrote in between; retries a lost race.
-pub fn update(
-    shared: &dyn SharedData,
+/// Reads `name`, asks `change` for the new value, and writes it if nobody wrote in between;
+/// retries a lost race.
+pub fn update<S: SharedData + ?Sized>(
+    shared: &S,
     name: &str,
-    mut change: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+    mut change: impl FnMut(Option<&[u8]>) -> Result<Vec<u8>, NotWritten>,
 ) -> Update {
     for _ in 0..CAS_TRIES {
         let current = shared.shared_get(name);
         let cas = current.as_ref().map_or(0, |(_, cas)| *cas);
-        let Some(value) = change(current.as_ref().map(|(bytes, _)| bytes.as_slice())) else {
-            return Update::Declined;
+        let value = match change(current.as_ref().map(|(bytes, _)| bytes.as_slice())) {
+            Ok(value) => value,
+            Err(NotWritten::Declined) => return Update::Declined,
+            Err(NotWritten::NoRoom) => return Update::NoRoom,
         };
         match shared.shared_set(name, &value, cas) {
             Ok(()) => return Update::Written,
@@ -63,112 +72,105 @@ pub fn update(
 }
 
 /// Writes `name` whatever it holds.
-pub fn overwrite(shared: &dyn SharedData, name: &str, value: &[u8]) {
-    update(shared, name, |_| Some(value.to_vec()));
+pub fn overwrite<S: SharedData + ?Sized>(shared: &S, name: &str, value: &[u8]) {
+    update(shared, name, |_| Ok(value.to_vec()));
 }
 
-/// The slot's entry for `key`: an empty one when the slot holds nothing readable or another
-/// key's entry is decoded as is (callers compare keys).
-fn entry_of(bytes: Option<&[u8]>, key: &CacheKey) -> CacheEntry {
-    bytes
-        .and_then(CacheEntry::decode)
-        .unwrap_or_else(|| CacheEntry::empty(*key))
-}
-
-/// One configuration's slot table.
+/// The verdict cache's sets in shared data.
 #[derive(Debug, Clone)]
 pub struct Slots {
     names: Names,
-    count: u32,
+    sets: u32,
+    stale_if_error_ms: u64,
 }
 
 impl Slots {
-    pub fn new(names: Names, count: u32) -> Slots {
-        Slots { names, count }
+    pub fn new(names: Names, cache_slots: u32, stale_if_error_ms: u64) -> Slots {
+        Slots {
+            names,
+            sets: sets_for(cache_slots),
+            stale_if_error_ms,
+        }
     }
 
     fn name(&self, key: &CacheKey) -> String {
-        self.names.slot(key.slot(self.count))
+        self.names.set(set_of(key, self.sets))
     }
 
-    /// Makes every slot exist, so that compare-and-swap guards each of them (Envoy ignores CAS
-    /// for a key that does not exist yet). Once per table: later workers see the marker.
-    pub fn create_all(&self, shared: &dyn SharedData) {
-        let ready = self.names.slots_ready();
-        if shared.shared_get(&ready).is_some() {
+    /// Makes every set exist, so that compare-and-swap guards each of them (Envoy ignores CAS
+    /// for a key that does not exist yet). The marker holds how many exist: a configuration
+    /// with more sets than any before creates only the missing ones, a later worker none.
+    pub fn create_all<S: SharedData + ?Sized>(&self, shared: &S) {
+        let marker = self.names.slots_ready();
+        let current = shared.shared_get(&marker);
+        let missing = sets_to_create(current.as_ref().map(|(b, _)| b.as_slice()), self.sets);
+        if missing.is_empty() {
             return;
         }
-        for slot in 0..self.count {
-            let name = self.names.slot(slot);
+        for set in missing {
+            let name = self.names.set(set);
             if shared.shared_get(&name).is_none() {
-                let _ = shared.shared_set(&name, EMPTY_SLOT, 0);
+                let _ = shared.shared_set(&name, EMPTY_SET, 0);
             }
         }
-        let _ = shared.shared_set(&ready, b"1", 0);
+        let wanted = self.sets;
+        update(shared, &marker, |bytes| {
+            if sets_to_create(bytes, wanted).is_empty() {
+                return Err(NotWritten::Declined);
+            }
+            Ok(sets_marker(wanted).to_vec())
+        });
     }
 
-    /// What the slot for `key` holds now.
-    pub fn read(&self, shared: &dyn SharedData, key: &CacheKey) -> CacheEntry {
-        entry_of(
-            shared
-                .shared_get(&self.name(key))
-                .as_ref()
-                .map(|(b, _)| b.as_slice()),
-            key,
-        )
+    /// What the cache holds for `key` now (an empty entry when nothing).
+    pub fn read<S: SharedData + ?Sized>(&self, shared: &S, key: &CacheKey) -> CacheEntry {
+        let bytes = shared.shared_get(&self.name(key));
+        CacheSet::entry_for(bytes.as_ref().map(|(b, _)| b.as_slice()), key)
     }
 
-    /// Reads the slot, lets `decide` look at it, and writes a lease until `until_ms` when it
-    /// says so. A colliding entry for another key gives way to the lease.
-    pub fn lease_if(
+    /// Reads `key`'s entry, lets `decide` look at it, and writes a lease until `until_ms` when
+    /// it says so. A newcomer takes a way under the eviction order; [`Update::NoRoom`] when
+    /// every way holds a live positive verdict (the caller goes on with no shared lease).
+    pub fn lease_if<S: SharedData + ?Sized>(
         &self,
-        shared: &dyn SharedData,
+        shared: &S,
         key: &CacheKey,
         until_ms: u64,
+        now_ms: u64,
         mut decide: impl FnMut(&CacheEntry) -> bool,
     ) -> Update {
+        let stale = self.stale_if_error_ms;
         update(shared, &self.name(key), |bytes| {
-            let entry = entry_of(bytes, key);
-            if !decide(&entry) {
-                return None;
-            }
-            let mut leased = if entry.key == *key {
-                entry
-            } else {
-                CacheEntry::empty(*key)
-            };
-            leased.lease_until_ms = until_ms;
-            Some(leased.encode())
+            CacheSet::with_lease(bytes, key, until_ms, now_ms, stale, &mut decide)
         })
     }
 
-    /// Writes a verdict, unless the slot already holds a newer one for the same key: an older,
-    /// slower answer never overwrites a newer verdict.
-    pub fn store(&self, shared: &dyn SharedData, entry: &CacheEntry) -> bool {
-        let bytes = entry.encode();
-        let written = update(shared, &self.name(&entry.key), |current| {
-            let current = entry_of(current, &entry.key);
-            let newer = current.key == entry.key
-                && current.verdict.is_some()
-                && current.decided_at_ms > entry.decided_at_ms;
-            (!newer).then(|| bytes.clone())
+    /// Writes a verdict, unless the cache already holds a newer one for the same key (an older,
+    /// slower answer never overwrites a newer verdict). Whether this worker may keep a copy:
+    /// written, or (a negative verdict) no room in the set.
+    pub fn store<S: SharedData + ?Sized>(
+        &self,
+        shared: &S,
+        entry: &CacheEntry,
+        now_ms: u64,
+    ) -> bool {
+        let stale = self.stale_if_error_ms;
+        let written = update(shared, &self.name(&entry.key), |bytes| {
+            CacheSet::with_verdict(bytes, entry, now_ms, stale)
         });
-        written == Update::Written
+        matches!(written, Update::Written | Update::NoRoom)
     }
 
     /// Ends a lease on `key`, recording when the call failed (if it did), so that followers
     /// give up (or take over) now instead of at the lease's end.
-    pub fn release(&self, shared: &dyn SharedData, key: &CacheKey, failed_at_ms: Option<u64>) {
+    pub fn release<S: SharedData + ?Sized>(
+        &self,
+        shared: &S,
+        key: &CacheKey,
+        failed_at_ms: Option<u64>,
+    ) {
         update(shared, &self.name(key), |bytes| {
-            let mut entry = entry_of(bytes, key);
-            if entry.key != *key {
-                return None;
-            }
-            entry.lease_until_ms = 0;
-            if let Some(at) = failed_at_ms {
-                entry.failed_at_ms = at;
-            }
-            Some(entry.encode())
+            CacheSet::with_release(bytes, key, failed_at_ms)
         });
     }
 }
@@ -177,7 +179,7 @@ impl Slots {
 mod tests {
     use super::*;
     use crate::cache::Cached;
-    use crate::verdict::Denial;
+    use crate::verdict::{Denial, Grant};
     use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
 
@@ -211,16 +213,29 @@ mod tests {
     }
 
     fn slots() -> Slots {
-        Slots::new(Names::new(&[9; 32]), 8)
+        Slots::new(Names::stable("https://o.okta.com/oauth2/default"), 32, 0)
     }
 
-    fn verdict(key: CacheKey, decided_at_ms: u64) -> CacheEntry {
+    fn verdict(key: CacheKey, decided_at_ms: u64, verdict: Cached) -> CacheEntry {
         CacheEntry {
             decided_at_ms,
             expires_at_ms: decided_at_ms + 1_000,
-            verdict: Some(Cached::Deny(Denial::InvalidClient)),
+            verdict: Some(verdict),
             ..CacheEntry::empty(key)
         }
+    }
+
+    fn deny(key: CacheKey, decided_at_ms: u64) -> CacheEntry {
+        verdict(key, decided_at_ms, Cached::Deny(Denial::InvalidClient))
+    }
+
+    fn allow(key: CacheKey, decided_at_ms: u64) -> CacheEntry {
+        let grant = Grant {
+            identity: "app".into(),
+            scope: String::new(),
+            access_token: None,
+        };
+        verdict(key, decided_at_ms, Cached::Allow(grant))
     }
 
     #[test]
@@ -228,21 +243,25 @@ mod tests {
         let shared = Racy::default();
         overwrite(&shared, "k", b"a");
         shared.races.set(2);
-        assert_eq!(
-            update(&shared, "k", |_| Some(b"b".to_vec())),
-            Update::Written
-        );
+        assert_eq!(update(&shared, "k", |_| Ok(b"b".to_vec())), Update::Written);
         assert_eq!(shared.shared_get("k").unwrap().0, b"b");
         shared.races.set(10);
-        assert_eq!(update(&shared, "k", |_| Some(b"c".to_vec())), Update::Lost);
-        assert_eq!(update(&shared, "k", |_| None), Update::Declined);
+        assert_eq!(update(&shared, "k", |_| Ok(b"c".to_vec())), Update::Lost);
+        assert_eq!(
+            update(&shared, "k", |_| Err(NotWritten::Declined)),
+            Update::Declined
+        );
+        assert_eq!(
+            update(&shared, "k", |_| Err(NotWritten::NoRoom)),
+            Update::NoRoom
+        );
     }
 
     #[test]
-    fn create_all_makes_every_slot_once() {
+    fn create_all_makes_every_set_once_and_only_the_missing_ones_later() {
         let shared = Racy::default();
         slots().create_all(&shared);
-        assert_eq!(shared.data.borrow().len(), 9);
+        assert_eq!(shared.data.borrow().len(), 8 + 1, "8 sets and the marker");
         let writes = shared.writes.get();
         slots().create_all(&shared);
         assert_eq!(
@@ -250,6 +269,13 @@ mod tests {
             writes,
             "a second worker writes nothing"
         );
+        // a configuration with a bigger table adds the missing sets; a smaller one nothing
+        let bigger = Slots::new(Names::stable("https://o.okta.com/oauth2/x"), 64, 0);
+        bigger.create_all(&shared);
+        assert_eq!(shared.data.borrow().len(), 16 + 1);
+        let writes = shared.writes.get();
+        slots().create_all(&shared);
+        assert_eq!(shared.writes.get(), writes);
     }
 
     #[test]
@@ -257,27 +283,67 @@ mod tests {
         let shared = Racy::default();
         let s = slots();
         let key = CacheKey([1; 32]);
-        assert!(s.store(&shared, &verdict(key, 2_000)));
-        assert!(!s.store(&shared, &verdict(key, 1_000)));
+        assert!(s.store(&shared, &deny(key, 2_000), 2_000));
+        assert!(!s.store(&shared, &deny(key, 1_000), 2_000));
         assert_eq!(s.read(&shared, &key).decided_at_ms, 2_000);
-        assert!(s.store(&shared, &verdict(key, 3_000)));
+        assert!(s.store(&shared, &deny(key, 3_000), 3_000));
     }
 
     #[test]
-    fn a_lease_displaces_a_colliding_key_and_release_records_the_failure() {
+    fn leases_and_negatives_never_evict_live_positive_verdicts() {
         let shared = Racy::default();
-        let s = Slots::new(Names::new(&[9; 32]), 1);
+        let s = Slots::new(
+            Names::stable("https://o.okta.com/oauth2/default"),
+            4,
+            60_000,
+        );
+        let valid: Vec<CacheKey> = (1..=4).map(|i| CacheKey([i; 32])).collect();
+        for key in &valid {
+            assert!(s.store(&shared, &allow(*key, 1_000), 1_000));
+        }
+        // long expired but inside stale_if_error: still kept
+        let now = 30_000;
+        for i in 0..100u8 {
+            let bogus = CacheKey([100 + i; 32]);
+            assert_eq!(
+                s.lease_if(&shared, &bogus, now + 5_000, now, |_| true),
+                Update::NoRoom
+            );
+            assert!(
+                s.store(&shared, &deny(bogus, now), now),
+                "kept as a local copy only"
+            );
+        }
+        for key in &valid {
+            assert!(s.read(&shared, key).had_positive_verdict(key, now));
+        }
+    }
+
+    #[test]
+    fn release_records_the_failure_of_its_own_key_only() {
+        let shared = Racy::default();
+        let s = Slots::new(Names::stable("https://o.okta.com/oauth2/default"), 4, 0);
         let (a, b) = (CacheKey([1; 32]), CacheKey([2; 32]));
-        s.store(&shared, &verdict(a, 1_000));
-        assert_eq!(s.lease_if(&shared, &b, 5_000, |_| true), Update::Written);
+        s.store(&shared, &deny(a, 1_000), 1_000);
+        assert_eq!(
+            s.lease_if(&shared, &b, 5_000, 1_000, |_| true),
+            Update::Written
+        );
         let e = s.read(&shared, &b);
         assert_eq!((e.key, e.lease_until_ms, e.verdict), (b, 5_000, None));
-        // releasing another key's lease changes nothing
+        assert_eq!(
+            s.read(&shared, &a).verdict,
+            deny(a, 1_000).verdict,
+            "two ways"
+        );
         s.release(&shared, &a, Some(4_000));
         assert_eq!(s.read(&shared, &b).lease_until_ms, 5_000);
         s.release(&shared, &b, Some(4_000));
         let e = s.read(&shared, &b);
         assert_eq!((e.lease_until_ms, e.failed_at_ms), (0, 4_000));
-        assert_eq!(s.lease_if(&shared, &b, 9_000, |_| false), Update::Declined);
+        assert_eq!(
+            s.lease_if(&shared, &b, 9_000, 4_000, |_| false),
+            Update::Declined
+        );
     }
 }

@@ -207,6 +207,7 @@ fn status(step: &Step) -> u32 {
     match step {
         Step::Forward(_) => 200,
         Step::Deny(denial) => denial.reply(&config("")).status,
+        Step::Unavailable { .. } => 503,
         Step::Wait => 0,
     }
 }
@@ -531,13 +532,20 @@ fn malformed_input_never_reaches_the_idp() {
 fn shared_keys_stay_within_the_slots() {
     let host = FakeHost::at(T0);
     let mut g = gate(&host, r#","cache_slots":16"#);
-    assert_eq!(host.data.borrow().len(), 16 + 1);
+    assert_eq!(
+        host.data.borrow().len(),
+        4 + 1,
+        "4 sets of 4 ways and the marker"
+    );
     for i in 0..500 {
         ask(&mut g, &host, 1000 + i, &basic(&format!("app{i}"), "s"));
         answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
     }
-    // the slots, the "slots ready" marker, the quota guard and the discovered endpoints at most
-    assert!(host.data.borrow().len() <= 16 + 3);
+    let data = host.data.borrow();
+    let throttle = data.keys().filter(|k| k.contains("/throttle/")).count();
+    assert!(throttle > 0 && throttle <= crate::throttle::SLOTS as usize);
+    // the sets, their marker, and per endpoint a budget and a quota guard at most
+    assert!(data.len() - throttle <= 4 + 1 + 2 * IdpEndpoint::COUNT);
 }
 
 #[test]
@@ -1078,6 +1086,10 @@ mod create_only_cas {
         a_local_copy_never_outlives_the_shared_verdict_nor_matches_a_changed_byte,
         a_rate_limited_token_endpoint_leaves_introspection_working,
         calls_in_flight_are_capped_per_worker,
+        a_flood_of_unknown_credentials_cannot_spend_the_refresh_reserve,
+        bad_secrets_never_lock_out_a_live_client,
+        a_flood_of_bogus_credentials_never_evicts_a_valid_verdict,
+        the_proxys_own_answers_never_pause_calls,
     );
 }
 
@@ -1159,4 +1171,141 @@ fn calls_in_flight_are_capped_per_worker() {
     // an answer frees a place
     answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
     assert_eq!(ask(&mut g, &host, 22, &basic("app9", "s")), Step::Wait);
+}
+
+#[test]
+fn a_flood_of_unknown_credentials_cannot_spend_the_refresh_reserve() {
+    let host = FakeHost::at(T0);
+    // 10 calls a minute, 2 of them reserved for refreshes of known-good credentials
+    let mut g = gate(&host, r#","idp_calls_per_minute":10,"cache_ttl_s":1"#);
+    ask(&mut g, &host, 1, &basic("good", "s"));
+    answer(&mut g, &host, host.last_call().0, 200, &token_ok(3600));
+    let mut refused = 0;
+    for i in 0..100 {
+        match ask(&mut g, &host, 100 + i, &basic(&format!("bogus{i}"), "s")) {
+            Step::Wait => answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT),
+            Step::Unavailable { retry_after_s } => {
+                assert!((1..=61).contains(&retry_after_s));
+                refused += 1;
+                Vec::new()
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+    }
+    assert_eq!(
+        host.call_count(),
+        8,
+        "1 + 7 unknown: the reserve is untouched"
+    );
+    assert_eq!(refused, 93);
+    // the known-good client's verdict expired: its refresh still gets a call
+    host.advance(1_000);
+    assert_eq!(ask(&mut g, &host, 2, &basic("good", "s")), Step::Wait);
+    answer(&mut g, &host, host.last_call().0, 200, &token_ok(3600));
+    assert_eq!(host.call_count(), 9);
+    // a minute later the budget is back
+    host.advance(61_000);
+    assert_eq!(ask(&mut g, &host, 3, &basic("new", "s")), Step::Wait);
+}
+
+#[test]
+fn bad_secrets_never_lock_out_a_live_client() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, r#","cache_ttl_s":1,"max_client_failures":5"#);
+    ask(&mut g, &host, 1, &basic("live", "good-secret"));
+    answer(&mut g, &host, host.last_call().0, 200, &token_ok(3600));
+    for i in 0..5 {
+        ask(&mut g, &host, 10 + i, &basic("live", &format!("guess{i}")));
+        answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
+    }
+    let calls = host.call_count();
+    // a sixth guess is refused locally
+    assert_eq!(
+        status(&ask(&mut g, &host, 20, &basic("live", "guess6"))),
+        401
+    );
+    assert_eq!(host.call_count(), calls, "no IdP call");
+    // the good secret still passes: from the cache, and its refresh once the verdict expired
+    assert_eq!(
+        status(&ask(&mut g, &host, 21, &basic("live", "good-secret"))),
+        200
+    );
+    host.advance(1_000);
+    assert_eq!(
+        ask(&mut g, &host, 22, &basic("live", "good-secret")),
+        Step::Wait
+    );
+    answer(&mut g, &host, host.last_call().0, 200, &token_ok(3600));
+    // another client id is not throttled
+    assert_eq!(ask(&mut g, &host, 23, &basic("other", "x")), Step::Wait);
+    // the window passes
+    host.advance(60_000);
+    assert_eq!(ask(&mut g, &host, 24, &basic("live", "guess7")), Step::Wait);
+}
+
+#[test]
+fn a_flood_of_bogus_credentials_never_evicts_a_valid_verdict() {
+    let host = FakeHost::at(T0);
+    let extra = r#","cache_slots":64,"cache_ttl_s":5,"stale_if_error_s":3600,"idp_calls_per_minute":100000,"max_client_failures":0"#;
+    let mut g = gate(&host, extra);
+    for i in 0..16 {
+        ask(&mut g, &host, 1 + i, &basic(&format!("valid{i}"), "s"));
+        answer(&mut g, &host, host.last_call().0, 200, &token_ok(3600));
+    }
+    // 10 x cache_slots distinct bogus credentials, from another worker (no local copies)
+    let mut attacker = gate(&host, extra);
+    for i in 0..640 {
+        ask(
+            &mut attacker,
+            &host,
+            1000 + i,
+            &basic(&format!("bogus{i}"), "s"),
+        );
+        answer(
+            &mut attacker,
+            &host,
+            host.last_call().0,
+            401,
+            INVALID_CLIENT,
+        );
+    }
+    // the verdicts expire, then the IdP fails: every valid client is served stale
+    host.advance(10_000);
+    let mut fresh_worker = gate(&host, extra);
+    for i in 0..16 {
+        let client = basic(&format!("valid{i}"), "s");
+        // asked, and the IdP fails; or (once failures pause calls) not asked at all
+        let step = match ask(&mut fresh_worker, &host, 5000 + i, &client) {
+            Step::Wait => {
+                answer(&mut fresh_worker, &host, host.last_call().0, 503, "")
+                    .remove(0)
+                    .1
+            }
+            answered => answered,
+        };
+        assert_eq!(forwarded(&step).identity, format!("valid{i}"), "client {i}");
+    }
+    assert_eq!(host.counter("okta_dcr_auth_cache_stale_serves"), 16);
+}
+
+#[test]
+fn the_proxys_own_answers_never_pause_calls() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, "");
+    for i in 0..10 {
+        assert_eq!(ask(&mut g, &host, 10 + i, &basic("app", "s")), Step::Wait);
+        let headers = vec![
+            (":status".to_string(), "503".to_string()),
+            ("x-envoy-overloaded".to_string(), "true".to_string()),
+        ];
+        let answer = IdpAnswer {
+            status: Some(503),
+            headers: &headers,
+            body:
+                b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        };
+        let steps = deliver(&mut g, &host, ROOT, host.last_call().0, answer);
+        assert_eq!(status(&steps[0].1), 503);
+    }
+    assert_eq!(host.call_count(), 10, "every request still asked: no pause");
 }

@@ -586,11 +586,14 @@ const WARMUP: usize = FLOOD_THREADS * WARMUP_PER_THREAD;
 const HEAP_GROWTH_BOUND: f64 = 2.0 * 1024.0 * 1024.0;
 
 /// A stack for the heap measurements: `cache_slots` slots, the wasm log at info (a line per
-/// decision at debug would only slow the flood down), warmed up with `WARMUP` bogus tokens.
+/// decision at debug would only slow the flood down), warmed up with `WARMUP` bogus tokens. The
+/// IdP call budget is out of the way: this measures memory, and every bogus token must reach
+/// the IdP (and its answer the cache).
 fn warm_heap_stack(name: &str, cache_slots: usize) -> Stack {
+    let config = json!({ "cache_slots": cache_slots, "idp_calls_per_minute": 100_000 });
     let stack = Stack::builder()
         .name(name)
-        .route("/", filter_config(json!({ "cache_slots": cache_slots })))
+        .route("/", filter_config(config))
         .component_log_level("wasm", "info")
         .start();
     let statuses = flood_bogus_tokens(&stack, "warmup", FLOOD_THREADS, WARMUP_PER_THREAD);
@@ -645,8 +648,9 @@ fn a_flood_of_distinct_bogus_tokens_leaves_envoys_heap_where_it_was() {
     let calibration = warm_heap_stack(calibration_name, FLOOD);
     let (with_flood_keys, _) = envoy_heap(&calibration);
     drop(calibration);
-    let per_key_cost = (with_flood_keys as f64 - before as f64) / (FLOOD - SLOTS) as f64;
-    // The slots hold a 1-byte placeholder; a negative entry is 70 bytes more (magic, key hash,
+    // The table keeps WAYS (4) entries under each shared-data key.
+    let per_key_cost = (with_flood_keys as f64 - before as f64) / ((FLOOD - SLOTS) / 4) as f64;
+    // The sets hold a 1-byte placeholder; a negative entry is 70 bytes more (magic, key hash,
     // four times, tags), which a per-credential key would add too.
     let estimate = FLOOD as f64 * (per_key_cost + 70.0);
     eprintln!(

@@ -1,0 +1,151 @@
+//! Who may cause an IdP call, and when: the quota guard's pause per endpoint ([`guard`]), the
+//! call budget per endpoint shared by all workers ([`crate::budget`], with a share only
+//! refreshes of known-good credentials may use), and the per-client-id failure throttle on the
+//! Basic path ([`crate::throttle`]). Each is one small shared-data record read (and, for a
+//! call, written with compare-and-swap) through the slot protocol's [`update`].
+
+use super::guard;
+use super::slots::{overwrite, update, Update};
+use super::{Gate, Host};
+use crate::budget::{Budget, BudgetConfig, CallClass};
+use crate::cache::{CacheEntry, CacheKey, NotWritten};
+use crate::credentials::Credential;
+use crate::metrics::IdpEndpoint;
+use crate::okta::IdpFailure;
+use crate::throttle::{self, FailureRecord};
+
+impl Gate {
+    /// Seconds until calls to `endpoint` may resume, if the quota guard pauses them.
+    pub(super) fn paused_for(
+        &self,
+        endpoint: IdpEndpoint,
+        now: u64,
+        host: &dyn Host,
+    ) -> Option<u64> {
+        let until = host
+            .shared_get(&self.names.guard(endpoint))
+            .map_or(0, |(bytes, _)| guard::decode(&bytes));
+        guard::is_paused(now, until).then(|| (until - now).div_ceil(1000))
+    }
+
+    /// A failed call may pause its endpoint for every worker: a 429 until Okta's reset,
+    /// repeated 5xx or silence briefly, longer while it goes on. Answers the proxy made itself
+    /// (overflow, no healthy host) are not Okta's and change nothing.
+    pub(super) fn note_failure(
+        &mut self,
+        failure: IdpFailure,
+        endpoint: IdpEndpoint,
+        now: u64,
+        host: &dyn Host,
+    ) {
+        let name = self.names.guard(endpoint);
+        let current = host
+            .shared_get(&name)
+            .map_or(0, |(bytes, _)| guard::decode(&bytes));
+        let in_a_row = &mut self.failures_in_a_row[endpoint.index()];
+        let decision = guard::pause_until(failure, now, current, *in_a_row);
+        *in_a_row = decision.failures_in_a_row;
+        if let Some(until) = decision.pause_until_ms {
+            // A line of its own, not folded into the rate-limited failure warnings: operators
+            // need to see a pause, and there is at most one per pause.
+            log::warn!(
+                "[{}] pausing {} calls for {} ms: {}",
+                self.root,
+                endpoint.name(),
+                until - now,
+                failure.describe()
+            );
+            overwrite(host, &name, &guard::encode(until));
+        }
+    }
+
+    /// Takes one call from `endpoint`'s budget; `Err(seconds)` when there is none for this
+    /// caller: a credential whose entry held a positive verdict (a refresh) may use the
+    /// reserved share, any other only the rest.
+    pub(super) fn take_budget(
+        &self,
+        endpoint: IdpEndpoint,
+        key: &CacheKey,
+        seen: &CacheEntry,
+        now: u64,
+        host: &dyn Host,
+    ) -> Result<(), u64> {
+        let class = if seen.had_positive_verdict(key, now) {
+            CallClass::Refresh
+        } else {
+            CallClass::Unknown
+        };
+        let limit = BudgetConfig::new(self.config.idp_calls_per_minute);
+        let mut retry_after_s = 1;
+        let mut admitted = false;
+        let written = update(host, &self.names.budget(endpoint), |bytes| {
+            let budget = bytes.map(Budget::decode).unwrap_or_default();
+            match budget.try_take(now, class, &limit) {
+                Ok(next) => {
+                    admitted = true;
+                    Ok(next.encode())
+                }
+                Err(refused) => {
+                    admitted = false;
+                    retry_after_s = refused.retry_after_s.max(1);
+                    // The clock went back: the re-anchored window is written all the same.
+                    let reanchored = refused.write_back.map(|b| b.encode());
+                    reanchored.ok_or(NotWritten::Declined)
+                }
+            }
+        });
+        if written == Update::Written && admitted {
+            Ok(())
+        } else {
+            Err(retry_after_s)
+        }
+    }
+
+    /// Whether the failure throttle refuses this Basic credential locally: its client id had
+    /// `max_client_failures` `invalid_client` answers within the window, and this secret has
+    /// never had a positive verdict (a live app's known secret is never locked out).
+    pub(super) fn throttled(
+        &self,
+        credential: &Credential,
+        key: &CacheKey,
+        seen: &CacheEntry,
+        now: u64,
+        host: &dyn Host,
+    ) -> bool {
+        let Credential::Basic(client) = credential else {
+            return false;
+        };
+        if self.config.max_client_failures == 0 || seen.had_positive_verdict(key, now) {
+            return false;
+        }
+        let record = host
+            .shared_get(&self.throttle_name(&client.client_id))
+            .map(|(bytes, _)| FailureRecord::decode(&bytes))
+            .unwrap_or_default();
+        let window = self.config.client_failure_window_ms;
+        throttle::refuses(&record, now, self.config.max_client_failures, window)
+    }
+
+    /// Counts an `invalid_client` answer against its client id.
+    pub(super) fn note_client_failure(&self, credential: &Credential, now: u64, host: &dyn Host) {
+        let Credential::Basic(client) = credential else {
+            return;
+        };
+        if self.config.max_client_failures == 0 {
+            return;
+        }
+        let window = self.config.client_failure_window_ms;
+        update(host, &self.throttle_name(&client.client_id), |bytes| {
+            let record = bytes.map(FailureRecord::decode).unwrap_or_default();
+            Ok(throttle::note_failure(record, now, window)
+                .encode()
+                .to_vec())
+        });
+    }
+
+    fn throttle_name(&self, client_id: &str) -> String {
+        let client = throttle::client_key(&self.config.digest, client_id);
+        self.names
+            .throttle(throttle::slot_of(&client, throttle::SLOTS))
+    }
+}
