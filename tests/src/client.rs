@@ -5,7 +5,7 @@
 //! writes the request bytes itself, one request per connection (`connection: close`), and parses
 //! the answer (content-length, chunked, or read-to-close).
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -262,5 +262,100 @@ mod tests {
         assert!(answer_complete(raw));
         assert!(!answer_complete(&raw[..raw.len() - 2]));
         assert_eq!(parse(raw).unwrap().body, "abcde");
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection to Envoy for floods (the harness client opens one
+/// connection per request). Reconnects when Envoy closed the connection.
+pub struct KeepAlive {
+    addr: SocketAddr,
+    conn: Option<BufReader<TcpStream>>,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> KeepAlive {
+        KeepAlive { addr, conn: None }
+    }
+
+    /// `GET path` with this `Authorization`; the answer's status.
+    pub fn get(&mut self, path: &str, authorization: &str) -> io::Result<u16> {
+        let reused = self.conn.is_some();
+        match self.try_get(path, authorization) {
+            Ok(status) => Ok(status),
+            // An idle connection Envoy closed just as we reused it: once more on a new one.
+            Err(_) if reused => {
+                self.conn = None;
+                self.try_get(path, authorization)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn try_get(&mut self, path: &str, authorization: &str) -> io::Result<u16> {
+        if self.conn.is_none() {
+            let stream = TcpStream::connect_timeout(&self.addr, DEFAULT_TIMEOUT)?;
+            stream.set_read_timeout(Some(DEFAULT_TIMEOUT))?;
+            stream.set_write_timeout(Some(DEFAULT_TIMEOUT))?;
+            stream.set_nodelay(true)?;
+            self.conn = Some(BufReader::new(stream));
+        }
+        let result = self.exchange(path, authorization);
+        if !matches!(result, Ok((_, true))) {
+            self.conn = None;
+        }
+        result.map(|(status, _)| status)
+    }
+
+    /// One request and its answer; the status, and whether the connection stays usable.
+    fn exchange(&mut self, path: &str, authorization: &str) -> io::Result<(u16, bool)> {
+        let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| bad("no connection".into()))?;
+        write!(
+            conn.get_mut(),
+            "GET {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: {authorization}\r\n\r\n"
+        )?;
+        conn.get_mut().flush()?;
+        let mut line = String::new();
+        if conn.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before an answer",
+            ));
+        }
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
+        let mut length = None;
+        let mut keep = true;
+        loop {
+            line.clear();
+            if conn.read_line(&mut line)? == 0 {
+                return Err(bad("connection closed inside the head".into()));
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = l.split_once(':') {
+                let (name, value) = (name.trim(), value.trim());
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.parse::<u64>().ok();
+                } else if name.eq_ignore_ascii_case("connection")
+                    && value.eq_ignore_ascii_case("close")
+                {
+                    keep = false;
+                } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                    return Err(bad(format!("unexpected {l:?}")));
+                }
+            }
+        }
+        let length = length.ok_or_else(|| bad("answer without content-length".into()))?;
+        io::copy(&mut conn.by_ref().take(length), &mut io::sink())?;
+        Ok((status, keep))
     }
 }
