@@ -8,9 +8,11 @@
 //! in `ppoll` (timer slack 1 ns) until 30 us before the next intended time, then polls the
 //! connections without sleeping until that time: wake-up jitter does not delay a send.
 //!
-//! Prints one JSON object: latency percentiles, and how even the sending was (how late each send
-//! left against its intended time, and the gaps between consecutive sends). Only `libc` besides
-//! the standard library; Linux only.
+//! Prints one JSON object: latency percentiles, and how even the sending was: `send_lag_us`, how
+//! late a send left against its intended time when a connection was free (the pacer's own
+//! precision), `backlogged`, the requests that had to wait for a free connection (the server's
+//! doing), and `send_gap_us`, the gaps between consecutive sends. Only `libc` besides the standard
+//! library; Linux only.
 //!
 //! ```text
 //! bench-pacer --addr 127.0.0.1:8080 --rate 10000 --seconds 4 [--warmup 0.5] [--connections 32]
@@ -26,8 +28,11 @@ use std::time::{Duration, Instant};
 
 /// How long before an intended send time the loop stops sleeping and polls without sleeping.
 const SPIN_NS: u64 = 30_000;
-/// How long to wait, after the last send, for the answers still out.
-const DRAIN_NS: u64 = 2_000_000_000;
+/// How long to wait, after the last intended send, for the answers still out: at least 2 s, and
+/// the run's length (a server at a third of the rate drains its queue in that time).
+fn drain_ns(seconds: f64) -> u64 {
+    (seconds.max(1.0) * 2e9) as u64
+}
 
 struct Args {
     addr: SocketAddr,
@@ -208,6 +213,7 @@ fn run(a: &Args) -> Result<String, String> {
     let mut send_times: Vec<u64> = Vec::with_capacity(total as usize);
     let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
     let (mut errors, mut backlogged, mut in_flight, mut next) = (0u64, 0u64, 0usize, 0u64);
+    let (mut unanswered, mut answered) = (0u64, 0u64);
     let mut first_measured: Option<u64> = None;
     let mut last_done = 0u64;
     let mut pollfds: Vec<libc::pollfd> = Vec::with_capacity(a.connections);
@@ -217,17 +223,22 @@ fn run(a: &Args) -> Result<String, String> {
     let t0 = Instant::now() + Duration::from_millis(5);
     let ns = |t0: Instant| Instant::now().saturating_duration_since(t0).as_nanos() as u64;
 
-    let send = |c: &mut Conn, t: u64, now: u64, lags: &mut Vec<u64>, times: &mut Vec<u64>| {
-        let r = c.stream.write(&request);
-        lags.push(now.saturating_sub(t));
-        times.push(now);
-        c.in_flight = Some(t);
-        match r {
-            Ok(n) if n == request.len() => Ok(()),
-            Ok(n) => Err(format!("short write ({n} of {} bytes)", request.len())),
-            Err(e) => Err(format!("write: {e}")),
-        }
-    };
+    // `lags`: how late a send left when a connection was free at its intended time (the pacer's
+    // own lateness); None for a request that had to wait for a free connection (the server's).
+    let send =
+        |c: &mut Conn, t: u64, now: u64, lags: Option<&mut Vec<u64>>, times: &mut Vec<u64>| {
+            let r = c.stream.write(&request);
+            if let Some(lags) = lags {
+                lags.push(now.saturating_sub(t));
+            }
+            times.push(now);
+            c.in_flight = Some(t);
+            match r {
+                Ok(n) if n == request.len() => Ok(()),
+                Ok(n) => Err(format!("short write ({n} of {} bytes)", request.len())),
+                Err(e) => Err(format!("write: {e}")),
+            }
+        };
 
     loop {
         let now = ns(t0);
@@ -235,7 +246,7 @@ fn run(a: &Args) -> Result<String, String> {
             let t = intended(next);
             next += 1;
             if let Some(k) = idle.pop() {
-                send(&mut conns[k], t, now, &mut lags, &mut send_times)?;
+                send(&mut conns[k], t, now, Some(&mut lags), &mut send_times)?;
                 in_flight += 1;
             } else {
                 backlog.push_back(t);
@@ -246,8 +257,19 @@ fn run(a: &Args) -> Result<String, String> {
             if in_flight == 0 && backlog.is_empty() {
                 break;
             }
-            if now > intended(total) + DRAIN_NS {
-                errors += (in_flight + backlog.len()) as u64;
+            if now > intended(total) + drain_ns(a.seconds) {
+                // Still unanswered: counted, and in the percentiles with the time waited so far
+                // (a lower bound), so that a server that fell behind does not look faster.
+                for t in conns
+                    .iter()
+                    .filter_map(|c| c.in_flight)
+                    .chain(backlog.iter().copied())
+                {
+                    unanswered += 1;
+                    if t >= warmup_ns {
+                        latencies.push(now.saturating_sub(t));
+                    }
+                }
                 break;
             }
         }
@@ -317,6 +339,7 @@ fn run(a: &Args) -> Result<String, String> {
                     *statuses.entry(status).or_default() += 1;
                     if t >= warmup_ns {
                         latencies.push(done_at.saturating_sub(t));
+                        answered += 1;
                         first_measured.get_or_insert(t);
                         last_done = done_at;
                     }
@@ -333,7 +356,7 @@ fn run(a: &Args) -> Result<String, String> {
                 c.buf.clear();
             }
             if let Some(t) = backlog.pop_front() {
-                send(c, t, done_at, &mut lags, &mut send_times)?;
+                send(c, t, done_at, None, &mut send_times)?;
                 in_flight += 1;
             } else {
                 idle.push(k);
@@ -342,11 +365,12 @@ fn run(a: &Args) -> Result<String, String> {
     }
 
     let measured = latencies.len() as u64;
+    // Answers per second over the measured part (from its first intended send to its last answer).
     let window = last_done.saturating_sub(first_measured.unwrap_or(last_done)) as f64 / 1e9;
     let achieved = if window > 0.0 {
-        measured as f64 / window
+        answered as f64 / window
     } else {
-        f64::NAN
+        0.0
     };
     let mut gaps: Vec<u64> = send_times.windows(2).map(|w| w[1] - w[0]).collect();
     let status_json: Vec<String> = statuses
@@ -357,7 +381,7 @@ fn run(a: &Args) -> Result<String, String> {
     Ok(format!(
         "{{\"rate\": {}, \"seconds\": {}, \"warmup_s\": {}, \"connections\": {}, \"sent\": {}, \
          \"measured\": {measured}, \"achieved_rps\": {achieved:.1}, \"statuses\": {{{}}}, \
-         \"errors\": {errors}, \"backlogged\": {backlogged}, \"period_us\": {:.2}, \
+         \"errors\": {errors}, \"unanswered\": {unanswered}, \"backlogged\": {backlogged}, \"period_us\": {:.2}, \
          \"latency_us\": {}, \"send_lag_us\": {}, \"send_gap_us\": {}}}",
         a.rate,
         a.seconds,
