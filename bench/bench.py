@@ -528,7 +528,7 @@ def pacer(port, header, seconds, rate):
     j = json.loads(out.stdout)
     if set(j["statuses"]) - {"200"} or j["errors"]:
         raise SystemExit(f"bench: bench-pacer saw failures on port {port}: {j['statuses']}, "
-                         f"{j['errors']} lost or unanswered")
+                         f"{j['errors']} lost to a closed connection")
     lat, lag, gap = j["latency_us"], j["send_lag_us"], j["send_gap_us"]
     return {
         "rate": rate,
