@@ -75,9 +75,10 @@ CLIENT_CPU = os.environ.get("BENCH_CLIENT_CPU", "0")
 LAT_SECONDS = float(os.environ.get("BENCH_LAT_SECONDS", str(min(SECONDS, 4))))
 LAT_WARMUP = 0.5
 LOAD_SHARES = [25, 50]
-# The pacer's sends should leave within a few us of their intended times; above this p99 lag
-# (us) the run says the load generator, not the server, set the pace.
-PACER_LAG_WARN_US = 20
+# The pacer's sends leave within a few us of their intended times on an idle client core (its p99
+# can reach ~20 us when an answer is being read at the due time). Above this p99 lag (us), as
+# large as the latency goal itself, the run is marked disturbed: the client core was busy.
+PACER_LAG_WARN_US = 50
 # Off until the dev IdP signs RS256 (its JWKS is empty today) and the filter has its JWT mode.
 JWT = os.environ.get("BENCH_JWT") == "1"
 COLD_N = int(os.environ.get("BENCH_COLD_N", "200"))
@@ -1327,6 +1328,15 @@ def goal(issue, text, measured, ok):
     return {"issue": issue, "goal": text, "measured": measured, "ok": bool(ok)}
 
 
+def caveat(lat, s, x, cols):
+    """A note when a latency figure rests on a disturbed run: the pacer sent late (a busy client
+    core), or a reference configuration could not keep up (a busy server core)."""
+    late = [c for c in cols if lat[s][x][c]["median_send_lag_p99_us"] > PACER_LAG_WARN_US]
+    sat = [c for c in cols if lat[s][x][c]["saturated"] and c != "ext_authz"]
+    notes = ([f"pacer late in {', '.join(late)}"] if late else []) + ([f"{', '.join(sat)} saturated"] if sat else [])
+    return f" (disturbed run: {'; '.join(notes)})" if notes else ""
+
+
 def goals(ctx):
     tp, lat, rates = ctx["throughput"], ctx["latency"], ctx["rates"]
     out = []
@@ -1363,14 +1373,16 @@ def goals(ctx):
                 f"ext_authz p99 {ext:,.0f} us"
                 + (" (saturated: past its own knee)" if lat[s][x]["ext_authz"]["saturated"] else "")
                 + f" = {f['okta_basic']:.2f}× Basic's ({lat[s][x]['okta_basic']['median_p99_us']:,.0f} us), "
-                f"{f['okta_bearer']:.2f}× Bearer's ({lat[s][x]['okta_bearer']['median_p99_us']:,.0f} us)",
+                f"{f['okta_bearer']:.2f}× Bearer's ({lat[s][x]['okta_bearer']['median_p99_us']:,.0f} us)"
+                + caveat(lat, s, x, ["ext_authz", *limits]),
                 min(f.values()) > 1))
     x = LOAD_SHARES[0]
     for col, (name, _) in limits.items():
         for s in SETS:
             v = lat[s][x][col]["added_vs_empty_p99_us"]
             out.append(goal(14, f"warm {name}: added p99 over the empty filter ≤ 50 us at {x}% of the knee "
-                                f"({s}, {rates[s][x]:,} rps, paced evenly)", f"{v:+.0f} us", v <= 50))
+                                f"({s}, {rates[s][x]:,} rps, paced evenly)",
+                            f"{v:+.0f} us" + caveat(lat, s, x, ["empty", col]), v <= 50))
     # Issue 5.
     for s in SETS:
         for col in ["okta_basic", "okta_bearer"]:
@@ -1385,7 +1397,7 @@ def goals(ctx):
             v = lat[s][x][col]["added_vs_empty_p99_us"]
             out.append(goal(5, f"added p99 over empty ≤ 50 us at half the knee ({col}, {s}; measured at {x}% of "
                                f"the empty filter's knee, {rates[s][x]:,} rps, paced evenly)",
-                            f"{v:+.0f} us", v <= 50))
+                            f"{v:+.0f} us" + caveat(lat, s, x, ["empty", col]), v <= 50))
     c = ctx.get("cold")
     if c:
         worst = max(c["added_basic_p50_ms"], c["added_bearer_p50_ms"])
