@@ -5,19 +5,21 @@
 #
 #   BENCH_ROUNDS    rounds, each running every configuration in turn (default 5, at least 5 for
 #                   the published numbers)
-#   BENCH_SECONDS   seconds per wrk / oha run (default 6; the low-rate latency runs take at most 4)
+#   BENCH_SECONDS   seconds per wrk run (default 6)
+#   BENCH_LAT_SECONDS   seconds per paced latency run, after a 0.5 s warm-up (default: BENCH_SECONDS,
+#                   at most 4)
 #   BENCH_SKIP_CRITERION=1   skip the native criterion benchmark
+#   BENCH_JWT=1     also the jwt_authn peer and okta_bearer_jwt (needs the dev IdP's RS256 tokens
+#                   and the filter's JWT mode; off by default)
 #
-# Tools: wrk from apt-get (Debian) when missing; oha (open-loop latency) from crates.io with
-# `cargo install --locked` into bench/.tools (git-ignored; a few minutes the first time, then cached).
+# Tools: wrk from apt-get (Debian) when missing; bench-pacer (bench/pacer, open-loop latency with
+# evenly spaced sends) and the dev IdP's `authz` subcommand (the ext_authz service) built here.
 #
-# The machine should be otherwise idle: Envoy is pinned to core 1, the load generators to core 0.
-# Never part of `make test`.
+# The machine should be otherwise idle: Envoy (with its upstream Envoy and the ext_authz service)
+# is pinned to core 1, the load generators to core 0. Never part of `make test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-OHA_VERSION=1.16.0
-TOOLS=bench/.tools
 export BENCH_ROUNDS=${BENCH_ROUNDS:-5}
 export BENCH_SECONDS=${BENCH_SECONDS:-6}
 export ENVOY=${ENVOY:-.venv/bin/envoy}
@@ -29,6 +31,7 @@ die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 
 (( BENCH_ROUNDS >= 1 )) || die "BENCH_ROUNDS must be a positive number"
 (( BENCH_SECONDS >= 1 )) || die "BENCH_SECONDS must be a positive number"
+export PACER=${PACER:-target/release/bench-pacer}
 (( $(nproc) >= 2 )) || die "needs at least 2 CPUs (Envoy on one, the load generator on the other)"
 for tool in taskset python3 cargo; do
   command -v "$tool" >/dev/null || die "$tool is needed"
@@ -47,16 +50,12 @@ if ! command -v wrk >/dev/null; then
   fi
 fi
 
-if ! [[ -x $TOOLS/bin/oha ]] || [[ $("$TOOLS/bin/oha" --version 2>/dev/null) != "oha $OHA_VERSION" ]]; then
-  say "installing oha $OHA_VERSION into $TOOLS (cargo install --locked; a few minutes, once)"
-  CARGO_TARGET_DIR=$PWD/$TOOLS/build cargo install --locked --quiet --root "$TOOLS" "oha@$OHA_VERSION"
-  rm -rf "$TOOLS/build"
-fi
-
 # --- builds ----------------------------------------------------------------------------------
 
 say "building the empty filter (bench/empty-filter) for wasm32-wasip1"
 cargo build --quiet --release --target wasm32-wasip1 -p bench-empty-filter
+say "building bench-pacer (bench/pacer)"
+cargo build --quiet --release -p bench-pacer
 if [[ ${BENCH_SKIP_CRITERION:-0} != 1 ]]; then
   say "building the native core benchmark (benches/core.rs)"
   cargo bench --quiet -p okta-dcr-auth --bench core --no-run
@@ -64,5 +63,7 @@ fi
 
 # --- run -------------------------------------------------------------------------------------
 
-say "running: BENCH_ROUNDS=$BENCH_ROUNDS BENCH_SECONDS=$BENCH_SECONDS (load average now: $(cut -d' ' -f1-3 /proc/loadavg))"
+say "checking every Envoy configuration (envoy --mode validate)"
+python3 bench/bench.py --validate
+say "running: BENCH_ROUNDS=$BENCH_ROUNDS BENCH_SECONDS=$BENCH_SECONDS BENCH_JWT=${BENCH_JWT:-0} (load average now: $(cut -d' ' -f1-3 /proc/loadavg))"
 exec python3 bench/bench.py

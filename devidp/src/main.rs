@@ -1,4 +1,7 @@
-//! `okta-dev-idp idp --listen ADDR [--demo]` and `okta-dev-idp echo --listen ADDR`.
+//! `okta-dev-idp idp --listen ADDR [--demo]`, `okta-dev-idp echo --listen ADDR` and
+//! `okta-dev-idp authz --listen ADDR` (the benchmark's ext_authz peer).
+
+mod authz;
 
 use std::process::ExitCode;
 
@@ -11,6 +14,9 @@ const USAGE: &str = "usage:
       --default-scope adds a scope granted when a token request names none (default: none).
   okta-dev-idp echo [--listen ADDR]
       Echo upstream (default 127.0.0.1:9002): answers 200 with the request's method, path, headers.
+  okta-dev-idp authz [--listen ADDR]
+      Authorization service for Envoy ext_authz (default 127.0.0.1:9003): answers every request
+      200 at once, with an empty body (make bench's lower bound of an ext_authz deployment).
 Both run until SIGINT or SIGTERM.";
 
 #[derive(Debug, PartialEq, Eq)]
@@ -21,6 +27,9 @@ enum Command {
         default_scopes: Vec<String>,
     },
     Echo {
+        listen: String,
+    },
+    Authz {
         listen: String,
     },
     Help,
@@ -62,6 +71,9 @@ fn parse(args: &[String]) -> Result<Command, String> {
         "echo" => Ok(Command::Echo {
             listen: listen.unwrap_or_else(|| "127.0.0.1:9002".into()),
         }),
+        "authz" => Ok(Command::Authz {
+            listen: listen.unwrap_or_else(|| "127.0.0.1:9003".into()),
+        }),
         "-h" | "--help" | "help" => Ok(Command::Help),
         other => Err(format!("unknown subcommand '{other}'")),
     }
@@ -72,13 +84,16 @@ fn wait_for_signal() -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
-        }
-    })
+    runtime.block_on(signalled())
+}
+
+/// Resolves on SIGINT or SIGTERM (inside a tokio runtime).
+async fn signalled() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -125,6 +140,13 @@ fn main() -> ExitCode {
             drop(echo);
             Ok(())
         }),
+        Command::Authz { listen } => authz::run(
+            &listen,
+            |addr| println!("okta-dev-idp: authz (200 to everything) listening on http://{addr}"),
+            async {
+                let _ = signalled().await;
+            },
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -167,6 +189,13 @@ mod tests {
                 default_scopes: vec!["a".into(), "b".into()],
             })
         );
+        assert_eq!(
+            parse(&args(&["authz"])),
+            Ok(Command::Authz {
+                listen: "127.0.0.1:9003".into()
+            })
+        );
+        assert!(parse(&args(&["authz", "--demo"])).is_err());
         assert!(parse(&args(&["echo", "--demo"])).is_err());
         assert!(parse(&args(&["idp", "--listen"])).is_err());
         assert!(parse(&args(&["nope"])).is_err());
