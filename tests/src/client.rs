@@ -241,30 +241,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_content_length_answers() {
-        let r = parse(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"api\"\r\nwww-authenticate: Bearer realm=\"api\"\r\ncontent-length: 5\r\n\r\nhello").unwrap();
-        assert_eq!(r.status, 401);
-        assert_eq!(
-            r.www_authenticate(),
-            vec!["Basic realm=\"api\"", "Bearer realm=\"api\""]
-        );
-        assert_eq!(r.body, "hello");
-    }
-
-    #[test]
-    fn parses_chunked_answers() {
-        let raw = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
-        assert!(answer_complete(raw));
-        assert!(!answer_complete(&raw[..raw.len() - 2]));
-        assert_eq!(parse(raw).unwrap().body, "abcde");
-    }
-}
-
 /// A keep-alive HTTP/1.1 connection to Envoy for floods (the harness client opens one
 /// connection per request). Reconnects when Envoy closed the connection.
 pub struct KeepAlive {
@@ -357,5 +333,29 @@ impl KeepAlive {
         let length = length.ok_or_else(|| bad("answer without content-length".into()))?;
         io::copy(&mut conn.by_ref().take(length), &mut io::sink())?;
         Ok((status, keep))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_content_length_answers() {
+        let r = parse(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"api\"\r\nwww-authenticate: Bearer realm=\"api\"\r\ncontent-length: 5\r\n\r\nhello").unwrap();
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            r.www_authenticate(),
+            vec!["Basic realm=\"api\"", "Bearer realm=\"api\""]
+        );
+        assert_eq!(r.body, "hello");
+    }
+
+    #[test]
+    fn parses_chunked_answers() {
+        let raw = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+        assert!(answer_complete(raw));
+        assert!(!answer_complete(&raw[..raw.len() - 2]));
+        assert_eq!(parse(raw).unwrap().body, "abcde");
     }
 }
