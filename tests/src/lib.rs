@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 pub use client::Response;
 pub use envoy::{ClusterSpec, EnvoyOptions, RouteSpec, StartFailure};
 pub use okta_dev_idp::{
-    EchoHandle, EchoRequest, Endpoint, Fault, FaultAnswer, IdpHandle, IdpOptions,
+    EchoHandle, EchoRequest, Endpoint, Fault, FaultAnswer, IdpHandle, IdpOptions, RateLimit,
     TokenRequestRecord, TokenSpec,
 };
 
