@@ -6,6 +6,7 @@
 //! - [`credentials`]: reading `Authorization` (Basic client credentials, Bearer tokens);
 //! - [`okta`]: the requests to Okta and how its answers are read;
 //! - [`verdict`]: grants, denials and the reply for each;
+//! - [`jwt`], [`jwks`]: Bearer JWT access tokens checked locally against the issuer's key set;
 //! - [`upstream`]: what an allowed request carries upstream, and which client headers go;
 //! - [`cache`]: cache keys and the entry encoding in shared data;
 //! - [`local`]: each worker's copies of verdicts, by the exact `Authorization` bytes;
@@ -23,6 +24,8 @@ pub mod cache;
 pub mod config;
 pub mod credentials;
 pub mod gate;
+pub mod jwks;
+pub mod jwt;
 pub mod local;
 pub mod metrics;
 pub mod okta;

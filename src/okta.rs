@@ -293,7 +293,7 @@ fn from_json_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Option<T> {
 }
 
 /// What a grant puts in an upstream header: no control characters (CR, LF, NUL, ...).
-fn header_safe(s: &str) -> bool {
+pub(crate) fn header_safe(s: &str) -> bool {
     !s.chars().any(char::is_control)
 }
 
