@@ -6,11 +6,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use hyper::body::Incoming;
 use hyper::header::HeaderMap;
 use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Map, Value};
 
+use crate::keys::{self, KeyRing, Signing};
 use crate::serve::{self, ResetConnection, Resp, ServerThread};
 
 mod admin;
@@ -160,6 +163,12 @@ pub struct TokenSpec {
     pub claims: Map<String, Value>,
     /// Introspection answers `active: true` (with the past `exp`) even once the token expired.
     pub introspect_active_even_if_expired: bool,
+    /// Header parameters added last to `{"kid": <signing kid>, "alg": <signing's alg>}`, so they
+    /// may override those two (`jku`, another `kid`, `crit`, ...); a JSON `null` removes one.
+    pub header: Map<String, Value>,
+    /// How the token is signed. Only [`Signing::Genuine`] tokens are registered as issued
+    /// (introspection answers `active: false` for the others, as Okta would).
+    pub signing: Signing,
 }
 
 impl TokenSpec {
@@ -175,6 +184,8 @@ impl TokenSpec {
             expires_in_secs: 3600,
             claims,
             introspect_active_even_if_expired: false,
+            header: Map::new(),
+            signing: Signing::Genuine,
         }
     }
 }
@@ -216,7 +227,6 @@ struct IssuedToken {
     revoked: bool,
 }
 
-#[derive(Default)]
 struct State {
     clients: HashMap<String, Client>,
     faults: HashMap<Endpoint, Fault>,
@@ -225,13 +235,27 @@ struct State {
     tokens: HashMap<String, IssuedToken>,
     introspections: HashMap<String, u64>,
     limits: ratelimit::Limits,
+    keys: KeyRing,
+}
+
+impl State {
+    fn new() -> State {
+        State {
+            clients: HashMap::new(),
+            faults: HashMap::new(),
+            calls: [0; 4],
+            token_requests: VecDeque::new(),
+            tokens: HashMap::new(),
+            introspections: HashMap::new(),
+            limits: ratelimit::Limits::default(),
+            keys: KeyRing::new(),
+        }
+    }
 }
 
 struct Shared {
     issuer: String,
     opts: IdpOptions,
-    key: [u8; 32],
-    kid: String,
     state: Mutex<State>,
 }
 
@@ -251,7 +275,7 @@ impl Shared {
         );
     }
 
-    /// Builds, signs and registers a token.
+    /// Builds, signs and (if genuine) registers a token.
     fn issue(&self, spec: &TokenSpec) -> String {
         let now = util::now();
         let mut claims = Map::new();
@@ -283,7 +307,27 @@ impl Shared {
                 claims.insert(k.clone(), v.clone());
             }
         }
-        let token = util::sign_jwt(&self.key, &self.kid, &Value::Object(claims.clone()));
+        let (kid, key) = self.lock().keys.signing_key();
+        let mut header = Map::new();
+        header.insert("kid".into(), json!(kid));
+        header.insert("alg".into(), json!(spec.signing.alg()));
+        for (k, v) in &spec.header {
+            if v.is_null() {
+                header.remove(k);
+            } else {
+                header.insert(k.clone(), v.clone());
+            }
+        }
+        // Signing is slow in debug builds: never under the lock.
+        let token = keys::sign(
+            &Value::Object(header),
+            &Value::Object(claims.clone()),
+            &spec.signing,
+            key,
+        );
+        if spec.signing != Signing::Genuine {
+            return token;
+        }
         let mut state = self.lock();
         if state.tokens.len() >= MAX_TOKENS {
             state.tokens.retain(|_, t| {
@@ -324,9 +368,7 @@ impl IdpHandle {
         let shared = Arc::new(Shared {
             issuer: issuer_for(listener.local_addr()?),
             opts,
-            key: util::random_bytes(),
-            kid: util::random_id(43),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State::new()),
         });
         let for_server = shared.clone();
         let server = serve::spawn(listener, "okta-dev-idp", move |req| {
@@ -383,9 +425,75 @@ impl IdpHandle {
         self.shared.lock().faults.clear();
     }
 
-    /// A signed access token, registered as issued (so introspection knows it).
+    /// An access token as the spec says; a [`Signing::Genuine`] one is registered as issued (so
+    /// introspection knows it).
     pub fn mint_token(&self, spec: TokenSpec) -> String {
         self.shared.issue(&spec)
+    }
+
+    /// A compact JWS of exactly this header and payload (any JSON, objects or not), signed as
+    /// `signing` says; never registered. For tokens no [`TokenSpec`] can describe.
+    pub fn mint_raw(&self, header: &Value, claims: &Value, signing: Signing) -> String {
+        let (_, key) = self.shared.lock().keys.signing_key();
+        keys::sign(header, claims, &signing, key)
+    }
+
+    /// `token` with its payload replaced by `claims` and its signature kept: a token changed
+    /// after signing.
+    pub fn with_payload(token: &str, claims: &Value) -> String {
+        let mut parts = token.split('.');
+        let header = parts.next().unwrap_or_default();
+        let _ = parts.next();
+        let signature = parts.next().unwrap_or_default();
+        let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+        format!("{header}.{payload}.{signature}")
+    }
+
+    /// The `kid` access tokens are signed with now.
+    pub fn signing_kid(&self) -> String {
+        self.shared.lock().keys.signing_kid()
+    }
+
+    /// The `kid`s `/v1/keys` publishes, in publication order.
+    pub fn published_kids(&self) -> Vec<String> {
+        self.shared.lock().keys.published_kids()
+    }
+
+    /// The JWKS document `/v1/keys` serves.
+    pub fn jwks(&self) -> Value {
+        self.shared.lock().keys.jwks()
+    }
+
+    /// Rotation step 1: publishes the next key, without signing with it yet. Its `kid`.
+    pub fn publish_next_key(&self) -> String {
+        self.shared.lock().keys.publish_next()
+    }
+
+    /// Rotation step 2: signs with the most recently published key from now on. Its `kid`.
+    pub fn switch_signing_key(&self) -> String {
+        self.shared.lock().keys.switch_to_newest()
+    }
+
+    /// Rotation step 3: stops publishing every key but the signing one. The retired `kid`s.
+    pub fn retire_old_keys(&self) -> Vec<String> {
+        self.shared.lock().keys.retire_others()
+    }
+
+    /// The three steps at once (Okta's rotation, compressed). The new signing `kid`.
+    pub fn rotate_keys(&self) -> String {
+        self.shared.lock().keys.rotate().0
+    }
+
+    /// The signing key's public key as SPKI PEM (what an HS256 algorithm-confusion forgery uses
+    /// as its secret; see [`Signing::Hs256WithPublicKey`]).
+    pub fn public_key_pem(&self) -> String {
+        let (_, key) = self.shared.lock().keys.signing_key();
+        key.map(keys::public_key_pem).unwrap_or_default()
+    }
+
+    /// `/v1/keys` requests received: [`IdpHandle::calls`] of [`Endpoint::Keys`].
+    pub fn jwks_fetches(&self) -> u64 {
+        self.calls(Endpoint::Keys)
     }
 
     /// Introspection answers `{"active":false}` for this token from now on.
@@ -537,7 +645,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Res
         Route::Discovery { openid } => discovery(&shared, &req, openid),
         Route::Token => token(&shared, &req),
         Route::Introspect => introspect(&shared, &req),
-        Route::Keys => keys(&req),
+        Route::Keys => jwks(&shared, &req),
         Route::Revoke => revoke(&shared, &req),
         Route::Admin => admin::handle(&shared, &req),
         Route::NotFound => not_found(&req.path),
@@ -699,13 +807,15 @@ fn discovery(shared: &Shared, req: &Req, openid: bool) -> Resp {
     json_response(StatusCode::OK, &doc)
 }
 
-fn keys(req: &Req) -> Resp {
+fn jwks(shared: &Shared, req: &Req) -> Resp {
     if req.method != Method::GET && req.method != Method::HEAD {
         return method_not_allowed("GET");
     }
-    // Access tokens are HS256-signed with a key that is never published; a later issue adds
-    // RS256 signing keys here.
-    json_response(StatusCode::OK, &json!({ "keys": [] }))
+    let jwks = shared.lock().keys.jwks();
+    let mut resp = json_response(StatusCode::OK, &jwks);
+    // What Okta sends with its key set.
+    util::set_header(&mut resp, "cache-control", "max-age=3600, must-revalidate");
+    resp
 }
 
 /// Form parameters of an OAuth endpoint request, or the error answer.

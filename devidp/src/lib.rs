@@ -7,7 +7,8 @@
 //! The IdP behaves like an Okta custom authorization server at `/oauth2/default`:
 //! discovery (`/.well-known/oauth-authorization-server`, `/.well-known/openid-configuration`),
 //! `/v1/token` (client credentials, `client_secret_basic` per RFC 6749 2.3.1), `/v1/introspect`
-//! (RFC 7662), `/v1/revoke`, `/v1/keys`, plus an admin API under `/_dev/` (see the `admin`
+//! (RFC 7662), `/v1/revoke`, `/v1/keys` (the JWKS of the RS256 keys access tokens are signed
+//! with; rotation through the admin API or [`IdpHandle::rotate_keys`]), plus an admin API under `/_dev/` (see the `admin`
 //! module docs) for out-of-process use. Faults (delay, status, garbage, HTML, empty, 429, custom,
 //! connection reset) can be set per endpoint, and so can Okta-like rate limits (`X-Rate-Limit-*`
 //! headers, 429 `E0000047` beyond the limit). It never logs, so it never logs a secret or token.
@@ -16,6 +17,7 @@
 
 mod echo;
 mod idp;
+mod keys;
 mod serve;
 mod util;
 
@@ -24,6 +26,7 @@ pub use idp::{
     Client, Endpoint, Fault, FaultAnswer, IdpHandle, IdpOptions, RateLimit, TokenRequestRecord,
     TokenSpec, AUTH_SERVER_PATH, MAX_TOKEN_REQUEST_RECORDS,
 };
+pub use keys::Signing;
 
 /// The demo client `--demo` seeds (a DCR app of the Konnect Dev Portal).
 pub const DEMO_CLIENT_ID: &str = "0oa6demoDcrClient4kong";

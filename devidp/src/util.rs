@@ -1,11 +1,11 @@
-//! Small helpers: answers, randomness, time, RFC 6749 2.3.1 client authentication, HS256 JWTs.
+//! Small helpers: answers, randomness, time, RFC 6749 2.3.1 client authentication, HMAC-SHA-256.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::{STANDARD_PAD_INDIFFERENT, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD_PAD_INDIFFERENT;
 use base64::Engine as _;
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -300,23 +300,11 @@ pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
     out
 }
 
-/// A compact JWS with `alg` HS256 (honestly labelled: the dev IdP signs with a random symmetric
-/// key it never publishes; the JWKS stays empty until RS256 keys are added).
-pub(crate) fn sign_jwt(key: &[u8], kid: &str, claims: &Value) -> String {
-    let header = json!({ "kid": kid, "alg": "HS256" });
-    let signing_input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let signature = hmac_sha256(key, signing_input.as_bytes());
-    format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -396,18 +384,6 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn jwt_shape() {
-        let token = sign_jwt(b"k", "kid1", &json!({"a": 1}));
-        let parts: Vec<&str> = token.split('.').collect();
-        assert_eq!(parts.len(), 3);
-        let header: Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
-        assert_eq!(header, json!({"kid": "kid1", "alg": "HS256"}));
-        let sig = hmac_sha256(b"k", format!("{}.{}", parts[0], parts[1]).as_bytes());
-        assert_eq!(URL_SAFE_NO_PAD.encode(sig), parts[2]);
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use okta_dev_idp::{
-    EchoHandle, Endpoint, Fault, FaultAnswer, IdpHandle, IdpOptions, TokenRequestRecord, TokenSpec,
+    EchoHandle, Endpoint, Fault, FaultAnswer, IdpHandle, IdpOptions, Signing, TokenRequestRecord,
+    TokenSpec,
 };
 use serde_json::{json, Value};
 
@@ -108,6 +109,40 @@ fn jwt_part(token: &str, i: usize) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
 }
 
+/// Whether `token` is an RS256 JWS that verifies under the key its `kid` names in `jwks`.
+fn rs256_verifies(jwks: &Value, token: &str) -> bool {
+    use rsa::{BoxedUint, Pkcs1v15Sign, PublicKey};
+    use sha2::{Digest, Sha256};
+    let header = jwt_part(token, 0);
+    if header["alg"] != "RS256" {
+        return false;
+    }
+    let Some(jwk) = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+    else {
+        return false;
+    };
+    let number = |name: &str| {
+        BoxedUint::from_be_slice_vartime(
+            &URL_SAFE_NO_PAD.decode(jwk[name].as_str().unwrap()).unwrap(),
+        )
+    };
+    let key = PublicKey::new(number("n"), number("e")).unwrap();
+    let (input, signature) = token.rsplit_once('.').unwrap();
+    let Ok(signature) = URL_SAFE_NO_PAD.decode(signature) else {
+        return false;
+    };
+    key.verify(
+        Pkcs1v15Sign::new::<Sha256>(),
+        &Sha256::digest(input.as_bytes()),
+        &signature,
+    )
+    .is_ok()
+}
+
 fn idp_with_client() -> IdpHandle {
     let idp = IdpHandle::spawn("127.0.0.1:0").unwrap();
     idp.register_client("0oaApp", "s3cret", &["api:read", "api:write"]);
@@ -167,8 +202,8 @@ fn token_success_is_okta_shaped() {
     assert_eq!(body["scope"], "api:read");
     let token = body["access_token"].as_str().unwrap();
     let header = jwt_part(token, 0);
-    assert_eq!(header["alg"], "HS256");
-    assert!(header["kid"].as_str().is_some());
+    assert_eq!(header, json!({"kid": idp.signing_kid(), "alg": "RS256"}));
+    assert!(rs256_verifies(&idp.jwks(), token));
     let claims = jwt_part(token, 1);
     assert_eq!(claims["iss"], idp.issuer());
     assert_eq!(claims["aud"], "api://default");
@@ -750,8 +785,35 @@ fn discovery_and_keys() {
     assert_eq!(idp.calls(Endpoint::Discovery), 2);
     let a = get(&format!("{iss}/v1/keys"));
     assert_eq!(a.status, 200);
-    assert_eq!(a.json(), json!({ "keys": [] }));
+    let jwks = a.json();
+    assert_eq!(jwks, idp.jwks());
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["kid"], idp.signing_kid());
+    assert_eq!(
+        (
+            &keys[0]["kty"],
+            &keys[0]["alg"],
+            &keys[0]["use"],
+            &keys[0]["e"]
+        ),
+        (
+            &json!("RSA"),
+            &json!("RS256"),
+            &json!("sig"),
+            &json!("AQAB")
+        )
+    );
+    assert_eq!(
+        URL_SAFE_NO_PAD
+            .decode(keys[0]["n"].as_str().unwrap())
+            .unwrap()
+            .len(),
+        256
+    );
+    assert!(keys[0].get("d").is_none() && keys[0].get("p").is_none());
     assert_eq!(idp.calls(Endpoint::Keys), 1);
+    assert_eq!(idp.jwks_fetches(), 1);
     let a = get(&format!("{iss}/v1/nothing"));
     assert_eq!(a.status, 404);
     assert_eq!(a.json()["errorCode"], "E0000007");
@@ -807,10 +869,7 @@ fn admin_api() {
         &json!({"endpoint": "keys", "answer": "garbage"}),
     );
     answer(agent().delete(&format!("{base}/_dev/fault")).call());
-    assert_eq!(
-        get(&format!("{}/v1/keys", idp.issuer())).json(),
-        json!({"keys": []})
-    );
+    assert_eq!(get(&format!("{}/v1/keys", idp.issuer())).json(), idp.jwks());
 
     let stats = get(&format!("{base}/_dev/stats")).json();
     assert_eq!(stats["token"], 4);
@@ -969,4 +1028,168 @@ fn echo_records_every_request() {
     echo.clear();
     assert_eq!(echo.count(), 0);
     assert!(echo.requests().is_empty());
+}
+
+#[test]
+fn key_rotation_publishes_then_switches_then_retires() {
+    let idp = idp_with_client();
+    let iss = idp.issuer();
+    let kids = |a: Answer| -> Vec<String> {
+        a.json()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = idp.signing_kid();
+    let old_token = idp.mint_token(TokenSpec::for_client("0oaApp", &["api:read"]));
+    assert_eq!(idp.published_kids(), vec![first.clone()]);
+
+    let next = idp.publish_next_key();
+    assert_ne!(next, first);
+    assert_eq!(idp.signing_kid(), first);
+    assert_eq!(
+        kids(get(&format!("{iss}/v1/keys"))),
+        [first.clone(), next.clone()]
+    );
+
+    assert_eq!(idp.switch_signing_key(), next);
+    let new_token = idp.mint_token(TokenSpec::for_client("0oaApp", &["api:read"]));
+    assert_eq!(jwt_part(&new_token, 0)["kid"], next);
+    let both = idp.jwks();
+    assert!(rs256_verifies(&both, &old_token) && rs256_verifies(&both, &new_token));
+
+    assert_eq!(idp.retire_old_keys(), vec![first.clone()]);
+    let only_new = idp.jwks();
+    assert_eq!(kids(get(&format!("{iss}/v1/keys"))), vec![next.clone()]);
+    assert!(!rs256_verifies(&only_new, &old_token));
+    assert!(rs256_verifies(&only_new, &new_token));
+    // Introspection does not care about keys: the old token stays active until it expires.
+    assert_eq!(introspect(&idp, &old_token).json()["active"], true);
+
+    let third = idp.rotate_keys();
+    assert_eq!(idp.published_kids(), vec![third.clone()]);
+    assert_eq!(idp.jwks_fetches(), 2);
+
+    // The same through the admin API.
+    let base = format!("http://{}", idp.addr());
+    let post = |path: &str| answer(agent().post(&format!("{base}{path}")).send_empty());
+    let a = post("/_dev/keys/publish");
+    assert_eq!(a.status, 200);
+    let fourth = a.json()["kid"].as_str().unwrap().to_string();
+    assert_eq!(
+        get(&format!("{base}/_dev/keys")).json(),
+        json!({"signing_kid": third, "published": [third, fourth]})
+    );
+    assert_eq!(post("/_dev/keys/switch").json(), json!({"kid": fourth}));
+    assert_eq!(
+        post("/_dev/keys/retire").json(),
+        json!({"retired": [third]})
+    );
+    let rotated = post("/_dev/keys/rotate").json();
+    assert_eq!(rotated["retired"], json!([fourth]));
+    assert_eq!(rotated["kid"], idp.signing_kid());
+    assert_eq!(get(&format!("{base}/_dev/keys/rotate")).status, 405);
+    let token = client_credentials(&idp, Some(&basic("0oaApp", "s3cret")), Some("api:read")).json()
+        ["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(jwt_part(&token, 0)["kid"], idp.signing_kid());
+    assert!(rs256_verifies(&idp.jwks(), &token));
+}
+
+#[test]
+fn hostile_tokens_for_tests() {
+    let idp = idp_with_client();
+    let kid = idp.signing_kid();
+    let jwks = idp.jwks();
+    let spec = |signing: Signing| {
+        let mut s = TokenSpec::for_client("0oaApp", &["api:read"]);
+        s.signing = signing;
+        s
+    };
+
+    // Forged: RS256 under the published kid, with a key never published.
+    let forged = idp.mint_token(spec(Signing::UnpublishedKey));
+    assert_eq!(jwt_part(&forged, 0), json!({"kid": kid, "alg": "RS256"}));
+    assert!(!rs256_verifies(&jwks, &forged));
+    // Never registered: introspection does not know it.
+    assert_eq!(introspect(&idp, &forged).json(), json!({"active": false}));
+
+    let none = idp.mint_token(spec(Signing::None));
+    assert_eq!(jwt_part(&none, 0)["alg"], "none");
+    assert!(none.ends_with('.'));
+
+    let confused = idp.mint_token(spec(Signing::Hs256WithPublicKey));
+    assert_eq!(jwt_part(&confused, 0)["alg"], "HS256");
+    assert!(idp
+        .public_key_pem()
+        .starts_with("-----BEGIN PUBLIC KEY-----\n"));
+
+    // Header parameters: added, overridden, removed; genuine signatures stay genuine.
+    let mut s = spec(Signing::Genuine);
+    s.header
+        .insert("jku".into(), json!("http://127.0.0.1:9/jwks"));
+    s.header
+        .insert("x5u".into(), json!("http://127.0.0.1:9/cert"));
+    let with_jku = idp.mint_token(s);
+    assert_eq!(jwt_part(&with_jku, 0)["jku"], "http://127.0.0.1:9/jwks");
+    assert!(rs256_verifies(&jwks, &with_jku));
+    assert_eq!(introspect(&idp, &with_jku).json()["active"], true);
+    let mut s = spec(Signing::UnpublishedKey);
+    s.header.insert("kid".into(), json!("no-such-kid"));
+    assert_eq!(jwt_part(&idp.mint_token(s), 0)["kid"], "no-such-kid");
+    let mut s = spec(Signing::Genuine);
+    s.header.insert("kid".into(), Value::Null);
+    assert_eq!(jwt_part(&idp.mint_token(s), 0), json!({"alg": "RS256"}));
+
+    // Claims: wrong issuer and audience, expired, nbf in the future, a claim removed.
+    let mut s = spec(Signing::Genuine);
+    s.issuer = Some("https://evil.example.com/oauth2/default".into());
+    s.audience = Some("api://other".into());
+    s.expires_in_secs = -60;
+    s.claims.insert("nbf".into(), json!(now() + 600));
+    s.claims.insert("cid".into(), Value::Null);
+    let claims = jwt_part(&idp.mint_token(s), 1);
+    assert_eq!(claims["iss"], "https://evil.example.com/oauth2/default");
+    assert_eq!(claims["aud"], "api://other");
+    assert!(claims["exp"].as_i64().unwrap() < now());
+    assert!(claims["nbf"].as_i64().unwrap() > now());
+    assert!(claims.get("cid").is_none());
+
+    // Anything at all, and a payload swapped after signing.
+    let raw = idp.mint_raw(
+        &json!({"alg": "RS256", "kid": kid, "crit": ["exp"]}),
+        &json!([1, 2]),
+        Signing::Genuine,
+    );
+    assert_eq!(jwt_part(&raw, 1), json!([1, 2]));
+    assert!(rs256_verifies(&jwks, &raw));
+    let genuine = idp.mint_token(spec(Signing::Genuine));
+    let tampered = IdpHandle::with_payload(&genuine, &json!({"cid": "0oaAdmin"}));
+    assert_eq!(jwt_part(&tampered, 1), json!({"cid": "0oaAdmin"}));
+    assert_eq!(tampered.split('.').nth(2), genuine.split('.').nth(2));
+    assert!(!rs256_verifies(&jwks, &tampered));
+
+    // Through the admin API.
+    let base = format!("http://{}", idp.addr());
+    let a = post_json(
+        &format!("{base}/_dev/tokens"),
+        &json!({"client_id": "0oaApp", "signing": "hs256", "hs256_secret": "k", "header": {"kid": null}}),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let t = a.json()["access_token"].as_str().unwrap().to_string();
+    assert_eq!(jwt_part(&t, 0), json!({"alg": "HS256"}));
+    for bad in [
+        json!({"client_id": "0oaApp", "signing": "hs256"}),
+        json!({"client_id": "0oaApp", "signing": "rot13"}),
+    ] {
+        assert_eq!(
+            post_json(&format!("{base}/_dev/tokens"), &bad).status,
+            400,
+            "{bad}"
+        );
+    }
 }

@@ -30,7 +30,7 @@ pub use client::Response;
 pub use envoy::{ClusterSpec, EnvoyOptions, RouteSpec, StartFailure};
 pub use okta_dev_idp::{
     EchoHandle, EchoRequest, Endpoint, Fault, FaultAnswer, IdpHandle, IdpOptions, RateLimit,
-    TokenRequestRecord, TokenSpec,
+    Signing, TokenRequestRecord, TokenSpec,
 };
 
 /// The scope the default test configuration requires.

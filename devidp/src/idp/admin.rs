@@ -10,6 +10,11 @@
 //! | `POST /_dev/fault` | see [`FaultDto`] | 204 |
 //! | `DELETE /_dev/fault[?endpoint=token]` | | 204 (all endpoints without `endpoint`) |
 //! | `POST /_dev/tokens` | a [`TokenSpec`](super::TokenSpec) as JSON, see [`TokenSpecDto`] | 200 `{"access_token","token_type","expires_in"}` |
+//! | `GET /_dev/keys` | | 200 `{"signing_kid","published":[..]}` |
+//! | `POST /_dev/keys/publish` | | 200 `{"kid"}`: rotation step 1, the next key is published |
+//! | `POST /_dev/keys/switch` | | 200 `{"kid"}`: step 2, tokens are signed with the newest key |
+//! | `POST /_dev/keys/retire` | | 200 `{"retired":[..]}`: step 3, only the signing key stays |
+//! | `POST /_dev/keys/rotate` | | 200 `{"kid","retired":[..]}`: the three steps at once |
 //! | `POST /_dev/revoke` | `{"token"}` | 204 |
 //! | `POST /_dev/reset` | | 204 (counters, as `IdpHandle::reset_counters`) |
 //! | `GET`, `POST`, `DELETE /_dev/rate_limit` | see the `ratelimit` module | |
@@ -20,7 +25,7 @@ use hyper::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{Endpoint, Fault, FaultAnswer, Req, Shared, TokenSpec};
+use super::{Endpoint, Fault, FaultAnswer, Req, Shared, Signing, TokenSpec};
 use crate::serve::Resp;
 use crate::util::{json_response, method_not_allowed, not_found, response};
 
@@ -60,7 +65,9 @@ struct FaultDto {
 }
 
 /// `POST /_dev/tokens`: the fields of [`TokenSpec`]; only `client_id` is required. Defaults are
-/// those of [`TokenSpec::for_client`] (`claims` default `{"app_id": client_id}`).
+/// those of [`TokenSpec::for_client`] (`claims` default `{"app_id": client_id}`). `signing` is
+/// `genuine` (default), `unpublished_key`, `hs256_public_key`, `hs256` (with `hs256_secret`)
+/// or `none`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokenSpecDto {
@@ -77,6 +84,34 @@ struct TokenSpecDto {
     claims: Option<Map<String, Value>>,
     #[serde(default)]
     introspect_active_even_if_expired: bool,
+    #[serde(default)]
+    header: Option<Map<String, Value>>,
+    #[serde(default)]
+    signing: Option<String>,
+    #[serde(default)]
+    hs256_secret: Option<String>,
+}
+
+fn signing_from(dto: &TokenSpecDto) -> Result<Signing, Box<Resp>> {
+    Ok(match dto.signing.as_deref().unwrap_or("genuine") {
+        "genuine" => Signing::Genuine,
+        "unpublished_key" => Signing::UnpublishedKey,
+        "hs256_public_key" => Signing::Hs256WithPublicKey,
+        "none" => Signing::None,
+        "hs256" => match &dto.hs256_secret {
+            Some(secret) => Signing::Hs256(secret.as_bytes().to_vec()),
+            None => {
+                return Err(Box::new(bad_request(
+                    "signing 'hs256' needs 'hs256_secret'",
+                )))
+            }
+        },
+        _ => {
+            return Err(Box::new(bad_request(
+                "'signing' must be one of genuine, unpublished_key, hs256_public_key, hs256, none",
+            )))
+        }
+    })
 }
 
 #[derive(Deserialize)]
@@ -179,8 +214,10 @@ pub(super) fn handle(shared: &Shared, req: &Req) -> Resp {
             no_content()
         }
         ("/_dev/fault", _) => method_not_allowed("POST, DELETE"),
-        ("/_dev/tokens", &Method::POST) => match parse::<TokenSpecDto>(req) {
-            Ok(dto) => {
+        ("/_dev/tokens", &Method::POST) => match parse::<TokenSpecDto>(req)
+            .and_then(|dto| signing_from(&dto).map(|signing| (dto, signing)))
+        {
+            Ok((dto, signing)) => {
                 let mut spec = TokenSpec::for_client(&dto.client_id, &[]);
                 spec.scopes = dto.scopes;
                 if dto.audience.is_some() {
@@ -194,6 +231,8 @@ pub(super) fn handle(shared: &Shared, req: &Req) -> Resp {
                     spec.claims = claims;
                 }
                 spec.introspect_active_even_if_expired = dto.introspect_active_even_if_expired;
+                spec.header = dto.header.unwrap_or_default();
+                spec.signing = signing;
                 let expires_in = spec.expires_in_secs;
                 let token = shared.issue(&spec);
                 json_response(
@@ -204,6 +243,37 @@ pub(super) fn handle(shared: &Shared, req: &Req) -> Resp {
             Err(resp) => *resp,
         },
         ("/_dev/tokens", _) => method_not_allowed("POST"),
+        ("/_dev/keys", &Method::GET) => {
+            let state = shared.lock();
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "signing_kid": state.keys.signing_kid(),
+                    "published": state.keys.published_kids(),
+                }),
+            )
+        }
+        ("/_dev/keys", _) => method_not_allowed("GET"),
+        (
+            "/_dev/keys/publish" | "/_dev/keys/switch" | "/_dev/keys/retire" | "/_dev/keys/rotate",
+            m,
+        ) if m != Method::POST => method_not_allowed("POST"),
+        ("/_dev/keys/publish", _) => {
+            let kid = shared.lock().keys.publish_next();
+            json_response(StatusCode::OK, &json!({ "kid": kid }))
+        }
+        ("/_dev/keys/switch", _) => {
+            let kid = shared.lock().keys.switch_to_newest();
+            json_response(StatusCode::OK, &json!({ "kid": kid }))
+        }
+        ("/_dev/keys/retire", _) => {
+            let retired = shared.lock().keys.retire_others();
+            json_response(StatusCode::OK, &json!({ "retired": retired }))
+        }
+        ("/_dev/keys/rotate", _) => {
+            let (kid, retired) = shared.lock().keys.rotate();
+            json_response(StatusCode::OK, &json!({ "kid": kid, "retired": retired }))
+        }
         ("/_dev/revoke", &Method::POST) => match parse::<RevokeDto>(req) {
             Ok(dto) => {
                 if let Some(t) = shared.lock().tokens.get_mut(&dto.token) {
