@@ -153,7 +153,8 @@ pub fn verify(
     check_audience(&jws.claims, &policy.audience)?;
     let exp = check_exp(&jws.claims, now_s, policy.clock_skew_s)?;
     for (name, reason) in [("nbf", "nbf in the future"), ("iat", "iat in the future")] {
-        if numeric_date(&jws.claims, name)?.is_some_and(|t| t > now_s + policy.clock_skew_s) {
+        let latest = now_s.saturating_add(policy.clock_skew_s);
+        if numeric_date(&jws.claims, name)?.is_some_and(|t| t > latest) {
             return Err(JwtError::Invalid(reason));
         }
     }
