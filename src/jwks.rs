@@ -1,6 +1,8 @@
 //! The issuer's signing keys: a JWKS document (RFC 7517) read into a [`KeySet`], the JWS
 //! algorithms the filter accepts ([`Alg`]), and the signature check of one key. Pure: the glue
-//! fetches the document, this module only reads it. The big-number work is RustCrypto's `rsa`.
+//! fetches the document, this module only reads it. The big-number work is RustCrypto's: `rsa`
+//! (key checks, DigestInfo prefixes, exponents other than 65537) and its `crypto-bigint`
+//! (Montgomery arithmetic of the e = 65537 fast path, see `rsa_pkcs1v15_verify`).
 //!
 //! A key set is read strictly but forgivingly: the document must be a JSON object with a `keys`
 //! array within the limits below, and each key that cannot be used for verifying signatures
