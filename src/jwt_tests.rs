@@ -575,3 +575,30 @@ fn errors_never_carry_token_or_claim_values() {
     let v = check(&token(&claims())).unwrap();
     assert!(!format!("{v:?}").contains("eyJ"));
 }
+
+/// Before any key set was fetched, `verify` against an empty set says whether a fetch could
+/// help: a token that fails a check needing no key is refused outright, any other asks for keys.
+#[test]
+fn empty_key_set_tells_whether_a_fetch_could_help() {
+    let none = KeySet::default();
+    let p = policy();
+    assert_eq!(
+        verify(&token(&claims()), &none, &p, NOW),
+        Err(JwtError::UnknownKid("k1".into()))
+    );
+    for refused in [
+        "garbage".to_string(),
+        token(&claims_with(json!({"aud": "api://other"}))),
+        token(&claims_with(json!({"exp": NOW - 3600}))),
+        sign(
+            &json!({"alg": "HS256", "kid": "k1"}),
+            &claims(),
+            &dev_key("1"),
+        ),
+    ] {
+        assert!(matches!(
+            verify(&refused, &none, &p, NOW),
+            Err(JwtError::Invalid(_))
+        ));
+    }
+}
