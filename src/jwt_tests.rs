@@ -26,6 +26,7 @@ pub(crate) fn dev_key(name: &str) -> PrivateKey {
         "2" => include_str!("../devidp/keys/dev-rsa-2.pem"),
         "unpublished" => include_str!("../devidp/keys/dev-rsa-unpublished.pem"),
         "4096" => include_str!("../devidp/keys/test-rsa-4096.pem"),
+        "e3" => include_str!("../devidp/keys/test-rsa-e3.pem"),
         other => panic!("no dev key {other}"),
     };
     PrivateKey::from_pkcs1_pem(pem).unwrap()
