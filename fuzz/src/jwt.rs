@@ -22,8 +22,7 @@
 //! the policy wants issuer [`ISSUER`], audience `api://default`, scope `api:read`, app claim
 //! `app_id`, 60 s of skew, and allows RS256, RS384 and RS512.
 //!
-//! Properties: never panics; the e = 65537 fast RSA path and the `rsa` crate agree on every
-//! signature under both keys and every algorithm; an accepted token's own header and payload (read independently)
+//! Properties: never panics; an accepted token's own header and payload (read independently)
 //! have an allowed `alg`, no `crit`, a `kid` in the key set, `iss` = the issuer, an `aud` that is
 //! or contains the audience, an `exp` in the future (with skew) equal to the verdict's, and
 //! `nbf`/`iat` not in the future; its identity is non-empty and it and the scope are header-safe,
@@ -132,7 +131,6 @@ fn split_line(data: &[u8]) -> (&[u8], &[u8]) {
 }
 
 fn token(token: &str) {
-    signature_paths_agree(token);
     let peeked = peek(token, ISSUER, NOW_S, SKEW_S);
     if let Ok(p) = &peeked {
         if checked("peek-issuer-and-exp") {
@@ -152,30 +150,6 @@ fn token(token: &str) {
             assert!(header_safe(&kid) && !kid.is_empty() && kid.len() <= 256);
         }
         Err(_) => {}
-    }
-}
-
-/// The e = 65537 fast path and the `rsa` crate give the same answer for this token's signature
-/// under every published key, with every algorithm.
-fn signature_paths_agree(token: &str) {
-    if !checked("rsa-paths-agree") {
-        return;
-    }
-    let Some((input, signature)) = token.rsplit_once('.') else {
-        return;
-    };
-    let Ok(signature) = URL_SAFE_NO_PAD.decode(signature) else {
-        return;
-    };
-    for kid in ["k1", "k2"] {
-        let jwk = key_set().get(kid).expect("fixed key set");
-        for alg in Alg::ALL {
-            assert_eq!(
-                jwk.verifies(alg, input.as_bytes(), &signature),
-                jwk.verifies_by_rsa_crate(alg, input.as_bytes(), &signature),
-                "{kid} {alg:?}"
-            );
-        }
     }
 }
 
