@@ -41,6 +41,9 @@ proxy_wasm::main! {{
 struct Plugin {
     gate: RefCell<Gate>,
     metrics: Metrics,
+    /// ngx_wasm_module (its set_effective_context accepts anything): there a local reply sent
+    /// while handling a call that failed (reset, timeout) loses its body (see `deliver`).
+    lenient_host: bool,
 }
 
 /// Host metric ids, by `Counter::index`. A metric the host refused to define is skipped.
@@ -96,7 +99,14 @@ impl RootContext for Root {
             Ok(config) => config,
             Err(e) => {
                 log::error!("[{}] okta-dcr-auth: configuration refused: {e}", self.id);
-                return false;
+                // Envoy refuses to start with it. ngx_wasm_module ends the worker and starts no
+                // other: once every worker is gone, the whole server (every route, not only
+                // this one) accepts connections that nobody answers. There (the host whose
+                // set_effective_context accepts anything), stay up unconfigured instead: every
+                // request on this route is answered 503 (`LocalReply::not_configured`).
+                let lenient_host = abi::set_effective_context(u32::MAX);
+                abi::set_effective_context(self.id);
+                return lenient_host;
             }
         };
         let metrics = Metrics::define();
@@ -117,6 +127,7 @@ impl RootContext for Root {
         self.plugin = Some(Rc::new(Plugin {
             gate: RefCell::new(gate),
             metrics,
+            lenient_host: solo,
         }));
         // Some hosts (ngx_wasm_module) allow the tick period to be set once only.
         if !self.ticking {
@@ -132,7 +143,7 @@ impl RootContext for Root {
                 .gate
                 .borrow_mut()
                 .on_tick(self.id, &HostCalls(&plugin.metrics));
-            apply_elsewhere(steps);
+            apply_elsewhere(steps, false);
         }
     }
 
@@ -182,6 +193,9 @@ impl Context for Request {
     }
 }
 
+/// The identity headers the filter sends upstream.
+const IDENTITY_HEADERS: [&str; 2] = ["x-credential-identifier", "x-authenticated-scope"];
+
 /// Client-sent headers that would pass for ours: any case, and `_` or `.` for `-` (some
 /// upstreams and frameworks read them as the same name).
 fn is_identity_header(name: &str) -> bool {
@@ -201,17 +215,36 @@ impl HttpContext for Request {
         // by commas; a host that does not would hand over several).
         let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
         let mut authorization: Vec<&[u8]> = Vec::new();
+        let mut spoofed: Vec<&str> = Vec::new();
         for (name, value) in &headers {
             if name.eq_ignore_ascii_case("authorization") {
                 authorization.push(value);
             } else if is_identity_header(name) {
-                abi::remove_request_header(name);
+                spoofed.push(name);
             }
         }
+        let scrubbed = abi::scrub_request_headers(&spoofed, &IDENTITY_HEADERS);
         let Some(plugin) = &self.plugin else {
             send_reply(&LocalReply::not_configured());
             return Action::Pause;
         };
+        if !scrubbed {
+            // Only on ngx_wasm_module: several copies of one identity header, or one nginx
+            // cannot edit (see `abi::scrub_request_headers`). Their values would go upstream.
+            log::debug!(
+                "[{}] request refused: identity headers the host cannot remove",
+                self.id
+            );
+            let realm = plugin.gate.borrow().config().realm.clone();
+            send_reply(&LocalReply {
+                status: 400,
+                challenges: vec![format!(
+                    "Bearer realm=\"{realm}\", error=\"invalid_request\""
+                )],
+                body: r#"{"message":"x-credential-identifier or x-authenticated-scope sent by the client"}"#.into(),
+            });
+            return Action::Pause;
+        }
         let host = HostCalls(&plugin.metrics);
         let step = plugin
             .gate
@@ -269,11 +302,17 @@ fn deliver(plugin: &Rc<Plugin>, caller: u32, token: u32, header_count: usize, bo
         .gate
         .borrow_mut()
         .on_idp_answer(caller, token, answer, &host);
-    apply_elsewhere(steps);
+    // ngx_wasm_module 9136e463 hands the body of a local reply sent from the callback of a call
+    // that failed after it was sent the chain link of that call's request body, which it then
+    // empties when it frees the call: the client gets the headers and nothing (an empty reply).
+    // Without a body the reply arrives whole (503, `Content-Length: 0`).
+    let bodyless = plugin.lenient_host && header_count == 0;
+    apply_elsewhere(steps, bodyless);
 }
 
-/// Applies steps to paused requests, each in its own context.
-fn apply_elsewhere(steps: Vec<(u32, Step)>) {
+/// Applies steps to paused requests, each in its own context; replies without a body when
+/// `bodyless`.
+fn apply_elsewhere(steps: Vec<(u32, Step)>, bodyless: bool) {
     for (ctx, step) in steps {
         if !abi::set_effective_context(ctx) {
             continue;
@@ -283,7 +322,12 @@ fn apply_elsewhere(steps: Vec<(u32, Step)>) {
                 apply_forward(&forward);
                 abi::continue_request();
             }
-            Step::Reply(_, reply) => send_reply(&reply),
+            Step::Reply(_, mut reply) => {
+                if bodyless {
+                    reply.body.clear();
+                }
+                send_reply(&reply)
+            }
             Step::Wait => {}
         }
     }
@@ -308,7 +352,10 @@ fn apply_forward(forward: &Forward) {
 }
 
 fn send_reply(reply: &LocalReply) {
-    let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    let mut headers: Vec<(&str, &str)> = Vec::new();
+    if !reply.body.is_empty() {
+        headers.push(("content-type", "application/json"));
+    }
     for challenge in &reply.challenges {
         headers.push(("www-authenticate", challenge));
     }
