@@ -41,9 +41,6 @@ proxy_wasm::main! {{
 struct Plugin {
     gate: RefCell<Gate>,
     metrics: Metrics,
-    /// ngx_wasm_module (its set_effective_context accepts anything): there a local reply sent
-    /// while handling a call that failed (reset, timeout) loses its body (see `deliver`).
-    lenient_host: bool,
 }
 
 /// Host metric ids, by `Counter::index`. A metric the host refused to define is skipped.
@@ -104,9 +101,7 @@ impl RootContext for Root {
                 // this one) accepts connections that nobody answers. There (the host whose
                 // set_effective_context accepts anything), stay up unconfigured instead: every
                 // request on this route is answered 503 (`LocalReply::not_configured`).
-                let lenient_host = abi::set_effective_context(u32::MAX);
-                abi::set_effective_context(self.id);
-                return lenient_host;
+                return abi::lenient_host();
             }
         };
         let metrics = Metrics::define();
@@ -127,7 +122,6 @@ impl RootContext for Root {
         self.plugin = Some(Rc::new(Plugin {
             gate: RefCell::new(gate),
             metrics,
-            lenient_host: solo,
         }));
         // Some hosts (ngx_wasm_module) allow the tick period to be set once only.
         if !self.ticking {
@@ -302,11 +296,12 @@ fn deliver(plugin: &Rc<Plugin>, caller: u32, token: u32, header_count: usize, bo
         .gate
         .borrow_mut()
         .on_idp_answer(caller, token, answer, &host);
-    // ngx_wasm_module 9136e463 hands the body of a local reply sent from the callback of a call
-    // that failed after it was sent the chain link of that call's request body, which it then
-    // empties when it frees the call: the client gets the headers and nothing (an empty reply).
-    // Without a body the reply arrives whole (503, `Content-Length: 0`).
-    let bodyless = plugin.lenient_host && header_count == 0;
+    // ngx_wasm_module 9136e463 builds the body of a local reply on the first free chain link of
+    // the request. When the call's answer had no body (a failed call, or an empty answer), that
+    // link is still the one that carried the call's own request body (token or introspection
+    // form), and freeing the call afterwards empties it: the client got the headers and no body
+    // (an empty reply). Without a body the reply arrives whole (`Content-Length: 0`).
+    let bodyless = body_size == 0 && abi::lenient_host();
     apply_elsewhere(steps, bodyless);
 }
 
@@ -356,8 +351,17 @@ fn send_reply(reply: &LocalReply) {
     if !reply.body.is_empty() {
         headers.push(("content-type", "application/json"));
     }
-    for challenge in &reply.challenges {
-        headers.push(("www-authenticate", challenge));
+    // ngx_wasm_module sets a local reply's headers one by one, each replacing the one before of
+    // the same name: only the last challenge would remain. There they go in one header, as a
+    // comma-separated list (RFC 9110 11.6.1).
+    let joined;
+    if reply.challenges.len() > 1 && abi::lenient_host() {
+        joined = reply.challenges.join(", ");
+        headers.push(("www-authenticate", &joined));
+    } else {
+        for challenge in &reply.challenges {
+            headers.push(("www-authenticate", challenge));
+        }
     }
     abi::send_local_response(reply.status, &headers, reply.body.as_bytes());
 }
