@@ -9,14 +9,20 @@
 //! configure: `underscores_in_headers on` (the `_` spellings of the identity headers reach the
 //! filter) and `ignore_invalid_headers off` (so do names with `.`).
 //!
+//! The listener has `reuseport`, as Kong's default `proxy_listen` does: each worker gets its own
+//! socket and the kernel spreads connections over them (without it, one worker can take a whole
+//! burst).
+//!
 //! nginx cannot listen on port 0 and say which port it got, so the harness picks a free port and
 //! retries with another when nginx could not bind it.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::client::{self, Response};
@@ -137,7 +143,7 @@ pub fn render_conf(
          \x20   client_body_temp_path tmp/client_body;\n\
          \x20   proxy_temp_path tmp/proxy;\n\
          \x20   server {{\n\
-         \x20       listen 127.0.0.1:{port};\n\
+         \x20       listen 127.0.0.1:{port} reuseport;\n\
          \x20       location = {READY_PATH} {{ return 200 \"ready\\n\"; }}\n"
     ));
     for route in routes {
@@ -171,12 +177,21 @@ pub fn resolve_upstream(config: &mut serde_json::Value, clusters: &[ClusterSpec]
     }
 }
 
-/// A free loopback port, as far as anyone can know before binding it.
+/// A free loopback port, as far as anyone can know before binding it, and never one this
+/// process handed out before: with `reuseport` a second nginx could bind the same port and
+/// share its connections, where without it the bind would fail.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+    static USED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        let mut used = USED.lock().unwrap_or_else(|e| e.into_inner());
+        if used.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A running nginx master and its workers. Stopped (and waited for) on drop.
