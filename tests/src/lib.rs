@@ -370,6 +370,15 @@ impl StackBuilder {
         self
     }
 
+    /// On ngx_wasm_module, run the `--with-debug` nginx (its assertions on), its error log at
+    /// `info`: at `debug` that build logs every request header, credentials included. No effect
+    /// on Envoy.
+    pub fn ngx_debug_build(mut self) -> Self {
+        self.ngx_options.debug_build = true;
+        self.ngx_options.log_level = "info".into();
+        self
+    }
+
     pub fn envoy_arg(mut self, arg: &str) -> Self {
         self.options.extra_args.push(arg.into());
         self
@@ -471,7 +480,7 @@ impl StackBuilder {
                 let opts = self.ngx_options;
                 let upstream = echo.addr();
                 let conf = |port| ngx::render_conf(&routes, upstream, wasm.as_deref(), port, &opts);
-                Host::Ngx(ngx::Ngx::start(conf, &dir)?)
+                Host::Ngx(ngx::Ngx::start(conf, &opts, &dir)?)
             }
         };
         Ok(Stack {

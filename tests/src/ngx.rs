@@ -53,12 +53,13 @@ pub fn engine_dir() -> PathBuf {
 }
 
 /// The nginx binary: `$NGX_BIN` when set, else the engine's `sbin/nginx` (`sbin/nginx-debug`
-/// with `OKTA_NGX_DEBUG=1`). Panics with the command that builds it when it is missing.
-pub fn nginx_binary() -> PathBuf {
+/// with `OKTA_NGX_DEBUG=1`, or when `debug_build`). Panics with the command that builds it when
+/// it is missing.
+pub fn nginx_binary(debug_build: bool) -> PathBuf {
     if let Some(bin) = std::env::var_os("NGX_BIN").filter(|b| !b.is_empty()) {
         return PathBuf::from(bin);
     }
-    let debug = std::env::var("OKTA_NGX_DEBUG").is_ok_and(|v| v == "1");
+    let debug = debug_build || std::env::var("OKTA_NGX_DEBUG").is_ok_and(|v| v == "1");
     let path = engine_dir()
         .join("sbin")
         .join(if debug { "nginx-debug" } else { "nginx" });
@@ -79,6 +80,8 @@ pub struct NgxOptions {
     /// `error_log` level: `debug` shows the filter's debug lines (a release nginx logs nothing
     /// else at that level).
     pub log_level: String,
+    /// Run `sbin/nginx-debug` (`--with-debug`: ngx_wasm_module's assertions are on).
+    pub debug_build: bool,
 }
 
 impl Default for NgxOptions {
@@ -86,6 +89,7 @@ impl Default for NgxOptions {
         NgxOptions {
             workers: 2,
             log_level: "debug".into(),
+            debug_build: false,
         }
     }
 }
@@ -206,11 +210,15 @@ pub struct Ngx {
 impl Ngx {
     /// Writes `nginx.conf` into `dir` (rendered by `conf` for a port), starts nginx and waits
     /// until a worker answers. Retries on another port when the one picked was taken.
-    pub fn start(conf: impl Fn(u16) -> String, dir: &Path) -> Result<Ngx, StartFailure> {
+    pub fn start(
+        conf: impl Fn(u16) -> String,
+        opts: &NgxOptions,
+        dir: &Path,
+    ) -> Result<Ngx, StartFailure> {
         let mut last = None;
         for _ in 0..5 {
             let port = free_port();
-            match Ngx::start_on(&conf(port), port, dir) {
+            match Ngx::start_on(&conf(port), port, opts, dir) {
                 Ok(ngx) => return Ok(ngx),
                 Err(f) if f.log.contains("Address already in use") => last = Some(f),
                 Err(f) => return Err(f),
@@ -219,8 +227,8 @@ impl Ngx {
         Err(last.unwrap_or_else(|| unreachable_failure(dir)))
     }
 
-    fn start_on(conf: &str, port: u16, dir: &Path) -> Result<Ngx, StartFailure> {
-        let nginx = nginx_binary();
+    fn start_on(conf: &str, port: u16, opts: &NgxOptions, dir: &Path) -> Result<Ngx, StartFailure> {
+        let nginx = nginx_binary(opts.debug_build);
         let conf_path = dir.join("nginx.conf");
         let log_path = dir.join("error.log");
         let _ = fs::remove_file(&log_path);
