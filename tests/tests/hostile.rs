@@ -1643,6 +1643,9 @@ impl Drop for PanicStack {
 ///   upstream WITHOUT the filter: for an authentication filter, unauthenticated.
 #[test]
 fn fail_closed_answers_503_once_the_vm_crashed_and_never_lets_a_request_through() {
+    if envoy_only("Envoy's failure_policy (ngx_wasm_module: `a_trap_on_ngx_...`)") {
+        return;
+    }
     let p = PanicStack::start("FAIL_CLOSED");
     let r = p.get(&[]);
     assert_eq!(
@@ -1668,6 +1671,9 @@ fn fail_closed_answers_503_once_the_vm_crashed_and_never_lets_a_request_through(
 
 #[test]
 fn fail_reload_answers_503_for_the_crash_then_runs_a_fresh_vm() {
+    if envoy_only("Envoy's failure_policy (ngx_wasm_module: `a_trap_on_ngx_...`)") {
+        return;
+    }
     let p = PanicStack::start("FAIL_RELOAD");
     p.crash();
     std::thread::sleep(Duration::from_millis(1500));
@@ -1688,6 +1694,9 @@ fn fail_reload_answers_503_for_the_crash_then_runs_a_fresh_vm() {
 
 #[test]
 fn fail_open_lets_requests_skip_a_crashed_filter() {
+    if envoy_only("Envoy's failure_policy (ngx_wasm_module: `a_trap_on_ngx_...`)") {
+        return;
+    }
     let p = PanicStack::start("FAIL_OPEN");
     p.crash();
     let mut skipped = 0;
@@ -1709,4 +1718,62 @@ fn fail_open_lets_requests_skip_a_crashed_filter() {
         skipped > 0,
         "FAIL_OPEN should let requests past the crashed VM"
     );
+}
+
+/// ngx_wasm_module has no failure policy: a filter that traps fails that request with 500 (it
+/// never goes upstream), and the next request runs on a new instance of the module.
+#[test]
+fn a_trap_on_ngx_is_a_500_for_that_request_and_the_next_ones_run_on_a_new_instance() {
+    if !on_ngx() {
+        eprintln!("ngx_wasm_module only (Envoy: the failure_policy tests)");
+        return;
+    }
+    let wasm = panic_filter_wasm();
+    let echo = EchoHandle::spawn("127.0.0.1:0").unwrap_or_else(|e| panic!("echo: {e}"));
+    let routes = [RouteSpec {
+        prefix: "/".into(),
+        filter_config: Some("{}".into()),
+    }];
+    let opts = NgxOptions {
+        workers: 1,
+        ..NgxOptions::default()
+    };
+    let dir = envoy::run_dir("panic-ngx");
+    let conf = |port| ngx::render_conf(&routes, echo.addr(), Some(&wasm), port, &opts);
+    let host = ngx::Ngx::start(conf, &opts, &dir).unwrap_or_else(|f| panic!("{f}"));
+    let get = |headers: &[(&str, &str)]| {
+        client::send(
+            host.listener(),
+            "GET",
+            "/",
+            headers,
+            client::DEFAULT_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("GET through nginx: {e}"))
+    };
+    assert_eq!(
+        get(&[]).status,
+        200,
+        "the filter passes requests before it traps"
+    );
+    echo.clear();
+    let r = get(&[("x-panic", "1")]);
+    assert_eq!(r.status, 500, "the request whose filter panicked: {r:#?}");
+    assert_eq!(echo.count(), 0, "the panicking request went upstream");
+    for _ in 0..5 {
+        assert_eq!(
+            get(&[]).status,
+            200,
+            "the next requests run on a new instance"
+        );
+    }
+    for r in echo.requests() {
+        assert_eq!(
+            upstream_header(&r, "x-panic-filter"),
+            vec!["passed"],
+            "a request reached the upstream without the filter: {r:#?}"
+        );
+    }
+    assert!(host.log().contains("panicked"), "nginx logs the panic");
+    let _ = std::fs::remove_dir_all(&dir);
 }
