@@ -291,7 +291,16 @@ impl Ngx {
             // A worker that fails to start (e.g. on_configure refused) exits with code 2 and is
             // not restarted: nothing would ever answer.
             if log.contains("exited with fatal code") {
-                return Err(("an nginx worker exited with a fatal code".into(), None));
+                // Say why: the module did not load (an import the host declares otherwise), or
+                // the filter refused its configuration, ...
+                let why = log
+                    .lines()
+                    .find(|l| l.contains("[error]") || l.contains("[emerg]"))
+                    .unwrap_or("");
+                return Err((
+                    format!("an nginx worker exited with a fatal code: {why}"),
+                    None,
+                ));
             }
             if Instant::now() > deadline {
                 return Err((format!("not ready after {READY_TIMEOUT:?} ({last})"), None));
