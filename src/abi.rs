@@ -33,7 +33,6 @@ extern "C" {
     ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
-    fn proxy_get_log_level(return_level: *mut u32) -> u32;
 }
 
 // SAFETY (every call below): the pointers are to live slices whose lengths go with them, and the
@@ -52,11 +51,81 @@ pub fn set_request_header(name: &str, value: &str) -> bool {
     status == STATUS_OK
 }
 
-pub fn remove_request_header(name: &str) -> bool {
+fn drop_request_header(name: &str) -> bool {
     let status = unsafe {
         proxy_remove_header_map_value(MAP_HTTP_REQUEST_HEADERS, name.as_ptr(), name.len())
     };
     status == STATUS_OK
+}
+
+/// The request's headers, names as the host spells them, values as bytes.
+fn request_headers() -> Vec<(String, Vec<u8>)> {
+    proxy_wasm::hostcalls::get_map_bytes(proxy_wasm::types::MapType::HttpRequestHeaders)
+        .unwrap_or_default()
+}
+
+/// Removes a request header so that no value of it goes upstream, on either host.
+///
+/// ngx_wasm_module (9136e463) "removes" a request header by zeroing the hash of its entry in
+/// nginx's `headers_in` list: the filter no longer sees it, but nginx's proxy module forwards
+/// every entry of that list whatever its hash, so the value still goes upstream. An entry is
+/// only ever changed for real by a replace while it is still visible, which overwrites its
+/// value in place. So a header that is there is first replaced by an empty value, then
+/// removed: Envoy drops it; nginx forwards at most the empty value. A header that is not there
+/// is left alone (a replace would create it).
+pub fn remove_request_header(name: &str) -> bool {
+    let present = request_headers()
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case(name));
+    if present {
+        set_request_header(name, "");
+    }
+    drop_request_header(name)
+}
+
+/// Takes client-sent headers out of the request so that none of their values can reach the
+/// upstream, on Envoy and on ngx_wasm_module alike. `names` are as the host spelled them (read
+/// from its header map); those equal, ignoring ASCII case, to one in `overwrite` stay, with an
+/// empty value, for the caller to replace with its own (a replace on ngx_wasm_module only
+/// changes an entry in place while it is visible: see [`remove_request_header`]); the others
+/// are removed.
+///
+/// Returns false when that could not be done, and the request must not go upstream. On
+/// ngx_wasm_module a replace overwrites the first entry of a name and hides every entry of it,
+/// which nginx still forwards: several copies of one name cannot all be emptied. Nor can a
+/// name nginx hashed without some of its characters (with `ignore_invalid_headers off`, a `.`
+/// or, without `underscores_in_headers`, a `_`): the replace does not find it. Both show when
+/// the header map is read again: each name must then be there exactly once, empty.
+pub fn scrub_request_headers(names: &[&str], overwrite: &[&str]) -> bool {
+    if names.is_empty() {
+        return true;
+    }
+    // One replace per name, whatever its case: a second one would not find the entries the
+    // first hid on ngx_wasm_module, and would add a new (empty, visible) one.
+    let mut distinct: Vec<&str> = Vec::with_capacity(names.len());
+    for name in names {
+        if !distinct.iter().any(|d| d.eq_ignore_ascii_case(name)) {
+            distinct.push(name);
+        }
+    }
+    let names = distinct;
+    for name in &names {
+        set_request_header(name, "");
+    }
+    let after = request_headers();
+    let clean = names.iter().all(|name| {
+        let mut values = after
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v);
+        matches!((values.next(), values.next()), (Some(v), None) if v.is_empty())
+    });
+    for name in &names {
+        if !overwrite.iter().any(|o| o.eq_ignore_ascii_case(name)) {
+            drop_request_header(name);
+        }
+    }
+    clean
 }
 
 pub fn send_local_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
@@ -85,22 +154,14 @@ pub fn set_effective_context(ctx: u32) -> bool {
     unsafe { proxy_set_effective_context(ctx) == STATUS_OK }
 }
 
-/// The host's log level, `None` if it would not say (the SDK's wrapper panics then). Call it
-/// only on a host known to implement it: ngx_wasm_module traps.
-pub fn log_level() -> Option<proxy_wasm::types::LogLevel> {
-    use proxy_wasm::types::LogLevel;
-    let mut level = 0u32;
-    if unsafe { proxy_get_log_level(&mut level) } != STATUS_OK {
-        return None;
+/// Whether the host is ngx_wasm_module, whose set_effective_context accepts any id and does
+/// nothing; Envoy refuses an id that names no context and changes nothing. So the probe has no
+/// effect on either.
+pub fn lenient_host() -> bool {
+    thread_local! {
+        static LENIENT: std::cell::OnceCell<bool> = const { std::cell::OnceCell::new() };
     }
-    Some(match level {
-        0 => LogLevel::Trace,
-        1 => LogLevel::Debug,
-        2 => LogLevel::Info,
-        3 => LogLevel::Warn,
-        4 => LogLevel::Error,
-        _ => LogLevel::Critical,
-    })
+    LENIENT.with(|l| *l.get_or_init(|| set_effective_context(u32::MAX)))
 }
 
 /// The ABI's header map encoding: a count, each pair's sizes, then each name and value with a

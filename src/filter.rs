@@ -24,7 +24,7 @@ use crate::gate::{
 };
 use crate::metrics::{Counter, IDP_LATENCY};
 use crate::okta::{IdpAnswer, IdpRequest};
-use crate::upstream::{is_identity_header, Forward, HeaderEdit};
+use crate::upstream::{is_identity_header, Forward, HeaderEdit, IDENTITY_HEADER, SCOPE_HEADER};
 use crate::verdict::{Denial, LocalReply, Replies};
 
 /// IdP answers larger than this are not read (and so are unreadable): Okta's are a few KiB.
@@ -100,18 +100,16 @@ impl RootContext for Root {
             Ok(config) => config,
             Err(e) => {
                 log::error!("[{}] okta-dcr-auth: configuration refused: {e}", self.id);
-                return false;
+                // ngx_wasm_module ends the worker on false and starts no other: the whole server
+                // then hangs. There, stay up unconfigured: this route answers 503.
+                return abi::lenient_host();
             }
         };
         let metrics = Metrics::define();
         let resume = host_resume(self.id);
-        if resume == Resume::AnyRequest {
-            // Only where the host has it: ngx_wasm_module traps on `proxy_get_log_level`.
-            // Lines below the host's level are then not even formatted.
-            if let Some(level) = abi::log_level() {
-                proxy_wasm::set_log_level(level);
-            }
-        } else {
+        // The host's log level is not read: ngx_wasm_module declares `proxy_get_log_level`
+        // with another signature than Envoy, and a module importing it does not load there.
+        if resume == Resume::OwnRequestOnly {
             log::info!(
                 "[{}] host cannot resume other requests: no cross-request waiting",
                 self.id
@@ -154,7 +152,7 @@ impl RootContext for Root {
             .gate
             .borrow_mut()
             .on_tick(now, &HostCalls(&plugin.metrics));
-        apply_elsewhere(plugin, steps);
+        apply_elsewhere(plugin, steps, false);
     }
 
     fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
@@ -231,17 +229,29 @@ impl HttpContext for Request {
         // by commas; a host that does not would hand over several).
         let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
         let mut authorization: Vec<&[u8]> = Vec::new();
+        let mut spoofed: Vec<&str> = Vec::new();
         for (name, value) in &headers {
             if name.eq_ignore_ascii_case("authorization") {
                 authorization.push(value);
             } else if is_identity_header(name) {
-                abi::remove_request_header(name);
+                spoofed.push(name);
             }
         }
+        let scrubbed = abi::scrub_request_headers(&spoofed, &[IDENTITY_HEADER, SCOPE_HEADER]);
         let Some(plugin) = &self.plugin else {
             send_reply(&LocalReply::not_configured(), None);
             return Action::Pause;
         };
+        if !scrubbed {
+            // Only on ngx_wasm_module: several copies of one identity header, or one nginx
+            // cannot edit (see `abi::scrub_request_headers`). Their values would go upstream.
+            log::debug!(
+                "[{}] request refused: identity headers the host cannot remove",
+                self.id
+            );
+            send_reply(plugin.replies.get(Denial::UnremovableHeaders), None);
+            return Action::Pause;
+        }
         let host = HostCalls(&plugin.metrics);
         let step = plugin.gate.borrow_mut().on_request(
             ContextId(self.id),
@@ -259,7 +269,7 @@ impl HttpContext for Request {
                 Action::Pause
             }
             Step::Unavailable { retry_after_s } => {
-                send_unavailable(plugin, retry_after_s);
+                send_unavailable(plugin, retry_after_s, true);
                 Action::Pause
             }
             Step::Wait => {
@@ -308,11 +318,12 @@ fn deliver(plugin: &Rc<Plugin>, caller: u32, token: u32, header_count: usize, bo
         now_ms(),
         &host,
     );
-    apply_elsewhere(plugin, steps);
+    let bodyless = body_size == 0 && abi::lenient_host();
+    apply_elsewhere(plugin, steps, bodyless);
 }
 
 /// Applies steps to paused requests, each in its own context.
-fn apply_elsewhere(plugin: &Plugin, steps: Vec<(ContextId, Step)>) {
+fn apply_elsewhere(plugin: &Plugin, steps: Vec<(ContextId, Step)>, bodyless: bool) {
     for (ctx, step) in steps {
         if !abi::set_effective_context(ctx.0) {
             continue;
@@ -322,8 +333,10 @@ fn apply_elsewhere(plugin: &Plugin, steps: Vec<(ContextId, Step)>) {
                 apply_forward(&forward);
                 abi::continue_request();
             }
-            Step::Deny(denial) => send_reply(plugin.replies.get(denial), None),
-            Step::Unavailable { retry_after_s } => send_unavailable(plugin, retry_after_s),
+            Step::Deny(denial) => send_reply_with(plugin.replies.get(denial), None, !bodyless),
+            Step::Unavailable { retry_after_s } => {
+                send_unavailable(plugin, retry_after_s, !bodyless)
+            }
             Step::Wait => {}
         }
     }
@@ -338,20 +351,42 @@ fn apply_forward(forward: &Forward) {
     }
 }
 
-fn send_unavailable(plugin: &Plugin, retry_after_s: u64) {
+fn send_unavailable(plugin: &Plugin, retry_after_s: u64, with_body: bool) {
     let seconds = retry_after_s.to_string();
-    send_reply(plugin.replies.get(Denial::IdpUnavailable), Some(&seconds));
+    send_reply_with(
+        plugin.replies.get(Denial::IdpUnavailable),
+        Some(&seconds),
+        with_body,
+    );
 }
 
 fn send_reply(reply: &LocalReply, retry_after: Option<&str>) {
-    let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
-    for challenge in &reply.challenges {
-        headers.push(("www-authenticate", challenge));
+    send_reply_with(reply, retry_after, true);
+}
+
+fn send_reply_with(reply: &LocalReply, retry_after: Option<&str>, with_body: bool) {
+    let body = if with_body {
+        reply.body.as_bytes()
+    } else {
+        &[]
+    };
+    let mut headers: Vec<(&str, &str)> = Vec::new();
+    if !body.is_empty() {
+        headers.push(("content-type", "application/json"));
+    }
+    let joined;
+    if reply.challenges.len() > 1 && abi::lenient_host() {
+        joined = reply.challenges.join(", ");
+        headers.push(("www-authenticate", &joined));
+    } else {
+        for challenge in &reply.challenges {
+            headers.push(("www-authenticate", challenge));
+        }
     }
     if let Some(seconds) = retry_after {
         headers.push(("retry-after", seconds));
     }
-    abi::send_local_response(reply.status, &headers, reply.body.as_bytes());
+    abi::send_local_response(reply.status, &headers, body);
 }
 
 /// The host, for the gate.

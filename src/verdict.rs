@@ -41,17 +41,22 @@ pub enum Denial {
     InsufficientScope,
     /// More than one `Authorization` header.
     DuplicateAuthorization,
+    /// Client-sent identity headers the host cannot take out of the request (ngx_wasm_module:
+    /// several copies of one, or a spelling nginx cannot edit): their values would reach the
+    /// upstream.
+    UnremovableHeaders,
     /// The IdP could not give a verdict and no usable cached one exists.
     IdpUnavailable,
 }
 
 impl Denial {
-    pub const ALL: [Denial; 6] = [
+    pub const ALL: [Denial; 7] = [
         Denial::NoCredentials,
         Denial::InvalidClient,
         Denial::InvalidToken,
         Denial::InsufficientScope,
         Denial::DuplicateAuthorization,
+        Denial::UnremovableHeaders,
         Denial::IdpUnavailable,
     ];
 
@@ -63,6 +68,7 @@ impl Denial {
             Denial::InvalidToken => "invalid_token",
             Denial::InsufficientScope => "insufficient_scope",
             Denial::DuplicateAuthorization => "duplicate_authorization",
+            Denial::UnremovableHeaders => "unremovable_identity_headers",
             Denial::IdpUnavailable => "idp_unavailable",
         }
     }
@@ -101,6 +107,13 @@ impl Denial {
                     "Bearer realm=\"{realm}\", error=\"invalid_request\""
                 )],
                 "more than one Authorization header",
+            ),
+            Denial::UnremovableHeaders => (
+                400,
+                vec![format!(
+                    "Bearer realm=\"{realm}\", error=\"invalid_request\""
+                )],
+                "x-credential-identifier or x-authenticated-scope sent by the client",
             ),
             Denial::IdpUnavailable => (503, Vec::new(), "identity provider unavailable"),
         };

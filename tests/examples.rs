@@ -16,6 +16,10 @@
 //! Hidden folders (`.git`, `.venv`, tools' caches) and build output are not walked. The test fails
 //! when a configuration does not parse, when a file under `envoy/` or `kong/` holds none (its
 //! layout changed under the extractor), or when nothing is found at all.
+//!
+//! Every configuration that parses must also pass the JSON Schema Kong (3.6+) validates filter
+//! configurations with, `kong/okta_dcr_auth.meta.json`; and configurations the filter refuses
+//! must fail it ([`the_kong_schema_refuses_what_the_filter_refuses`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -85,7 +89,13 @@ impl Checked {
             match f.bytes {
                 Err(why) => self.failures.push(format!("{}: {why}", f.origin)),
                 Ok(bytes) => match Config::from_json(&bytes) {
-                    Ok(_) => self.parsed.push(f.origin),
+                    Ok(_) => match schema_errors(&bytes) {
+                        None => self.parsed.push(f.origin),
+                        Some(why) => self.failures.push(format!(
+                            "{}: parses, but Kong's schema (kong/okta_dcr_auth.meta.json) refuses it: {why}",
+                            f.origin
+                        )),
+                    },
                     Err(e) => self
                         .failures
                         .push(format!("{}: configuration refused: {e}", f.origin)),
@@ -93,6 +103,28 @@ impl Checked {
             }
         }
     }
+}
+
+/// The `config_schema` of `kong/okta_dcr_auth.meta.json`, compiled once.
+fn kong_schema() -> &'static jsonschema::Validator {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let path = root().join("kong/okta_dcr_auth.meta.json");
+        let text = fs::read_to_string(&path).unwrap();
+        let meta: serde_json::Value = serde_json::from_str(&text).unwrap();
+        jsonschema::draft7::new(&meta["config_schema"]).unwrap()
+    })
+}
+
+/// Why the schema refuses this configuration (None when it accepts it, or it is not JSON:
+/// Config::from_json reports that).
+fn schema_errors(bytes: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let errors: Vec<String> = kong_schema()
+        .iter_errors(&value)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    (!errors.is_empty()).then(|| errors.join("; "))
 }
 
 fn root() -> PathBuf {
@@ -490,6 +522,155 @@ fn every_shipped_filter_configuration_parses() {
         total > 0,
         "no filter configuration found in the repository: the extractor is broken"
     );
+}
+
+/// Configurations the filter refuses at start: Kong must refuse them first, at the Admin API
+/// or in declarative configuration, with the schema. (Each is checked against the filter too,
+/// so the list cannot drift from its rules.)
+#[test]
+fn the_kong_schema_refuses_what_the_filter_refuses() {
+    let base = serde_json::json!({
+        "issuer": "https://dev-123.okta.com/oauth2/default",
+        "idp_upstream": "dev-123.okta.com:443",
+        "introspection_client_id": "0oaGateway",
+        "introspection_client_secret": "gateway-Secret",
+        "scopes": ["api:read"],
+    });
+    let with = |changes: serde_json::Value| {
+        let mut c = base.clone();
+        for (k, v) in changes.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        serde_json::to_vec(&c).unwrap()
+    };
+    let accepted = with(serde_json::json!({}));
+    assert!(Config::from_json(&accepted).is_ok());
+    assert_eq!(schema_errors(&accepted), None);
+    let refused = [
+        (
+            "unknown field",
+            serde_json::json!({ "cache_ttl_seconds": 60 }),
+        ),
+        ("no issuer", serde_json::json!({ "issuer": null })),
+        (
+            "no idp_upstream",
+            serde_json::json!({ "idp_upstream": null }),
+        ),
+        (
+            "blank idp_upstream",
+            serde_json::json!({ "idp_upstream": " " }),
+        ),
+        (
+            "http issuer, not loopback",
+            serde_json::json!({ "issuer": "http://dev-123.okta.com/oauth2/default" }),
+        ),
+        (
+            "issuer with a query",
+            serde_json::json!({ "issuer": "https://dev-123.okta.com/x?y=1" }),
+        ),
+        (
+            "issuer not a URL",
+            serde_json::json!({ "issuer": "dev-123.okta.com" }),
+        ),
+        (
+            "token_endpoint ftp",
+            serde_json::json!({ "token_endpoint": "ftp://dev-123.okta.com/t" }),
+        ),
+        (
+            "openid scope",
+            serde_json::json!({ "scopes": ["api:read", "openid"] }),
+        ),
+        (
+            "scope with a space",
+            serde_json::json!({ "scopes": ["api read"] }),
+        ),
+        ("empty scope", serde_json::json!({ "scopes": [""] })),
+        ("accept empty", serde_json::json!({ "accept": [] })),
+        (
+            "accept digest",
+            serde_json::json!({ "accept": ["basic", "digest"] }),
+        ),
+        (
+            "bearer without introspection client",
+            serde_json::json!({ "introspection_client_id": null, "introspection_client_secret": null }),
+        ),
+        (
+            "default accept without introspection secret",
+            serde_json::json!({ "introspection_client_secret": null }),
+        ),
+        (
+            "bearer without introspection id",
+            serde_json::json!({ "accept": ["bearer"], "introspection_client_id": null }),
+        ),
+        (
+            "empty introspection secret",
+            serde_json::json!({ "introspection_client_secret": "" }),
+        ),
+        (
+            "zero idp_timeout_ms",
+            serde_json::json!({ "idp_timeout_ms": 0 }),
+        ),
+        (
+            "huge idp_timeout_ms",
+            serde_json::json!({ "idp_timeout_ms": 60_001 }),
+        ),
+        (
+            "negative cache_ttl_s",
+            serde_json::json!({ "cache_ttl_s": -1 }),
+        ),
+        (
+            "cache_ttl_s over a day",
+            serde_json::json!({ "cache_ttl_s": 86_401 }),
+        ),
+        ("zero cache_slots", serde_json::json!({ "cache_slots": 0 })),
+        (
+            "too many cache_slots",
+            serde_json::json!({ "cache_slots": 262_145 }),
+        ),
+        (
+            "cache_slots as a string",
+            serde_json::json!({ "cache_slots": "16" }),
+        ),
+        ("realm with a quote", serde_json::json!({ "realm": "a\"b" })),
+        ("empty realm", serde_json::json!({ "realm": "" })),
+        ("empty app_claim", serde_json::json!({ "app_claim": "" })),
+        (
+            "audience with a control character",
+            serde_json::json!({ "audience": "api\u{1}" }),
+        ),
+        (
+            "idp_authority with a slash",
+            serde_json::json!({ "idp_authority": "a/b" }),
+        ),
+        (
+            "allow_raw_basic as a string",
+            serde_json::json!({ "allow_raw_basic": "yes" }),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, changes) in refused {
+        let bytes = with(changes);
+        if Config::from_json(&bytes).is_ok() {
+            wrong.push(format!("{what}: the filter accepts it (fix this list)"));
+        }
+        if schema_errors(&bytes).is_none() {
+            wrong.push(format!("{what}: Kong's schema accepts it"));
+        }
+    }
+    // Basic only: no introspection client needed, for the filter and the schema alike.
+    let basic_only = with(serde_json::json!({
+        "accept": ["basic"], "introspection_client_id": null, "introspection_client_secret": null,
+    }));
+    assert!(Config::from_json(&basic_only).is_ok());
+    assert_eq!(schema_errors(&basic_only), None);
+    let loopback = with(serde_json::json!({ "issuer": "http://127.0.0.1:9001/oauth2/default" }));
+    assert!(Config::from_json(&loopback).is_ok());
+    assert_eq!(schema_errors(&loopback), None);
+    assert!(wrong.is_empty(), "\n  {}", wrong.join("\n  "));
 }
 
 #[cfg(test)]

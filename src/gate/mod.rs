@@ -505,7 +505,7 @@ fn refuse(
 fn deny_reason(denial: Denial) -> DenyReason {
     match denial {
         Denial::NoCredentials => DenyReason::NoCredentials,
-        Denial::DuplicateAuthorization => DenyReason::Malformed,
+        Denial::DuplicateAuthorization | Denial::UnremovableHeaders => DenyReason::Malformed,
         Denial::InvalidClient | Denial::InvalidToken => DenyReason::Invalid,
         Denial::InsufficientScope => DenyReason::InsufficientScope,
         Denial::IdpUnavailable => DenyReason::IdpUnavailable,

@@ -276,7 +276,8 @@ impl Default for EnvoyOptions {
     }
 }
 
-/// Why Envoy did not become ready: it exited (`status`), or the wait timed out.
+/// Why the host (Envoy, or nginx: see `ngx.rs`) did not become ready: it exited (`status`), or
+/// the wait timed out.
 #[derive(Debug)]
 pub struct StartFailure {
     pub reason: String,
@@ -289,7 +290,7 @@ impl std::fmt::Display for StartFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Envoy did not become ready: {} (files in {})\n==== Envoy log ====\n{}\n==== end of Envoy log ====",
+            "the host did not become ready: {} (files in {})\n==== host log ====\n{}\n==== end of host log ====",
             self.reason,
             self.dir.display(),
             self.log

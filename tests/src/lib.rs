@@ -1,11 +1,17 @@
-//! Integration-test harness for okta-dcr-auth: the built `.wasm` in a real Envoy 1.40, in front of
-//! the dev IdP (`okta-dev-idp`) and an echo upstream, all on loopback port 0.
+//! Integration-test harness for okta-dcr-auth: the built `.wasm` in a real host, in front of the
+//! dev IdP (`okta-dev-idp`) and an echo upstream, all on loopback.
+//!
+//! The host is Envoy 1.40 (the default) or nginx with ngx_wasm_module, Kong Gateway's wasm engine
+//! (`OKTA_TEST_HOST=ngx`, engine from `make kong-engine`); see [`test_host`]. The same tests run on
+//! both: where ngx_wasm_module behaves differently by design, a test asserts what it does there
+//! (see kong/README.md); what only Envoy has (its admin API) is checked on Envoy only.
 //!
 //! Each test builds its own [`Stack`]: a dev IdP and an echo server on their own threads, and one
-//! Envoy process (`--concurrency 2`, `wasm` log component at trace, everything else at info) with
-//! the filter in front of the router. The stack is torn down when it is dropped; when the test is
-//! failing, the whole Envoy log is printed first. When the test passed, the drop also sweeps the
-//! Envoy log for every secret and token the stack knows of (see [`Stack::track_secret`]).
+//! host process (2 workers; Envoy: `wasm` log component at trace, everything else at info;
+//! nginx: `error_log` at debug) with the filter in front of the proxy to the echo. The stack is
+//! torn down when it is dropped; when the test is failing, the whole host log is printed first.
+//! When the test passed, the drop also sweeps the host log for every secret and token the stack
+//! knows of (see [`Stack::track_secret`]).
 //!
 //! ```no_run
 //! use okta_dcr_auth_tests::*;
@@ -17,6 +23,7 @@
 
 pub mod client;
 pub mod envoy;
+pub mod ngx;
 
 use std::io;
 use std::net::SocketAddr;
@@ -28,6 +35,7 @@ use serde_json::{json, Value};
 
 pub use client::Response;
 pub use envoy::{ClusterSpec, EnvoyOptions, RouteSpec, StartFailure};
+pub use ngx::NgxOptions;
 pub use okta_dev_idp::{
     EchoHandle, EchoRequest, Endpoint, Fault, FaultAnswer, IdpHandle, IdpOptions, RateLimit,
     Signing, TokenRequestRecord, TokenSpec,
@@ -111,6 +119,64 @@ pub fn assert_local_reply(r: &Response, status: u16) -> String {
     message
 }
 
+/// Asserts the filter's 503 (IdP unavailable, or not configured): no challenge, and the JSON
+/// body of a local reply. On ngx_wasm_module a 503 sent while handling an IdP answer without a
+/// body (a call that failed, or an empty answer) has no body either (`Content-Length: 0`): the
+/// host would otherwise lose the whole answer (kong/README.md, `ngx_host.rs`).
+pub fn assert_local_503(r: &Response) {
+    assert_eq!(r.status, 503, "unexpected status; answer: {r:#?}");
+    assert!(
+        r.www_authenticate().is_empty(),
+        "a 503 carries no challenge: {r:#?}"
+    );
+    if on_ngx() && r.body.is_empty() {
+        assert_eq!(r.header("content-length"), Some("0"), "{r:#?}");
+        return;
+    }
+    assert_local_reply(r, 503);
+}
+
+/// The challenges of an answer, one per entry: ngx_wasm_module keeps only the last of several
+/// `WWW-Authenticate` headers in a local reply, so there the filter sends them in one,
+/// comma-separated; this splits that list again (at each `, Basic ` / `, Bearer `).
+pub fn challenges(r: &Response) -> Vec<String> {
+    let mut out = Vec::new();
+    for value in r.www_authenticate() {
+        let mut rest = value;
+        loop {
+            let next = [", Basic ", ", Bearer "]
+                .iter()
+                .filter_map(|sep| rest.find(sep))
+                .min();
+            match next {
+                Some(i) => {
+                    out.push(rest[..i].to_string());
+                    rest = &rest[i + 2..];
+                }
+                None => {
+                    out.push(rest.to_string());
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Asserts that no value of `name` went upstream: Envoy removes the header; nginx forwards a
+/// request header the filter removed with the empty value the filter gave it first (kong/README.md).
+pub fn assert_removed_upstream(req: &EchoRequest, name: &str) {
+    let values = upstream_header(req, name);
+    if on_ngx() {
+        assert!(
+            values.iter().all(|v| v.is_empty()),
+            "{name} should go upstream empty or not at all on ngx_wasm_module: {req:#?}"
+        );
+    } else {
+        assert!(values.is_empty(), "{name} should not go upstream: {req:#?}");
+    }
+}
+
 /// The challenge for missing, malformed or invalid Basic credentials (realm `api`).
 pub const BASIC_CHALLENGE: &str = "Basic realm=\"api\", charset=\"UTF-8\"";
 /// The bare Bearer challenge (realm `api`), sent with the Basic one when no credentials came.
@@ -133,9 +199,58 @@ pub fn delay(delay: Duration) -> Fault {
     Fault::delay(delay)
 }
 
-/// The lines the plugin itself logged (Envoy prefixes them with `wasm log`).
+/// The lines the plugin itself logged (Envoy prefixes them with `wasm log`; ngx_wasm_module
+/// with `[proxy-wasm]["okta_dcr_auth" #N]`, but its own lines about the filter too, so there
+/// a plugin line is one whose message starts with the filter's `[context id]`).
 pub fn plugin_log_lines(log: &str) -> Vec<&str> {
-    log.lines().filter(|l| l.contains("wasm log")).collect()
+    log.lines()
+        .filter(|l| l.contains("wasm log") || is_ngx_plugin_line(l))
+        .collect()
+}
+
+fn is_ngx_plugin_line(line: &str) -> bool {
+    let Some(at) = line.find("[proxy-wasm][\"") else {
+        return false;
+    };
+    let rest = &line[at..];
+    rest.find("] [").map(|i| &rest[i + 3..]).is_some_and(|m| {
+        m.split(']')
+            .next()
+            .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// Which host the integration tests run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    /// Envoy 1.40 with V8 (`OKTA_TEST_HOST` unset or `envoy`).
+    Envoy,
+    /// nginx 1.22.1 with ngx_wasm_module 9136e463 and wasmtime, Kong 3.9's wasm engine
+    /// (`OKTA_TEST_HOST=ngx`).
+    Ngx,
+}
+
+/// The host named by `OKTA_TEST_HOST` (`envoy`, the default, or `ngx`).
+pub fn test_host() -> HostKind {
+    match std::env::var("OKTA_TEST_HOST").as_deref() {
+        Err(_) | Ok("") | Ok("envoy") => HostKind::Envoy,
+        Ok("ngx") | Ok("kong") => HostKind::Ngx,
+        Ok(other) => panic!("OKTA_TEST_HOST={other:?}: expected `envoy` or `ngx`"),
+    }
+}
+
+/// Whether the tests run on nginx + ngx_wasm_module.
+pub fn on_ngx() -> bool {
+    test_host() == HostKind::Ngx
+}
+
+/// For tests of something only Envoy has: true (and a line saying so) on another host.
+pub fn envoy_only(what: &str) -> bool {
+    if on_ngx() {
+        eprintln!("Envoy only, not run on ngx_wasm_module: {what}");
+        return true;
+    }
+    false
 }
 
 /// Polls `f` every 50 ms until it returns Some, or panics after `timeout` naming `what`.
@@ -197,6 +312,7 @@ pub struct StackBuilder {
     routes: Vec<(String, RouteFilter)>,
     clusters: Vec<(String, SocketAddr)>,
     options: EnvoyOptions,
+    ngx_options: NgxOptions,
     idp_options: Option<IdpOptions>,
     before_envoy: Vec<IdpSetup>,
 }
@@ -247,8 +363,19 @@ impl StackBuilder {
         self
     }
 
+    /// Envoy's `--concurrency`, nginx's `worker_processes`.
     pub fn concurrency(mut self, n: u32) -> Self {
         self.options.concurrency = n;
+        self.ngx_options.workers = n;
+        self
+    }
+
+    /// On ngx_wasm_module, run the `--with-debug` nginx (its assertions on), its error log at
+    /// `info`: at `debug` that build logs every request header, credentials included. No effect
+    /// on Envoy.
+    pub fn ngx_debug_build(mut self) -> Self {
+        self.ngx_options.debug_build = true;
+        self.ngx_options.log_level = "info".into();
         self
     }
 
@@ -274,7 +401,7 @@ impl StackBuilder {
         self
     }
 
-    /// Starts everything; panics (with Envoy's log) when Envoy does not become ready.
+    /// Starts everything; panics (with the host's log) when the host does not become ready.
     pub fn start(self) -> Stack {
         match self.try_start() {
             Ok(stack) => stack,
@@ -282,7 +409,9 @@ impl StackBuilder {
         }
     }
 
-    /// Starts everything; `Err` when Envoy exits or does not become ready in time.
+    /// Starts everything; `Err` when the host exits or does not become ready in time (on nginx:
+    /// also when a worker exits with a fatal code, as one whose filter refused its
+    /// configuration does).
     pub fn try_start(self) -> Result<Stack, StartFailure> {
         let idp = match self.idp_options {
             Some(opts) => IdpHandle::spawn_with("127.0.0.1:0", opts),
@@ -297,26 +426,7 @@ impl StackBuilder {
         }
 
         let issuer = idp.issuer();
-        let routes: Vec<RouteSpec> = if self.routes.is_empty() {
-            vec![RouteSpec {
-                prefix: "/".into(),
-                filter_config: None,
-            }]
-        } else {
-            self.routes
-                .into_iter()
-                .map(|(prefix, filter)| RouteSpec {
-                    prefix,
-                    filter_config: match filter {
-                        RouteFilter::Json(v) => {
-                            Some(complete_config(v, &issuer, idp.addr()).to_string())
-                        }
-                        RouteFilter::Raw(s) => Some(s),
-                        RouteFilter::None => None,
-                    },
-                })
-                .collect()
-        };
+        let host = test_host();
         let mut clusters = vec![
             ClusterSpec {
                 name: "okta".into(),
@@ -332,15 +442,49 @@ impl StackBuilder {
                 .into_iter()
                 .map(|(name, addr)| ClusterSpec { name, addr }),
         );
+        let routes: Vec<RouteSpec> = if self.routes.is_empty() {
+            vec![RouteSpec {
+                prefix: "/".into(),
+                filter_config: None,
+            }]
+        } else {
+            self.routes
+                .into_iter()
+                .map(|(prefix, filter)| RouteSpec {
+                    prefix,
+                    filter_config: match filter {
+                        RouteFilter::Json(v) => {
+                            let mut config = complete_config(v, &issuer, idp.addr());
+                            if host == HostKind::Ngx {
+                                ngx::resolve_upstream(&mut config, &clusters);
+                            }
+                            Some(config.to_string())
+                        }
+                        RouteFilter::Raw(s) => Some(s),
+                        RouteFilter::None => None,
+                    },
+                })
+                .collect()
+        };
         let wasm = routes
             .iter()
             .any(|r| r.filter_config.is_some())
             .then(envoy::filter_wasm);
-        let bootstrap = envoy::render_bootstrap(&routes, &clusters, wasm.as_deref());
         let dir = envoy::run_dir(&self.name);
-        let envoy = envoy::Envoy::start(&bootstrap, &self.options, &dir)?;
+        let host = match host {
+            HostKind::Envoy => {
+                let bootstrap = envoy::render_bootstrap(&routes, &clusters, wasm.as_deref());
+                Host::Envoy(envoy::Envoy::start(&bootstrap, &self.options, &dir)?)
+            }
+            HostKind::Ngx => {
+                let opts = self.ngx_options;
+                let upstream = echo.addr();
+                let conf = |port| ngx::render_conf(&routes, upstream, wasm.as_deref(), port, &opts);
+                Host::Ngx(ngx::Ngx::start(conf, &opts, &dir)?)
+            }
+        };
         Ok(Stack {
-            envoy,
+            host,
             idp,
             echo,
             secrets: Mutex::new(vec![GATEWAY_CLIENT_SECRET.to_string()]),
@@ -378,10 +522,63 @@ fn fill_placeholders(v: &mut Value, issuer: &str, idp_addr: &str) {
     }
 }
 
-/// One test's world: the dev IdP, the echo upstream, and Envoy with the filter in between.
+/// The host process of a stack.
+enum Host {
+    Envoy(envoy::Envoy),
+    Ngx(ngx::Ngx),
+}
+
+impl Host {
+    fn listener(&self) -> SocketAddr {
+        match self {
+            Host::Envoy(e) => e.listener(),
+            Host::Ngx(n) => n.listener(),
+        }
+    }
+    fn log(&self) -> String {
+        match self {
+            Host::Envoy(e) => e.log(),
+            Host::Ngx(n) => n.log(),
+        }
+    }
+    fn log_path(&self) -> &std::path::Path {
+        match self {
+            Host::Envoy(e) => e.log_path(),
+            Host::Ngx(n) => n.log_path(),
+        }
+    }
+    fn dir(&self) -> &std::path::Path {
+        match self {
+            Host::Envoy(e) => e.dir(),
+            Host::Ngx(n) => n.dir(),
+        }
+    }
+    fn is_running(&mut self) -> bool {
+        match self {
+            Host::Envoy(e) => e.is_running(),
+            Host::Ngx(n) => n.is_running() && n.answers(),
+        }
+    }
+    fn stop(&mut self) {
+        match self {
+            Host::Envoy(e) => e.stop(),
+            Host::Ngx(n) => n.stop(),
+        }
+    }
+    fn envoy(&self) -> &envoy::Envoy {
+        match self {
+            Host::Envoy(e) => e,
+            Host::Ngx(_) => panic!(
+                "this needs Envoy's admin API; on ngx_wasm_module guard the test with `envoy_only`"
+            ),
+        }
+    }
+}
+
+/// One test's world: the dev IdP, the echo upstream, and the host with the filter in between.
 pub struct Stack {
-    // Declared first so Envoy is gone before the servers it talks to.
-    envoy: envoy::Envoy,
+    // Declared first so the host is gone before the servers it talks to.
+    host: Host,
     pub idp: IdpHandle,
     pub echo: EchoHandle,
     secrets: Mutex<Vec<String>>,
@@ -409,6 +606,7 @@ impl Stack {
             routes: Vec::new(),
             clusters: Vec::new(),
             options: EnvoyOptions::default(),
+            ngx_options: NgxOptions::default(),
             idp_options: None,
             before_envoy: Vec::new(),
         }
@@ -419,9 +617,17 @@ impl Stack {
         self.idp.issuer()
     }
 
-    /// Envoy's listener.
+    /// Which host this stack runs.
+    pub fn host_kind(&self) -> HostKind {
+        match self.host {
+            Host::Envoy(_) => HostKind::Envoy,
+            Host::Ngx(_) => HostKind::Ngx,
+        }
+    }
+
+    /// The host's listener.
     pub fn listener(&self) -> SocketAddr {
-        self.envoy.listener()
+        self.host.listener()
     }
 
     /// Registers a client in the IdP and tracks its secret for the log sweep.
@@ -447,10 +653,10 @@ impl Stack {
         self.sweep_on_drop = false;
     }
 
-    /// Sends one request to Envoy (headers exactly as given, duplicates and odd case included).
+    /// Sends one request to the host (headers exactly as given, duplicates and odd case included).
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
         self.try_request(method, path, headers)
-            .unwrap_or_else(|e| panic!("{method} {path} through Envoy: {e}"))
+            .unwrap_or_else(|e| panic!("{method} {path} through the host: {e}"))
     }
 
     pub fn try_request(
@@ -476,15 +682,15 @@ impl Stack {
     /// Sends these exact bytes to the listener.
     pub fn request_raw(&self, bytes: &[u8]) -> Response {
         client::send_raw(self.listener(), bytes, client::DEFAULT_TIMEOUT)
-            .unwrap_or_else(|e| panic!("raw request through Envoy: {e}"))
+            .unwrap_or_else(|e| panic!("raw request through the host: {e}"))
     }
 
-    /// GET on Envoy's admin API.
+    /// GET on Envoy's admin API (Envoy only: panics on another host).
     pub fn admin(&self, path: &str) -> Response {
-        self.envoy.admin(path)
+        self.host.envoy().admin(path)
     }
 
-    /// A counter or gauge from the admin `/stats`, 0 when absent.
+    /// A counter or gauge from Envoy's admin `/stats`, 0 when absent (Envoy only).
     pub fn stat(&self, name: &str) -> u64 {
         let body = self.admin(&format!("/stats?filter=^{name}$")).body;
         body.lines()
@@ -493,14 +699,19 @@ impl Stack {
             .unwrap_or(0)
     }
 
-    /// Everything Envoy logged so far.
+    /// Everything the host logged so far (Envoy's log, or nginx's error log).
     pub fn envoy_log(&self) -> String {
-        self.envoy.log()
+        self.host.log()
     }
 
-    /// Whether Envoy is still running.
+    /// Same as [`Stack::envoy_log`].
+    pub fn host_log(&self) -> String {
+        self.host.log()
+    }
+
+    /// Whether the host is still running (nginx: the master runs and a worker answers).
     pub fn envoy_running(&mut self) -> bool {
-        self.envoy.is_running()
+        self.host.is_running()
     }
 
     /// `/v1/token` calls the IdP received.
@@ -576,13 +787,25 @@ fn spellings(secret: &str) -> Vec<String> {
     out
 }
 
-/// The lines of `log` containing any spelling of any of `secrets`, with what matched.
+/// Whether a log line is nginx refusing a client's header line at `info` ("client sent too
+/// long header line: ...", "client sent duplicate header line: ..."). nginx quotes the header
+/// there, credentials included; Kong's default log level (`notice`) leaves these lines out, and
+/// kong/README.md says to keep it at `notice` or above. The filter's own lines never match.
+pub fn is_nginx_client_error_line(line: &str) -> bool {
+    line.contains(" [info] ") && line.contains(" client sent ") && !line.contains("[proxy-wasm]")
+}
+
+/// The lines of `log` containing any spelling of any of `secrets`, with what matched (on
+/// ngx_wasm_module, nginx's own client-error lines at `info` aside: see
+/// [`is_nginx_client_error_line`]).
 pub fn find_secrets_in_log(log: &str, secrets: &[&str]) -> Vec<String> {
     let needles: Vec<(String, String)> = secrets
         .iter()
         .flat_map(|s| spellings(s).into_iter().map(move |sp| (s.to_string(), sp)))
         .collect();
+    let ngx = on_ngx();
     log.lines()
+        .filter(|line| !(ngx && is_nginx_client_error_line(line)))
         .filter_map(|line| {
             needles
                 .iter()
@@ -601,7 +824,7 @@ pub fn assert_no_secret_in_log(stack: &Stack, secrets: &[&str]) {
     let found = find_secrets_in_log(&stack.envoy_log(), &refs);
     assert!(
         found.is_empty(),
-        "secrets in the Envoy log:\n{}",
+        "secrets in the host log:\n{}",
         found.join("\n")
     );
 }
@@ -609,13 +832,13 @@ pub fn assert_no_secret_in_log(stack: &Stack, secrets: &[&str]) {
 impl Drop for Stack {
     fn drop(&mut self) {
         let secrets = self.known_secrets();
-        self.envoy.stop();
-        let log = self.envoy.log();
-        let dir = self.envoy.dir().to_path_buf();
+        self.host.stop();
+        let log = self.host.log();
+        let dir = self.host.dir().to_path_buf();
         if std::thread::panicking() {
             eprintln!(
-                "==== Envoy log ({}) ====\n{log}\n==== end of Envoy log ====",
-                self.envoy.log_path().display()
+                "==== host log ({}) ====\n{log}\n==== end of host log ====",
+                self.host.log_path().display()
             );
             return;
         }
@@ -624,10 +847,10 @@ impl Drop for Stack {
             let found = find_secrets_in_log(&log, &refs);
             if !found.is_empty() {
                 eprintln!(
-                    "==== Envoy log ({}) ====\n{log}\n==== end of Envoy log ====",
-                    self.envoy.log_path().display()
+                    "==== host log ({}) ====\n{log}\n==== end of host log ====",
+                    self.host.log_path().display()
                 );
-                panic!("secrets in the Envoy log:\n{}", found.join("\n"));
+                panic!("secrets in the host log:\n{}", found.join("\n"));
             }
         }
         let _ = std::fs::remove_dir_all(dir);

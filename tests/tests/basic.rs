@@ -378,6 +378,13 @@ fn spoofed_identity_headers_are_replaced_by_the_filters_values() {
             ("authorization", &auth),
         ],
     );
+    if on_ngx() {
+        // Several copies of one name: ngx_wasm_module cannot take them all out of what nginx
+        // forwards, so the filter refuses the request (spoofing.rs).
+        assert_local_reply(&r, 400);
+        assert_eq!(stack.echo.count(), 0);
+        return;
+    }
     assert_eq!(r.status, 200, "answer: {r:#?}");
     let req = stack.single_upstream_request();
     assert_eq!(
@@ -413,10 +420,7 @@ fn forward_access_token_false_sends_no_authorization_upstream() {
     let r = stack.get("/", &[("authorization", &app.basic())]);
     assert_eq!(r.status, 200, "answer: {r:#?}");
     let req = stack.single_upstream_request();
-    assert!(
-        upstream_header(&req, "authorization").is_empty(),
-        "{req:#?}"
-    );
+    assert_removed_upstream(&req, "authorization");
     assert_eq!(
         upstream_header(&req, "x-credential-identifier"),
         vec![APP_ID]
@@ -448,6 +452,12 @@ fn two_authorization_headers_are_400_invalid_request() {
     let mut wrong = Vec::new();
     for headers in cases {
         let r = stack.get("/", headers);
+        if on_ngx() && headers.len() > 1 {
+            // nginx refuses a second Authorization header with its own 400 (an HTML page, no
+            // challenge) before any filter runs.
+            assert_eq!(r.status, 400, "{headers:?}: {r:#?}");
+            continue;
+        }
         let challenges = r.www_authenticate();
         let is_json = r
             .header("content-type")
@@ -524,6 +534,17 @@ fn concurrent_first_requests_make_one_token_call() {
         handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
     });
     assert!(statuses.iter().all(|s| *s == 200), "statuses: {statuses:?}");
+    if on_ngx() {
+        // ngx_wasm_module cannot resume a request from another one's callback: each first
+        // request that finds no verdict makes its own call (kong/README.md).
+        let calls = stack.token_calls();
+        assert!(
+            (1..=8).contains(&calls),
+            "8 concurrent first requests make 1 to 8 calls on ngx_wasm_module, made {calls}"
+        );
+        eprintln!("ngx_wasm_module: 8 concurrent first requests made {calls} token calls");
+        return;
+    }
     assert_eq!(
         stack.token_calls(),
         1,
@@ -551,7 +572,7 @@ fn routes_with_different_configuration_do_not_share_verdicts() {
 
     let r = stack.get("/other", &[("authorization", &auth)]);
     assert_eq!(r.status, 200, "answer: {r:#?}");
-    assert!(upstream_header(&stack.single_upstream_request(), "authorization").is_empty());
+    assert_removed_upstream(&stack.single_upstream_request(), "authorization");
     assert_eq!(
         stack.token_calls(),
         2,

@@ -130,7 +130,12 @@ fn assert_insufficient_scope(stack: &Stack, r: &Response, required: &str) {
 
 /// A 503: no challenge, a JSON message, nothing upstream.
 fn assert_503(stack: &Stack, r: &Response) {
-    assert_denied(stack, r, 503, &[]);
+    assert_local_503(r);
+    assert_eq!(
+        stack.echo.count(),
+        0,
+        "a denied request reached the upstream"
+    );
 }
 
 /// Asserts that none of `tokens` is in the Envoy log, nor the introspection secret: whole, in
@@ -352,7 +357,10 @@ fn introspection_client_refused_by_the_idp_is_503_and_logged_without_the_secret(
             plugin_log_lines(&log)
                 .into_iter()
                 .find(|l| {
-                    (l.contains("[warning]") || l.contains("[error]") || l.contains("[critical]"))
+                    (l.contains("[warning]")
+                        || l.contains("[warn]")
+                        || l.contains("[error]")
+                        || l.contains("[critical]"))
                         && l.to_ascii_lowercase().contains("introspection")
                 })
                 .map(str::to_string)

@@ -65,6 +65,9 @@ fn concurrent_gets(stack: &Stack, n: usize, path: &str, authorization: &str) -> 
 /// `listener.<addr>.worker_<n>.downstream_cx_total`), in worker order; empty when Envoy does
 /// not report them.
 fn connections_per_worker(stack: &Stack) -> Vec<u64> {
+    if on_ngx() {
+        return ngx_connections_per_worker(&stack.envoy_log());
+    }
     let body = stack
         .admin("/stats?filter=^listener\\..*\\.worker_[0-9]+\\.downstream_cx_total$")
         .body;
@@ -85,6 +88,24 @@ fn connections_per_worker(stack: &Stack) -> Vec<u64> {
         }
     }
     per_worker.into_values().collect()
+}
+
+/// On nginx: the distinct connections (`*N`) each worker (`PID#TID:`) logged a line for, in
+/// worker (pid) order. The harness logs at debug, so every connection has lines.
+fn ngx_connections_per_worker(log: &str) -> Vec<u64> {
+    let mut per_worker: BTreeMap<u64, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    for line in log.lines() {
+        let mut words = line.split_whitespace().skip(3);
+        let (Some(pid), Some(conn)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let pid = pid.split('#').next().and_then(|p| p.parse::<u64>().ok());
+        let conn = conn.strip_prefix('*').and_then(|c| c.parse::<u64>().ok());
+        if let (Some(pid), Some(conn)) = (pid, conn) {
+            per_worker.entry(pid).or_default().insert(conn);
+        }
+    }
+    per_worker.into_values().map(|c| c.len() as u64).collect()
 }
 
 /// Asserts that every worker accepted at least one connection between `before` and now, so
@@ -110,11 +131,7 @@ fn assert_every_worker_took_connections(stack: &Stack, before: &[u64], what: &st
 
 /// A 503 from the filter: no challenge, a JSON message.
 fn assert_503(r: &Response) {
-    assert_local_reply(r, 503);
-    assert!(
-        r.www_authenticate().is_empty(),
-        "a 503 carries no challenge: {r:#?}"
-    );
+    assert_local_503(r);
 }
 
 /// A counter of the filter's own (`wasmcustom.okta_dcr_auth_<name>`), 0 when absent.
@@ -261,21 +278,33 @@ fn concurrent_first_basic_requests_on_every_worker_make_one_token_call() {
     );
 
     assert_every_request_passed(&answers);
-    assert_eq!(
-        stack.token_calls(),
-        1,
-        "{CONCURRENT} concurrent first requests with one credential, on every worker, make one \
-         token call"
-    );
+    if on_ngx() {
+        // No single flight on ngx_wasm_module: a request can only be answered from its own
+        // callbacks, so each one that finds no verdict makes its own call (kong/README.md).
+        let calls = stack.token_calls();
+        eprintln!("ngx_wasm_module: {CONCURRENT} concurrent first Basic requests made {calls} token calls");
+        assert!(
+            (1..=CONCURRENT as u64).contains(&calls),
+            "{calls} token calls"
+        );
+    } else {
+        assert_eq!(
+            stack.token_calls(),
+            1,
+            "{CONCURRENT} concurrent first requests with one credential, on every worker, make \
+             one token call"
+        );
+    }
     assert_eq!(stack.echo.count(), CONCURRENT as u64);
     assert_upstream_saw_the_app(&stack);
     assert_every_worker_took_connections(&stack, &workers_before, "Basic single flight");
 
     // And the verdict is cached: more requests, no more calls.
     stack.idp.clear_faults();
+    let calls = stack.token_calls();
     let answers = concurrent_gets(&stack, 8, "/", &app.basic());
     assert!(answers.iter().all(|r| r.status == 200));
-    assert_eq!(stack.token_calls(), 1);
+    assert_eq!(stack.token_calls(), calls);
 }
 
 #[test]
@@ -296,13 +325,25 @@ fn concurrent_first_bearer_requests_on_every_worker_make_one_introspection() {
     );
 
     assert_every_request_passed(&answers);
-    assert_eq!(
-        stack.idp.introspections(&token),
-        1,
-        "{CONCURRENT} concurrent first requests with one token, on every worker, make one \
-         introspection"
-    );
-    assert_eq!(stack.idp.calls(Endpoint::Introspect), 1);
+    if on_ngx() {
+        let calls = stack.idp.introspections(&token);
+        eprintln!(
+            "ngx_wasm_module: {CONCURRENT} concurrent first Bearer requests made {calls} introspections"
+        );
+        assert!(
+            (1..=CONCURRENT as u64).contains(&calls),
+            "{calls} introspections"
+        );
+        assert_eq!(stack.idp.calls(Endpoint::Introspect), calls);
+    } else {
+        assert_eq!(
+            stack.idp.introspections(&token),
+            1,
+            "{CONCURRENT} concurrent first requests with one token, on every worker, make one \
+             introspection"
+        );
+        assert_eq!(stack.idp.calls(Endpoint::Introspect), 1);
+    }
     assert_eq!(stack.echo.count(), CONCURRENT as u64);
     assert_upstream_saw_the_app(&stack);
     assert_every_worker_took_connections(&stack, &workers_before, "Bearer single flight");
@@ -347,7 +388,9 @@ fn stale_verdict_serves_while_the_idp_answers_503_and_is_refreshed_once_it_recov
         upstream_header(&stack.single_upstream_request(), "x-credential-identifier"),
         vec![APP_ID]
     );
-    assert_eq!(filter_stat(&stack, "cache_stale_serves"), 1);
+    if !envoy_only("the cache_stale_serves counter (Envoy's admin /stats)") {
+        assert_eq!(filter_stat(&stack, "cache_stale_serves"), 1);
+    }
     stack.echo.clear();
 
     let r = stack.get("/", &[("authorization", &newcomer.basic())]);
@@ -510,6 +553,9 @@ fn warm_heap_stack(name: &str, cache_slots: usize) -> Stack {
 
 #[test]
 fn a_flood_of_distinct_bogus_tokens_leaves_envoys_heap_where_it_was() {
+    if envoy_only("Envoy's heap, read from its admin /memory") {
+        return;
+    }
     const SLOTS: usize = 64;
     let name = "cache_heap_flood";
     let stack = warm_heap_stack(name, SLOTS);

@@ -1,5 +1,8 @@
 //! Metrics (issue 7): after known traffic, Envoy's admin `/stats` and `/stats/prometheus` show the
 //! filter's counters with the right counts.
+//!
+//! Envoy only: nginx with ngx_wasm_module has no endpoint that shows them (Kong 3.9's Prometheus
+//! plugin does, as `pw_okta_dcr_auth_*`, which needs Kong itself).
 
 use std::time::Duration;
 
@@ -14,6 +17,9 @@ fn counter(stack: &Stack, name: &str) -> u64 {
 
 #[test]
 fn counters_follow_known_traffic() {
+    if envoy_only("the filter's counters in Envoy's admin /stats") {
+        return;
+    }
     let stack = Stack::start(filter_config(json!({})));
     let app = stack.client("0oa7metricsApp", "metrics-Secret-1", &[SCOPE]);
     let no_scope = stack.client("0oa7metricsNoScope", "metrics-Secret-2", &["api:write"]);
@@ -107,6 +113,9 @@ fn counters_follow_known_traffic() {
 
 #[test]
 fn timeouts_and_stale_serves_are_counted() {
+    if envoy_only("the filter's counters in Envoy's admin /stats") {
+        return;
+    }
     let stack = Stack::start(filter_config(json!({
         "idp_timeout_ms": 300,
         "cache_ttl_s": 1,
