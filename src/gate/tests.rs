@@ -1246,7 +1246,7 @@ fn bad_secrets_never_lock_out_a_live_client() {
 #[test]
 fn a_flood_of_bogus_credentials_never_evicts_a_valid_verdict() {
     let host = FakeHost::at(T0);
-    let extra = r#","cache_slots":64,"cache_ttl_s":5,"stale_if_error_s":3600,"idp_calls_per_minute":100000,"max_client_failures":0"#;
+    let extra = r#","cache_slots":256,"cache_ttl_s":5,"stale_if_error_s":3600,"idp_calls_per_minute":100000,"max_client_failures":0"#;
     let mut g = gate(&host, extra);
     for i in 0..16 {
         ask(&mut g, &host, 1 + i, &basic(&format!("valid{i}"), "s"));
@@ -1254,11 +1254,11 @@ fn a_flood_of_bogus_credentials_never_evicts_a_valid_verdict() {
     }
     // 10 x cache_slots distinct bogus credentials, from another worker (no local copies)
     let mut attacker = gate(&host, extra);
-    for i in 0..640 {
+    for i in 0..2560 {
         ask(
             &mut attacker,
             &host,
-            1000 + i,
+            10_000 + i,
             &basic(&format!("bogus{i}"), "s"),
         );
         answer(
