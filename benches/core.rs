@@ -91,7 +91,13 @@ impl SharedData for WarmHost {
 }
 
 impl Host for WarmHost {
-    fn dispatch(&self, _: &str, _: &IdpRequest, _: u64) -> Result<CallToken, DispatchError> {
+    fn dispatch(
+        &self,
+        _: ContextId,
+        _: &str,
+        _: &IdpRequest,
+        _: u64,
+    ) -> Result<CallToken, DispatchError> {
         panic!("a warm hit calls no IdP")
     }
     fn count(&self, counter: Counter) {

@@ -425,10 +425,15 @@ impl Host for HostCalls<'_> {
 
     fn dispatch(
         &self,
+        caller: ContextId,
         upstream: &str,
         request: &IdpRequest,
         timeout_ms: u64,
     ) -> Result<CallToken, DispatchError> {
+        // The proxy-wasm SDK makes a context effective for each call answer it delivers, and
+        // Envoy keeps it for later callbacks: without this, a request's call could belong to
+        // another context, and would neither come back to it nor die with it.
+        abi::set_effective_context(caller.0);
         let headers: Vec<(&str, &str)> = request
             .headers
             .iter()

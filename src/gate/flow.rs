@@ -237,6 +237,7 @@ impl Gate {
             return self.no_verdict(ctx, &req, Some(seen), Some(retry_after_s), now, host);
         }
         match host.dispatch(
+            caller,
             &self.config.idp_upstream,
             &request,
             self.config.idp_timeout_ms,

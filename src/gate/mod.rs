@@ -35,10 +35,12 @@ pub use slots::{SharedData, SharedError};
 /// The host as the gate needs it: shared data, IdP calls, metrics. No clock: every event
 /// carries its time.
 pub trait Host: SharedData {
-    /// Sends one IdP call through `upstream`. The answer comes to whichever context was active
-    /// when this was called.
+    /// Sends one IdP call through `upstream`, on behalf of context `caller`: its answer comes
+    /// to that context, and the call dies with it (Envoy). The host must be told: Envoy keeps
+    /// the effective context of an earlier callback, which would otherwise get the call.
     fn dispatch(
         &self,
+        caller: ContextId,
         upstream: &str,
         request: &IdpRequest,
         timeout_ms: u64,
@@ -438,6 +440,7 @@ impl Gate {
     ) {
         let request = okta::discovery_request(&self.config, doc);
         match host.dispatch(
+            caller,
             &self.config.idp_upstream,
             &request,
             self.config.idp_timeout_ms,

@@ -59,6 +59,7 @@ impl SharedData for FakeHost {
 impl Host for FakeHost {
     fn dispatch(
         &self,
+        _caller: ContextId,
         upstream: &str,
         request: &IdpRequest,
         timeout_ms: u64,
