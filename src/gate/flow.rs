@@ -6,14 +6,12 @@ use super::{
     deny_reason, refuse, Call, ContextId, DispatchError, Gate, Host, Parked, Pending, Purpose,
     Resume, Step, LEASE_MARGIN_MS,
 };
-use crate::cache::{CacheEntry, CacheKey, Cached, Freshness};
-use crate::config::Scheme;
+use crate::cache::{CacheEntry, Cached, Freshness};
 use crate::credentials::Credential;
 use crate::local::Copy;
 use crate::metrics::Counter;
 use crate::okta::{self, IdpRequest};
-use crate::upstream::Forward;
-use crate::verdict::{Denial, Grant};
+use crate::verdict::Denial;
 
 /// What a request does next, given what its slot holds.
 #[derive(Debug)]
@@ -35,6 +33,9 @@ enum Move {
         take_lease: bool,
     },
 }
+
+/// Why an IdP call may not leave, for the log.
+const NOT_SENT: &str = "IdP call could not be sent (is idp_upstream a known cluster with a healthy host, or is its circuit breaker full?)";
 
 impl Gate {
     fn lease_ms(&self) -> u64 {
@@ -98,16 +99,7 @@ impl Gate {
         let deadline_ms = following.unwrap_or(req.arrived_ms + self.lease_ms());
         match next {
             Move::Cached(verdict, decided_at_ms, expires_at_ms) => {
-                let scheme = req.credential.scheme();
-                let copy = Copy {
-                    verdict: verdict.clone(),
-                    scheme,
-                    key: req.key,
-                    decided_at_ms,
-                    expires_at_ms,
-                };
-                self.local.put(&req.raw, copy);
-                self.cached(ctx, scheme, &req.key, req.counted, verdict, host)
+                self.from_shared(ctx, &req, verdict, decided_at_ms, expires_at_ms, host)
             }
             Move::GiveUp(retry_after_s) => {
                 self.no_verdict(ctx, &req, Some(seen), retry_after_s, now, host)
@@ -119,12 +111,8 @@ impl Gate {
             }
             Move::AtCap => {
                 let cap = self.config.max_idp_calls_in_flight;
-                self.warn(
-                    now,
-                    format_args!(
-                        "[{ctx}] {cap} IdP calls in flight (max_idp_calls_in_flight): no new call"
-                    ),
-                );
+                let why = "IdP calls in flight (max_idp_calls_in_flight): no new call";
+                self.warn(now, format_args!("[{ctx}] {cap} {why}"));
                 self.no_verdict(ctx, &req, Some(seen), Some(1), now, host)
             }
             Move::Discover => {
@@ -150,6 +138,29 @@ impl Gate {
                 self.lead(ctx, caller, req, seen, lease_until, now, host)
             }
         }
+    }
+
+    /// A fresh verdict another worker (or an earlier request) put in shared data: this worker
+    /// keeps a copy, found next time by the exact `Authorization` bytes.
+    fn from_shared(
+        &mut self,
+        ctx: ContextId,
+        req: &Pending,
+        verdict: Cached,
+        decided_at_ms: u64,
+        expires_at_ms: u64,
+        host: &dyn Host,
+    ) -> Step {
+        let scheme = req.credential.scheme();
+        let copy = Copy {
+            verdict: verdict.clone(),
+            scheme,
+            key: req.key,
+            decided_at_ms,
+            expires_at_ms,
+        };
+        self.local.put(&req.raw, copy);
+        self.cached(ctx, scheme, &req.key, req.counted, verdict, host)
     }
 
     fn park(&mut self, ctx: ContextId, parked: Parked) -> Step {
@@ -227,13 +238,8 @@ impl Gate {
         if let Err(retry_after_s) = self.take_budget(endpoint, &req.key, seen, now, host) {
             // No call: whoever waits on this lease gives up now too.
             self.slots.release(host, &req.key, Some(now));
-            self.warn(
-                now,
-                format_args!(
-                    "[{ctx}] {} call budget spent (idp_calls_per_minute): no call",
-                    endpoint.name()
-                ),
-            );
+            let why = "call budget spent (idp_calls_per_minute): no call";
+            self.warn(now, format_args!("[{ctx}] {} {why}", endpoint.name()));
             return self.no_verdict(ctx, &req, Some(seen), Some(retry_after_s), now, host);
         }
         match host.dispatch(
@@ -248,13 +254,14 @@ impl Gate {
                     credential: req.credential.clone(),
                     leader: ctx,
                 };
+                let owner = caller;
                 let started_ms = now;
                 self.calls.insert(
                     call,
                     Call {
                         purpose,
                         started_ms,
-                        owner: caller,
+                        owner,
                     },
                 );
                 self.park(
@@ -267,10 +274,7 @@ impl Gate {
                 )
             }
             Err(DispatchError) => {
-                self.warn(
-                    now,
-                    format_args!("[{ctx}] IdP call could not be sent (is idp_upstream a known cluster with a healthy host, or is its circuit breaker full?)"),
-                );
+                self.warn(now, format_args!("[{ctx}] {NOT_SENT}"));
                 self.slots.release(host, &req.key, Some(now));
                 self.no_verdict(ctx, &req, Some(seen), Some(1), now, host)
             }
@@ -288,79 +292,6 @@ impl Gate {
                 let path = endpoints.introspection_path.as_deref()?;
                 Some(okta::introspection_request(&self.config, path, token))
             }
-        }
-    }
-
-    /// Answers from a fresh cached verdict (`counted`: the lookup was already counted).
-    pub(super) fn cached(
-        &self,
-        ctx: ContextId,
-        scheme: Scheme,
-        key: &CacheKey,
-        counted: bool,
-        verdict: Cached,
-        host: &dyn Host,
-    ) -> Step {
-        match verdict {
-            Cached::Allow(grant) => {
-                if !counted {
-                    host.count(Counter::CacheHit);
-                }
-                self.allow(scheme, grant, host)
-            }
-            Cached::Deny(d) => {
-                if !counted {
-                    host.count(Counter::CacheNegativeHit);
-                }
-                refuse(ctx, Some(key), d, deny_reason(d), host)
-            }
-        }
-    }
-
-    pub(super) fn allow(&self, scheme: Scheme, grant: Grant, host: &dyn Host) -> Step {
-        // No log line: this is the hot path, and the metrics count it.
-        host.count(Counter::Allowed);
-        Step::Forward(Forward::new(
-            scheme,
-            grant,
-            self.config.forward_access_token,
-        ))
-    }
-
-    /// No verdict from the IdP: a recently expired positive verdict when `stale_if_error_s`
-    /// allows it, else 503 (with `Retry-After` when it is known when to come back). `seen` is
-    /// the cache entry as last read, if it was.
-    pub(super) fn no_verdict(
-        &self,
-        ctx: ContextId,
-        req: &Pending,
-        seen: Option<&CacheEntry>,
-        retry_after_s: Option<u64>,
-        now: u64,
-        host: &dyn Host,
-    ) -> Step {
-        let read;
-        let entry = match seen {
-            Some(entry) => entry,
-            None => {
-                read = self.slots.read(host, &req.key);
-                &read
-            }
-        };
-        if let Freshness::Stale(grant) =
-            entry.freshness(&req.key, now, self.config.stale_if_error_ms)
-        {
-            host.count(Counter::CacheStale);
-            log::debug!("[{ctx}] IdP unavailable: serving a stale verdict");
-            return self.allow(req.credential.scheme(), grant.clone(), host);
-        }
-        let denial = Denial::IdpUnavailable;
-        match (
-            refuse(ctx, Some(&req.key), denial, deny_reason(denial), host),
-            retry_after_s,
-        ) {
-            (_, Some(retry_after_s)) => Step::Unavailable { retry_after_s },
-            (step, None) => step,
         }
     }
 }

@@ -16,6 +16,7 @@ mod discovery;
 mod flow;
 pub mod guard;
 pub mod slots;
+mod steps;
 
 use std::collections::HashMap;
 
@@ -31,6 +32,7 @@ use crate::verdict::Denial;
 use discovery::{Discovery, Next};
 use slots::{overwrite, Slots};
 pub use slots::{SharedData, SharedError};
+use steps::{deny_reason, refuse};
 
 /// The host as the gate needs it: shared data, IdP calls, metrics. No clock: every event
 /// carries its time.
@@ -473,45 +475,6 @@ impl Gate {
     fn adopt_shared_endpoints(&mut self, now: u64, host: &dyn Host) -> bool {
         host.shared_get(&self.names.discovery())
             .is_some_and(|(record, _)| self.discovery.adopt(&record, now))
-    }
-
-    /// Logs IdP trouble at warn at most once per `WARN_INTERVAL_MS`, at debug otherwise.
-    fn warn(&mut self, now: u64, message: std::fmt::Arguments<'_>) {
-        if now >= self.last_warn_ms + WARN_INTERVAL_MS || self.last_warn_ms == 0 {
-            self.last_warn_ms = now;
-            log::warn!("{message}");
-        } else {
-            log::debug!("{message}");
-        }
-    }
-}
-
-/// Every refusal: counted by reason, one debug line, one decision. The line names a Basic
-/// credential by a short hash of its cache key: a client id is not known to be one until Okta
-/// accepts it (a client that swaps id and secret must not get its secret logged).
-fn refuse(
-    ctx: ContextId,
-    key: Option<&CacheKey>,
-    denial: Denial,
-    reason: DenyReason,
-    host: &dyn Host,
-) -> Step {
-    host.count(Counter::Denied(reason));
-    match key {
-        Some(key) => log::debug!("[{ctx}] denied: {} ({key:?})", denial.reason()),
-        None => log::debug!("[{ctx}] denied: {}", denial.reason()),
-    }
-    Step::Deny(denial)
-}
-
-/// The metrics reason of a denial decided by the IdP, a cached verdict of its, or its absence.
-fn deny_reason(denial: Denial) -> DenyReason {
-    match denial {
-        Denial::NoCredentials => DenyReason::NoCredentials,
-        Denial::DuplicateAuthorization | Denial::UnremovableHeaders => DenyReason::Malformed,
-        Denial::InvalidClient | Denial::InvalidToken => DenyReason::Invalid,
-        Denial::InsufficientScope => DenyReason::InsufficientScope,
-        Denial::IdpUnavailable => DenyReason::IdpUnavailable,
     }
 }
 

@@ -1,0 +1,124 @@
+//! How a decision becomes a [`Step`]: every refusal counted by reason and logged once at
+//! debug, every grant counted, a stale verdict served when the IdP gives none, and IdP
+//! trouble logged at warn at most once per `WARN_INTERVAL_MS`.
+
+use super::{ContextId, Gate, Host, Pending, Step, WARN_INTERVAL_MS};
+use crate::cache::{CacheEntry, CacheKey, Cached, Freshness};
+use crate::config::Scheme;
+use crate::metrics::{Counter, DenyReason};
+use crate::upstream::Forward;
+use crate::verdict::{Denial, Grant};
+
+impl Gate {
+    /// Answers from a fresh cached verdict (`counted`: the lookup was already counted).
+    pub(super) fn cached(
+        &self,
+        ctx: ContextId,
+        scheme: Scheme,
+        key: &CacheKey,
+        counted: bool,
+        verdict: Cached,
+        host: &dyn Host,
+    ) -> Step {
+        match verdict {
+            Cached::Allow(grant) => {
+                if !counted {
+                    host.count(Counter::CacheHit);
+                }
+                self.allow(scheme, grant, host)
+            }
+            Cached::Deny(d) => {
+                if !counted {
+                    host.count(Counter::CacheNegativeHit);
+                }
+                refuse(ctx, Some(key), d, deny_reason(d), host)
+            }
+        }
+    }
+
+    pub(super) fn allow(&self, scheme: Scheme, grant: Grant, host: &dyn Host) -> Step {
+        // No log line: this is the hot path, and the metrics count it.
+        host.count(Counter::Allowed);
+        Step::Forward(Forward::new(
+            scheme,
+            grant,
+            self.config.forward_access_token,
+        ))
+    }
+
+    /// No verdict from the IdP: a recently expired positive verdict when `stale_if_error_s`
+    /// allows it, else 503 (with `Retry-After` when it is known when to come back). `seen` is
+    /// the cache entry as last read, if it was.
+    pub(super) fn no_verdict(
+        &self,
+        ctx: ContextId,
+        req: &Pending,
+        seen: Option<&CacheEntry>,
+        retry_after_s: Option<u64>,
+        now: u64,
+        host: &dyn Host,
+    ) -> Step {
+        let read;
+        let entry = match seen {
+            Some(entry) => entry,
+            None => {
+                read = self.slots.read(host, &req.key);
+                &read
+            }
+        };
+        if let Freshness::Stale(grant) =
+            entry.freshness(&req.key, now, self.config.stale_if_error_ms)
+        {
+            host.count(Counter::CacheStale);
+            log::debug!("[{ctx}] IdP unavailable: serving a stale verdict");
+            return self.allow(req.credential.scheme(), grant.clone(), host);
+        }
+        let denial = Denial::IdpUnavailable;
+        match (
+            refuse(ctx, Some(&req.key), denial, deny_reason(denial), host),
+            retry_after_s,
+        ) {
+            (_, Some(retry_after_s)) => Step::Unavailable { retry_after_s },
+            (step, None) => step,
+        }
+    }
+
+    /// Logs IdP trouble at warn at most once per `WARN_INTERVAL_MS`, at debug otherwise.
+    pub(super) fn warn(&mut self, now: u64, message: std::fmt::Arguments<'_>) {
+        if now >= self.last_warn_ms + WARN_INTERVAL_MS || self.last_warn_ms == 0 {
+            self.last_warn_ms = now;
+            log::warn!("{message}");
+        } else {
+            log::debug!("{message}");
+        }
+    }
+}
+
+/// Every refusal: counted by reason, one debug line, one decision. The line names a Basic
+/// credential by a short hash of its cache key: a client id is not known to be one until Okta
+/// accepts it (a client that swaps id and secret must not get its secret logged).
+pub(super) fn refuse(
+    ctx: ContextId,
+    key: Option<&CacheKey>,
+    denial: Denial,
+    reason: DenyReason,
+    host: &dyn Host,
+) -> Step {
+    host.count(Counter::Denied(reason));
+    match key {
+        Some(key) => log::debug!("[{ctx}] denied: {} ({key:?})", denial.reason()),
+        None => log::debug!("[{ctx}] denied: {}", denial.reason()),
+    }
+    Step::Deny(denial)
+}
+
+/// The metrics reason of a denial decided by the IdP, a cached verdict of its, or its absence.
+pub(super) fn deny_reason(denial: Denial) -> DenyReason {
+    match denial {
+        Denial::NoCredentials => DenyReason::NoCredentials,
+        Denial::DuplicateAuthorization | Denial::UnremovableHeaders => DenyReason::Malformed,
+        Denial::InvalidClient | Denial::InvalidToken => DenyReason::Invalid,
+        Denial::InsufficientScope => DenyReason::InsufficientScope,
+        Denial::IdpUnavailable => DenyReason::IdpUnavailable,
+    }
+}
