@@ -99,7 +99,7 @@ impl Gate {
         let deadline_ms = following.unwrap_or(req.arrived_ms + self.lease_ms());
         match next {
             Move::Cached(verdict, decided_at_ms, expires_at_ms) => {
-                self.from_shared(ctx, &req, verdict, decided_at_ms, expires_at_ms, host)
+                self.copy_of_shared(ctx, &req, verdict, decided_at_ms, expires_at_ms, host)
             }
             Move::GiveUp(retry_after_s) => {
                 self.no_verdict(ctx, &req, Some(seen), retry_after_s, now, host)
@@ -142,7 +142,7 @@ impl Gate {
 
     /// A fresh verdict another worker (or an earlier request) put in shared data: this worker
     /// keeps a copy, found next time by the exact `Authorization` bytes.
-    fn from_shared(
+    fn copy_of_shared(
         &mut self,
         ctx: ContextId,
         req: &Pending,
