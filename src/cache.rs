@@ -441,6 +441,10 @@ enum Claim {
     Negative,
     /// A live lease for a credential with no verdict here.
     Lease,
+    /// A positive verdict past its lifetime plus `stale_if_error`: no longer usable, but it
+    /// still marks its credential as known-good (a refresh may use the budget's reserve, the
+    /// failure throttle spares it), so nothing an unknown credential brings may replace it.
+    Known,
     /// A positive verdict inside its lifetime plus `stale_if_error`.
     Positive,
 }
@@ -457,6 +461,9 @@ fn claim(way: Option<&CacheEntry>, now_ms: u64, stale_if_error_ms: u64) -> (Clai
             if now_ms < ends {
                 return (Claim::Positive, ends);
             }
+            if e.lease_until_ms <= now_ms {
+                return (Claim::Known, e.expires_at_ms);
+            }
         }
         Some(Cached::Deny(_)) if trusted && now_ms < e.expires_at_ms => {
             return (Claim::Negative, e.expires_at_ms);
@@ -471,9 +478,11 @@ fn claim(way: Option<&CacheEntry>, now_ms: u64, stale_if_error_ms: u64) -> (Clai
 }
 
 /// Where `key`'s entry goes among its set's `ways`, for what is `incoming`. The order: the
-/// key's own way; an empty way; one expired beyond `stale_if_error`; a negative verdict; a
-/// lease for an unknown credential; and only then a positive verdict, and only for an incoming
-/// positive verdict when every way holds one: the one whose lifetime plus `stale_if_error`
+/// key's own way; an empty way; one with nothing usable (a dead lease, a negative past its
+/// TTL); a negative verdict; a lease for an unknown credential; a positive verdict past its
+/// lifetime plus `stale_if_error` (still the mark of a known-good credential); and only then a
+/// live positive verdict. The last two only ever give way to an incoming positive verdict, when
+/// every way holds one: the one whose lifetime plus `stale_if_error`
 /// ends first goes (the set is too small for the clients that are really there; the loser's
 /// workers still hold their copies ([`crate::local`]) until it expires). A lease or a negative
 /// verdict never replaces a live positive verdict: then it is [`Choice::NotCached`]. Within a
@@ -498,7 +507,9 @@ pub fn choose_way(
         .min();
     match victim {
         None => Choice::NotCached,
-        Some(((Claim::Positive, _), _)) if incoming != Incoming::Positive => Choice::NotCached,
+        Some(((Claim::Positive | Claim::Known, _), _)) if incoming != Incoming::Positive => {
+            Choice::NotCached
+        }
         Some((_, i)) => Choice::Replace(i),
     }
 }
@@ -880,7 +891,7 @@ mod tests {
     }
 
     #[test]
-    fn eviction_order_own_empty_expired_negative_lease_then_positive() {
+    fn eviction_order_own_empty_expired_negative_lease_known_then_positive() {
         let live_pos = positive(1, NOW + 5_000);
         let stale_pos = positive(2, NOW - 5_000); // expired, inside stale_if_error
         let dead_pos = positive(3, NOW - STALE - 1);
@@ -894,7 +905,7 @@ mod tests {
             assert_eq!(choose(&own, incoming), Choice::Hit(3));
             let ways = [live_pos.clone(), live_neg.clone(), None, live_lease.clone()];
             assert_eq!(choose(&ways, incoming), Choice::Replace(2));
-            for expired in [&dead_pos, &dead_neg, &dead_lease] {
+            for expired in [&dead_neg, &dead_lease] {
                 let ways = [
                     live_pos.clone(),
                     live_lease.clone(),
@@ -903,6 +914,17 @@ mod tests {
                 ];
                 assert_eq!(choose(&ways, incoming), Choice::Replace(2), "{expired:?}");
             }
+            // a positive verdict past its stale window still marks a known-good credential:
+            // a lease or a negative goes first
+            let ways = [
+                dead_pos.clone(),
+                live_lease.clone(),
+                live_pos.clone(),
+                live_neg.clone(),
+            ];
+            assert_eq!(choose(&ways, incoming), Choice::Replace(3), "{incoming:?}");
+            let ways = [dead_pos.clone(), live_pos.clone(), live_lease.clone(), None];
+            assert_eq!(choose(&ways, incoming), Choice::Replace(3));
             let ways = [
                 stale_pos.clone(),
                 live_lease.clone(),
@@ -935,10 +957,15 @@ mod tests {
             choose_way(&ways, &key(3), Incoming::Lease, NOW, STALE),
             Choice::Hit(2)
         );
-        // once stale_if_error is over, it is just expired
+        // once stale_if_error is over it is no longer usable, but still the mark of a
+        // known-good credential: only a positive verdict replaces it
         let later = NOW + 40_000;
         assert_eq!(
             choose_way(&ways, &key(99), Incoming::Lease, later, STALE),
+            Choice::NotCached
+        );
+        assert_eq!(
+            choose_way(&ways, &key(99), Incoming::Positive, later, STALE),
             Choice::Replace(1)
         );
         assert_eq!(choose(&[], Incoming::Positive), Choice::NotCached);

@@ -191,10 +191,11 @@ impl Context for Request {
     fn on_done(&mut self) -> bool {
         if self.parked {
             if let Some(plugin) = &self.plugin {
-                plugin
-                    .gate
-                    .borrow_mut()
-                    .on_request_gone(ContextId(self.id), &HostCalls(&plugin.metrics));
+                plugin.gate.borrow_mut().on_request_gone(
+                    ContextId(self.id),
+                    now_ms(),
+                    &HostCalls(&plugin.metrics),
+                );
             }
         }
         true

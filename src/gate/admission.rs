@@ -59,6 +59,26 @@ impl Gate {
         }
     }
 
+    /// Whether `endpoint`'s budget has a call left for this caller now (nothing is taken):
+    /// checked before a lease is written, so that a flood past the budget churns no cache set.
+    pub(super) fn budget_left(
+        &self,
+        endpoint: IdpEndpoint,
+        key: &CacheKey,
+        seen: &CacheEntry,
+        now: u64,
+        host: &dyn Host,
+    ) -> Result<(), u64> {
+        let class = call_class(key, seen, now);
+        let limit = BudgetConfig::new(self.config.idp_calls_per_minute);
+        host.shared_get(&self.names.budget(endpoint))
+            .map(|(bytes, _)| Budget::decode(&bytes))
+            .unwrap_or_default()
+            .try_take(now, class, &limit)
+            .map(|_| ())
+            .map_err(|refused| refused.retry_after_s.max(1))
+    }
+
     /// Takes one call from `endpoint`'s budget; `Err(seconds)` when there is none for this
     /// caller: a credential whose entry held a positive verdict (a refresh) may use the
     /// reserved share, any other only the rest.
@@ -70,11 +90,7 @@ impl Gate {
         now: u64,
         host: &dyn Host,
     ) -> Result<(), u64> {
-        let class = if seen.had_positive_verdict(key, now) {
-            CallClass::Refresh
-        } else {
-            CallClass::Unknown
-        };
+        let class = call_class(key, seen, now);
         let limit = BudgetConfig::new(self.config.idp_calls_per_minute);
         let mut retry_after_s = 1;
         let mut admitted = false;
@@ -147,5 +163,15 @@ impl Gate {
         let client = throttle::client_key(&self.config.digest, client_id);
         self.names
             .throttle(throttle::slot_of(&client, throttle::SLOTS))
+    }
+}
+
+/// A call for a credential whose entry held a positive verdict is a refresh: it may use the
+/// budget's reserved share.
+fn call_class(key: &CacheKey, seen: &CacheEntry, now: u64) -> CallClass {
+    if seen.had_positive_verdict(key, now) {
+        CallClass::Refresh
+    } else {
+        CallClass::Unknown
     }
 }

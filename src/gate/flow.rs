@@ -210,7 +210,10 @@ impl Gate {
         if self.throttled(&req.credential, &req.key, entry, now, host) {
             return Move::Throttled;
         }
-        if self.calls.len() >= self.config.max_idp_calls_in_flight {
+        if let Err(seconds) = self.budget_left(endpoint, &req.key, entry, now, host) {
+            return Move::GiveUp(Some(seconds));
+        }
+        if self.calls_in_flight(now) >= self.config.max_idp_calls_in_flight {
             return Move::AtCap;
         }
         Move::Lead {

@@ -174,6 +174,9 @@ pub struct Gate {
     discovery: Discovery,
     parked: HashMap<ContextId, Parked>,
     calls: HashMap<CallToken, Call>,
+    /// Until when each call whose request went away may still be out at the IdP: Envoy does not
+    /// cancel it (only its answer is dropped), so it still counts toward the in-flight cap.
+    orphans: Vec<u64>,
     local: LocalCache,
     /// The root context: log lines that belong to no request, and tick-driven calls.
     root: ContextId,
@@ -208,6 +211,7 @@ impl Gate {
             discovery,
             parked: HashMap::new(),
             calls: HashMap::new(),
+            orphans: Vec::new(),
             local,
             root,
             resume,
@@ -365,19 +369,33 @@ impl Gate {
         steps
     }
 
-    /// The request is gone (client hung up, stream reset). A call it owned dies with it: the
-    /// host cancels it, so its lease is released for a follower to take over at once.
-    pub fn on_request_gone(&mut self, ctx: ContextId, host: &dyn Host) {
+    /// The request is gone (client hung up, stream reset). A call it owned is lost with it
+    /// (its answer will never come back), so its lease is released for a follower to take over
+    /// at once; but the call may still be out at the IdP, and counts as in flight until its
+    /// timeout.
+    pub fn on_request_gone(&mut self, ctx: ContextId, now: u64, host: &dyn Host) {
         let Some(parked) = self.parked.remove(&ctx) else {
             return;
         };
         if let Parked::Leader { req, .. } = parked {
-            let before = self.calls.len();
-            self.calls.retain(|_, c| c.owner != ctx);
-            if self.calls.len() != before {
+            let lost: Vec<u64> = self
+                .calls
+                .values()
+                .filter(|c| c.owner == ctx)
+                .map(|c| c.started_ms + self.config.idp_timeout_ms + LEASE_MARGIN_MS)
+                .collect();
+            if !lost.is_empty() {
+                self.calls.retain(|_, c| c.owner != ctx);
+                self.orphans.retain(|until| *until > now);
+                self.orphans.extend(lost);
                 self.slots.release(host, &req.key, None);
             }
         }
+    }
+
+    /// IdP calls this worker has out, those of requests that went away included.
+    fn calls_in_flight(&self, now: u64) -> usize {
+        self.calls.len() + self.orphans.iter().filter(|until| **until > now).count()
     }
 
     fn on_discovery_answer(

@@ -455,7 +455,7 @@ fn a_vanished_leader_hands_over_to_a_follower() {
         Step::Wait
     );
     // the client of the leader hangs up: its call dies with it
-    worker_a.on_request_gone(ContextId(10), &host);
+    worker_a.on_request_gone(ContextId(10), host.now(), &host);
     assert!(tick(&mut worker_b, &host).is_empty());
     assert_eq!(
         host.call_count(),
@@ -1091,6 +1091,8 @@ mod create_only_cas {
         bad_secrets_never_lock_out_a_live_client,
         a_flood_of_bogus_credentials_never_evicts_a_valid_verdict,
         the_proxys_own_answers_never_pause_calls,
+        an_expired_verdict_still_marks_a_known_client_through_a_flood,
+        calls_of_requests_that_went_away_still_count_as_in_flight,
     );
 }
 
@@ -1309,4 +1311,88 @@ fn the_proxys_own_answers_never_pause_calls() {
         assert_eq!(status(&steps[0].1), 503);
     }
     assert_eq!(host.call_count(), 10, "every request still asked: no pause");
+}
+
+#[test]
+fn an_expired_verdict_still_marks_a_known_client_through_a_flood() {
+    let host = FakeHost::at(T0);
+    // one set of 4 ways, no stale window, 10 calls a minute (2 reserved for refreshes)
+    let extra =
+        r#","cache_slots":4,"cache_ttl_s":1,"idp_calls_per_minute":10,"max_client_failures":0"#;
+    let mut g = gate(&host, extra);
+    ask(&mut g, &host, 1, &basic("good", "s"));
+    answer(&mut g, &host, host.last_call().0, 200, &token_ok(3600));
+    host.advance(2_000);
+    // a flood of unknown credentials from another worker spends the unknown share
+    let mut attacker = gate(&host, extra);
+    for i in 0..50 {
+        if ask(
+            &mut attacker,
+            &host,
+            100 + i,
+            &basic(&format!("bogus{i}"), "s"),
+        ) == Step::Wait
+        {
+            answer(
+                &mut attacker,
+                &host,
+                host.last_call().0,
+                401,
+                INVALID_CLIENT,
+            );
+        }
+    }
+    assert_eq!(
+        host.call_count(),
+        8,
+        "the unknown share: 8 of 10, the first good call's included"
+    );
+    // past the budget, bogus credentials do not even touch the cache
+    let set = host.data.borrow().clone();
+    for i in 50..60 {
+        let step = ask(
+            &mut attacker,
+            &host,
+            100 + i,
+            &basic(&format!("bogus{i}"), "s"),
+        );
+        assert!(matches!(step, Step::Unavailable { .. }), "{step:?}");
+    }
+    assert_eq!(*host.data.borrow(), set, "no lease written past the budget");
+    // the known client's expired verdict is still there: its refresh uses the reserve
+    let mut fresh_worker = gate(&host, extra);
+    assert_eq!(
+        ask(&mut fresh_worker, &host, 2, &basic("good", "s")),
+        Step::Wait
+    );
+    let steps = answer(
+        &mut fresh_worker,
+        &host,
+        host.last_call().0,
+        200,
+        &token_ok(3600),
+    );
+    assert_eq!(forwarded(&steps[0].1).identity, "good");
+}
+
+#[test]
+fn calls_of_requests_that_went_away_still_count_as_in_flight() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(
+        &host,
+        r#","max_idp_calls_in_flight":2,"idp_timeout_ms":500"#,
+    );
+    for ctx in [10, 11] {
+        assert_eq!(
+            ask(&mut g, &host, ctx, &basic(&format!("app{ctx}"), "s")),
+            Step::Wait
+        );
+        // the client hangs up: Envoy drops the answer, but the call is still out
+        g.on_request_gone(ContextId(ctx), host.now(), &host);
+    }
+    assert_eq!(status(&ask(&mut g, &host, 12, &basic("app12", "s"))), 503);
+    assert_eq!(host.call_count(), 2);
+    // once those calls have timed out, the place is free again
+    host.advance(500 + LEASE_MARGIN_MS + 1);
+    assert_eq!(ask(&mut g, &host, 13, &basic("app13", "s")), Step::Wait);
 }
