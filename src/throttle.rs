@@ -1,6 +1,8 @@
 //! The failure throttle for Basic credentials: after `max_client_failures` `invalid_client`
 //! answers for one client id within `client_failure_window_s`, further secrets for that id that
-//! have no verdict yet are refused locally (401, no Okta call) until the window has passed.
+//! have no verdict yet go to Okta at most one per `window / max_client_failures` ([`probe`])
+//! until the window has passed; the others are answered 503 with `Retry-After`, not 401: the
+//! filter has not checked them.
 //! The caller consults it only after the cache: a secret with a positive verdict (fresh or
 //! stale) is served from the cache and never meets the throttle, so guessing secrets for a live
 //! app cannot lock the app out; what an attacker can do is keep that app's *new* secrets (a
@@ -32,10 +34,12 @@ pub struct FailureRecord {
     pub window_start_ms: u64,
     /// Failures since then, of every client id in the slot.
     pub failures: u32,
+    /// When a secret was last let through to Okta while the slot refused ([`probe`]).
+    pub last_probe_ms: u64,
 }
 
-const MAGIC: &[u8; 4] = b"OTH\x01";
-const ENCODED_LEN: usize = 4 + 8 + 4;
+const MAGIC: &[u8; 4] = b"OTH\x02";
+const ENCODED_LEN: usize = 4 + 8 + 4 + 8;
 
 impl FailureRecord {
     /// Anything unreadable is an empty record. Only the filter writes these keys.
@@ -47,9 +51,12 @@ impl FailureRecord {
         start.copy_from_slice(&bytes[4..12]);
         let mut failures = [0u8; 4];
         failures.copy_from_slice(&bytes[12..16]);
+        let mut probe = [0u8; 8];
+        probe.copy_from_slice(&bytes[16..24]);
         FailureRecord {
             window_start_ms: u64::from_le_bytes(start),
             failures: u32::from_le_bytes(failures),
+            last_probe_ms: u64::from_le_bytes(probe),
         }
     }
 
@@ -57,7 +64,8 @@ impl FailureRecord {
         let mut out = [0u8; ENCODED_LEN];
         out[..4].copy_from_slice(MAGIC);
         out[4..12].copy_from_slice(&self.window_start_ms.to_le_bytes());
-        out[12..].copy_from_slice(&self.failures.to_le_bytes());
+        out[12..16].copy_from_slice(&self.failures.to_le_bytes());
+        out[16..].copy_from_slice(&self.last_probe_ms.to_le_bytes());
         out
     }
 }
@@ -93,18 +101,37 @@ pub fn note_failure(record: FailureRecord, now_ms: u64, window_ms: u64) -> Failu
         return FailureRecord {
             window_start_ms: now_ms,
             failures: record.failures.saturating_add(1),
+            ..record
         };
     }
     if now_ms >= record.window_start_ms.saturating_add(window_ms) {
         return FailureRecord {
             window_start_ms: now_ms,
             failures: 1,
+            ..record
         };
     }
     FailureRecord {
-        window_start_ms: record.window_start_ms,
         failures: record.failures.saturating_add(1),
+        ..record
     }
+}
+
+/// While a slot refuses, one unverified secret may still go to Okta every `interval_ms`: the
+/// record that takes that turn (write it back with compare-and-swap, then call), or how long
+/// until the next turn (ms). This is what keeps a live app's valid secret from being locked
+/// out when its cached verdict is gone (a restart, a new node): an attacker who keeps the
+/// slot refusing must also win every turn, and each turn costs Okta one call at most.
+pub fn probe(record: &FailureRecord, now_ms: u64, interval_ms: u64) -> Result<FailureRecord, u64> {
+    let next = record.last_probe_ms.saturating_add(interval_ms);
+    // A turn dated after now (the clock went back) is not waited for.
+    if now_ms >= next || record.last_probe_ms > now_ms.saturating_add(CLOCK_SKEW_MS) {
+        return Ok(FailureRecord {
+            last_probe_ms: now_ms,
+            ..*record
+        });
+    }
+    Err(next - now_ms)
 }
 
 /// Whether a secret without a verdict for a client id in this slot is refused locally now.
@@ -150,7 +177,8 @@ mod tests {
             r,
             FailureRecord {
                 window_start_ms: T0 + WINDOW + 5,
-                failures: 1
+                failures: 1,
+                last_probe_ms: 0
             }
         );
         assert!(!refuses(&r, T0 + WINDOW + 5, MAX, WINDOW));
@@ -202,7 +230,8 @@ mod tests {
             r,
             FailureRecord {
                 window_start_ms: back,
-                failures: 6
+                failures: 6,
+                last_probe_ms: 0
             }
         );
         assert!(refuses(&r, back + 1, MAX, WINDOW));
@@ -260,14 +289,30 @@ mod tests {
     }
 
     #[test]
+    fn a_refusing_slot_still_lets_one_secret_through_per_interval() {
+        let r = failures(&[T0; 5]);
+        assert!(refuses(&r, T0 + 1, MAX, WINDOW));
+        let interval = WINDOW / u64::from(MAX);
+        let taken = probe(&r, T0 + 1, interval).expect("the first turn is free");
+        assert_eq!(taken.last_probe_ms, T0 + 1);
+        assert_eq!(probe(&taken, T0 + 2, interval), Err(interval - 1));
+        assert!(probe(&taken, T0 + 1 + interval, interval).is_ok());
+        // a turn dated after now (the clock went back) is not waited for
+        assert!(probe(&taken, T0 - 3_600_000, interval).is_ok());
+        // a failure keeps the turn
+        assert_eq!(note_failure(taken, T0 + 3, WINDOW).last_probe_ms, T0 + 1);
+    }
+
+    #[test]
     fn records_round_trip_and_garbage_is_empty() {
         let r = FailureRecord {
             window_start_ms: T0,
             failures: 7,
+            last_probe_ms: T0 + 9,
         };
         assert_eq!(FailureRecord::decode(&r.encode()), r);
         let bytes = r.encode();
-        for garbage in [&b""[..], b"\0", &bytes[..15], b"0123456789abcdefg"] {
+        for garbage in [&b""[..], b"\0", &bytes[..23], b"0123456789abcdefg"] {
             assert_eq!(FailureRecord::decode(garbage), FailureRecord::default());
         }
         let mut foreign = bytes;

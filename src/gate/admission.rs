@@ -117,29 +117,44 @@ impl Gate {
         }
     }
 
-    /// Whether the failure throttle refuses this Basic credential locally: its client id had
-    /// `max_client_failures` `invalid_client` answers within the window, and this secret has
-    /// never had a positive verdict (a live app's known secret is never locked out).
-    pub(super) fn throttled(
+    /// The failure throttle, for a Basic credential about to go to Okta: `Err(seconds)` when
+    /// its client id had `max_client_failures` `invalid_client` answers within the window and
+    /// this is not its turn (one unverified secret per `window / max_client_failures` still
+    /// goes through, so a live app whose cached verdict is gone is not locked out). A secret
+    /// that had a positive verdict is never held back.
+    pub(super) fn throttle_turn(
         &self,
         credential: &Credential,
         key: &CacheKey,
         seen: &CacheEntry,
         now: u64,
         host: &dyn Host,
-    ) -> bool {
+    ) -> Result<(), u64> {
         let Credential::Basic(client) = credential else {
-            return false;
+            return Ok(());
         };
-        if self.config.max_client_failures == 0 || seen.had_positive_verdict(key, now) {
-            return false;
+        let max = self.config.max_client_failures;
+        if max == 0 || seen.had_positive_verdict(key, now) {
+            return Ok(());
         }
-        let record = host
-            .shared_get(&self.throttle_name(&client.client_id))
-            .map(|(bytes, _)| FailureRecord::decode(&bytes))
-            .unwrap_or_default();
         let window = self.config.client_failure_window_ms;
-        throttle::refuses(&record, now, self.config.max_client_failures, window)
+        let interval = (window / u64::from(max)).max(1_000);
+        let mut wait_ms = None;
+        update(host, &self.throttle_name(&client.client_id), |bytes| {
+            let record = bytes.map(FailureRecord::decode).unwrap_or_default();
+            wait_ms = None;
+            if !throttle::refuses(&record, now, max, window) {
+                return Err(NotWritten::Declined);
+            }
+            match throttle::probe(&record, now, interval) {
+                Ok(turn) => Ok(turn.encode().to_vec()),
+                Err(ms) => {
+                    wait_ms = Some(ms);
+                    Err(NotWritten::Declined)
+                }
+            }
+        });
+        wait_ms.map_or(Ok(()), |ms| Err(ms.div_ceil(1000).max(1)))
     }
 
     /// Counts an `invalid_client` answer against its client id.

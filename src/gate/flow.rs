@@ -3,15 +3,14 @@
 
 use super::slots::Update;
 use super::{
-    deny_reason, refuse, Call, ContextId, DispatchError, Gate, Host, Parked, Pending, Purpose,
-    Resume, Step, LEASE_MARGIN_MS,
+    Call, ContextId, DispatchError, Gate, Host, Parked, Pending, Purpose, Resume, Step,
+    LEASE_MARGIN_MS,
 };
 use crate::cache::{CacheEntry, Cached, Freshness};
 use crate::credentials::Credential;
 use crate::local::Copy;
 use crate::metrics::Counter;
 use crate::okta::{self, IdpRequest};
-use crate::verdict::Denial;
 
 /// What a request does next, given what its slot holds.
 #[derive(Debug)]
@@ -20,8 +19,6 @@ enum Move {
     Cached(Cached, u64, u64),
     /// No verdict can come in time: a stale one, or 503 (with `Retry-After` when known).
     GiveUp(Option<u64>),
-    /// The failure throttle refuses this Basic credential without asking the IdP.
-    Throttled,
     WaitForDiscovery,
     /// `OwnRequestOnly`: nobody could wake this request, so it asks for the endpoints itself.
     Discover,
@@ -103,11 +100,6 @@ impl Gate {
             }
             Move::GiveUp(retry_after_s) => {
                 self.no_verdict(ctx, &req, Some(seen), retry_after_s, now, host)
-            }
-            Move::Throttled => {
-                let denial = Denial::InvalidClient;
-                log::debug!("[{ctx}] too many invalid secrets for this client id: refused locally");
-                refuse(ctx, Some(&req.key), denial, deny_reason(denial), host)
             }
             Move::AtCap => {
                 let cap = self.config.max_idp_calls_in_flight;
@@ -207,14 +199,15 @@ impl Gate {
             // The quota guard: Okta asked us to back off, or keeps failing.
             return Move::GiveUp(Some(seconds));
         }
-        if self.throttled(&req.credential, &req.key, entry, now, host) {
-            return Move::Throttled;
-        }
         if let Err(seconds) = self.budget_left(endpoint, &req.key, entry, now, host) {
             return Move::GiveUp(Some(seconds));
         }
         if self.calls_in_flight(now) >= self.config.max_idp_calls_in_flight {
             return Move::AtCap;
+        }
+        if let Err(seconds) = self.throttle_turn(&req.credential, &req.key, entry, now, host) {
+            // Too many invalid secrets for this client id, and not its turn.
+            return Move::GiveUp(Some(seconds));
         }
         Move::Lead {
             take_lease: !theirs,

@@ -1089,6 +1089,7 @@ mod create_only_cas {
         calls_in_flight_are_capped_per_worker,
         a_flood_of_unknown_credentials_cannot_spend_the_refresh_reserve,
         bad_secrets_never_lock_out_a_live_client,
+        a_live_client_whose_verdict_is_gone_gets_its_turn_despite_bad_secrets,
         a_flood_of_bogus_credentials_never_evicts_a_valid_verdict,
         the_proxys_own_answers_never_pause_calls,
         an_expired_verdict_still_marks_a_known_client_through_a_flood,
@@ -1221,29 +1222,57 @@ fn bad_secrets_never_lock_out_a_live_client() {
         ask(&mut g, &host, 10 + i, &basic("live", &format!("guess{i}")));
         answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
     }
+    // the throttle lets one unverified secret through per 12 s; the others wait (503)
+    assert_eq!(ask(&mut g, &host, 20, &basic("live", "guess6")), Step::Wait);
+    answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
     let calls = host.call_count();
-    // a sixth guess is refused locally
-    assert_eq!(
-        status(&ask(&mut g, &host, 20, &basic("live", "guess6"))),
-        401
-    );
+    let step = ask(&mut g, &host, 21, &basic("live", "guess7"));
+    assert_eq!(step, Step::Unavailable { retry_after_s: 12 });
     assert_eq!(host.call_count(), calls, "no IdP call");
     // the good secret still passes: from the cache, and its refresh once the verdict expired
     assert_eq!(
-        status(&ask(&mut g, &host, 21, &basic("live", "good-secret"))),
+        status(&ask(&mut g, &host, 22, &basic("live", "good-secret"))),
         200
     );
     host.advance(1_000);
     assert_eq!(
-        ask(&mut g, &host, 22, &basic("live", "good-secret")),
+        ask(&mut g, &host, 23, &basic("live", "good-secret")),
         Step::Wait
     );
     answer(&mut g, &host, host.last_call().0, 200, &token_ok(3600));
     // another client id is not throttled
-    assert_eq!(ask(&mut g, &host, 23, &basic("other", "x")), Step::Wait);
+    assert_eq!(ask(&mut g, &host, 24, &basic("other", "x")), Step::Wait);
     // the window passes
     host.advance(60_000);
-    assert_eq!(ask(&mut g, &host, 24, &basic("live", "guess7")), Step::Wait);
+    assert_eq!(ask(&mut g, &host, 25, &basic("live", "guess8")), Step::Wait);
+}
+
+#[test]
+fn a_live_client_whose_verdict_is_gone_gets_its_turn_despite_bad_secrets() {
+    // a new node (nothing cached) while an attacker keeps the client id throttled
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, r#","max_client_failures":5"#);
+    for i in 0..5 {
+        ask(&mut g, &host, 10 + i, &basic("live", &format!("guess{i}")));
+        answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
+    }
+    // the attacker takes this turn...
+    ask(&mut g, &host, 20, &basic("live", "guess5"));
+    answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
+    // ...the live client waits for the next one, and is then verified and served
+    let step = ask(&mut g, &host, 30, &basic("live", "good-secret"));
+    assert!(matches!(step, Step::Unavailable { .. }), "{step:?}");
+    host.advance(12_000);
+    assert_eq!(
+        ask(&mut g, &host, 31, &basic("live", "good-secret")),
+        Step::Wait
+    );
+    let steps = answer(&mut g, &host, host.last_call().0, 200, &token_ok(3600));
+    assert_eq!(forwarded(&steps[0].1).identity, "live");
+    assert_eq!(
+        status(&ask(&mut g, &host, 32, &basic("live", "good-secret"))),
+        200
+    );
 }
 
 #[test]
