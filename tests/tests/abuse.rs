@@ -241,9 +241,17 @@ fn the_budget_holds_under_a_flood_and_known_clients_keep_working() {
             "the budget was never reached"
         );
     }
-    assert_eq!(
-        stack.echo.count() - echo_before,
-        valid.get(&200).copied().unwrap_or(0),
-        "only the known clients reached the upstream"
-    );
+    // Only the known clients reached the upstream (a request whose answer was lost with its
+    // connection may have been sent again by the flood client: at least as many as the 200s).
+    assert!(stack.echo.count() - echo_before >= valid.get(&200).copied().unwrap_or(0));
+    let known: Vec<String> = (0..20).map(|i| format!("0oa8known{i}")).collect();
+    for request in stack.echo.requests() {
+        let who = request
+            .header("x-credential-identifier")
+            .unwrap_or_default();
+        assert!(
+            known.iter().any(|k| k == who),
+            "{who:?} reached the upstream"
+        );
+    }
 }
