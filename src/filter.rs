@@ -262,8 +262,11 @@ impl HttpContext for Request {
         );
         match step {
             Step::Forward(forward) => {
-                apply_forward(&forward);
-                Action::Continue
+                if apply_forward(&forward) {
+                    return Action::Continue;
+                }
+                send_unavailable(plugin, 1, true);
+                Action::Pause
             }
             Step::Deny(denial) => {
                 send_reply(plugin.replies.get(denial), None);
@@ -331,8 +334,11 @@ fn apply_elsewhere(plugin: &Plugin, steps: Vec<(ContextId, Step)>, bodyless: boo
         }
         match step {
             Step::Forward(forward) => {
-                apply_forward(&forward);
-                abi::continue_request();
+                if apply_forward(&forward) {
+                    abi::continue_request();
+                } else {
+                    send_unavailable(plugin, 1, !bodyless);
+                }
             }
             Step::Deny(denial) => send_reply_with(plugin.replies.get(denial), None, !bodyless),
             Step::Unavailable { retry_after_s } => {
@@ -343,13 +349,13 @@ fn apply_elsewhere(plugin: &Plugin, steps: Vec<(ContextId, Step)>, bodyless: boo
     }
 }
 
-fn apply_forward(forward: &Forward) {
-    for edit in forward.edits() {
-        match edit {
-            HeaderEdit::Set(name, value) => abi::set_request_header(name, value),
-            HeaderEdit::Remove(name) => abi::remove_request_header(name),
-        };
-    }
+/// Applies an allowed request's header edits; false when the host refused one: the request
+/// must then not go upstream (it would carry the client's credentials, or no identity).
+fn apply_forward(forward: &Forward) -> bool {
+    forward.edits().into_iter().all(|edit| match edit {
+        HeaderEdit::Set(name, value) => abi::set_request_header(name, value),
+        HeaderEdit::Remove(name) => abi::remove_request_header(name),
+    })
 }
 
 fn send_unavailable(plugin: &Plugin, retry_after_s: u64, with_body: bool) {

@@ -336,6 +336,43 @@ impl KeepAlive {
     }
 }
 
+/// Sends `authorization(thread, i)` requests (`GET /`) on `threads` keep-alive connections, as
+/// fast as the server answers, while `more(i)` says so; the count of each status, 0 for a
+/// request that got no answer (the connection closed).
+pub fn flood(
+    addr: SocketAddr,
+    threads: usize,
+    more: impl Fn(usize) -> bool + Sync,
+    authorization: impl Fn(usize, usize) -> String + Sync,
+) -> std::collections::BTreeMap<u16, u64> {
+    let (more, authorization) = (&more, &authorization);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut conn = KeepAlive::new(addr);
+                    let mut statuses = std::collections::BTreeMap::new();
+                    let mut i = 0;
+                    while more(i) {
+                        let status = conn.get("/", &authorization(t, i)).unwrap_or(0);
+                        *statuses.entry(status).or_insert(0u64) += 1;
+                        i += 1;
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        let mut total = std::collections::BTreeMap::new();
+        for h in handles {
+            // A thread that panicked counted nothing: the caller's assertions see the shortfall.
+            for (status, n) in h.join().unwrap_or_default() {
+                *total.entry(status).or_insert(0) += n;
+            }
+        }
+        total
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Barrier;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use okta_dcr_auth_tests::client::{self, KeepAlive, DEFAULT_TIMEOUT};
+use okta_dcr_auth_tests::client::{self, DEFAULT_TIMEOUT};
 use okta_dcr_auth_tests::*;
 use serde_json::json;
 
@@ -209,36 +209,13 @@ fn flood_bogus_tokens(
     threads: usize,
     per_thread: usize,
 ) -> BTreeMap<u16, u64> {
-    let addr = stack.listener();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                s.spawn(move || {
-                    let mut conn = KeepAlive::new(addr);
-                    let mut statuses = BTreeMap::new();
-                    for i in 0..per_thread {
-                        // RFC 6750 b64token characters only, so the filter takes it to the IdP.
-                        let token = format!("Bearer {prefix}-{t}-{i}.bogusTokenNeverIssued");
-                        let status = conn
-                            .get("/", &token)
-                            .unwrap_or_else(|e| panic!("flood request {t}/{i}: {e}"));
-                        *statuses.entry(status).or_insert(0u64) += 1;
-                    }
-                    statuses
-                })
-            })
-            .collect();
-        let mut total = BTreeMap::new();
-        for h in handles {
-            let statuses = h
-                .join()
-                .unwrap_or_else(|_| panic!("a flood thread panicked"));
-            for (status, n) in statuses {
-                *total.entry(status).or_insert(0) += n;
-            }
-        }
-        total
-    })
+    // RFC 6750 b64token characters only, so the filter takes it to the IdP.
+    client::flood(
+        stack.listener(),
+        threads,
+        |i| i < per_thread,
+        |t, i| format!("Bearer {prefix}-{t}-{i}.bogusTokenNeverIssued"),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
