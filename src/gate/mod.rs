@@ -189,7 +189,7 @@ impl Gate {
         let names = Names::stable(&config.issuer);
         let slots = Slots::new(names.clone(), config.cache_slots, config.stale_if_error_ms);
         slots.create_all(host);
-        let discovery = Discovery::new(config.endpoints.clone(), config.accepted);
+        let discovery = Discovery::new(config.endpoints.clone(), config.needs());
         // A seed no client can know, so that nobody can make credentials collide on purpose.
         let seed = std::hash::BuildHasher::hash_one(
             &std::collections::hash_map::RandomState::new(),

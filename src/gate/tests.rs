@@ -122,11 +122,17 @@ fn config(extra: &str) -> Config {
                 "token_endpoint":"https://o.okta.com/oauth2/default/v1/token",
                 "introspection_endpoint":"https://o.okta.com/oauth2/default/v1/introspect",
                 "introspection_client_id":"gw","introspection_client_secret":"gw-secret",
-                "scopes":["api:read"]{slots}{extra}}}"#,
+                "scopes":["api:read"]{slots}{mode}{extra}}}"#,
             slots = if extra.contains("cache_slots") {
                 ""
             } else {
                 r#","cache_slots":64"#
+            },
+            // The tests below are about the introspection path unless they say otherwise.
+            mode = if extra.contains("bearer_validation") {
+                ""
+            } else {
+                r#","bearer_validation":"introspection""#
             },
         )
         .as_bytes(),
