@@ -151,6 +151,11 @@ impl Names {
         format!("{}discovery", self.issuer)
     }
 
+    /// The issuer's key set record (`gate::keys::KeysRecord`).
+    pub fn jwks(&self) -> String {
+        format!("{}jwks", self.issuer)
+    }
+
     /// Present once every slot exists, so that later workers skip creating them. With
     /// [`Names::stable`]: `okta-dcr-auth/sets`, holding how many sets exist ([`sets_to_create`]).
     pub fn slots_ready(&self) -> String {

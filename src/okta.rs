@@ -272,6 +272,46 @@ pub fn read_discovery(
     })
 }
 
+// ---- the key set (Bearer, `jwt` modes) ----
+
+/// `GET` of the issuer's JWKS document.
+pub fn jwks_request(config: &Config, jwks_path: &str) -> IdpRequest {
+    IdpRequest::new(
+        config,
+        "GET",
+        jwks_path.to_string(),
+        vec![("accept", "application/json".into())],
+        Vec::new(),
+    )
+}
+
+/// Why a key set answer is no key set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwksAnswerError {
+    Failed(IdpFailure),
+    Unusable(crate::jwks::JwksError),
+}
+
+impl JwksAnswerError {
+    pub fn describe(self) -> String {
+        match self {
+            JwksAnswerError::Failed(f) => f.describe(),
+            JwksAnswerError::Unusable(e) => e.describe().to_string(),
+        }
+    }
+}
+
+/// A 200 whose body is a usable key set: the set and how many keys it skipped.
+pub fn read_jwks(
+    answer: IdpAnswer<'_>,
+    now_s: u64,
+) -> Result<(crate::jwks::KeySet, usize), JwksAnswerError> {
+    if answer.status != Some(200) {
+        return Err(JwksAnswerError::Failed(failure_of(answer, now_s)));
+    }
+    crate::jwks::KeySet::parse(answer.body).map_err(JwksAnswerError::Unusable)
+}
+
 // ---- client credentials (Basic path) ----
 
 /// `grant_type=client_credentials` with the configured scopes, authenticated as the client

@@ -37,7 +37,7 @@ enum Move {
 }
 
 impl Gate {
-    fn lease_ms(&self) -> u64 {
+    pub(super) fn lease_ms(&self) -> u64 {
         self.config.idp_timeout_ms + LEASE_MARGIN_MS
     }
 
@@ -48,7 +48,7 @@ impl Gate {
         &mut self,
         ctx: ContextId,
         caller: ContextId,
-        mut req: Pending,
+        req: Pending,
         following: Option<u64>,
         now: u64,
         host: &dyn Host,
@@ -64,6 +64,10 @@ impl Gate {
                 host,
             );
         }
+        let mut req = match self.check_bearer_locally(ctx, caller, req, now, host) {
+            Ok(step) => return step,
+            Err(req) => req,
+        };
         let lease_until = now + self.lease_ms();
         let mut seen = CacheEntry::empty(req.key);
         let mut next = Move::GiveUp(None);
@@ -152,7 +156,7 @@ impl Gate {
         }
     }
 
-    fn park(&mut self, ctx: ContextId, parked: Parked) -> Step {
+    pub(super) fn park(&mut self, ctx: ContextId, parked: Parked) -> Step {
         self.parked.insert(ctx, parked);
         Step::Wait
     }

@@ -115,7 +115,6 @@ fn introspecting_bearer_without_an_introspection_client_is_refused() {
 }
 
 #[test]
-#[test]
 fn checking_jwts_without_an_audience_is_refused() {
     let failure = refused(filter_config(json!({ "audience": null })));
     assert_refused_naming(&failure, "audience");
