@@ -194,9 +194,16 @@ impl Gate {
         };
         let deadline_ms = req.arrived_ms + self.lease_ms();
         req.waited_for_keys = true;
-        match self.fetch_keys(caller, why, now, host) {
+        let own_only = self.resume == Resume::OwnRequestOnly;
+        let fetch = match self.fetch_keys(caller, why, now, host) {
+            Fetch::InFlight if own_only && why == Why::NoKeys => {
+                self.fetch_own_keys(caller, now, host)
+            }
+            fetch => fetch,
+        };
+        match fetch {
             Fetch::Sent => self.park(ctx, Parked::Keys { req, deadline_ms }),
-            Fetch::InFlight if self.resume == Resume::AnyRequest && now <= deadline_ms => {
+            Fetch::InFlight if !own_only && now <= deadline_ms => {
                 self.park(ctx, Parked::Keys { req, deadline_ms })
             }
             _ => self.without_new_keys(ctx, req, now, host),

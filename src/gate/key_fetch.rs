@@ -56,6 +56,18 @@ impl Gate {
         }
     }
 
+    /// `OwnRequestOnly`, no keys yet, another request's fetch out: this request cannot wait
+    /// for it, so it sends its own (without the lease, as a Basic request there makes its own
+    /// call). Never for an unknown `kid`: that stays once per 30 s.
+    pub(super) fn fetch_own_keys(&mut self, caller: ContextId, now: u64, host: &dyn Host) -> Fetch {
+        match self.discovery.endpoints().jwks_path.clone() {
+            Some(path) if self.calls.len() < self.config.max_idp_calls_in_flight => {
+                self.send_fetch(caller, &path, now, host)
+            }
+            _ => Fetch::NotNow,
+        }
+    }
+
     fn send_fetch(&mut self, caller: ContextId, path: &str, now: u64, host: &dyn Host) -> Fetch {
         let request = okta::jwks_request(&self.config, path);
         match host.dispatch(

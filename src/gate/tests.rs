@@ -757,7 +757,7 @@ fn counters_follow_the_traffic() {
     assert_eq!(host.latencies.borrow()[0], 7);
 }
 
-fn solo_gate(host: &FakeHost, json: &[u8]) -> Gate {
+pub(super) fn solo_gate(host: &FakeHost, json: &[u8]) -> Gate {
     let config = Config::from_json(json).expect("valid");
     Gate::new(
         config,
@@ -1075,6 +1075,7 @@ mod create_only_cas {
         introspection_mode_refuses_what_cannot_be_a_jwt_without_a_call,
         the_key_set_url_comes_from_discovery_when_not_configured,
         a_first_token_with_an_unknown_kid_costs_one_fetch,
+        with_own_request_only_a_request_fetches_its_own_keys,
         valid_client_is_asked_once_then_served_from_cache,
         wrong_secret_is_not_served_from_cache,
         definite_no_is_cached_for_the_negative_ttl_only,

@@ -330,3 +330,37 @@ pub(super) fn a_first_token_with_an_unknown_kid_costs_one_fetch() {
     assert_eq!(numbered_statuses(&steps), vec![(10, 401)]);
     assert_eq!(host.call_count(), 1);
 }
+
+/// ngx_wasm_module: a request is answered only in its own context, so it fetches the keys
+/// itself and never waits for another request's fetch.
+#[test]
+pub(super) fn with_own_request_only_a_request_fetches_its_own_keys() {
+    let host = FakeHost::at(T0);
+    let json = br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["bearer"],
+        "audience":"api://default","scopes":["api:read"],"cache_slots":8,
+        "jwks_uri":"https://o.okta.com/oauth2/default/v1/keys"}"#;
+    let mut g = solo_gate(&host, json);
+    assert_eq!(ask(&mut g, &host, 10, &valid(&host, "a")), Step::Wait);
+    let first = host.last_call().0;
+    // another request meanwhile: it cannot wait for that fetch here, so it makes its own
+    assert_eq!(ask(&mut g, &host, 11, &valid(&host, "b")), Step::Wait);
+    let second = host.last_call().0;
+    assert_eq!(host.call_count(), 2);
+    let headers = vec![(":status".to_string(), "200".to_string())];
+    let body = published();
+    let answer = IdpAnswer {
+        status: Some(200),
+        headers: &headers,
+        body: body.as_bytes(),
+    };
+    let steps = deliver(&mut g, &host, 11, second, answer);
+    assert_eq!(numbered_statuses(&steps), vec![(11, 200)], "only its own");
+    let steps = deliver(&mut g, &host, 10, first, answer);
+    assert_eq!(numbered_statuses(&steps), vec![(10, 200)]);
+    assert_eq!(status(&ask(&mut g, &host, 12, &valid(&host, "c"))), 200);
+    // an unknown kid while a fetch is out: no fetch of its own (at most once per 30 s)
+    let unknown = bearer_signed("k9", "2", &claims(host.now(), "u"));
+    assert_eq!(ask(&mut g, &host, 13, &unknown), Step::Wait);
+    assert_eq!(status(&ask(&mut g, &host, 14, &unknown)), 401);
+    assert_eq!(host.call_count(), 3);
+}
