@@ -151,9 +151,11 @@ impl Names {
         format!("{}discovery", self.issuer)
     }
 
-    /// The issuer's key set record (`gate::keys::KeysRecord`).
-    pub fn jwks(&self) -> String {
-        format!("{}jwks", self.issuer)
+    /// The record of the key set at `jwks_path` (`gate::keys::KeysRecord`): per issuer and
+    /// path, so that configurations of one issuer with different `jwks_uri` overrides never
+    /// serve each other's keys.
+    pub fn jwks(&self, jwks_path: &str) -> String {
+        format!("{}jwks/{}", self.issuer, short_hash(jwks_path))
     }
 
     /// Present once every slot exists, so that later workers skip creating them. With

@@ -40,7 +40,7 @@ impl Gate {
         }
         let until = now + self.lease_ms();
         let mut in_flight = false;
-        let written = update(host, &self.names.jwks(), |bytes| {
+        let written = update(host, &self.names.jwks(&path), |bytes| {
             let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
             in_flight = record.in_flight(now);
             if record.may_fetch(why, now) {
@@ -99,9 +99,26 @@ impl Gate {
         }
     }
 
+    /// The shared-data name of the key set's record, once its URL is known.
+    fn keys_record_name(&self) -> Option<String> {
+        let path = self.discovery.endpoints().jwks_path.as_deref()?;
+        Some(self.names.jwks(path))
+    }
+
+    /// The shared record (an empty one when there is none yet).
+    fn keys_record(&self, host: &dyn Host) -> KeysRecord {
+        self.keys_record_name()
+            .and_then(|name| host.shared_get(&name))
+            .and_then(|(bytes, _)| KeysRecord::decode(&bytes))
+            .unwrap_or_default()
+    }
+
     /// Ends this worker's lease on the key set record; the body stays.
     pub(super) fn release_keys_lease(&self, host: &dyn Host) {
-        update(host, &self.names.jwks(), |bytes| {
+        let Some(name) = self.keys_record_name() else {
+            return;
+        };
+        update(host, &name, |bytes| {
             let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
             Ok(record.released().encode())
         });
@@ -109,12 +126,7 @@ impl Gate {
 
     /// Takes a newer set another worker fetched, if the shared record holds one.
     pub(super) fn adopt_shared_keys(&mut self, now: u64, host: &dyn Host) -> bool {
-        let Some(record) = host
-            .shared_get(&self.names.jwks())
-            .and_then(|(bytes, _)| KeysRecord::decode(&bytes))
-        else {
-            return false;
-        };
+        let record = self.keys_record(host);
         self.adopt_record(&record, now)
     }
 
@@ -151,12 +163,12 @@ impl Gate {
                     );
                 }
                 log::info!("[{}] key set fetched: {} key(s)", self.root, set.len());
-                let mut shared = KeysRecord::default();
-                update(host, &self.names.jwks(), |bytes| {
-                    let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
-                    shared = record.fetched(answer.body, now);
-                    Ok(shared.encode())
-                });
+                if let Some(name) = self.keys_record_name() {
+                    update(host, &name, |bytes| {
+                        let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
+                        Ok(record.fetched(answer.body, now).encode())
+                    });
+                }
                 self.keys.install(set, now);
             }
             Err(e) => {
@@ -212,10 +224,7 @@ impl Gate {
         if !waiting && !due {
             return false;
         }
-        let record = host
-            .shared_get(&self.names.jwks())
-            .and_then(|(bytes, _)| KeysRecord::decode(&bytes))
-            .unwrap_or_default();
+        let record = self.keys_record(host);
         let newer = self.adopt_record(&record, now);
         if due && !newer {
             self.keys.checked(now);

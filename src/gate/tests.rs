@@ -1076,6 +1076,7 @@ mod create_only_cas {
         the_key_set_url_comes_from_discovery_when_not_configured,
         a_first_token_with_an_unknown_kid_costs_one_fetch,
         with_own_request_only_a_request_fetches_its_own_keys,
+        another_key_set_url_of_the_same_issuer_is_its_own_record,
         valid_client_is_asked_once_then_served_from_cache,
         wrong_secret_is_not_served_from_cache,
         definite_no_is_cached_for_the_negative_ttl_only,

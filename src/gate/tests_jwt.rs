@@ -364,3 +364,15 @@ pub(super) fn with_own_request_only_a_request_fetches_its_own_keys() {
     assert_eq!(status(&ask(&mut g, &host, 14, &unknown)), 401);
     assert_eq!(host.call_count(), 3);
 }
+
+#[test]
+pub(super) fn another_key_set_url_of_the_same_issuer_is_its_own_record() {
+    let host = FakeHost::at(T0);
+    let _a = warmed(&host, "jwt");
+    let mut b = gate(
+        &host,
+        r#","bearer_validation":"jwt","audience":"api://default","jwks_uri":"https://o.okta.com/oauth2/default/v1/other-keys""#,
+    );
+    assert_eq!(ask(&mut b, &host, 10, &valid(&host, "b")), Step::Wait);
+    assert_eq!(host.last_call().1.path, "/oauth2/default/v1/other-keys");
+}
