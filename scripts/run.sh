@@ -188,7 +188,9 @@ else
   say "${bold}okta-dcr-auth is running${off}: Envoy on $gateway -> echo API on $ECHO_ADDR,"
   say "credentials checked at $ISSUER (config: $config)."
   if [[ -z ${OKTA_INTROSPECTION_CLIENT_ID:-} ]]; then
-    say "No OKTA_INTROSPECTION_CLIENT_ID/_SECRET: Basic only (Bearer needs the gateway's own client to introspect)."
+    say "No OKTA_INTROSPECTION_CLIENT_ID/_SECRET: Bearer tokens are checked locally only (a revoked token passes until its exp)."
+  else
+    say "Bearer tokens are checked locally, then introspected with the gateway's client (jwt+introspection)."
   fi
   scope_arg=
   for s in ${OKTA_SCOPES:-}; do scope_arg+="${scope_arg:+ }$s"; done
@@ -201,11 +203,9 @@ else
   say "curl -i $gateway/ -H \"Authorization: Basic \$(printf %s 'CLIENT_ID:CLIENT_SECRET' | base64 -w0)\""
   say "${dim}# 401: a wrong secret${off}"
   say "curl -i $gateway/ -H \"Authorization: Basic CLIENT_ID:wrong-secret\""
-  if [[ -n ${OKTA_INTROSPECTION_CLIENT_ID:-} ]]; then
-    say "${dim}# 200: a token from Okta (client credentials), then Bearer${off}"
-    say "TOKEN=\$(curl -s -u CLIENT_ID:CLIENT_SECRET -d grant_type=client_credentials${scope_arg:+ --data-urlencode \"scope=$scope_arg\"} $ISSUER/v1/token | sed -n 's/.*\"access_token\" *: *\"\\([^\"]*\\)\".*/\\1/p')"
-    say "curl -i $gateway/ -H \"Authorization: Bearer \$TOKEN\""
-  fi
+  say "${dim}# 200: a token from Okta (client credentials), then Bearer${off}"
+  say "TOKEN=\$(curl -s -u CLIENT_ID:CLIENT_SECRET -d grant_type=client_credentials${scope_arg:+ --data-urlencode \"scope=$scope_arg\"} $ISSUER/v1/token | sed -n 's/.*\"access_token\" *: *\"\\([^\"]*\\)\".*/\\1/p')"
+  say "curl -i $gateway/ -H \"Authorization: Bearer \$TOKEN\""
 fi
 say
 say "The echo API answers with the headers it received: see x-credential-identifier and x-authenticated-scope."

@@ -54,7 +54,7 @@ render "render-config okta (introspection client, scopes, custom port)" "$tmp/ok
   OKTA_ISSUER=https://login.example.com:8443/oauth2/aus1example OKTA_SCOPES="api:read api:write" \
   OKTA_INTROSPECTION_CLIENT_ID=0oaValidateIntrospect 'OKTA_INTROSPECTION_CLIENT_SECRET=se"cr\et&$x' \
   PORT=18081 scripts/render-config.sh okta
-render "render-config okta (Basic only)" "$tmp/okta-basic.yaml" \
+render "render-config okta (no introspection client: jwt mode)" "$tmp/okta-basic.yaml" \
   OKTA_ISSUER=https://example.okta.com/oauth2/default OKTA_INTROSPECTION_CLIENT_ID= \
   OKTA_INTROSPECTION_CLIENT_SECRET= OKTA_SCOPES= scripts/render-config.sh okta
 

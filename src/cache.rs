@@ -151,6 +151,13 @@ impl Names {
         format!("{}discovery", self.issuer)
     }
 
+    /// The record of the key set at `jwks_path` (`gate::keys::KeysRecord`): per issuer and
+    /// path, so that configurations of one issuer with different `jwks_uri` overrides never
+    /// serve each other's keys.
+    pub fn jwks(&self, jwks_path: &str) -> String {
+        format!("{}jwks/{}", self.issuer, short_hash(jwks_path))
+    }
+
     /// Present once every slot exists, so that later workers skip creating them. With
     /// [`Names::stable`]: `okta-dcr-auth/sets`, holding how many sets exist ([`sets_to_create`]).
     pub fn slots_ready(&self) -> String {

@@ -7,7 +7,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::credentials::Accepted;
-use crate::okta::Endpoints;
+use crate::jwks::Alg;
+use crate::jwt::JwtPolicy;
+use crate::okta::{Endpoints, Needs};
 use crate::url::HttpUrl;
 
 /// Bounds that keep a typo from becoming an outage or an unbounded table.
@@ -18,12 +20,45 @@ const MAX_CALLS_IN_FLIGHT: u32 = 10_000;
 const MAX_CALLS_PER_MINUTE: u32 = 100_000;
 const MAX_CLIENT_FAILURES: u32 = 1_000;
 const MAX_FAILURE_WINDOW_S: u64 = 3_600;
+const MAX_CLOCK_SKEW_S: u64 = 300;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
     Basic,
     Bearer,
+}
+
+/// How a Bearer token is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum BearerValidation {
+    /// Signature and claims checked locally against the issuer's key set.
+    #[serde(rename = "jwt")]
+    Jwt,
+    /// RFC 7662 introspection at Okta.
+    #[serde(rename = "introspection")]
+    Introspection,
+    /// Checked locally first, then introspected (revocation).
+    #[serde(rename = "jwt+introspection")]
+    JwtThenIntrospection,
+}
+
+impl BearerValidation {
+    pub fn checks_jwt(self) -> bool {
+        self != BearerValidation::Introspection
+    }
+
+    pub fn introspects(self) -> bool {
+        self != BearerValidation::Jwt
+    }
+}
+
+/// What Bearer tokens look like, for the cheap check before an introspection call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BearerFormat {
+    Jwt,
+    Opaque,
 }
 
 /// No `Debug`: it holds the introspection secret.
@@ -74,6 +109,29 @@ pub struct RawConfig {
     pub max_client_failures: u32,
     #[serde(default = "default_client_failure_window_s")]
     pub client_failure_window_s: u64,
+    #[serde(default = "default_bearer_validation")]
+    pub bearer_validation: BearerValidation,
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    #[serde(default = "default_jwt_algorithms")]
+    pub jwt_algorithms: Vec<String>,
+    #[serde(default = "default_clock_skew_s")]
+    pub clock_skew_s: u64,
+    #[serde(default = "default_bearer_format")]
+    pub bearer_format: BearerFormat,
+}
+
+fn default_bearer_validation() -> BearerValidation {
+    BearerValidation::Jwt
+}
+fn default_jwt_algorithms() -> Vec<String> {
+    vec!["RS256".to_string()]
+}
+fn default_clock_skew_s() -> u64 {
+    60
+}
+fn default_bearer_format() -> BearerFormat {
+    BearerFormat::Jwt
 }
 
 fn default_accept() -> Vec<Scheme> {
@@ -176,6 +234,14 @@ pub struct Config {
     /// secrets are refused locally; 0: never.
     pub max_client_failures: u32,
     pub client_failure_window_ms: u64,
+    /// How Bearer tokens are checked.
+    pub bearer_validation: BearerValidation,
+    pub bearer_format: BearerFormat,
+    /// Leeway for `exp`, `nbf`, `iat` in local checks.
+    pub clock_skew_s: u64,
+    /// What a token must satisfy locally: `Some` exactly when Bearer tokens are accepted and
+    /// `bearer_validation` includes `jwt`.
+    pub jwt: Option<JwtPolicy>,
     /// SHA-256 of the configuration as given: it scopes every cache key and shared-data name,
     /// so a verdict reached under one configuration never answers under another.
     pub digest: [u8; 32],
@@ -221,9 +287,19 @@ impl Config {
         raw.check(Sha256::digest(bytes).into())
     }
 
-    /// Whether the configured endpoints leave an accepted scheme without one.
+    /// Which endpoints this configuration calls.
+    pub fn needs(&self) -> Needs {
+        let bearer = self.accepted.bearer;
+        Needs {
+            token: self.accepted.basic,
+            introspection: bearer && self.bearer_validation.introspects(),
+            jwks: bearer && self.bearer_validation.checks_jwt(),
+        }
+    }
+
+    /// Whether the configured endpoints leave a needed one out.
     pub fn needs_discovery(&self) -> bool {
-        !self.endpoints.covers(self.accepted)
+        !self.endpoints.covers(self.needs())
     }
 
     /// The scopes as one space-separated string (the `scope` parameter and challenge value).
@@ -270,10 +346,12 @@ fn describe_json_error(e: &serde_json::Error) -> JsonReason {
         };
     }
     if msg.starts_with("unknown variant") {
-        return JsonReason {
-            field: None,
-            text: "must be \"basic\" or \"bearer\"".into(),
+        // `unknown variant `<value>`, expected one of ...`: only serde's list is shown.
+        let text = match msg.rfind(", expected ") {
+            Some(i) => format!("must be {}", &msg[i + ", expected ".len()..]),
+            None => "is not one of the allowed values".into(),
         };
+        return JsonReason { field: None, text };
     }
     // `invalid type: string "<value>", expected <what>`: the value may contain ", expected "
     // too, so only serde's own, the last one, starts the part that is safe to show.
@@ -291,17 +369,12 @@ impl RawConfig {
         let issuer_url = checked_url("issuer", &issuer)?;
         let idp_authority = self.check_upstream(&issuer_url)?;
         let accepted = self.check_accept()?;
-        let endpoints = Endpoints {
-            token_path: endpoint_path("token_endpoint", self.token_endpoint.as_deref())?,
-            introspection_path: endpoint_path(
-                "introspection_endpoint",
-                self.introspection_endpoint.as_deref(),
-            )?,
-        };
+        let endpoints = self.check_endpoints()?;
         let introspection_authorization = self.check_introspection_client(accepted)?;
         self.check_claims()?;
         self.check_limits()?;
         check_realm(&self.realm)?;
+        let jwt = self.check_jwt(accepted, &issuer)?;
         Ok(Config {
             issuer,
             issuer_url,
@@ -324,8 +397,58 @@ impl RawConfig {
             idp_calls_per_minute: self.idp_calls_per_minute,
             max_client_failures: self.max_client_failures,
             client_failure_window_ms: self.client_failure_window_s * 1000,
+            bearer_validation: self.bearer_validation,
+            bearer_format: self.bearer_format,
+            clock_skew_s: self.clock_skew_s,
+            jwt,
             digest,
         })
+    }
+
+    /// The endpoint overrides: URLs, of which only the `:path` is used.
+    fn check_endpoints(&self) -> Result<Endpoints, ConfigError> {
+        Ok(Endpoints {
+            token_path: endpoint_path("token_endpoint", self.token_endpoint.as_deref())?,
+            introspection_path: endpoint_path(
+                "introspection_endpoint",
+                self.introspection_endpoint.as_deref(),
+            )?,
+            jwks_path: endpoint_path("jwks_uri", self.jwks_uri.as_deref())?,
+        })
+    }
+
+    /// Local token checks: the algorithms, the leeway, and the policy when Bearer tokens are
+    /// accepted and checked locally (then `audience` is required: a token minted for another
+    /// API of the same authorization server must not pass).
+    fn check_jwt(
+        &self,
+        accepted: Accepted,
+        issuer: &str,
+    ) -> Result<Option<JwtPolicy>, ConfigError> {
+        let algorithms = check_algorithms(&self.jwt_algorithms)?;
+        if self.clock_skew_s > MAX_CLOCK_SKEW_S {
+            return Err(refuse(
+                "clock_skew_s",
+                format!("must be at most {MAX_CLOCK_SKEW_S}"),
+            ));
+        }
+        if !accepted.bearer || !self.bearer_validation.checks_jwt() {
+            return Ok(None);
+        }
+        let Some(audience) = self.audience.clone() else {
+            return Err(refuse(
+                "audience",
+                "is required when \"bearer\" is accepted and bearer_validation includes \"jwt\"",
+            ));
+        };
+        Ok(Some(JwtPolicy {
+            issuer: issuer.to_string(),
+            audience,
+            algorithms,
+            clock_skew_s: self.clock_skew_s,
+            scopes: self.scopes.clone(),
+            app_claim: self.app_claim.clone(),
+        }))
     }
 
     /// `idp_upstream`, and the `:authority` of IdP calls (the issuer's by default).
@@ -357,14 +480,16 @@ impl RawConfig {
     }
 
     /// The gateway's own client at the introspection endpoint: both parts or neither, and both
-    /// when Bearer tokens are accepted.
+    /// when Bearer tokens are accepted and introspected.
     fn check_introspection_client(
         &self,
         accepted: Accepted,
     ) -> Result<Option<Redacted>, ConfigError> {
         let id = self.introspection_client_id.as_deref();
         let secret = self.introspection_client_secret.as_deref();
-        let required = "is required when \"bearer\" is accepted";
+        let required =
+            "is required when \"bearer\" is accepted and bearer_validation includes \"introspection\"";
+        let needed = accepted.bearer && self.bearer_validation.introspects();
         match (id, secret) {
             (Some(id), Some(secret)) => {
                 if id.is_empty() || has_control(id) {
@@ -381,8 +506,8 @@ impl RawConfig {
                 }
                 Ok(Some(Redacted(client_secret_basic(id, secret))))
             }
-            (None, _) if accepted.bearer => Err(refuse("introspection_client_id", required)),
-            (_, None) if accepted.bearer => Err(refuse("introspection_client_secret", required)),
+            (None, _) if needed => Err(refuse("introspection_client_id", required)),
+            (_, None) if needed => Err(refuse("introspection_client_secret", required)),
             _ => Ok(None),
         }
     }
@@ -488,6 +613,36 @@ fn check_realm(realm: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `jwt_algorithms`: at least one, each one the filter verifies; `none` and HMAC never (a key
+/// set holds public keys: an HMAC "verified" with one proves nothing).
+fn check_algorithms(names: &[String]) -> Result<Vec<Alg>, ConfigError> {
+    const FIELD: &str = "jwt_algorithms";
+    if names.is_empty() {
+        return Err(refuse(FIELD, "must name at least one algorithm"));
+    }
+    let mut algorithms = Vec::with_capacity(names.len());
+    for name in names {
+        if name.eq_ignore_ascii_case("none") {
+            return Err(refuse(
+                FIELD,
+                "must not allow \"none\": unsigned tokens prove nothing",
+            ));
+        }
+        if name.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("HS")) {
+            return Err(refuse(
+                FIELD,
+                "must not allow an HMAC algorithm (HS*): the key set holds public keys",
+            ));
+        }
+        match Alg::from_name(name) {
+            Some(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
+            Some(_) => {}
+            None => return Err(refuse(FIELD, "may only name RS256, RS384, RS512")),
+        }
+    }
+    Ok(algorithms)
+}
+
 fn checked_url(field: &str, text: &str) -> Result<HttpUrl, ConfigError> {
     let url = HttpUrl::parse(text).map_err(|reason| refuse(field, reason))?;
     if !url.https && !url.is_loopback() {
@@ -561,21 +716,116 @@ mod tests {
     }
 
     #[test]
-    fn both_schemes_by_default_need_the_introspection_client() {
-        let e = refused(r#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta"}"#);
-        assert_eq!(e.field, "introspection_client_id");
-        let e = refused(
-            r#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","introspection_client_id":"gw"}"#,
-        );
-        assert_eq!(e.field, "introspection_client_secret");
+    fn both_schemes_by_default_check_jwts_and_need_an_audience() {
+        let base = r#""issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta""#;
+        let e = refused(&format!("{{{base}}}"));
+        assert_eq!(e.field, "audience");
+        let c = Config::from_json(format!(r#"{{{base},"audience":"api://default"}}"#).as_bytes())
+            .unwrap();
+        assert!(c.accepted.basic && c.accepted.bearer);
+        assert_eq!(c.bearer_validation, BearerValidation::Jwt);
+        assert_eq!(c.bearer_format, BearerFormat::Jwt);
+        assert!(c.introspection_authorization.is_none());
+        let policy = c.jwt.as_ref().unwrap();
+        assert_eq!(policy.algorithms, vec![Alg::RS256]);
+        assert_eq!(policy.clock_skew_s, 60);
+        assert_eq!(policy.audience, "api://default");
+        assert_eq!(policy.issuer, "https://o.okta.com/oauth2/default");
+        let needs = c.needs();
+        assert!(needs.token && needs.jwks && !needs.introspection);
+    }
+
+    #[test]
+    fn introspection_modes_need_the_introspection_client() {
+        let base = r#""issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","audience":"api://default""#;
+        for mode in ["introspection", "jwt+introspection"] {
+            let e = refused(&format!(r#"{{{base},"bearer_validation":"{mode}"}}"#));
+            assert_eq!(e.field, "introspection_client_id", "{mode}");
+            let e = refused(&format!(
+                r#"{{{base},"bearer_validation":"{mode}","introspection_client_id":"gw"}}"#
+            ));
+            assert_eq!(e.field, "introspection_client_secret", "{mode}");
+            let c = Config::from_json(
+                format!(r#"{{{base},"bearer_validation":"{mode}","introspection_client_id":"gw","introspection_client_secret":"s3"}}"#)
+                    .as_bytes(),
+            )
+            .unwrap();
+            assert_eq!(
+                c.introspection_authorization.as_ref().map(|r| r.0.as_str()),
+                Some("Basic Z3c6czM=")
+            );
+            assert!(c.needs().introspection);
+            assert_eq!(c.needs().jwks, mode != "introspection");
+            assert_eq!(c.jwt.is_some(), mode != "introspection");
+        }
+        // introspection alone: no audience needed, no key set
         let c = Config::from_json(
-            br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","introspection_client_id":"gw","introspection_client_secret":"s3"}"#,
+            br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","bearer_validation":"introspection","introspection_client_id":"gw","introspection_client_secret":"s3"}"#,
         )
         .unwrap();
-        assert!(c.accepted.basic && c.accepted.bearer);
+        assert!(c.jwt.is_none() && !c.needs().jwks);
+        // basic only: neither the audience nor the introspection client
+        let c = Config::from_json(MINIMAL.as_bytes()).unwrap();
+        assert!(
+            c.jwt.is_none()
+                && c.needs()
+                    == Needs {
+                        token: true,
+                        ..Needs::default()
+                    }
+        );
+    }
+
+    #[test]
+    fn jwt_fields_are_checked() {
+        let base = r#""issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","audience":"api://default""#;
+        for (extra, field, says) in [
+            (r#""jwt_algorithms":["none"]"#, "jwt_algorithms", "none"),
+            (
+                r#""jwt_algorithms":["RS256","HS256"]"#,
+                "jwt_algorithms",
+                "HMAC",
+            ),
+            (r#""jwt_algorithms":["hs512"]"#, "jwt_algorithms", "HMAC"),
+            (r#""jwt_algorithms":["ES256"]"#, "jwt_algorithms", "RS256"),
+            (r#""jwt_algorithms":["é"]"#, "jwt_algorithms", "RS256"),
+            (r#""jwt_algorithms":[]"#, "jwt_algorithms", "at least one"),
+            (r#""clock_skew_s":301"#, "clock_skew_s", "300"),
+            (
+                r#""bearer_validation":"jwks""#,
+                "bearer_validation",
+                "jwt+introspection",
+            ),
+            (r#""bearer_format":"jws""#, "bearer_format", "opaque"),
+            (r#""jwks_uri":"ftp://o.okta.com/keys""#, "jwks_uri", ""),
+            (
+                r#""jwks_uri":"http://example.com/keys""#,
+                "jwks_uri",
+                "https",
+            ),
+        ] {
+            let e = refused(&format!("{{{base},{extra}}}"));
+            assert_eq!(e.field, field, "{extra}: {e}");
+            assert!(e.reason.contains(says), "{extra}: {e}");
+            assert!(
+                !e.reason.contains("jwks\"") && !e.reason.contains("jws\""),
+                "{e}"
+            );
+        }
+        let c = Config::from_json(
+            format!(
+                r#"{{{base},"jwt_algorithms":["RS512","RS256","RS256"],"clock_skew_s":300,"jwks_uri":"https://o.okta.com/oauth2/default/v1/keys","bearer_format":"opaque"}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let policy = c.jwt.unwrap();
+        assert_eq!(policy.algorithms, vec![Alg::RS512, Alg::RS256]);
+        assert_eq!(policy.clock_skew_s, 300);
+        assert_eq!(c.bearer_format, BearerFormat::Opaque);
         assert_eq!(
-            c.introspection_authorization.as_ref().map(|r| r.0.as_str()),
-            Some("Basic Z3c6czM=")
+            c.endpoints.jwks_path.as_deref(),
+            Some("/oauth2/default/v1/keys")
         );
     }
 

@@ -53,6 +53,14 @@ pub(crate) fn key_set() -> KeySet {
     KeySet::parse(&body).unwrap().0
 }
 
+/// A JWKS document publishing `k1` (dev key 1) and `k2` (dev key 2).
+pub(crate) fn key_set_body() -> Vec<u8> {
+    crate::jwks::tests::doc(&[
+        jwk("k1", &dev_key("1"), r#","alg":"RS256""#),
+        jwk("k2", &dev_key("2"), ""),
+    ])
+}
+
 pub(crate) fn policy() -> JwtPolicy {
     JwtPolicy {
         issuer: ISSUER.into(),

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{client_secret_basic, Config};
-use crate::credentials::{Accepted, ClientCredentials};
+use crate::credentials::ClientCredentials;
 use crate::verdict::{Denial, Grant};
 
 /// One HTTP call to the IdP, exactly as the host will send it.
@@ -189,13 +189,25 @@ pub fn discovery_request(config: &Config, doc: DiscoveryDocument) -> IdpRequest 
 pub struct Endpoints {
     pub token_path: Option<String>,
     pub introspection_path: Option<String>,
+    /// The key set (`jwks_uri`).
+    pub jwks_path: Option<String>,
+}
+
+/// Which endpoints a configuration calls: the token endpoint for Basic; for Bearer the
+/// introspection endpoint and/or the key set, as `bearer_validation` says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub token: bool,
+    pub introspection: bool,
+    pub jwks: bool,
 }
 
 impl Endpoints {
-    /// Every accepted scheme has its endpoint.
-    pub fn covers(&self, accepted: Accepted) -> bool {
-        (!accepted.basic || self.token_path.is_some())
-            && (!accepted.bearer || self.introspection_path.is_some())
+    /// Every needed endpoint is known.
+    pub fn covers(&self, needs: Needs) -> bool {
+        (!needs.token || self.token_path.is_some())
+            && (!needs.introspection || self.introspection_path.is_some())
+            && (!needs.jwks || self.jwks_path.is_some())
     }
 
     /// These endpoints, with `other`'s where these have none (configured ones win).
@@ -203,6 +215,7 @@ impl Endpoints {
         Endpoints {
             token_path: self.token_path.clone().or(other.token_path),
             introspection_path: self.introspection_path.clone().or(other.introspection_path),
+            jwks_path: self.jwks_path.clone().or(other.jwks_path),
         }
     }
 }
@@ -226,6 +239,7 @@ pub fn read_discovery(
         issuer: String,
         token_endpoint: Option<String>,
         introspection_endpoint: Option<String>,
+        jwks_uri: Option<String>,
     }
     match answer.status {
         Some(200) => {}
@@ -254,7 +268,48 @@ pub fn read_discovery(
     Ok(Endpoints {
         token_path: path_of(meta.token_endpoint)?,
         introspection_path: path_of(meta.introspection_endpoint)?,
+        jwks_path: path_of(meta.jwks_uri)?,
     })
+}
+
+// ---- the key set (Bearer, `jwt` modes) ----
+
+/// `GET` of the issuer's JWKS document.
+pub fn jwks_request(config: &Config, jwks_path: &str) -> IdpRequest {
+    IdpRequest::new(
+        config,
+        "GET",
+        jwks_path.to_string(),
+        vec![("accept", "application/json".into())],
+        Vec::new(),
+    )
+}
+
+/// Why a key set answer is no key set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwksAnswerError {
+    Failed(IdpFailure),
+    Unusable(crate::jwks::JwksError),
+}
+
+impl JwksAnswerError {
+    pub fn describe(self) -> String {
+        match self {
+            JwksAnswerError::Failed(f) => f.describe(),
+            JwksAnswerError::Unusable(e) => e.describe().to_string(),
+        }
+    }
+}
+
+/// A 200 whose body is a usable key set: the set and how many keys it skipped.
+pub fn read_jwks(
+    answer: IdpAnswer<'_>,
+    now_s: u64,
+) -> Result<(crate::jwks::KeySet, usize), JwksAnswerError> {
+    if answer.status != Some(200) {
+        return Err(JwksAnswerError::Failed(failure_of(answer, now_s)));
+    }
+    crate::jwks::KeySet::parse(answer.body).map_err(JwksAnswerError::Unusable)
 }
 
 // ---- client credentials (Basic path) ----
@@ -530,7 +585,8 @@ mod tests {
         Config::from_json(
             format!(
                 r#"{{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta",
-                    "introspection_client_id":"gw","introspection_client_secret":"gw-s","scopes":["api:read"]{extra}}}"#
+                    "introspection_client_id":"gw","introspection_client_secret":"gw-s","scopes":["api:read"],
+                    "bearer_validation":"introspection"{extra}}}"#
             )
             .as_bytes(),
         )
@@ -925,14 +981,23 @@ mod tests {
             discovery_request(&cfg, DiscoveryDocument::OAuthAuthorizationServer).path,
             "/oauth2/default/.well-known/oauth-authorization-server"
         );
-        let doc = r#"{"issuer":"https://o.okta.com/oauth2/default","token_endpoint":"https://o.okta.com/oauth2/default/v1/token","introspection_endpoint":"https://o.okta.com/oauth2/default/v1/introspect"}"#;
+        let doc = r#"{"issuer":"https://o.okta.com/oauth2/default","token_endpoint":"https://o.okta.com/oauth2/default/v1/token","introspection_endpoint":"https://o.okta.com/oauth2/default/v1/introspect","jwks_uri":"https://o.okta.com/oauth2/default/v1/keys"}"#;
         assert_eq!(
             read_discovery(&cfg, answer(Some(200), &[], doc), NOW),
             Ok(Endpoints {
                 token_path: Some("/oauth2/default/v1/token".into()),
                 introspection_path: Some("/oauth2/default/v1/introspect".into()),
+                jwks_path: Some("/oauth2/default/v1/keys".into()),
             })
         );
+        let keys_elsewhere = doc.replace(
+            "https://o.okta.com/oauth2/default/v1/keys",
+            "https://evil.example/keys",
+        );
+        assert!(matches!(
+            read_discovery(&cfg, answer(Some(200), &[], &keys_elsewhere), NOW),
+            Err(DiscoveryError::Mismatch(_))
+        ));
         let elsewhere = doc.replace(
             "https://o.okta.com/oauth2/default/v1/token",
             "https://evil.example/v1/token",

@@ -172,7 +172,8 @@ mod tests {
         Config::from_json(
             format!(
                 r#"{{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":{accept},
-                    "scopes":["api:read","api:write"],"introspection_client_id":"gw","introspection_client_secret":"s"}}"#
+                    "scopes":["api:read","api:write"],"introspection_client_id":"gw","introspection_client_secret":"s",
+                    "bearer_validation":"introspection"}}"#
             )
             .as_bytes(),
         )

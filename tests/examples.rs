@@ -534,6 +534,7 @@ fn the_kong_schema_refuses_what_the_filter_refuses() {
         "idp_upstream": "dev-123.okta.com:443",
         "introspection_client_id": "0oaGateway",
         "introspection_client_secret": "gateway-Secret",
+        "audience": "api://default",
         "scopes": ["api:read"],
     });
     let with = |changes: serde_json::Value| {
@@ -595,16 +596,56 @@ fn the_kong_schema_refuses_what_the_filter_refuses() {
             serde_json::json!({ "accept": ["basic", "digest"] }),
         ),
         (
-            "bearer without introspection client",
-            serde_json::json!({ "introspection_client_id": null, "introspection_client_secret": null }),
+            "introspection without introspection client",
+            serde_json::json!({ "bearer_validation": "introspection", "introspection_client_id": null, "introspection_client_secret": null }),
         ),
         (
-            "default accept without introspection secret",
-            serde_json::json!({ "introspection_client_secret": null }),
+            "jwt+introspection without introspection secret",
+            serde_json::json!({ "bearer_validation": "jwt+introspection", "introspection_client_secret": null }),
         ),
         (
-            "bearer without introspection id",
-            serde_json::json!({ "accept": ["bearer"], "introspection_client_id": null }),
+            "jwt without audience",
+            serde_json::json!({ "audience": null }),
+        ),
+        (
+            "jwt+introspection without audience",
+            serde_json::json!({ "bearer_validation": "jwt+introspection", "audience": null }),
+        ),
+        (
+            "alg none",
+            serde_json::json!({ "jwt_algorithms": ["none"] }),
+        ),
+        (
+            "alg HS256",
+            serde_json::json!({ "jwt_algorithms": ["RS256", "HS256"] }),
+        ),
+        (
+            "clock skew over 300 s",
+            serde_json::json!({ "clock_skew_s": 301 }),
+        ),
+        (
+            "unknown mode",
+            serde_json::json!({ "bearer_validation": "local" }),
+        ),
+        (
+            "zero budget",
+            serde_json::json!({ "idp_calls_per_minute": 0 }),
+        ),
+        (
+            "zero calls in flight",
+            serde_json::json!({ "max_idp_calls_in_flight": 0 }),
+        ),
+        (
+            "zero failure window",
+            serde_json::json!({ "client_failure_window_s": 0 }),
+        ),
+        (
+            "introspection without introspection secret",
+            serde_json::json!({ "bearer_validation": "introspection", "introspection_client_secret": null }),
+        ),
+        (
+            "bearer introspection without introspection id",
+            serde_json::json!({ "accept": ["bearer"], "bearer_validation": "introspection", "introspection_client_id": null }),
         ),
         (
             "empty introspection secret",

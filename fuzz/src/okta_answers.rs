@@ -43,7 +43,7 @@ fn configs() -> &'static [Config; 2] {
     static CONFIGS: OnceLock<[Config; 2]> = OnceLock::new();
     CONFIGS.get_or_init(|| {
         let base = format!(
-            r#""issuer":"{ISSUER}/","idp_upstream":"okta","introspection_client_id":"0oaGatewayIntrospect","introspection_client_secret":"gateway-introspection-secret""#
+            r#""issuer":"{ISSUER}/","idp_upstream":"okta","introspection_client_id":"0oaGatewayIntrospect","introspection_client_secret":"gateway-introspection-secret","bearer_validation":"introspection""#
         );
         [
             format!(r#"{{{base},"scopes":["api:read"],"audience":"api://default"}}"#),

@@ -3,8 +3,7 @@
 //! shared record through which one worker's discovery serves every worker. No I/O: the gate
 //! sends the calls this asks for and hands back what came of them.
 
-use crate::credentials::Accepted;
-use crate::okta::{DiscoveryDocument, DiscoveryError, Endpoints};
+use crate::okta::{DiscoveryDocument, DiscoveryError, Endpoints, Needs};
 
 /// Discovery retries back off from this to `MAX_BACKOFF_MS`.
 const MIN_BACKOFF_MS: u64 = 500;
@@ -35,14 +34,14 @@ pub struct Discovery {
     state: State,
     configured: Endpoints,
     endpoints: Endpoints,
-    accepted: Accepted,
+    needs: Needs,
 }
 
 impl Discovery {
     /// Ready at once when the configuration names every endpoint it needs; otherwise the
     /// first attempt is due now.
-    pub fn new(configured: Endpoints, accepted: Accepted) -> Discovery {
-        let state = if configured.covers(accepted) {
+    pub fn new(configured: Endpoints, needs: Needs) -> Discovery {
+        let state = if configured.covers(needs) {
             State::Ready
         } else {
             State::RetryAt {
@@ -54,7 +53,7 @@ impl Discovery {
             state,
             endpoints: configured.clone(),
             configured,
-            accepted,
+            needs,
         }
     }
 
@@ -136,7 +135,7 @@ impl Discovery {
 
     fn found(&mut self, found: Endpoints, now_ms: u64) -> Next {
         let endpoints = self.configured.or(found);
-        if !endpoints.covers(self.accepted) {
+        if !endpoints.covers(self.needs) {
             return self.failed(now_ms, "the discovery document lacks a needed endpoint");
         }
         self.endpoints = endpoints;
@@ -146,28 +145,31 @@ impl Discovery {
 
     /// The shared record of the endpoints in use: when, then each `:path` (empty for none).
     pub fn record(&self, now_ms: u64) -> Vec<u8> {
+        let e = &self.endpoints;
         format!(
-            "{}\n{}\n{}",
+            "{}\n{}\n{}\n{}",
             now_ms,
-            self.endpoints.token_path.as_deref().unwrap_or_default(),
-            self.endpoints
-                .introspection_path
-                .as_deref()
-                .unwrap_or_default()
+            e.token_path.as_deref().unwrap_or_default(),
+            e.introspection_path.as_deref().unwrap_or_default(),
+            e.jwks_path.as_deref().unwrap_or_default(),
         )
         .into_bytes()
     }
 
     /// Takes the endpoints another worker discovered, if its record is fresh and covers what
-    /// this configuration accepts. Configured endpoints still win.
+    /// this configuration needs. Configured endpoints still win.
     pub fn adopt(&mut self, record: &[u8], now_ms: u64) -> bool {
         let Ok(text) = std::str::from_utf8(record) else {
             return false;
         };
         let mut parts = text.split('\n');
-        let (Some(at), Some(token), Some(introspect), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(at), Some(token), Some(introspect), Some(jwks), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return false;
         };
         let fresh = at
@@ -177,8 +179,9 @@ impl Discovery {
         let endpoints = self.configured.or(Endpoints {
             token_path: path(token),
             introspection_path: path(introspect),
+            jwks_path: path(jwks),
         });
-        if !fresh || !endpoints.covers(self.accepted) {
+        if !fresh || !endpoints.covers(self.needs) {
             return false;
         }
         self.endpoints = endpoints;
@@ -192,10 +195,10 @@ mod tests {
     use super::*;
     use crate::okta::IdpFailure;
 
-    const BOTH: Accepted = Accepted {
-        basic: true,
-        bearer: true,
-        raw_basic: true,
+    const BOTH: Needs = Needs {
+        token: true,
+        introspection: true,
+        jwks: true,
     };
     const NOW: u64 = 1_700_000_000_000;
 
@@ -203,6 +206,7 @@ mod tests {
         Endpoints {
             token_path: Some("/t".into()),
             introspection_path: Some("/i".into()),
+            jwks_path: Some("/k".into()),
         }
     }
 
@@ -213,7 +217,7 @@ mod tests {
         let d = Discovery::new(
             Endpoints {
                 token_path: Some("/t".into()),
-                introspection_path: None,
+                ..Endpoints::default()
             },
             BOTH,
         );
@@ -255,12 +259,12 @@ mod tests {
     fn configured_endpoints_win_and_gaps_must_be_filled() {
         let configured = Endpoints {
             token_path: Some("/mine".into()),
-            introspection_path: None,
+            ..Endpoints::default()
         };
         let mut d = Discovery::new(configured, BOTH);
         let only_token = Endpoints {
             token_path: Some("/t".into()),
-            introspection_path: None,
+            ..Endpoints::default()
         };
         let next = d.on_answer(
             DiscoveryDocument::OAuthAuthorizationServer,
@@ -296,7 +300,14 @@ mod tests {
         let mut b = Discovery::new(Endpoints::default(), BOTH);
         assert!(!b.adopt(&record, NOW + SHARED_TTL_MS), "stale record");
         assert!(!b.adopt(b"garbage", NOW));
-        assert!(!b.adopt(format!("{NOW}\n/t\n").as_bytes(), NOW), "a gap");
+        assert!(
+            !b.adopt(format!("{NOW}\n/t\n/i\n").as_bytes(), NOW),
+            "a gap"
+        );
+        assert!(
+            !b.adopt(format!("{NOW}\n/t\n/i").as_bytes(), NOW),
+            "an older record without the key set's path"
+        );
         assert!(b.adopt(&record, NOW + 1));
         assert!(b.is_ready());
         assert_eq!(b.endpoints(), a.endpoints());

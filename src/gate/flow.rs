@@ -35,7 +35,7 @@ enum Move {
 const NOT_SENT: &str = "IdP call could not be sent (is idp_upstream a known cluster with a healthy host, or is its circuit breaker full?)";
 
 impl Gate {
-    fn lease_ms(&self) -> u64 {
+    pub(super) fn lease_ms(&self) -> u64 {
         self.config.idp_timeout_ms + LEASE_MARGIN_MS
     }
 
@@ -46,7 +46,7 @@ impl Gate {
         &mut self,
         ctx: ContextId,
         caller: ContextId,
-        mut req: Pending,
+        req: Pending,
         following: Option<u64>,
         now: u64,
         host: &dyn Host,
@@ -62,6 +62,10 @@ impl Gate {
                 host,
             );
         }
+        let mut req = match self.check_bearer_locally(ctx, caller, req, now, host) {
+            Ok(step) => return step,
+            Err(req) => req,
+        };
         let lease_until = now + self.lease_ms();
         let mut seen = CacheEntry::empty(req.key);
         let mut next = Move::GiveUp(None);
@@ -155,7 +159,7 @@ impl Gate {
         self.cached(ctx, scheme, &req.key, req.counted, verdict, host)
     }
 
-    fn park(&mut self, ctx: ContextId, parked: Parked) -> Step {
+    pub(super) fn park(&mut self, ctx: ContextId, parked: Parked) -> Step {
         self.parked.insert(ctx, parked);
         Step::Wait
     }

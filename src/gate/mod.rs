@@ -12,11 +12,15 @@
 
 mod admission;
 mod answer;
+mod bearer;
 mod discovery;
 mod flow;
 pub mod guard;
+mod key_fetch;
+mod keys;
 pub mod slots;
 mod steps;
+mod tick;
 
 use std::collections::HashMap;
 
@@ -30,6 +34,7 @@ use crate::upstream::Forward;
 use crate::verdict::Denial;
 
 use discovery::{Discovery, Next};
+use keys::Keys;
 use slots::{overwrite, Slots};
 pub use slots::{SharedData, SharedError};
 use steps::{deny_reason, refuse};
@@ -113,6 +118,10 @@ struct Pending {
     arrived_ms: u64,
     /// Whether its cache lookup was counted (hit or miss), so retries do not count again.
     counted: bool,
+    /// A Bearer token that passed the local check (`jwt+introspection`: introspection next).
+    verified: bool,
+    /// It already waited for the key set once: it never asks for another fetch.
+    waited_for_keys: bool,
 }
 
 /// A paused request, by what it waits for.
@@ -128,6 +137,9 @@ enum Parked {
     },
     /// Another request's call for the same key (since `req.arrived_ms`), until `deadline_ms`.
     Follower { req: Pending, deadline_ms: u64 },
+    /// The issuer's key set (its token names a `kid` this worker does not know), until
+    /// `deadline_ms`.
+    Keys { req: Pending, deadline_ms: u64 },
 }
 
 impl Parked {
@@ -135,7 +147,8 @@ impl Parked {
         match self {
             Parked::Discovery { req, .. }
             | Parked::Leader { req, .. }
-            | Parked::Follower { req, .. } => req,
+            | Parked::Follower { req, .. }
+            | Parked::Keys { req, .. } => req,
         }
     }
 
@@ -143,7 +156,8 @@ impl Parked {
         match self {
             Parked::Discovery { req, .. }
             | Parked::Leader { req, .. }
-            | Parked::Follower { req, .. } => req,
+            | Parked::Follower { req, .. }
+            | Parked::Keys { req, .. } => req,
         }
     }
 }
@@ -156,6 +170,8 @@ enum Purpose {
         credential: Credential,
         leader: ContextId,
     },
+    /// The issuer's key set.
+    Keys,
 }
 
 #[derive(Debug)]
@@ -172,6 +188,8 @@ pub struct Gate {
     names: Names,
     slots: Slots,
     discovery: Discovery,
+    /// This worker's copy of the issuer's key set (`jwt` modes).
+    keys: Keys,
     parked: HashMap<ContextId, Parked>,
     calls: HashMap<CallToken, Call>,
     /// Until when each call whose request went away may still be out at the IdP: Envoy does not
@@ -196,7 +214,7 @@ impl Gate {
         let names = Names::stable(&config.issuer);
         let slots = Slots::new(names.clone(), config.cache_slots, config.stale_if_error_ms);
         slots.create_all(host);
-        let discovery = Discovery::new(config.endpoints.clone(), config.accepted);
+        let discovery = Discovery::new(config.endpoints.clone(), config.needs());
         // A seed no client can know, so that nobody can make credentials collide on purpose.
         let seed = std::hash::BuildHasher::hash_one(
             &std::collections::hash_map::RandomState::new(),
@@ -209,6 +227,7 @@ impl Gate {
             names,
             slots,
             discovery,
+            keys: Keys::default(),
             parked: HashMap::new(),
             calls: HashMap::new(),
             orphans: Vec::new(),
@@ -266,6 +285,8 @@ impl Gate {
             credential,
             arrived_ms: now,
             counted: false,
+            verified: false,
+            waited_for_keys: false,
         };
         self.advance(ctx, ctx, req, None, now, host)
     }
@@ -284,7 +305,7 @@ impl Gate {
         };
         let elapsed = now.saturating_sub(call.started_ms);
         let endpoint = match &call.purpose {
-            Purpose::Discovery(_) => IdpEndpoint::Discovery,
+            Purpose::Discovery(_) | Purpose::Keys => IdpEndpoint::Discovery,
             Purpose::Verdict { credential, .. } => answer::endpoint_of(credential),
         };
         let result = CallResult::of(answer.status, elapsed, self.config.idp_timeout_ms);
@@ -292,81 +313,13 @@ impl Gate {
         host.observe_idp_latency(elapsed);
         match call.purpose {
             Purpose::Discovery(doc) => self.on_discovery_answer(caller, doc, answer, now, host),
+            Purpose::Keys => self.on_keys_answer(caller, answer, now, host),
             Purpose::Verdict {
                 key,
                 credential,
                 leader,
             } => self.on_verdict_answer(key, &credential, leader, answer, now, host),
         }
-    }
-
-    /// When a tick next has work (ms since the epoch; 0: at the next tick), `None` when idle.
-    pub fn next_deadline(&self) -> Option<u64> {
-        let discovery = self.discovery.retry_at();
-        if self.resume == Resume::OwnRequestOnly {
-            // Requests are never answered from the root context there: the host could not act.
-            return discovery;
-        }
-        let timeout = self.config.idp_timeout_ms;
-        let ready = self.discovery.is_ready();
-        let parked = self.parked.values().map(|p| match p {
-            Parked::Follower { .. } => 0,
-            Parked::Discovery { .. } if ready => 0,
-            Parked::Discovery { deadline_ms, .. } => deadline_ms + 1,
-            Parked::Leader { lease_until_ms, .. } => lease_until_ms + timeout + 1,
-        });
-        discovery.into_iter().chain(parked).min()
-    }
-
-    /// The root context's tick: retries discovery, wakes followers, enforces deadlines.
-    pub fn on_tick(&mut self, now: u64, host: &dyn Host) -> Vec<(ContextId, Step)> {
-        if self.discovery.due(now) && !self.adopt_shared_endpoints(now, host) {
-            self.dispatch_discovery(
-                self.root,
-                DiscoveryDocument::OAuthAuthorizationServer,
-                now,
-                host,
-            );
-        }
-        if self.resume == Resume::OwnRequestOnly {
-            return Vec::new();
-        }
-        let timeout = self.config.idp_timeout_ms;
-        let ready = self.discovery.is_ready();
-        let due: Vec<ContextId> = self
-            .parked
-            .iter()
-            .filter(|(_, p)| match p {
-                // The host always answers a call, if only with its timeout; this is a backstop.
-                Parked::Leader { lease_until_ms, .. } => now > lease_until_ms + timeout,
-                Parked::Discovery { deadline_ms, .. } => ready || now > *deadline_ms,
-                Parked::Follower { .. } => true,
-            })
-            .map(|(ctx, _)| *ctx)
-            .collect();
-        let mut steps = Vec::new();
-        for ctx in due {
-            let Some(parked) = self.parked.remove(&ctx) else {
-                continue;
-            };
-            let step = match parked {
-                Parked::Leader { req, call, .. } => {
-                    self.calls.remove(&call);
-                    self.no_verdict(ctx, &req, None, None, now, host)
-                }
-                Parked::Discovery { req, .. } if !ready => {
-                    self.no_verdict(ctx, &req, None, None, now, host)
-                }
-                Parked::Discovery { req, .. } => self.advance(ctx, self.root, req, None, now, host),
-                Parked::Follower { req, deadline_ms } => {
-                    self.advance(ctx, self.root, req, Some(deadline_ms), now, host)
-                }
-            };
-            if step != Step::Wait {
-                steps.push((ctx, step));
-            }
-        }
-        steps
     }
 
     /// The request is gone (client hung up, stream reset). A call it owned is lost with it
@@ -377,6 +330,15 @@ impl Gate {
         let Some(parked) = self.parked.remove(&ctx) else {
             return;
         };
+        let keys_call = self
+            .calls
+            .values()
+            .any(|c| c.owner == ctx && matches!(c.purpose, Purpose::Keys));
+        if keys_call {
+            self.calls
+                .retain(|_, c| c.owner != ctx || !matches!(c.purpose, Purpose::Keys));
+            self.release_keys_lease(host);
+        }
         if let Parked::Leader { req, .. } = parked {
             let lost: Vec<u64> = self
                 .calls

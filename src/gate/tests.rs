@@ -123,11 +123,18 @@ fn config(extra: &str) -> Config {
                 "token_endpoint":"https://o.okta.com/oauth2/default/v1/token",
                 "introspection_endpoint":"https://o.okta.com/oauth2/default/v1/introspect",
                 "introspection_client_id":"gw","introspection_client_secret":"gw-secret",
-                "scopes":["api:read"]{slots}{extra}}}"#,
+                "scopes":["api:read"]{slots}{mode}{extra}}}"#,
             slots = if extra.contains("cache_slots") {
                 ""
             } else {
                 r#","cache_slots":64"#
+            },
+            // The tests below are about the introspection path (of opaque test tokens) unless
+            // they say otherwise.
+            mode = if extra.contains("bearer_validation") {
+                ""
+            } else {
+                r#","bearer_validation":"introspection","bearer_format":"opaque""#
             },
         )
         .as_bytes(),
@@ -751,7 +758,7 @@ fn counters_follow_the_traffic() {
     assert_eq!(host.latencies.borrow()[0], 7);
 }
 
-fn solo_gate(host: &FakeHost, json: &[u8]) -> Gate {
+pub(super) fn solo_gate(host: &FakeHost, json: &[u8]) -> Gate {
     let config = Config::from_json(json).expect("valid");
     Gate::new(
         config,
@@ -1037,6 +1044,10 @@ fn the_fake_host_models_create_only_cas() {
     assert_eq!(host.shared_set("k", b"b", cas), Ok(()));
 }
 
+#[path = "tests_jwt.rs"]
+mod jwt_paths;
+use jwt_paths::*;
+
 /// Every test above again, with ngx_wasm_module's shared-data semantics.
 mod create_only_cas {
     macro_rules! again {
@@ -1052,6 +1063,21 @@ mod create_only_cas {
     }
 
     again!(
+        a_valid_jwt_is_verified_locally_and_cached_for_every_worker,
+        forged_tampered_foreign_and_scopeless_jwts_are_refused_without_a_call,
+        an_unknown_kid_refreshes_the_keys_at_most_once_per_interval,
+        a_rotated_key_is_fetched_and_used_without_a_restart,
+        without_keys_a_failed_fetch_is_503_and_later_the_last_good_keys_stay,
+        a_second_worker_waits_for_the_first_workers_fetch,
+        a_waiter_whose_fetch_never_ends_gives_up_at_its_deadline,
+        the_key_set_is_refreshed_hourly_on_tick,
+        a_request_gone_while_fetching_releases_the_lease,
+        jwt_plus_introspection_verifies_first_then_introspects,
+        introspection_mode_refuses_what_cannot_be_a_jwt_without_a_call,
+        the_key_set_url_comes_from_discovery_when_not_configured,
+        a_first_token_with_an_unknown_kid_costs_one_fetch,
+        with_own_request_only_a_request_fetches_its_own_keys,
+        another_key_set_url_of_the_same_issuer_is_its_own_record,
         valid_client_is_asked_once_then_served_from_cache,
         wrong_secret_is_not_served_from_cache,
         definite_no_is_cached_for_the_negative_ttl_only,

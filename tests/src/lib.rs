@@ -52,6 +52,7 @@ pub const GATEWAY_CLIENT_SECRET: &str = "gateway-Introspection_Secret-for-tests"
 /// value removes a key). `issuer` and `idp_upstream` are filled by the stack unless set.
 pub fn filter_config(overrides: Value) -> Value {
     let mut base = json!({
+        "audience": "api://default",
         "introspection_client_id": GATEWAY_CLIENT_ID,
         "introspection_client_secret": GATEWAY_CLIENT_SECRET,
         "scopes": [SCOPE],

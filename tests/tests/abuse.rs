@@ -126,9 +126,12 @@ fn a_flood_of_bogus_credentials_then_an_outage_keeps_every_valid_client() {
 #[test]
 fn the_budget_holds_under_a_flood_and_known_clients_keep_working() {
     // Okta-like limits on the dev IdP, well above the filter's budget (600 a minute)
+    // the introspection budget: bogus opaque tokens must each be worth a call
     let stack = flood_stack(json!({
         "cache_ttl_s": 5,
         "stale_if_error_s": 60,
+        "bearer_validation": "introspection",
+        "bearer_format": "opaque",
     }));
     stack
         .idp

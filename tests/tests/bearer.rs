@@ -13,6 +13,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use okta_dcr_auth_tests::*;
 use serde_json::json;
 
+/// These tests are about the introspection path, as it was before local JWT checks: every
+/// configuration introspects Bearer tokens, opaque or not, unless the test says otherwise.
+fn filter_config(overrides: serde_json::Value) -> serde_json::Value {
+    let mut config = okta_dcr_auth_tests::filter_config(overrides);
+    if let Some(fields) = config.as_object_mut() {
+        fields
+            .entry("bearer_validation")
+            .or_insert(serde_json::json!("introspection"));
+        fields
+            .entry("bearer_format")
+            .or_insert(serde_json::json!("opaque"));
+    }
+    config
+}
+
 /// The token's client (`cid`, `sub`, the introspection's `client_id`).
 const TOKEN_CLIENT: &str = "0oa9bearerTokenClient";
 /// The DCR app named by the token's `app_id` claim (Okta's `app.clientId`), deliberately not the
@@ -619,11 +634,18 @@ fn accept_restricts_the_schemes_without_an_idp_call() {
 #[test]
 fn audience_and_scopes_are_checked_per_route_and_a_change_revalidates_the_token() {
     let stack = Stack::builder()
-        .route("/read", filter_config(json!({ "scopes": ["api:read"] })))
-        .route("/write", filter_config(json!({ "scopes": ["api:write"] })))
+        // no audience check on these three (introspection mode makes it optional)
+        .route(
+            "/read",
+            filter_config(json!({ "scopes": ["api:read"], "audience": null })),
+        )
+        .route(
+            "/write",
+            filter_config(json!({ "scopes": ["api:write"], "audience": null })),
+        )
         .route(
             "/both",
-            filter_config(json!({ "scopes": ["api:read", "api:write"] })),
+            filter_config(json!({ "scopes": ["api:read", "api:write"], "audience": null })),
         )
         .route(
             "/orders",

@@ -15,6 +15,21 @@ use okta_dcr_auth_tests::client::{self, DEFAULT_TIMEOUT};
 use okta_dcr_auth_tests::*;
 use serde_json::json;
 
+/// These tests are about the introspection path, as it was before local JWT checks: every
+/// configuration introspects Bearer tokens, opaque or not, unless the test says otherwise.
+fn filter_config(overrides: serde_json::Value) -> serde_json::Value {
+    let mut config = okta_dcr_auth_tests::filter_config(overrides);
+    if let Some(fields) = config.as_object_mut() {
+        fields
+            .entry("bearer_validation")
+            .or_insert(serde_json::json!("introspection"));
+        fields
+            .entry("bearer_format")
+            .or_insert(serde_json::json!("opaque"));
+    }
+    config
+}
+
 const APP_ID: &str = "0oa9cacheDcrApp";
 const APP_SECRET: &str = "cache-Secret_7e6d5c4b3a29";
 /// The challenge for an inactive, expired or otherwise invalid bearer token.
@@ -615,7 +630,7 @@ fn a_flood_of_distinct_bogus_tokens_leaves_envoys_heap_where_it_was() {
 #[test]
 fn each_route_configuration_validates_a_token_for_itself() {
     let stack = Stack::builder()
-        .route("/any", filter_config(json!({})))
+        .route("/any", filter_config(json!({ "audience": null })))
         .route(
             "/orders",
             filter_config(json!({ "audience": "api://orders" })),

@@ -142,13 +142,28 @@ fn missing_issuer_is_refused_at_start() {
 }
 
 #[test]
-fn accepting_bearer_without_an_introspection_client_is_refused() {
+fn introspecting_bearer_without_an_introspection_client_is_refused() {
     let failure = refused(filter_config(json!({
         "accept": ["basic", "bearer"],
+        "bearer_validation": "introspection",
         "introspection_client_id": null,
         "introspection_client_secret": null,
     })));
     assert_refused_naming(&failure, "introspection_client");
+}
+
+#[test]
+fn checking_jwts_without_an_audience_is_refused() {
+    let failure = refused(filter_config(json!({ "audience": null })));
+    assert_refused_naming(&failure, "audience");
+}
+
+#[test]
+fn an_hmac_algorithm_is_refused() {
+    let failure = refused(filter_config(
+        json!({ "jwt_algorithms": ["RS256", "HS256"] }),
+    ));
+    assert_refused_naming(&failure, "jwt_algorithms");
 }
 
 #[test]

@@ -1,0 +1,262 @@
+//! The Bearer path before any introspection: in the `jwt` modes, a token is verified locally
+//! with this worker's key set, after the worker-local copy and the shared verdict cache (so a
+//! signature is checked once per token per gateway); in `introspection` mode with
+//! `bearer_format: "jwt"`, what cannot be a JWT access token of this issuer is refused without
+//! an IdP call. A token naming an unknown `kid` waits for the key set (`key_fetch`).
+
+use super::key_fetch::Fetch;
+use super::keys::Why;
+use super::{deny_reason, refuse, ContextId, Gate, Host, Parked, Pending, Resume, Step};
+use crate::cache::{CacheKey, Cached, Freshness};
+use crate::config::{BearerFormat, BearerValidation};
+use crate::credentials::Credential;
+use crate::jwks::KeySet;
+use crate::jwt::{self, JwtError, Verified};
+use crate::local::Copy;
+use crate::metrics::{Counter, DenyReason};
+use crate::verdict::Denial;
+
+/// While no key set was ever fetched, a 503 says to come back after this long.
+const NO_KEYS_RETRY_AFTER_S: u64 = 2;
+
+impl Gate {
+    /// The local part of the Bearer path: `Ok(step)` when it decided, `Err(req)` when the
+    /// request goes on to the IdP path (Basic, introspection, or a token verified in
+    /// `jwt+introspection`).
+    pub(super) fn check_bearer_locally(
+        &mut self,
+        ctx: ContextId,
+        caller: ContextId,
+        mut req: Pending,
+        now: u64,
+        host: &dyn Host,
+    ) -> Result<Step, Pending> {
+        if req.verified || !matches!(req.credential, Credential::Bearer(_)) {
+            return Err(req);
+        }
+        if self.config.jwt.is_none() {
+            return self.peek_bearer(ctx, req, now, host);
+        }
+        if let Some(step) = self.shared_verdict(ctx, &mut req, now, host) {
+            return Ok(step);
+        }
+        let Credential::Bearer(token) = &req.credential else {
+            return Err(req);
+        };
+        match self.verify(&token.clone(), now, host) {
+            Ok(_) if self.config.bearer_validation == BearerValidation::JwtThenIntrospection => {
+                req.verified = true;
+                Err(req)
+            }
+            Ok(verified) => Ok(self.jwt_granted(req, verified, now, host)),
+            Err(JwtError::UnknownKid(_)) => Ok(self.wait_for_keys(ctx, caller, req, now, host)),
+            Err(e) => Ok(self.jwt_refused(ctx, req, &e, now, host)),
+        }
+    }
+
+    /// `introspection` mode, `bearer_format: "jwt"`: shape, issuer and expiry, no signature.
+    fn peek_bearer(
+        &mut self,
+        ctx: ContextId,
+        req: Pending,
+        now: u64,
+        host: &dyn Host,
+    ) -> Result<Step, Pending> {
+        let Credential::Bearer(token) = &req.credential else {
+            return Err(req);
+        };
+        if self.config.bearer_format == BearerFormat::Opaque {
+            return Err(req);
+        }
+        let skew = self.config.clock_skew_s;
+        match jwt::peek(token, &self.config.issuer, now / 1000, skew) {
+            Ok(_) => Err(req),
+            Err(e) => {
+                log::debug!(
+                    "[{ctx}] not a JWT access token of this issuer: {}",
+                    e.describe()
+                );
+                let denial = Denial::InvalidToken;
+                Ok(refuse(ctx, None, denial, DenyReason::Malformed, host))
+            }
+        }
+    }
+
+    /// A fresh verdict in shared data (another worker, or this one earlier, decided).
+    fn shared_verdict(
+        &mut self,
+        ctx: ContextId,
+        req: &mut Pending,
+        now: u64,
+        host: &dyn Host,
+    ) -> Option<Step> {
+        let entry = self.slots.read(host, &req.key);
+        if let Freshness::Fresh(verdict) = entry.freshness(&req.key, now, 0) {
+            let verdict = verdict.clone();
+            let scheme = req.credential.scheme();
+            self.local.put(
+                &req.raw,
+                Copy {
+                    verdict: verdict.clone(),
+                    scheme,
+                    key: req.key,
+                    decided_at_ms: entry.decided_at_ms,
+                    expires_at_ms: entry.expires_at_ms,
+                },
+            );
+            return Some(self.cached(ctx, scheme, &req.key, req.counted, verdict, host));
+        }
+        if !req.counted {
+            host.count(Counter::CacheMiss);
+            req.counted = true;
+        }
+        None
+    }
+
+    /// `jwt::verify` with this worker's set; on an unknown `kid`, once more with a newer set
+    /// another worker fetched, if there is one.
+    fn verify(&mut self, token: &str, now: u64, host: &dyn Host) -> Result<Verified, JwtError> {
+        let first = self.verify_with_current_keys(token, now);
+        if matches!(first, Err(JwtError::UnknownKid(_))) && self.adopt_shared_keys(now, host) {
+            return self.verify_with_current_keys(token, now);
+        }
+        first
+    }
+
+    fn verify_with_current_keys(&self, token: &str, now: u64) -> Result<Verified, JwtError> {
+        let Some(policy) = self.config.jwt.as_ref() else {
+            return Err(JwtError::Invalid("not in a jwt mode"));
+        };
+        let empty = KeySet::default();
+        jwt::verify(token, self.keys.set().unwrap_or(&empty), policy, now / 1000)
+    }
+
+    /// A verified token: cached for every worker until the earlier of its `exp` and
+    /// `cache_ttl_s`, and forwarded with the token as it came.
+    fn jwt_granted(&mut self, req: Pending, verified: Verified, now: u64, host: &dyn Host) -> Step {
+        let expires = (now + self.config.cache_ttl_ms).min(verified.exp.saturating_mul(1000));
+        let grant = verified.grant();
+        self.keep(&req, Cached::Allow(grant.clone()), now, expires, host);
+        self.allow(req.credential.scheme(), grant, host)
+    }
+
+    /// A definite no: cached for `negative_cache_ttl_s`, 401 or 403.
+    fn jwt_refused(
+        &mut self,
+        ctx: ContextId,
+        req: Pending,
+        error: &JwtError,
+        now: u64,
+        host: &dyn Host,
+    ) -> Step {
+        log::debug!("[{ctx}] bearer token refused: {}", error.describe());
+        let denial = error.denial();
+        let expires = now + self.config.negative_cache_ttl_ms;
+        self.keep(&req, Cached::Deny(denial), now, expires, host);
+        refuse(ctx, Some(&req.key), denial, deny_reason(denial), host)
+    }
+
+    /// Stores a verdict for every worker and, when shared data holds it, a local copy.
+    fn keep(&mut self, req: &Pending, verdict: Cached, now: u64, expires: u64, host: &dyn Host) {
+        let key: CacheKey = req.key;
+        if self.store(key, now, expires, verdict.clone(), host) {
+            let copy = Copy {
+                verdict,
+                scheme: req.credential.scheme(),
+                key,
+                decided_at_ms: now,
+                expires_at_ms: expires,
+            };
+            self.local.put(&req.raw, copy);
+        }
+    }
+
+    /// An unknown `kid` (or no key set yet): fetch the set if that is allowed now and wait for
+    /// it; wait for another request's fetch; or decide with the keys there are.
+    fn wait_for_keys(
+        &mut self,
+        ctx: ContextId,
+        caller: ContextId,
+        mut req: Pending,
+        now: u64,
+        host: &dyn Host,
+    ) -> Step {
+        if req.waited_for_keys {
+            return self.without_new_keys(ctx, req, now, host);
+        }
+        if !self.discovery.is_ready() {
+            return self.keys_after_discovery(ctx, caller, req, now, host);
+        }
+        let why = if self.keys.set().is_none() {
+            Why::NoKeys
+        } else {
+            Why::UnknownKid
+        };
+        let deadline_ms = req.arrived_ms + self.lease_ms();
+        req.waited_for_keys = true;
+        let own_only = self.resume == Resume::OwnRequestOnly;
+        let fetch = match self.fetch_keys(caller, why, now, host) {
+            Fetch::InFlight if own_only && why == Why::NoKeys => {
+                self.fetch_own_keys(caller, now, host)
+            }
+            fetch => fetch,
+        };
+        match fetch {
+            Fetch::Sent => self.park(ctx, Parked::Keys { req, deadline_ms }),
+            Fetch::InFlight if !own_only && now <= deadline_ms => {
+                self.park(ctx, Parked::Keys { req, deadline_ms })
+            }
+            _ => self.without_new_keys(ctx, req, now, host),
+        }
+    }
+
+    /// The key set's URL comes from discovery: wait for it like any other request.
+    fn keys_after_discovery(
+        &mut self,
+        ctx: ContextId,
+        caller: ContextId,
+        req: Pending,
+        now: u64,
+        host: &dyn Host,
+    ) -> Step {
+        let deadline_ms = req.arrived_ms + self.lease_ms();
+        let retry_at = self.discovery.retry_at().unwrap_or(now);
+        let own_only = self.resume == Resume::OwnRequestOnly;
+        if retry_at > deadline_ms || (own_only && retry_at > now) {
+            return self.no_verdict(ctx, &req, None, None, now, host);
+        }
+        if own_only {
+            self.dispatch_discovery(
+                caller,
+                crate::okta::DiscoveryDocument::OAuthAuthorizationServer,
+                now,
+                host,
+            );
+            if !self.discovery.in_flight() {
+                return self.no_verdict(ctx, &req, None, None, now, host);
+            }
+        }
+        self.park(ctx, Parked::Discovery { req, deadline_ms })
+    }
+
+    /// No newer key set can come for this request: an unknown `kid` is an invalid token (not
+    /// cached: a rotation may make it known soon); without any key set, 503.
+    pub(super) fn without_new_keys(
+        &mut self,
+        ctx: ContextId,
+        req: Pending,
+        now: u64,
+        host: &dyn Host,
+    ) -> Step {
+        if self.keys.set().is_none() {
+            self.warn(
+                now,
+                format_args!("[{ctx}] no key set from the issuer yet: Bearer tokens get 503"),
+            );
+            return self.no_verdict(ctx, &req, None, Some(NO_KEYS_RETRY_AFTER_S), now, host);
+        }
+        log::debug!("[{ctx}] bearer token refused: its kid is not in the key set");
+        let denial = Denial::InvalidToken;
+        refuse(ctx, Some(&req.key), denial, deny_reason(denial), host)
+    }
+}

@@ -1,0 +1,236 @@
+//! Fetching the issuer's key set for every worker: the lease in the shared record (single
+//! flight), the call (counted and guarded as a discovery call), its answer (the new set shared,
+//! or the last good one kept), and waking the requests that waited for it. The rules of when a
+//! fetch may go out are `keys`'s.
+
+use super::keys::{Adopted, KeysRecord, Why};
+use super::slots::{update, Update};
+use super::{Call, ContextId, DispatchError, Gate, Host, Parked, Purpose, Resume, Step};
+use crate::cache::NotWritten;
+use crate::metrics::{CallResult, Counter, IdpEndpoint};
+use crate::okta::{self, IdpAnswer, JwksAnswerError};
+
+/// What came of asking for a fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fetch {
+    /// This worker's call is out.
+    Sent,
+    /// Another fetch is out (some worker holds the lease).
+    InFlight,
+    /// Not now: too soon after the last one, the endpoint paused, or no call could be sent.
+    NotNow,
+}
+
+impl Gate {
+    /// Takes the shared lease and sends the fetch, if `why` allows one now.
+    pub(super) fn fetch_keys(
+        &mut self,
+        caller: ContextId,
+        why: Why,
+        now: u64,
+        host: &dyn Host,
+    ) -> Fetch {
+        let Some(path) = self.discovery.endpoints().jwks_path.clone() else {
+            return Fetch::NotNow;
+        };
+        if self.paused_for(IdpEndpoint::Discovery, now, host).is_some()
+            || self.calls.len() >= self.config.max_idp_calls_in_flight
+        {
+            return Fetch::NotNow;
+        }
+        let until = now + self.lease_ms();
+        let mut in_flight = false;
+        let written = update(host, &self.names.jwks(&path), |bytes| {
+            let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
+            in_flight = record.in_flight(now);
+            if record.may_fetch(why, now) {
+                Ok(record.leased(why, until, now).encode())
+            } else {
+                Err(NotWritten::Declined)
+            }
+        });
+        match written {
+            Update::Written => self.send_fetch(caller, &path, now, host),
+            _ if in_flight => Fetch::InFlight,
+            _ => Fetch::NotNow,
+        }
+    }
+
+    /// `OwnRequestOnly`, no keys yet, another request's fetch out: this request cannot wait
+    /// for it, so it sends its own (without the lease, as a Basic request there makes its own
+    /// call). Never for an unknown `kid`: that stays once per 30 s.
+    pub(super) fn fetch_own_keys(&mut self, caller: ContextId, now: u64, host: &dyn Host) -> Fetch {
+        match self.discovery.endpoints().jwks_path.clone() {
+            Some(path) if self.calls.len() < self.config.max_idp_calls_in_flight => {
+                self.send_fetch(caller, &path, now, host)
+            }
+            _ => Fetch::NotNow,
+        }
+    }
+
+    fn send_fetch(&mut self, caller: ContextId, path: &str, now: u64, host: &dyn Host) -> Fetch {
+        let request = okta::jwks_request(&self.config, path);
+        match host.dispatch(
+            caller,
+            &self.config.idp_upstream,
+            &request,
+            self.config.idp_timeout_ms,
+        ) {
+            Ok(token) => {
+                let call = Call {
+                    purpose: Purpose::Keys,
+                    started_ms: now,
+                    owner: caller,
+                };
+                self.calls.insert(token, call);
+                Fetch::Sent
+            }
+            Err(DispatchError) => {
+                host.count(Counter::IdpCall(
+                    IdpEndpoint::Discovery,
+                    CallResult::Failure,
+                ));
+                self.warn(
+                    now,
+                    format_args!("[{caller}] the key set fetch could not be sent (is idp_upstream a known cluster with a healthy host?)"),
+                );
+                self.release_keys_lease(host);
+                Fetch::NotNow
+            }
+        }
+    }
+
+    /// The shared-data name of the key set's record, once its URL is known.
+    fn keys_record_name(&self) -> Option<String> {
+        let path = self.discovery.endpoints().jwks_path.as_deref()?;
+        Some(self.names.jwks(path))
+    }
+
+    /// The shared record (an empty one when there is none yet).
+    fn keys_record(&self, host: &dyn Host) -> KeysRecord {
+        self.keys_record_name()
+            .and_then(|name| host.shared_get(&name))
+            .and_then(|(bytes, _)| KeysRecord::decode(&bytes))
+            .unwrap_or_default()
+    }
+
+    /// Ends this worker's lease on the key set record; the body stays.
+    pub(super) fn release_keys_lease(&self, host: &dyn Host) {
+        let Some(name) = self.keys_record_name() else {
+            return;
+        };
+        update(host, &name, |bytes| {
+            let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
+            Ok(record.released().encode())
+        });
+    }
+
+    /// Takes a newer set another worker fetched, if the shared record holds one.
+    pub(super) fn adopt_shared_keys(&mut self, now: u64, host: &dyn Host) -> bool {
+        let record = self.keys_record(host);
+        self.adopt_record(&record, now)
+    }
+
+    fn adopt_record(&mut self, record: &KeysRecord, now: u64) -> bool {
+        match self.keys.adopt(record) {
+            Adopted::New { .. } => true,
+            Adopted::Unchanged => false,
+            Adopted::Unusable(e) => {
+                let root = self.root;
+                self.warn(
+                    now,
+                    format_args!("[{root}] the shared key set is unusable: {}", e.describe()),
+                );
+                false
+            }
+        }
+    }
+
+    /// The key set answer: a usable set is shared with every worker and used at once; anything
+    /// else keeps the last good set. Requests waiting for keys go on either way.
+    pub(super) fn on_keys_answer(
+        &mut self,
+        caller: ContextId,
+        answer: IdpAnswer<'_>,
+        now: u64,
+        host: &dyn Host,
+    ) -> Vec<(ContextId, Step)> {
+        match okta::read_jwks(answer, now / 1000) {
+            Ok((set, skipped)) => {
+                if skipped > 0 {
+                    log::warn!(
+                        "[{}] the issuer's key set has {skipped} key(s) that cannot verify signatures: skipped",
+                        self.root
+                    );
+                }
+                log::info!("[{}] key set fetched: {} key(s)", self.root, set.len());
+                if let Some(name) = self.keys_record_name() {
+                    update(host, &name, |bytes| {
+                        let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
+                        Ok(record.fetched(answer.body, now).encode())
+                    });
+                }
+                self.keys.install(set, now);
+            }
+            Err(e) => {
+                let root = self.root;
+                self.warn(
+                    now,
+                    format_args!(
+                        "[{root}] key set fetch failed: {}; the last good set stays in use",
+                        e.describe()
+                    ),
+                );
+                self.release_keys_lease(host);
+                if let JwksAnswerError::Failed(failure) = e {
+                    self.note_failure(failure, IdpEndpoint::Discovery, now, host);
+                }
+            }
+        }
+        self.wake_key_waiters(caller, now, host)
+    }
+
+    /// Every request waiting for keys goes on (with `OwnRequestOnly`, only `caller`'s).
+    fn wake_key_waiters(
+        &mut self,
+        caller: ContextId,
+        now: u64,
+        host: &dyn Host,
+    ) -> Vec<(ContextId, Step)> {
+        let own_only = self.resume == Resume::OwnRequestOnly;
+        let ids: Vec<ContextId> = self
+            .parked
+            .iter()
+            .filter(|(id, p)| matches!(p, Parked::Keys { .. }) && (!own_only || **id == caller))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut steps = Vec::new();
+        for ctx in ids {
+            if let Some(parked) = self.parked.remove(&ctx) {
+                let step = self.advance(ctx, caller, parked.into_req(), None, now, host);
+                if step != Step::Wait {
+                    steps.push((ctx, step));
+                }
+            }
+        }
+        steps
+    }
+
+    /// On tick: whether requests waiting for keys should look again (a newer set arrived, or
+    /// no fetch is out any more), and the periodic refresh when it is due.
+    pub(super) fn tick_keys(&mut self, waiting: bool, now: u64, host: &dyn Host) -> bool {
+        let due = self.config.jwt.is_some()
+            && self.discovery.is_ready()
+            && self.keys.refresh_due_at().is_some_and(|at| at <= now);
+        if !waiting && !due {
+            return false;
+        }
+        let record = self.keys_record(host);
+        let newer = self.adopt_record(&record, now);
+        if due && !newer {
+            self.keys.checked(now);
+            self.fetch_keys(self.root, Why::Periodic, now, host);
+        }
+        waiting && (newer || !record.in_flight(now))
+    }
+}

@@ -1,0 +1,106 @@
+//! The root context's tick: when it next has work, and what it does then (discovery retries,
+//! the key set's periodic refresh, waking followers and requests waiting for keys, deadlines).
+
+use super::{ContextId, Gate, Host, Parked, Resume, Step};
+use crate::okta::DiscoveryDocument;
+
+impl Gate {
+    /// When a tick next has work (ms since the epoch; 0: at the next tick), `None` when idle.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let discovery = self.discovery.retry_at();
+        let keys = self
+            .config
+            .jwt
+            .as_ref()
+            .and_then(|_| self.keys.refresh_due_at());
+        let root_work = discovery.into_iter().chain(keys).min();
+        if self.resume == Resume::OwnRequestOnly {
+            // Requests are never answered from the root context there: the host could not act.
+            return root_work;
+        }
+        let timeout = self.config.idp_timeout_ms;
+        let ready = self.discovery.is_ready();
+        let parked = self.parked.values().map(|p| match p {
+            Parked::Follower { .. } | Parked::Keys { .. } => 0,
+            Parked::Discovery { .. } if ready => 0,
+            Parked::Discovery { deadline_ms, .. } => deadline_ms + 1,
+            Parked::Leader { lease_until_ms, .. } => lease_until_ms + timeout + 1,
+        });
+        root_work.into_iter().chain(parked).min()
+    }
+
+    /// The root context's tick: retries discovery, refreshes keys, wakes followers and
+    /// requests waiting for keys, enforces deadlines.
+    pub fn on_tick(&mut self, now: u64, host: &dyn Host) -> Vec<(ContextId, Step)> {
+        if self.discovery.due(now) && !self.adopt_shared_endpoints(now, host) {
+            self.dispatch_discovery(
+                self.root,
+                DiscoveryDocument::OAuthAuthorizationServer,
+                now,
+                host,
+            );
+        }
+        let own_only = self.resume == Resume::OwnRequestOnly;
+        let waiting = !own_only
+            && self
+                .parked
+                .values()
+                .any(|p| matches!(p, Parked::Keys { .. }));
+        let keys_moved = self.tick_keys(waiting, now, host);
+        if own_only {
+            return Vec::new();
+        }
+        let timeout = self.config.idp_timeout_ms;
+        let ready = self.discovery.is_ready();
+        let due: Vec<ContextId> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| match p {
+                // The host always answers a call, if only with its timeout; this is a backstop.
+                Parked::Leader { lease_until_ms, .. } => now > lease_until_ms + timeout,
+                Parked::Discovery { deadline_ms, .. } => ready || now > *deadline_ms,
+                Parked::Follower { .. } => true,
+                Parked::Keys { deadline_ms, .. } => keys_moved || now > *deadline_ms,
+            })
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        let mut steps = Vec::new();
+        for ctx in due {
+            let Some(parked) = self.parked.remove(&ctx) else {
+                continue;
+            };
+            let step = self.on_tick_due(ctx, parked, ready, now, host);
+            if step != Step::Wait {
+                steps.push((ctx, step));
+            }
+        }
+        steps
+    }
+
+    fn on_tick_due(
+        &mut self,
+        ctx: ContextId,
+        parked: Parked,
+        ready: bool,
+        now: u64,
+        host: &dyn Host,
+    ) -> Step {
+        match parked {
+            Parked::Leader { req, call, .. } => {
+                self.calls.remove(&call);
+                self.no_verdict(ctx, &req, None, None, now, host)
+            }
+            Parked::Discovery { req, .. } if !ready => {
+                self.no_verdict(ctx, &req, None, None, now, host)
+            }
+            Parked::Discovery { req, .. } => self.advance(ctx, self.root, req, None, now, host),
+            Parked::Follower { req, deadline_ms } => {
+                self.advance(ctx, self.root, req, Some(deadline_ms), now, host)
+            }
+            Parked::Keys { req, deadline_ms } if now > deadline_ms => {
+                self.without_new_keys(ctx, req, now, host)
+            }
+            Parked::Keys { req, .. } => self.advance(ctx, self.root, req, None, now, host),
+        }
+    }
+}
