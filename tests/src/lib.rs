@@ -347,8 +347,13 @@ impl StackBuilder {
         self
     }
 
-    /// Sets one component's log level (`--component-log-level`), e.g. `("http", "debug")`.
+    /// Sets one component's log level (`--component-log-level`), e.g. `("http", "debug")`. On
+    /// ngx_wasm_module, the `wasm` component's level is nginx's `error_log` level (the filter's
+    /// lines go there).
     pub fn component_log_level(mut self, component: &str, level: &str) -> Self {
+        if component == "wasm" && !level.eq_ignore_ascii_case("trace") {
+            self.ngx_options.log_level = level.into();
+        }
         self.options
             .component_log_levels
             .retain(|(c, _)| c != component);
