@@ -33,6 +33,8 @@ const CONFIG: &str = r#"{
   "idp_upstream": "okta",
   "token_endpoint": "http://127.0.0.1:9001/oauth2/default/v1/token",
   "introspection_endpoint": "http://127.0.0.1:9001/oauth2/default/v1/introspect",
+  "bearer_validation": "introspection",
+  "audience": "api://default",
   "introspection_client_id": "0oa6gatewayIntrospect",
   "introspection_client_secret": "gateway-Introspection_Secret",
   "scopes": ["api:read"]
