@@ -14,7 +14,7 @@ use std::hint::black_box;
 use base64::Engine as _;
 use criterion::{criterion_group, criterion_main, Criterion};
 
-use okta_dcr_auth::cache::{CacheEntry, CacheKey, Cached};
+use okta_dcr_auth::cache::{CacheEntry, CacheKey, CacheSet, Cached};
 use okta_dcr_auth::config::Config;
 use okta_dcr_auth::credentials::{parse_authorization, Accepted, Credential};
 use okta_dcr_auth::gate::{
@@ -34,6 +34,7 @@ const CONFIG: &str = r#"{
   "token_endpoint": "http://127.0.0.1:9001/oauth2/default/v1/token",
   "introspection_endpoint": "http://127.0.0.1:9001/oauth2/default/v1/introspect",
   "bearer_validation": "introspection",
+  "bearer_format": "opaque",
   "audience": "api://default",
   "introspection_client_id": "0oa6gatewayIntrospect",
   "introspection_client_secret": "gateway-Introspection_Secret",
@@ -60,8 +61,19 @@ fn accepted() -> Accepted {
     }
 }
 
-/// The slot's bytes as the host hands them over: an allow verdict for `credential`.
+/// An allow verdict for `credential`, as one entry's bytes.
 fn entry_bytes(config: &Config, credential: &Credential, access_token: Option<String>) -> Vec<u8> {
+    entry(config, credential, access_token).encode()
+}
+
+/// The cache set's bytes as the host hands them over: the verdict in one of its ways.
+fn set_bytes(config: &Config, credential: &Credential, access_token: Option<String>) -> Vec<u8> {
+    let mut set = CacheSet::default();
+    set.ways[0] = Some(entry(config, credential, access_token));
+    set.encode()
+}
+
+fn entry(config: &Config, credential: &Credential, access_token: Option<String>) -> CacheEntry {
     CacheEntry {
         key: CacheKey::new(&config.digest, credential),
         decided_at_ms: NOW_MS - 1_000,
@@ -74,17 +86,19 @@ fn entry_bytes(config: &Config, credential: &Credential, access_token: Option<St
         lease_until_ms: 0,
         failed_at_ms: 0,
     }
-    .encode()
 }
 
-/// A host whose shared data holds one warm slot. `shared_get` copies the value, as the real host
-/// does into the VM's memory.
+/// A host whose shared data holds one warm cache set (every set exists already). `shared_get`
+/// copies the value, as the real host does into the VM's memory.
 struct WarmHost {
     slot: Vec<u8>,
 }
 
 impl SharedData for WarmHost {
-    fn shared_get(&self, _key: &str) -> Option<(Vec<u8>, u32)> {
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        if key.ends_with("/sets") {
+            return Some((u32::MAX.to_le_bytes().to_vec(), 7));
+        }
         Some((self.slot.clone(), 7))
     }
     fn shared_set(&self, _key: &str, _value: &[u8], _cas: u32) -> Result<(), SharedError> {
@@ -124,6 +138,8 @@ fn benches(c: &mut Criterion) {
     // Basic: the entry carries the token Okta issued (forwarded upstream); Bearer: it does not.
     let basic_entry = entry_bytes(&config, &basic_credential, Some(token.clone()));
     let bearer_entry = entry_bytes(&config, &bearer_credential, None);
+    let basic_set = set_bytes(&config, &basic_credential, Some(token.clone()));
+    let bearer_set = set_bytes(&config, &bearer_credential, None);
 
     let mut g = c.benchmark_group("parse_authorization");
     for (name, value) in [
@@ -158,8 +174,8 @@ fn benches(c: &mut Criterion) {
     // decode the slot, freshness, the grant and the upstream edits.
     let mut g = c.benchmark_group("gate_warm_hit");
     for (name, value, slot) in [
-        ("basic", &basic_b64, &basic_entry),
-        ("bearer", &bearer, &bearer_entry),
+        ("basic", &basic_b64, &basic_set),
+        ("bearer", &bearer, &bearer_set),
     ] {
         let host = WarmHost { slot: slot.clone() };
         let mut gate = Gate::new(
