@@ -61,6 +61,19 @@ pub fn filter_config(overrides: Value) -> Value {
     base
 }
 
+/// [`filter_config`] for tests of the introspection path, as it was before local JWT checks:
+/// Bearer tokens are introspected, opaque or not, unless `overrides` says otherwise.
+pub fn introspection_filter_config(overrides: Value) -> Value {
+    let mut config = filter_config(overrides);
+    if let Some(fields) = config.as_object_mut() {
+        fields
+            .entry("bearer_validation")
+            .or_insert(json!("introspection"));
+        fields.entry("bearer_format").or_insert(json!("opaque"));
+    }
+    config
+}
+
 fn merge(base: &mut Value, overrides: Value) {
     match (base.as_object_mut(), overrides) {
         (Some(b), Value::Object(o)) => {

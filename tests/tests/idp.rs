@@ -6,20 +6,8 @@ use std::time::{Duration, Instant};
 use okta_dcr_auth_tests::*;
 use serde_json::json;
 
-/// These tests are about the introspection path, as it was before local JWT checks: every
-/// configuration introspects Bearer tokens, opaque or not, unless the test says otherwise.
-fn filter_config(overrides: serde_json::Value) -> serde_json::Value {
-    let mut config = okta_dcr_auth_tests::filter_config(overrides);
-    if let Some(fields) = config.as_object_mut() {
-        fields
-            .entry("bearer_validation")
-            .or_insert(serde_json::json!("introspection"));
-        fields
-            .entry("bearer_format")
-            .or_insert(serde_json::json!("opaque"));
-    }
-    config
-}
+// These tests are about the introspection path, as it was before local JWT checks.
+use okta_dcr_auth_tests::introspection_filter_config as filter_config;
 
 const APP_ID: &str = "0oa8faultApp";
 const APP_SECRET: &str = "fault-Secret_6b5a4c3d2e1f";
