@@ -5,7 +5,7 @@
 
 use super::keys::{Adopted, KeysRecord, Why};
 use super::slots::{update, Update};
-use super::{Call, ContextId, DispatchError, Gate, Host, Parked, Purpose, Resume, Step};
+use super::{Call, ContextId, DispatchError, Gate, Host, Parked, Purpose, Step};
 use crate::cache::NotWritten;
 use crate::metrics::{CallResult, Counter, IdpEndpoint};
 use crate::okta::{self, IdpAnswer, JwksAnswerError};
@@ -197,23 +197,7 @@ impl Gate {
         now: u64,
         host: &dyn Host,
     ) -> Vec<(ContextId, Step)> {
-        let own_only = self.resume == Resume::OwnRequestOnly;
-        let ids: Vec<ContextId> = self
-            .parked
-            .iter()
-            .filter(|(id, p)| matches!(p, Parked::Keys { .. }) && (!own_only || **id == caller))
-            .map(|(id, _)| *id)
-            .collect();
-        let mut steps = Vec::new();
-        for ctx in ids {
-            if let Some(parked) = self.parked.remove(&ctx) {
-                let step = self.advance(ctx, caller, parked.into_req(), None, now, host);
-                if step != Step::Wait {
-                    steps.push((ctx, step));
-                }
-            }
-        }
-        steps
+        self.resume_parked(caller, now, host, |p| matches!(p, Parked::Keys { .. }))
     }
 
     /// On tick: whether requests waiting for keys should look again (a newer set arrived, or

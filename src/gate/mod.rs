@@ -385,13 +385,23 @@ impl Gate {
         }
         // Requests parked for discovery go on now, or fail if the retry is too late. With
         // `OwnRequestOnly`, only the request that made this call can be answered from here.
+        self.resume_parked(caller, now, host, |p| matches!(p, Parked::Discovery { .. }))
+    }
+
+    /// Moves on every request parked for what `waited` matches (with `OwnRequestOnly`, only the
+    /// caller: the host could not act on another request from here).
+    fn resume_parked(
+        &mut self,
+        caller: ContextId,
+        now: u64,
+        host: &dyn Host,
+        waited: impl Fn(&Parked) -> bool,
+    ) -> Vec<(ContextId, Step)> {
         let own_only = self.resume == Resume::OwnRequestOnly;
         let ids: Vec<ContextId> = self
             .parked
             .iter()
-            .filter(|(id, p)| {
-                matches!(p, Parked::Discovery { .. }) && (!own_only || **id == caller)
-            })
+            .filter(|(id, p)| waited(p) && (!own_only || **id == caller))
             .map(|(id, _)| *id)
             .collect();
         let mut steps = Vec::new();
