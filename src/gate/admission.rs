@@ -6,7 +6,7 @@
 
 use super::guard;
 use super::slots::{overwrite, update, Update};
-use super::{Gate, Host};
+use super::{Gate, Host, Sent};
 use crate::budget::{Budget, BudgetConfig, CallClass};
 use crate::cache::{CacheEntry, CacheKey, NotWritten};
 use crate::credentials::Credential;
@@ -34,10 +34,15 @@ impl Gate {
     pub(super) fn note_failure(
         &mut self,
         failure: IdpFailure,
-        endpoint: IdpEndpoint,
+        sent: Sent,
         now: u64,
         host: &dyn Host,
     ) {
+        let endpoint = sent.endpoint;
+        let last_verdict = self.last_verdict_ms[endpoint.index()];
+        if guard::silence_explained(failure, sent.at_ms, last_verdict) {
+            return;
+        }
         let name = self.names.guard(endpoint);
         let current = host
             .shared_get(&name)
@@ -57,6 +62,12 @@ impl Gate {
             );
             overwrite(host, &name, &guard::encode(until));
         }
+    }
+
+    /// A verdict from `endpoint`: Okta answers it (resets the failures in a row).
+    pub(super) fn heard_from(&mut self, endpoint: IdpEndpoint, now: u64) {
+        self.failures_in_a_row[endpoint.index()] = 0;
+        self.last_verdict_ms[endpoint.index()] = now;
     }
 
     /// Whether `endpoint`'s budget has a call left for this caller now (nothing is taken):

@@ -3,7 +3,7 @@
 //! releases the lease, falls back to a stale verdict, and may pause calls (the quota guard,
 //! in `admission`). An `invalid_client` counts against its client id (the failure throttle).
 
-use super::{deny_reason, refuse, ContextId, Gate, Host, Parked, Resume, Step};
+use super::{deny_reason, refuse, ContextId, Gate, Host, Parked, Resume, Sent, Step};
 use crate::cache::{CacheEntry, CacheKey, Cached};
 use crate::credentials::Credential;
 use crate::local::Copy;
@@ -16,8 +16,8 @@ impl Gate {
         &mut self,
         key: CacheKey,
         credential: &Credential,
-        leader: ContextId,
         answer: IdpAnswer<'_>,
+        sent: Sent,
         now: u64,
         host: &dyn Host,
     ) -> Vec<(ContextId, Step)> {
@@ -25,8 +25,8 @@ impl Gate {
             Credential::Basic(client) => okta::read_token_answer(client, answer, now / 1000),
             Credential::Bearer(_) => okta::read_introspection(&self.config, answer, now / 1000),
         };
-        let endpoint = endpoint_of(credential);
-        let verdict = self.settle(key, endpoint, leader, outcome, now, host);
+        let leader = sent.by;
+        let verdict = self.settle(key, sent, outcome, now, host);
         if matches!(verdict, Ok((Cached::Deny(Denial::InvalidClient), _))) {
             self.note_client_failure(credential, now, host);
         }
@@ -85,8 +85,7 @@ impl Gate {
     fn settle(
         &mut self,
         key: CacheKey,
-        endpoint: IdpEndpoint,
-        leader: ContextId,
+        sent: Sent,
         outcome: Outcome,
         now: u64,
         host: &dyn Host,
@@ -108,13 +107,14 @@ impl Gate {
             ),
             Outcome::Failed(failure) => {
                 let why = failure.describe();
+                let leader = sent.by;
                 self.warn(now, format_args!("[{leader}] IdP call failed: {why}"));
                 self.slots.release(host, &key, Some(now));
-                self.note_failure(failure, endpoint, now, host);
+                self.note_failure(failure, sent, now, host);
                 return Err(failure);
             }
         };
-        self.failures_in_a_row[endpoint.index()] = 0;
+        self.heard_from(sent.endpoint, now);
         let stored = self.store(key, now, expires, verdict.clone(), host);
         Ok((verdict, stored.then_some(expires)))
     }

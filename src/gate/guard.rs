@@ -21,7 +21,9 @@
 //!   [`FAILURE_PAUSE_MS`], doubling with every further one up to [`FAILURE_MAX_PAUSE_MS`];
 //! - calls that were already out when a pause began fail together: while paused, a server error
 //!   or silence neither counts nor lengthens the pause;
-//! - a pause is only ever raised, never shortened, by a failure.
+//! - a pause is only ever raised, never shortened, by a failure;
+//! - a silence of a call sent before the endpoint's last verdict is explained
+//!   ([`silence_explained`]): Okta answered meanwhile.
 
 use crate::okta::IdpFailure;
 
@@ -63,6 +65,15 @@ pub fn classify(failure: IdpFailure) -> FailureClass {
         | IdpFailure::Unreadable
         | IdpFailure::GatewayRejected => FailureClass::Ignored,
     }
+}
+
+/// Whether a silence (no answer, or a 504: Envoy's own timeout) says nothing about Okta: this
+/// worker had a verdict from the endpoint after the silent call was sent, so Okta was answering
+/// and the call was held up on the gateway's side (queued behind the cluster's circuit breaker,
+/// a slow connection). Such a failure neither counts toward a pause nor resets the count.
+pub fn silence_explained(failure: IdpFailure, sent_ms: u64, last_verdict_ms: u64) -> bool {
+    matches!(failure, IdpFailure::NoAnswer | IdpFailure::ServerError(504))
+        && last_verdict_ms > sent_ms
 }
 
 /// What one failed call changes.
@@ -170,6 +181,22 @@ mod tests {
         Decision {
             failures_in_a_row: in_a_row,
             pause_until_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_silence_is_explained_only_by_a_verdict_after_the_call_was_sent() {
+        let sent = NOW - 3_000;
+        for silence in [IdpFailure::NoAnswer, IdpFailure::ServerError(504)] {
+            assert!(silence_explained(silence, sent, sent + 1));
+            assert!(!silence_explained(silence, sent, sent));
+            assert!(!silence_explained(silence, sent, 0));
+        }
+        for other in [
+            IdpFailure::ServerError(500),
+            IdpFailure::RateLimited { until_s: None },
+        ] {
+            assert!(!silence_explained(other, sent, NOW));
         }
     }
 

@@ -5,7 +5,7 @@
 
 use super::keys::{Adopted, KeysRecord, Why};
 use super::slots::{update, Update};
-use super::{Call, ContextId, DispatchError, Gate, Host, Parked, Purpose, Step};
+use super::{Call, ContextId, DispatchError, Gate, Host, Parked, Purpose, Sent, Step};
 use crate::cache::NotWritten;
 use crate::metrics::{CallResult, Counter, IdpEndpoint};
 use crate::okta::{self, IdpAnswer, JwksAnswerError};
@@ -152,11 +152,18 @@ impl Gate {
         &mut self,
         caller: ContextId,
         answer: IdpAnswer<'_>,
+        sent_ms: u64,
         now: u64,
         host: &dyn Host,
     ) -> Vec<(ContextId, Step)> {
+        let sent = Sent {
+            endpoint: IdpEndpoint::Discovery,
+            at_ms: sent_ms,
+            by: caller,
+        };
         match okta::read_jwks(answer, now / 1000) {
             Ok((set, skipped)) => {
+                self.heard_from(sent.endpoint, now);
                 if skipped > 0 {
                     log::warn!(
                         "[{}] the issuer's key set has {skipped} key(s) that cannot verify signatures: skipped",
@@ -183,7 +190,7 @@ impl Gate {
                 );
                 self.release_keys_lease(host);
                 if let JwksAnswerError::Failed(failure) = e {
-                    self.note_failure(failure, IdpEndpoint::Discovery, now, host);
+                    self.note_failure(failure, sent, now, host);
                 }
             }
         }

@@ -202,7 +202,18 @@ pub struct Gate {
     /// IdP failures in a row seen by this worker, per endpoint (reset by any answer from it
     /// that is a verdict).
     failures_in_a_row: [u32; IdpEndpoint::COUNT],
+    /// When this worker last had a verdict from each endpoint (see `guard::silence_explained`).
+    last_verdict_ms: [u64; IdpEndpoint::COUNT],
     last_warn_ms: u64,
+}
+
+/// A call that got its answer: where it went, when it was sent (what the quota guard needs of a
+/// failure), and the request that sent it.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    endpoint: IdpEndpoint,
+    at_ms: u64,
+    by: ContextId,
 }
 
 impl Gate {
@@ -235,6 +246,7 @@ impl Gate {
             root,
             resume,
             failures_in_a_row: [0; IdpEndpoint::COUNT],
+            last_verdict_ms: [0; IdpEndpoint::COUNT],
             last_warn_ms: 0,
         };
         if !gate.discovery.is_ready() {
@@ -313,12 +325,19 @@ impl Gate {
         host.observe_idp_latency(elapsed);
         match call.purpose {
             Purpose::Discovery(doc) => self.on_discovery_answer(caller, doc, answer, now, host),
-            Purpose::Keys => self.on_keys_answer(caller, answer, now, host),
+            Purpose::Keys => self.on_keys_answer(caller, answer, call.started_ms, now, host),
             Purpose::Verdict {
                 key,
                 credential,
                 leader,
-            } => self.on_verdict_answer(key, &credential, leader, answer, now, host),
+            } => {
+                let sent = Sent {
+                    endpoint,
+                    at_ms: call.started_ms,
+                    by: leader,
+                };
+                self.on_verdict_answer(key, &credential, answer, sent, now, host)
+            }
         }
     }
 

@@ -1118,6 +1118,7 @@ mod create_only_cas {
         a_live_client_whose_verdict_is_gone_gets_its_turn_despite_bad_secrets,
         a_flood_of_bogus_credentials_never_evicts_a_valid_verdict,
         the_proxys_own_answers_never_pause_calls,
+        silences_of_calls_queued_behind_answers_never_pause_calls,
         an_expired_verdict_still_marks_a_known_client_through_a_flood,
         calls_of_requests_that_went_away_still_count_as_in_flight,
     );
@@ -1366,6 +1367,58 @@ fn the_proxys_own_answers_never_pause_calls() {
         assert_eq!(status(&steps[0].1), 503);
     }
     assert_eq!(host.call_count(), 10, "every request still asked: no pause");
+}
+
+#[test]
+fn silences_of_calls_queued_behind_answers_never_pause_calls() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, r#","max_client_failures":0"#);
+    // ten calls go out at once; Envoy holds most of them in its queue
+    let mut tokens = Vec::new();
+    for i in 0..10 {
+        assert_eq!(
+            ask(&mut g, &host, 10 + i, &basic(&format!("app{i}"), "s")),
+            Step::Wait
+        );
+        tokens.push(host.last_call().0);
+    }
+    // Okta answers the first one late, then the queued calls time out in Envoy
+    host.advance(2_500);
+    answer(&mut g, &host, tokens[0], 401, INVALID_CLIENT);
+    host.advance(3_500);
+    for token in &tokens[1..] {
+        let steps = answer(&mut g, &host, *token, 504, "upstream request timeout");
+        assert_eq!(status(&steps[0].1), 503);
+    }
+    let calls = host.call_count();
+    assert_eq!(
+        ask(&mut g, &host, 50, &basic("new", "s")),
+        Step::Wait,
+        "no pause"
+    );
+    assert_eq!(host.call_count(), calls + 1);
+    // calls sent after Okta's last answer that go unanswered are an outage: they pause
+    for token in 0..FAILURES_BEFORE_PAUSE {
+        if token > 0 {
+            ask(
+                &mut g,
+                &host,
+                60 + token,
+                &basic(&format!("late{token}"), "s"),
+            );
+        }
+        host.advance(3_000);
+        answer(
+            &mut g,
+            &host,
+            host.last_call().0,
+            504,
+            "upstream request timeout",
+        );
+    }
+    let calls = host.call_count();
+    assert_eq!(status(&ask(&mut g, &host, 70, &basic("next", "s"))), 503);
+    assert_eq!(host.call_count(), calls, "paused");
 }
 
 #[test]

@@ -127,6 +127,19 @@ pub struct RouteSpec {
 pub struct ClusterSpec {
     pub name: String,
     pub addr: SocketAddr,
+    /// The cluster's `circuit_breakers` (one number for its connections, pending requests and
+    /// requests); `None`: Envoy's defaults (1024 each).
+    pub circuit_breaker: Option<u32>,
+}
+
+impl ClusterSpec {
+    pub fn new(name: &str, addr: SocketAddr) -> ClusterSpec {
+        ClusterSpec {
+            name: name.into(),
+            addr,
+            circuit_breaker: None,
+        }
+    }
 }
 
 /// The filter's Envoy name for route `i`.
@@ -135,17 +148,57 @@ fn filter_name(i: usize) -> String {
 }
 
 /// Renders the bootstrap: one listener on 127.0.0.1:0 with the routes in order (first match
-/// wins), the wasm filter in front of the router, the given clusters.
-///
-/// Each filtered route gets its own filter instance (its own plugin configuration, the same VM).
-/// Envoy 1.40 cannot enable a default-disabled filter per route without a route-specific config
-/// (which the wasm filter has none of), so every instance is in the chain and each route disables
-/// the instances that are not its own.
+/// wins), the wasm filter in front of the router, the given clusters. With `lds`, the listener is
+/// not in the bootstrap but read from that file (file-based LDS: see [`write_listener`]).
 pub fn render_bootstrap(
     routes: &[RouteSpec],
     clusters: &[ClusterSpec],
     wasm: Option<&Path>,
+    lds: Option<&Path>,
 ) -> Value {
+    let clusters: Vec<Value> = clusters.iter().map(render_cluster).collect();
+    let mut bootstrap = json!({
+        "admin": {
+            "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } }
+        },
+        "static_resources": { "listeners": [], "clusters": clusters },
+    });
+    match lds {
+        None => bootstrap["static_resources"]["listeners"] = json!([render_listener(routes, wasm)]),
+        Some(path) => {
+            let dir = path.parent().unwrap_or(path);
+            bootstrap["node"] = json!({ "id": "okta-dcr-auth-tests", "cluster": "tests" });
+            bootstrap["dynamic_resources"] = json!({
+                "lds_config": {
+                    "resource_api_version": "V3",
+                    "path_config_source": {
+                        "path": path.display().to_string(),
+                        "watched_directory": { "path": dir.display().to_string() },
+                    },
+                },
+            });
+        }
+    }
+    bootstrap
+}
+
+/// Writes the listener as a file-based LDS resource at `path`: into a temporary file first, then
+/// moved over `path`, which is what Envoy's `watched_directory` reacts to.
+pub fn write_listener(path: &Path, routes: &[RouteSpec], wasm: Option<&Path>) {
+    let mut listener = render_listener(routes, wasm);
+    listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+    let resources = json!({ "resources": [listener] });
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, resources.to_string())
+        .unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+    fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
+}
+
+/// The filters of every filtered route: each route gets its own filter instance (its own plugin
+/// configuration, the same VM). Envoy 1.40 cannot enable a default-disabled filter per route
+/// without a route-specific config (which the wasm filter has none of), so every instance is in
+/// the chain and each route disables the instances that are not its own.
+fn render_http_filters(routes: &[RouteSpec], wasm: Option<&Path>) -> Vec<Value> {
     let wasm = wasm.map(|p| p.display().to_string()).unwrap_or_default();
     let mut http_filters = Vec::new();
     for (i, route) in routes.iter().enumerate() {
@@ -172,7 +225,17 @@ pub fn render_bootstrap(
             },
         }));
     }
-    let route_values: Vec<Value> = routes
+    http_filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+        },
+    }));
+    http_filters
+}
+
+fn render_routes(routes: &[RouteSpec]) -> Vec<Value> {
+    routes
         .iter()
         .enumerate()
         .map(|(j, route)| {
@@ -199,59 +262,57 @@ pub fn render_bootstrap(
             }
             r
         })
-        .collect();
-    http_filters.push(json!({
-        "name": "envoy.filters.http.router",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-        },
-    }));
-    let clusters: Vec<Value> = clusters
-        .iter()
-        .map(|c| {
-            json!({
-                "name": c.name,
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "load_assignment": {
-                    "cluster_name": c.name,
-                    "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
-                        "socket_address": { "address": c.addr.ip().to_string(), "port_value": c.addr.port() }
-                    }}}]}],
-                },
-            })
-        })
-        .collect();
+        .collect()
+}
+
+/// The listener `gateway` on 127.0.0.1:0.
+fn render_listener(routes: &[RouteSpec], wasm: Option<&Path>) -> Value {
     json!({
-        "admin": {
-            "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } }
-        },
-        "static_resources": {
-            "listeners": [{
-                "name": "gateway",
-                "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } },
-                "filter_chains": [{
-                    "filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": "gateway",
-                            "route_config": {
-                                "name": "gateway",
-                                "virtual_hosts": [{
-                                    "name": "all",
-                                    "domains": ["*"],
-                                    "routes": route_values,
-                                }],
-                            },
-                            "http_filters": http_filters,
-                        },
-                    }],
-                }],
+        "name": "gateway",
+        "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } },
+        "filter_chains": [{
+            "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "gateway",
+                    "route_config": {
+                        "name": "gateway",
+                        "virtual_hosts": [{
+                            "name": "all",
+                            "domains": ["*"],
+                            "routes": render_routes(routes),
+                        }],
+                    },
+                    "http_filters": render_http_filters(routes, wasm),
+                },
             }],
-            "clusters": clusters,
-        },
+        }],
     })
+}
+
+fn render_cluster(c: &ClusterSpec) -> Value {
+    let mut cluster = json!({
+        "name": c.name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": c.name,
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
+                "socket_address": { "address": c.addr.ip().to_string(), "port_value": c.addr.port() }
+            }}}]}],
+        },
+    });
+    if let Some(max) = c.circuit_breaker {
+        cluster["circuit_breakers"] = json!({ "thresholds": [{
+            "priority": "DEFAULT",
+            "max_connections": max,
+            "max_pending_requests": max,
+            "max_requests": max,
+            "max_retries": 0,
+        }]});
+    }
+    cluster
 }
 
 /// How Envoy is run.
@@ -465,6 +526,15 @@ impl Envoy {
 
     pub fn listener(&self) -> SocketAddr {
         self.listener
+    }
+
+    /// Envoy's resident set (`VmRSS`), in KiB; None when /proc cannot tell.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     pub fn admin_addr(&self) -> SocketAddr {

@@ -329,9 +329,25 @@ pub struct StackBuilder {
     ngx_options: NgxOptions,
     idp_options: Option<IdpOptions>,
     before_envoy: Vec<IdpSetup>,
+    idp_circuit_breaker: Option<u32>,
+    file_lds: bool,
 }
 
 impl StackBuilder {
+    /// Gives the `okta` cluster `circuit_breakers` of `max` connections, pending requests and
+    /// requests (Envoy only; default: Envoy's, 1024 each).
+    pub fn idp_circuit_breaker(mut self, max: u32) -> Self {
+        self.idp_circuit_breaker = Some(max);
+        self
+    }
+
+    /// Envoy reads its listener from a file (file-based LDS) instead of the bootstrap, so that
+    /// [`Stack::reload_filter_config`] can change the filter's configuration at run time.
+    pub fn file_lds(mut self) -> Self {
+        self.file_lds = true;
+        self
+    }
+
     /// Adds a route (prefix match; routes are tried in the order added) with the filter
     /// configured by `config` (JSON object; the stack fills `issuer` and `idp_upstream` unless
     /// set, a `null` value removes the key, and `{issuer}` / `{idp_addr}` in any string become
@@ -448,18 +464,15 @@ impl StackBuilder {
         let host = test_host();
         let mut clusters = vec![
             ClusterSpec {
-                name: "okta".into(),
-                addr: idp.addr(),
+                circuit_breaker: self.idp_circuit_breaker,
+                ..ClusterSpec::new("okta", idp.addr())
             },
-            ClusterSpec {
-                name: "upstream".into(),
-                addr: echo.addr(),
-            },
+            ClusterSpec::new("upstream", echo.addr()),
         ];
         clusters.extend(
             self.clusters
-                .into_iter()
-                .map(|(name, addr)| ClusterSpec { name, addr }),
+                .iter()
+                .map(|(name, addr)| ClusterSpec::new(name, *addr)),
         );
         let routes: Vec<RouteSpec> = if self.routes.is_empty() {
             vec![RouteSpec {
@@ -490,9 +503,28 @@ impl StackBuilder {
             .any(|r| r.filter_config.is_some())
             .then(envoy::filter_wasm);
         let dir = envoy::run_dir(&self.name);
+        let mut lds = None;
         let host = match host {
             HostKind::Envoy => {
-                let bootstrap = envoy::render_bootstrap(&routes, &clusters, wasm.as_deref());
+                let lds_path = self.file_lds.then(|| {
+                    let lds_dir = dir.join("lds");
+                    std::fs::create_dir_all(&lds_dir)
+                        .unwrap_or_else(|e| panic!("create {}: {e}", lds_dir.display()));
+                    let path = lds_dir.join("listeners.json");
+                    envoy::write_listener(&path, &routes, wasm.as_deref());
+                    path
+                });
+                let bootstrap = envoy::render_bootstrap(
+                    &routes,
+                    &clusters,
+                    wasm.as_deref(),
+                    lds_path.as_deref(),
+                );
+                lds = lds_path.map(|path| Lds {
+                    path,
+                    routes: routes.clone(),
+                    wasm: wasm.clone(),
+                });
                 Host::Envoy(envoy::Envoy::start(&bootstrap, &self.options, &dir)?)
             }
             HostKind::Ngx => {
@@ -504,6 +536,7 @@ impl StackBuilder {
         };
         Ok(Stack {
             host,
+            lds: lds.map(Mutex::new),
             idp,
             echo,
             secrets: Mutex::new(vec![GATEWAY_CLIENT_SECRET.to_string()]),
@@ -594,10 +627,18 @@ impl Host {
     }
 }
 
+/// What a stack started with file-based LDS needs to write its listener again.
+struct Lds {
+    path: std::path::PathBuf,
+    routes: Vec<RouteSpec>,
+    wasm: Option<std::path::PathBuf>,
+}
+
 /// One test's world: the dev IdP, the echo upstream, and the host with the filter in between.
 pub struct Stack {
     // Declared first so the host is gone before the servers it talks to.
     host: Host,
+    lds: Option<Mutex<Lds>>,
     pub idp: IdpHandle,
     pub echo: EchoHandle,
     secrets: Mutex<Vec<String>>,
@@ -628,6 +669,8 @@ impl Stack {
             ngx_options: NgxOptions::default(),
             idp_options: None,
             before_envoy: Vec::new(),
+            idp_circuit_breaker: None,
+            file_lds: false,
         }
     }
 
@@ -707,6 +750,30 @@ impl Stack {
     /// GET on Envoy's admin API (Envoy only: panics on another host).
     pub fn admin(&self, path: &str) -> Response {
         self.host.envoy().admin(path)
+    }
+
+    /// Envoy's resident set in KiB (Envoy only; None when /proc cannot tell).
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.host.envoy().rss_kib()
+    }
+
+    /// Gives the filter of route `index` this configuration (completed as [`StackBuilder::route`]
+    /// does) through a file-based LDS update, and waits until Envoy runs the new listener.
+    /// Needs [`StackBuilder::file_lds`].
+    pub fn reload_filter_config(&self, index: usize, config: Value) {
+        let Some(lds) = &self.lds else {
+            panic!("reload_filter_config needs a stack built with file_lds()");
+        };
+        let mut lds = lds.lock().unwrap_or_else(|e| e.into_inner());
+        let config = complete_config(config, &self.idp.issuer(), self.idp.addr());
+        lds.routes[index].filter_config = Some(config.to_string());
+        let updates = self.stat("listener_manager.lds.update_success");
+        envoy::write_listener(&lds.path, &lds.routes, lds.wasm.as_deref());
+        eventually(Duration::from_secs(20), "the LDS update", || {
+            let done = self.stat("listener_manager.lds.update_success") > updates
+                && self.stat("listener_manager.total_listeners_warming") == 0;
+            done.then_some(())
+        });
     }
 
     /// A counter or gauge from Envoy's admin `/stats`, 0 when absent (Envoy only).

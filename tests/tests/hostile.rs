@@ -1542,11 +1542,8 @@ impl PanicStack {
             prefix: "/".into(),
             filter_config: Some("{}".into()),
         }];
-        let clusters = [ClusterSpec {
-            name: "upstream".into(),
-            addr: echo.addr(),
-        }];
-        let mut bootstrap = envoy::render_bootstrap(&routes, &clusters, Some(&wasm));
+        let clusters = [ClusterSpec::new("upstream", echo.addr())];
+        let mut bootstrap = envoy::render_bootstrap(&routes, &clusters, Some(&wasm), None);
         let filter = &mut bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]
             ["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]["config"];
         assert_eq!(
