@@ -155,6 +155,6 @@ fuzz-smoke: ## cargo fuzz every target for 10 s each, after replaying fuzz/regre
 
 .PHONY: soak
 
-soak: wasm $(ENVOY_STAMP) ## load test, ~60 s, not in make test: wrk, valid and bad credentials, IdP faults; no wrong verdict (SOAK_SECS)
+soak: wasm $(ENVOY_STAMP) ## load test, ~80 s, not in make test: wrk, valid and bad credentials, IdP faults, an attack; no wrong verdict (SOAK_SECS)
 	@command -v wrk >/dev/null 2>&1 || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }
 	cargo test -p okta-dcr-auth-tests --test soak -- --ignored --nocapture

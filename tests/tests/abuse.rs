@@ -125,14 +125,15 @@ fn a_flood_of_bogus_credentials_then_an_outage_keeps_every_valid_client() {
 
 #[test]
 fn the_budget_holds_under_a_flood_and_known_clients_keep_working() {
-    // Okta-like limits on the dev IdP, well above the filter's budget (600 a minute)
-    // the introspection budget: bogus opaque tokens must each be worth a call
+    // Introspection mode with the default `bearer_format: "jwt"`: this issuer's JWT-shaped
+    // bogus tokens are each worth a call (the budget must hold them), garbage is not.
     let stack = flood_stack(json!({
         "cache_ttl_s": 5,
         "stale_if_error_s": 60,
         "bearer_validation": "introspection",
-        "bearer_format": "opaque",
+        "bearer_format": "jwt",
     }));
+    // Okta-like limits on the dev IdP, well above the filter's budget (600 a minute)
     stack
         .idp
         .set_rate_limit(Endpoint::Token, RateLimit::per_minute(1_200));
@@ -148,41 +149,101 @@ fn the_budget_holds_under_a_flood_and_known_clients_keep_working() {
             )
         })
         .collect();
+    let new_apps: Vec<TestClient> = (0..10)
+        .map(|i| {
+            stack.client(
+                &format!("0oa8new{i}"),
+                &format!("new-Secret_{i}y"),
+                &[SCOPE],
+            )
+        })
+        .collect();
     for app in &apps {
         assert_eq!(
             stack.get("/", &[("authorization", &app.basic())]).status,
             200
         );
     }
-    let (token_before, introspect_before) = (
-        stack.idp.calls(Endpoint::Token),
-        stack.idp.calls(Endpoint::Introspect),
-    );
+    let calls = |s: &Stack| {
+        (
+            s.idp.calls(Endpoint::Token),
+            s.idp.calls(Endpoint::Introspect),
+        )
+    };
+    // Garbage costs no call at all: not three segments, not JSON, another issuer, expired.
+    let before = calls(&stack);
+    let issuer = stack.issuer();
+    let garbage = flood(&stack, 2, Duration::from_secs(2), |t, i| match i % 4 {
+        0 => format!("Bearer garbage{t}x{i}"),
+        1 => format!("Bearer bm90.anNvbg.{t}x{i}"),
+        2 => jwt_shaped(
+            "https://attacker.example/oauth2/default",
+            &format!("{t}x{i}"),
+        ),
+        _ => jwt_shaped(&issuer, &format!("flood{t}x{i}")).replace("Bearer ", "Bearer x"),
+    });
+    eprintln!("garbage alone: {garbage:?}");
+    assert_eq!(garbage.keys().copied().collect::<Vec<_>>(), vec![401]);
+    assert_eq!(calls(&stack), before, "garbage cost an IdP call");
+
+    let (token_before, introspect_before) = calls(&stack);
     let echo_before = stack.echo.count();
     let duration = Duration::from_secs(20);
-    let (valid, basic_flood, bearer_flood) = std::thread::scope(|s| {
+    let (valid, basic_flood, bearer_flood, garbage_flood, newcomers) = std::thread::scope(|s| {
         let basic = s.spawn(|| {
-            flood(&stack, 3, duration, |t, i| {
+            flood(&stack, 2, duration, |t, i| {
                 basic_header(&format!("0oa8flood{t}x{i}"), "flood-Secret")
             })
         });
         let bearer = s.spawn(|| {
             flood(&stack, 2, duration, |t, i| {
-                format!("Bearer eyJhbGciOiJSUzI1NiJ9.flood{t}x{i}.bogusSignature")
+                jwt_shaped(&issuer, &format!("flood{t}x{i}"))
             })
+        });
+        let garbage =
+            s.spawn(|| flood(&stack, 1, duration, |t, i| format!("Bearer garbage{t}x{i}")));
+        // new valid apps arrive during the flood, one every 2 s
+        let newcomers = s.spawn(|| {
+            let mut statuses = BTreeMap::new();
+            for app in &new_apps {
+                std::thread::sleep(duration / (new_apps.len() as u32 + 1));
+                let status = stack.get("/", &[("authorization", &app.basic())]).status;
+                *statuses.entry(status).or_insert(0u64) += 1;
+            }
+            statuses
         });
         let valid = flood(&stack, 2, duration, |t, i| {
             apps[(t + 2 * i) % apps.len()].basic()
         });
-        (valid, basic.join(), bearer.join())
+        let join = |h: std::thread::ScopedJoinHandle<'_, BTreeMap<u16, u64>>, what: &str| {
+            h.join().unwrap_or_else(|_| panic!("{what} flood"))
+        };
+        (
+            valid,
+            join(basic, "basic"),
+            join(bearer, "bearer"),
+            join(garbage, "garbage"),
+            join(newcomers, "newcomers"),
+        )
     });
-    let (basic_flood, bearer_flood) = (
-        basic_flood.unwrap_or_else(|_| panic!("basic flood")),
-        bearer_flood.unwrap_or_else(|_| panic!("bearer flood")),
+    eprintln!(
+        "valid {valid:?}; new valid apps {newcomers:?}; bogus Basic {basic_flood:?}; \
+         bogus JWT-shaped {bearer_flood:?}; garbage {garbage_flood:?}"
     );
-    eprintln!("valid {valid:?}; bogus Basic {basic_flood:?}; bogus Bearer {bearer_flood:?}");
-    let token_calls = stack.idp.calls(Endpoint::Token) - token_before;
-    let introspect_calls = stack.idp.calls(Endpoint::Introspect) - introspect_before;
+    assert!(
+        newcomers.keys().all(|s| [200, 503].contains(s)),
+        "a new valid app is never refused, at worst told to come back: {newcomers:?}"
+    );
+    assert_eq!(
+        garbage_flood.keys().copied().collect::<Vec<_>>(),
+        vec![401],
+        "garbage is refused locally, whatever the budget"
+    );
+    let (token_calls, introspect_calls) = calls(&stack);
+    let (token_calls, introspect_calls) = (
+        token_calls - token_before,
+        introspect_calls - introspect_before,
+    );
     eprintln!("IdP calls during the flood: token {token_calls}, introspect {introspect_calls}");
     // On ngx_wasm_module some refreshed requests lose their connection (kong/README.md,
     // "Differences", row 12): there, what was answered must be 200.
@@ -205,7 +266,7 @@ fn the_budget_holds_under_a_flood_and_known_clients_keep_working() {
         introspect_calls <= 600,
         "introspect calls {introspect_calls} over the budget"
     );
-    for (what, statuses) in [("Basic", &basic_flood), ("Bearer", &bearer_flood)] {
+    for (what, statuses) in [("Basic", &basic_flood), ("JWT-shaped", &bearer_flood)] {
         assert!(
             statuses.keys().all(|s| [0, 401, 503].contains(s)),
             "bogus {what}: {statuses:?}"

@@ -1,8 +1,13 @@
-//! The soak (issue 6, `make soak`, about 60 s; never part of `make test`): `wrk` with
+//! The soak (issue 6, `make soak`, about 80 s; never part of `make test`): `wrk` with
 //! `tests/soak/soak.lua` against Envoy (2 workers) with the filter, in front of the dev IdP and
 //! the echo, mixing valid Basic, valid Bearer, wrong secrets, inactive tokens and garbage over
-//! many connections, in three phases: healthy, the IdP failing (delays past the timeout, 5xx,
-//! resets, 429, slow answers), healthy again.
+//! many connections, in four phases: healthy, the IdP failing (delays past the timeout, 5xx,
+//! resets, 429, slow answers), healthy again, and an attack: while the wrk mix goes on, an
+//! anonymous client floods distinct bogus Basic credentials, bogus JWT-shaped tokens for this
+//! issuer and garbage as fast as it can, against a dev IdP with Okta-like rate limits.
+//!
+//! In the attack, valid requests must be 99.9% 200, Okta must never answer 429 (the filter's
+//! budget holds), and the IdP calls stay within the budget.
 //!
 //! The run fails when a single request with invalid credentials reached the upstream (the echo
 //! records every request; each carries `x-soak-kind`), when the upstream saw another identity
@@ -12,7 +17,7 @@
 //! back for up to 10 s after repeated failures). Cached verdicts let many valid requests pass
 //! during the faults.
 //!
-//! Knobs: `SOAK_SECS` (60), `SOAK_CONNECTIONS` (32, one wrk thread each).
+//! Knobs: `SOAK_SECS` (80), `SOAK_CONNECTIONS` (32, one wrk thread each).
 //!
 //!     cargo test -p okta-dcr-auth-tests --test soak -- --ignored --nocapture
 
@@ -22,6 +27,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use okta_dcr_auth_tests::client;
 use okta_dcr_auth_tests::*;
 use serde_json::json;
 
@@ -37,6 +43,14 @@ const MAX_PAUSE: Duration = Duration::from_millis(10_000 + IDP_TIMEOUT_MS);
 /// The longest a request may wait for a verdict once calls are allowed again (a lease: the
 /// timeout and 1 s), and a second for the answer to travel.
 const SETTLE: Duration = Duration::from_millis(2 * IDP_TIMEOUT_MS + 2000);
+/// The filter's IdP call budget per endpoint: sized for the soak's clients as the README's
+/// fleet sizing says (16 credentials per endpoint refreshed every 2 s: 480 calls a minute, within
+/// the 20% reserved for refreshes).
+const BUDGET: u64 = 3_000;
+/// The dev IdP's Okta-like limit per endpoint during the attack, above the budget.
+const OKTA_LIMIT: u32 = 3_600;
+/// Connections of the attacker: distinct bogus Basic, bogus JWT-shaped tokens, garbage.
+const ATTACK_THREADS: usize = 3;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -58,6 +72,7 @@ enum Phase {
     Faults,
     Recovery,
     HealthyAgain,
+    Attack,
 }
 
 impl Phase {
@@ -67,6 +82,7 @@ impl Phase {
             Phase::Faults => "faults",
             Phase::Recovery => "recovery",
             Phase::HealthyAgain => "healthy-again",
+            Phase::Attack => "attack",
         }
     }
 }
@@ -210,6 +226,53 @@ fn read_tallies(path: &PathBuf) -> Tallies {
     Tallies { counts, summary }
 }
 
+/// What the attack phase must show: valid requests 99.9% 200, no 429 from the dev IdP, IdP calls
+/// within the budget, the attacker refused (401, or 503 past the budget).
+fn attack_failures(
+    table: &BTreeMap<(Phase, String), BTreeMap<u16, u64>>,
+    attack: &BTreeMap<u16, u64>,
+    calls: Option<(u64, u64)>,
+    stack: &Stack,
+) -> Vec<String> {
+    let Some((token_calls, introspections)) = calls else {
+        return vec!["the attack phase never began (SOAK_SECS too short?)".into()];
+    };
+    let mut failures = Vec::new();
+    let (mut ok, mut all) = (0, 0);
+    for ((phase, what), by_status) in table {
+        if *phase == Phase::Attack && is_valid(what) {
+            ok += by_status.get(&200).copied().unwrap_or(0);
+            all += by_status.values().sum::<u64>();
+        }
+    }
+    eprintln!(
+        "attack: valid {ok} of {all} answered 200; the attacker's {attack:?}; IdP calls during \
+         it: token {token_calls}, introspection {introspections} (budget {BUDGET} a minute each)"
+    );
+    if all == 0 || (ok as f64) < 0.999 * all as f64 {
+        failures.push(format!(
+            "attack: only {ok} of {all} valid requests answered 200"
+        ));
+    }
+    if attack.keys().any(|s| ![401, 503].contains(s)) || attack.is_empty() {
+        failures.push(format!("attack: the attacker got {attack:?}"));
+    }
+    for ep in [Endpoint::Token, Endpoint::Introspect] {
+        let limited = stack.idp.rate_limited(ep);
+        if limited > 0 {
+            failures.push(format!(
+                "attack: the dev IdP answered {limited} x 429 on {ep:?}"
+            ));
+        }
+    }
+    if token_calls.max(introspections) > BUDGET {
+        failures.push(format!(
+            "attack: {token_calls} token and {introspections} introspection calls, over the budget"
+        ));
+    }
+    failures
+}
+
 /// The Lua file of credentials the script reads (`SOAK_CREDS`).
 fn lua_string(s: &str) -> String {
     format!("{s:?}")
@@ -218,7 +281,7 @@ fn lua_string(s: &str) -> String {
 #[test]
 #[ignore = "the soak: about 60 s of load (make soak)"]
 fn soak() {
-    let secs = env_u64("SOAK_SECS", 60).max(15);
+    let secs = env_u64("SOAK_SECS", 80).max(40);
     let connections = env_u64("SOAK_CONNECTIONS", 32).max(2);
     let wrk = std::env::var("WRK").unwrap_or_else(|_| "wrk".into());
     let has_wrk = Command::new(&wrk)
@@ -248,6 +311,9 @@ fn soak() {
                 "cache_ttl_s": 2,
                 "negative_cache_ttl_s": 1,
                 "idp_timeout_ms": IDP_TIMEOUT_MS,
+                "idp_calls_per_minute": BUDGET,
+                // local refusal of what cannot be this issuer's JWT (the garbage costs no call)
+                "bearer_format": "jwt",
             })),
         )
         .component_log_level("wasm", "info")
@@ -256,7 +322,10 @@ fn soak() {
     // once per distinct secret.
     stack.no_sweep_on_drop();
 
-    let mut secrets: Vec<String> = vec![GATEWAY_CLIENT_SECRET.to_string()];
+    let mut secrets: Vec<String> = vec![
+        GATEWAY_CLIENT_SECRET.to_string(),
+        "attack-Secret".to_string(),
+    ];
     let mut lua = String::from("return {\n");
     let (mut basic, mut bearer, mut wrong, mut inactive, mut two) =
         (vec![], vec![], vec![], vec![], vec![]);
@@ -298,10 +367,12 @@ fn soak() {
     lua.push_str("}\n");
     std::fs::write(&creds_path, lua).unwrap_or_else(|e| panic!("{}: {e}", creds_path.display()));
 
-    // Phases: healthy for a third, faults for a third (five steps), healthy again.
-    let third = Duration::from_secs(secs / 3);
+    // Phases: healthy for a quarter, faults for a quarter (five steps), healthy again, and the
+    // attack in the last quarter (once the recovery is over).
+    let quarter = Duration::from_secs(secs / 4);
+    let attack_at = Duration::from_secs(secs - secs / 4);
     let schedule = fault_schedule();
-    let step_len = third / schedule.len() as u32;
+    let step_len = quarter / schedule.len() as u32;
     let url = format!("http://{}/soak", stack.listener());
     eprintln!(
         "soak: {secs} s, {connections} connections, Envoy --concurrency 2, {CLIENTS} clients; {url}"
@@ -333,70 +404,105 @@ fn soak() {
     let mut step_on: Option<usize> = None;
     let mut faults_over = false;
     let mut last_poll = Instant::now();
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        let t = started.elapsed();
-        let want = (t >= third && t < 2 * third).then(|| {
-            (((t - third).as_millis() / step_len.as_millis().max(1)) as usize)
-                .min(schedule.len() - 1)
-        });
-        if want != step_on {
-            if let Some(i) = want {
-                let step = &schedule[i];
-                stack.idp.clear_faults();
-                if let Some(f) = &step.token {
-                    stack.idp.set_fault(Endpoint::Token, f.clone());
-                }
-                if let Some(f) = &step.introspect {
-                    stack.idp.set_fault(Endpoint::Introspect, f.clone());
-                }
-                if step_on.is_none() {
-                    let (tk, int) = counters(&stack);
-                    phases.push((epoch_ms(), Phase::Faults));
-                    idp_marks.push((Phase::Faults, tk, int));
-                }
-                eprintln!("soak: {:>5.1} s: faults: {}", t.as_secs_f64(), step.what);
-            } else if !faults_over {
-                stack.idp.clear_faults();
-                faults_over = true;
-                let now = epoch_ms();
-                let (tk, int) = counters(&stack);
-                phases.push((now, Phase::Recovery));
-                idp_marks.push((Phase::Recovery, tk, int));
-                // Until the last pause a fault step may have caused is over, and requests
-                // waiting then had their verdict.
-                let steps = schedule.len() as u32;
-                let recovery = schedule
-                    .iter()
-                    .enumerate()
-                    .map(|(i, st)| {
-                        (step_len * (i as u32 + 1) + st.pause_after)
-                            .saturating_sub(step_len * steps)
-                    })
-                    .max()
-                    .unwrap_or_default()
-                    + SETTLE;
-                phases.push((now + recovery.as_millis() as u64, Phase::HealthyAgain));
-                eprintln!(
-                    "soak: {:>5.1} s: faults cleared; 503 allowed for {:.1} s more",
-                    t.as_secs_f64(),
-                    (phases[phases.len() - 1].0 - now) as f64 / 1000.0
-                );
+    let wrk_ends = started + Duration::from_secs(secs);
+    let issuer = stack.issuer();
+    let attack = std::thread::scope(|scope| {
+        let mut attack = None;
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
             }
-            step_on = want;
+            if attack.is_none() && idp_marks.len() == 4 && started.elapsed() >= attack_at {
+                let (tk, int) = counters(&stack);
+                phases.push((epoch_ms(), Phase::Attack));
+                idp_marks.push((Phase::Attack, tk, int));
+                for ep in [Endpoint::Token, Endpoint::Introspect] {
+                    stack
+                        .idp
+                        .set_rate_limit(ep, RateLimit::per_minute(OKTA_LIMIT));
+                }
+                eprintln!(
+                    "soak: {:>5.1} s: attack: {ATTACK_THREADS} connections of bogus credentials; \
+                 the dev IdP limits each endpoint to {OKTA_LIMIT} calls a minute",
+                    started.elapsed().as_secs_f64()
+                );
+                let (listener, issuer) = (stack.listener(), issuer.as_str());
+                attack = Some(scope.spawn(move || {
+                    client::flood(
+                        listener,
+                        ATTACK_THREADS,
+                        |_| Instant::now() < wrk_ends,
+                        |t, i| match t {
+                            0 => basic_header(&format!("0oa8attack{i}"), "attack-Secret"),
+                            1 => jwt_shaped(issuer, &format!("attack{i}")),
+                            _ => format!("Bearer garbage{i}"),
+                        },
+                    )
+                }));
+            }
+            let t = started.elapsed();
+            let want = (t >= quarter && t < 2 * quarter).then(|| {
+                (((t - quarter).as_millis() / step_len.as_millis().max(1)) as usize)
+                    .min(schedule.len() - 1)
+            });
+            if want != step_on {
+                if let Some(i) = want {
+                    let step = &schedule[i];
+                    stack.idp.clear_faults();
+                    if let Some(f) = &step.token {
+                        stack.idp.set_fault(Endpoint::Token, f.clone());
+                    }
+                    if let Some(f) = &step.introspect {
+                        stack.idp.set_fault(Endpoint::Introspect, f.clone());
+                    }
+                    if step_on.is_none() {
+                        let (tk, int) = counters(&stack);
+                        phases.push((epoch_ms(), Phase::Faults));
+                        idp_marks.push((Phase::Faults, tk, int));
+                    }
+                    eprintln!("soak: {:>5.1} s: faults: {}", t.as_secs_f64(), step.what);
+                } else if !faults_over {
+                    stack.idp.clear_faults();
+                    faults_over = true;
+                    let now = epoch_ms();
+                    let (tk, int) = counters(&stack);
+                    phases.push((now, Phase::Recovery));
+                    idp_marks.push((Phase::Recovery, tk, int));
+                    // Until the last pause a fault step may have caused is over, and requests
+                    // waiting then had their verdict.
+                    let steps = schedule.len() as u32;
+                    let recovery = schedule
+                        .iter()
+                        .enumerate()
+                        .map(|(i, st)| {
+                            (step_len * (i as u32 + 1) + st.pause_after)
+                                .saturating_sub(step_len * steps)
+                        })
+                        .max()
+                        .unwrap_or_default()
+                        + SETTLE;
+                    phases.push((now + recovery.as_millis() as u64, Phase::HealthyAgain));
+                    eprintln!(
+                        "soak: {:>5.1} s: faults cleared; 503 allowed for {:.1} s more",
+                        t.as_secs_f64(),
+                        (phases[phases.len() - 1].0 - now) as f64 / 1000.0
+                    );
+                }
+                step_on = want;
+            }
+            if faults_over && idp_marks.len() == 3 && epoch_ms() >= phases[phases.len() - 1].0 {
+                let (tk, int) = counters(&stack);
+                idp_marks.push((Phase::HealthyAgain, tk, int));
+            }
+            if last_poll.elapsed() >= Duration::from_millis(200) {
+                upstream.poll(&stack.echo);
+                last_poll = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if faults_over && idp_marks.len() == 3 && epoch_ms() >= phases[phases.len() - 1].0 {
-            let (tk, int) = counters(&stack);
-            idp_marks.push((Phase::HealthyAgain, tk, int));
-        }
-        if last_poll.elapsed() >= Duration::from_millis(200) {
-            upstream.poll(&stack.echo);
-            last_poll = Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        attack.map(|h| h.join().unwrap_or_default())
+    });
+    let attack = attack.unwrap_or_default();
     let wall = started.elapsed();
     let output = child
         .wait_with_output()
@@ -452,6 +558,8 @@ fn soak() {
                 (200, _) => None,
                 (401 | 403, _) => Some("a valid request refused with 401/403"),
                 (503, Phase::Faults | Phase::Recovery) => None,
+                // counted below: at most 0.1% of the attack's valid requests
+                (503, Phase::Attack) => None,
                 _ => Some("a valid request refused while the IdP was healthy"),
             }
         } else {
@@ -469,6 +577,11 @@ fn soak() {
         }
     }
     failures.extend(upstream.violations.iter().take(20).cloned());
+    let attack_calls = idp_marks
+        .iter()
+        .find(|(p, _, _)| *p == Phase::Attack)
+        .map(|(_, t, i)| (token_calls - t, introspections - i));
+    failures.extend(attack_failures(&table, &attack, attack_calls, &stack));
     if upstream.seen.len() as u64 != echo_count {
         failures.push(format!(
             "could not check every upstream request: saw {} of {echo_count}",
