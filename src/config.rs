@@ -251,32 +251,20 @@ impl Config {
     /// Parses and checks plugin configuration bytes.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.inner();
-            if inner.is_syntax() || inner.is_eof() {
+        let raw = RawConfig::deserialize(&mut de).map_err(|e| {
+            if e.is_syntax() || e.is_eof() {
                 return refuse(
                     "(configuration)",
                     format!(
                         "is not valid JSON (line {}, column {})",
-                        inner.line(),
-                        inner.column()
+                        e.line(),
+                        e.column()
                     ),
                 );
             }
-            let reason = describe_json_error(inner);
-            if let Some(field) = reason.field {
-                refuse(&field, reason.text)
-            } else {
-                refuse(
-                    if path == "." {
-                        "(configuration)"
-                    } else {
-                        &path
-                    },
-                    reason.text,
-                )
-            }
+            let reason = describe_json_error(&e);
+            let field = reason.field.or_else(|| field_at_fault(bytes));
+            refuse(field.as_deref().unwrap_or("(configuration)"), reason.text)
         })?;
         de.end().map_err(|_| {
             refuse(
@@ -315,6 +303,37 @@ struct JsonReason {
 
 /// serde_json's messages quote the offending value (`invalid type: string "…"`), which may be a
 /// secret: keep only what was expected, and the field name for missing or unknown fields.
+/// serde_json's type errors name no field: find the one at fault by parsing each field alone
+/// (and each element of an array alone) with the required fields filled in. Only ever run for
+/// a configuration already refused; `None` when no single field explains the error.
+fn field_at_fault(bytes: &[u8]) -> Option<String> {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(bytes) else {
+        return None;
+    };
+    let fails_alone = |name: &str, value: &serde_json::Value| {
+        let mut alone = serde_json::Map::new();
+        for required in ["issuer", "idp_upstream"] {
+            alone.insert(required.into(), serde_json::Value::String(String::new()));
+        }
+        alone.insert(name.into(), value.clone());
+        serde_json::to_vec(&alone)
+            .is_ok_and(|text| serde_json::from_slice::<RawConfig>(&text).is_err())
+    };
+    let (name, value) = fields
+        .iter()
+        .find(|(name, value)| fails_alone(name, value))?;
+    let element = match value {
+        serde_json::Value::Array(items) => items
+            .iter()
+            .position(|item| fails_alone(name, &serde_json::Value::Array(vec![item.clone()]))),
+        _ => None,
+    };
+    Some(match element {
+        Some(i) => format!("{name}[{i}]"),
+        None => name.clone(),
+    })
+}
+
 fn describe_json_error(e: &serde_json::Error) -> JsonReason {
     let msg = e.to_string();
     // serde_json appends " at line L column C"; the value itself may contain that text.
