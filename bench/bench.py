@@ -10,10 +10,11 @@ Measures, on loopback, Envoy configurations that differ only in their HTTP filte
   okta_bearer  okta-dcr-auth, warm cache, Bearer token (the same Envoy as okta_basic)
   ext_authz    peer: Envoy's envoy.filters.http.ext_authz (HTTP service) calling `okta-dev-idp
                authz`, which answers 200 at once: the lowest cost of any ext_authz deployment
-with BENCH_JWT=1 also (off until the dev IdP signs RS256 and the filter validates JWTs locally):
   jwt_authn        peer: Envoy's native envoy.filters.http.jwt_authn, remote_jwks at the dev IdP,
                    jwt_cache_config on
-  okta_bearer_jwt  okta-dcr-auth with `bearer_validation: "jwt"` (placeholder for that mode)
+  okta_bearer_jwt  okta-dcr-auth, warm cache, the same RS256 Bearer token checked locally
+                   (`bearer_validation: "jwt"`)
+(BENCH_JWT=0 leaves the last two out.)
 
 each on two listeners: `direct` (the route is a direct_response) and `upstream` (the route goes to
 an upstream Envoy that answers with a direct_response). Envoy under test: --concurrency 1, pinned
@@ -21,7 +22,9 @@ to core 1 (with the upstream Envoy and the ext_authz service); load generators p
 Configurations are interleaved round by round. Throughput: wrk, closed loop. Latency: bench-pacer
 (bench/pacer), open loop with evenly spaced send times at 25% and 50% of the empty filter's
 closed-loop maximum (its knee, measured in the same run), latency from the intended send time.
-Then: the cold path against the dev IdP with a fixed delay, Envoy's RSS with a full cache, the
+Then: the cold path against the dev IdP with a fixed delay, the cold JWT path (Envoy CPU per
+never-seen token, okta_bearer_jwt and jwt_authn, against the same token repeated), Envoy's RSS
+with a full cache, the
 host calls of one request (Envoy's wasm trace log), and the core's per-request work natively
 (criterion). Writes bench/RESULTS.md and bench/out/results.json.
 
@@ -79,8 +82,10 @@ LOAD_SHARES = [25, 50]
 # can reach ~20 us when an answer is being read at the due time). Above this p99 lag (us), as
 # large as the latency goal itself, the run is marked disturbed: the client core was busy.
 PACER_LAG_WARN_US = 50
-# Off until the dev IdP signs RS256 (its JWKS is empty today) and the filter has its JWT mode.
-JWT = os.environ.get("BENCH_JWT") == "1"
+# The JWT columns (jwt_authn, okta_bearer_jwt) and the cold JWT phase; BENCH_JWT=0 leaves them out.
+JWT = os.environ.get("BENCH_JWT", "1") != "0"
+# Never-seen tokens per Envoy in the cold JWT phase.
+JWT_COLD_N = int(os.environ.get("BENCH_JWT_COLD_N", "2000"))
 COLD_N = int(os.environ.get("BENCH_COLD_N", "200"))
 COLD_BURST = int(os.environ.get("BENCH_COLD_BURST", "50"))
 COLD_BURST_WIDTH = 4
@@ -110,8 +115,7 @@ ENVOY_OF = {
     "jwt_authn": "jwt_authn",
     "okta_bearer_jwt": "okta_jwt",
 }
-# The filter's configuration in its coming local JWT mode (config field names as the JWT work
-# has them; the lead adjusts them when it lands).
+# The filter's local JWT mode (signature and claims checked in the filter, no IdP call per token).
 OKTA_JWT_EXTRA = {"bearer_validation": "jwt"}
 AUDIENCE = "api://default"
 
@@ -811,6 +815,46 @@ def cold_phase(idp, envoys):
     return res
 
 
+def jwt_cold_phase(idp, envoys):
+    """Envoy CPU per request for never-seen tokens (the signature checked, the verdict cached)
+    against the same token repeated (a cache hit), on okta_bearer_jwt's and jwt_authn's Envoys:
+    the difference is what the first sight of a token costs. One keep-alive connection, one
+    request at a time, on the direct listener; the same tokens for both Envoys."""
+    n = JWT_COLD_N
+    log(f"cold JWT: minting {n} tokens at the dev IdP")
+    tokens = [idp.mint() for _ in range(n)]
+    idp.reset()
+    res = {"n": n}
+    for col in ["okta_bearer_jwt", "jwt_authn"]:
+        env = envoys[ENVOY_OF[col]]
+        c = Client(env.ports["direct"])
+        # warm-up: the connection, and the repeated token in the cache
+        for _ in range(200):
+            st, _ = c.get({"authorization": "Bearer " + tokens[0]})
+            if st != 200:
+                raise SystemExit(f"bench: cold JWT {col}: the warm token got {st}")
+        out = {}
+        for label, seq in [("warm", [tokens[0]] * n), ("cold", tokens), ("warm_after", [tokens[0]] * n)]:
+            lat = []
+            c0 = cpu_ns(env.pid)
+            for tok in seq:
+                st, dt = c.get({"authorization": "Bearer " + tok})
+                if st != 200:
+                    raise SystemExit(f"bench: cold JWT {col}: a {label} token got {st}")
+                lat.append(dt)
+            out[label] = {"cpu_us_per_req": (cpu_ns(env.pid) - c0) / n / 1000,
+                          "p50_us": pct(lat, 50) * 1e6, "p99_us": pct(lat, 99) * 1e6}
+        c.close()
+        warm = (out["warm"]["cpu_us_per_req"] + out["warm_after"]["cpu_us_per_req"]) / 2
+        out["added_cpu_us_per_new_token"] = out["cold"]["cpu_us_per_req"] - warm
+        res[col] = out
+        log(f"cold JWT {col}: {out['cold']['cpu_us_per_req']:.1f} us of Envoy CPU per new token, "
+            f"{warm:.1f} per repeat: +{out['added_cpu_us_per_new_token']:.1f} us")
+    stats = idp.stats()
+    res["idp_calls"] = {k: stats[k] for k in ("token", "introspect", "discovery", "keys") if k in stats}
+    return res
+
+
 def slot_of(digest, client_id, secret, slots):
     h = hashlib.sha256(digest + b"basic\0" + client_id.encode() + b"\0" + secret.encode()).digest()
     return int.from_bytes(h[:8], "little") % slots
@@ -1136,8 +1180,8 @@ def write_results(ctx):
           f"`{AUDIENCE}`, `cid` claim to `x-credential-identifier`, token forwarded; Bearer token. "
           "`okta_bearer_jwt`: okta-dcr-auth with " + json.dumps(OKTA_JWT_EXTRA) + ", same token.")
     else:
-        a("- Not run (BENCH_JWT=1 turns them on once the dev IdP signs RS256): `jwt_authn`, Envoy's native JWT "
-          "check with `remote_jwks` and `jwt_cache_config`, and `okta_bearer_jwt`, the filter's local JWT mode.")
+        a("- Not run (BENCH_JWT=0): `jwt_authn`, Envoy's native JWT check with `remote_jwks` and "
+          "`jwt_cache_config`, and `okta_bearer_jwt`, the filter's local JWT mode.")
     a("- Each Envoy has two listeners: `direct` (route = `direct_response`) and `upstream` (route to an "
       "upstream Envoy, itself a `direct_response`, pinned to the same core as the Envoy under test).")
     a(f"- Envoy `--concurrency 1`, `taskset -c {SERVER_CPU}`; load generators `taskset -c {CLIENT_CPU}`, "
@@ -1247,6 +1291,26 @@ def write_results(ctx):
           f"concurrent connections at once: IdP calls {c['idp_calls_burst']}, answers {c['burst_statuses']}.")
         a(f"- Filter metrics over the cold phase: {c['filter_metrics_delta']}")
         a("")
+    jc = ctx.get("jwt_cold")
+    if jc:
+        a("## Cold JWT: the first sight of a token")
+        a("")
+        a(f"{jc['n']} never-seen RS256 tokens (2048-bit key, minted by the dev IdP), one request each, in "
+          f"sequence on one keep-alive connection (`direct` listener), then the same number of requests with one "
+          f"token already verified, before and after. Envoy CPU per request (user + system, /proc) and the "
+          f"client's latency. The difference is the cost of a new token: parsing, the signature check, the "
+          f"cache write.")
+        a("")
+        a("| | new token: Envoy CPU us/req | repeat: Envoy CPU us/req | added per new token | new token p50 / p99 us | repeat p50 / p99 us |")
+        a("|---|---|---|---|---|---|")
+        for col in ["okta_bearer_jwt", "jwt_authn"]:
+            d = jc[col]
+            warm = (d["warm"]["cpu_us_per_req"] + d["warm_after"]["cpu_us_per_req"]) / 2
+            a(f"| {col} | {d['cold']['cpu_us_per_req']:.1f} | {warm:.1f} | **+{d['added_cpu_us_per_new_token']:.1f}** | "
+              f"{d['cold']['p50_us']:.0f} / {d['cold']['p99_us']:.0f} | {d['warm']['p50_us']:.0f} / {d['warm']['p99_us']:.0f} |")
+        a("")
+        a(f"- IdP calls during the phase (dev IdP `/_dev/stats`): {jc['idp_calls']}.")
+        a("")
     mem = ctx.get("memory")
     if mem:
         a("## Memory (Envoy VmRSS, `--concurrency 2`)")
@@ -1290,7 +1354,7 @@ def write_results(ctx):
     a("```sh")
     a("make bench                                  # full run (defaults: BENCH_ROUNDS=5 BENCH_SECONDS=6)")
     a("make bench BENCH_ROUNDS=5 BENCH_SECONDS=5   # shorter")
-    a("make bench BENCH_JWT=1                     # also jwt_authn and okta_bearer_jwt (needs RS256 tokens)")
+    a("make bench BENCH_JWT=0                     # without jwt_authn, okta_bearer_jwt and the cold JWT phase")
     a("python3 bench/bench.py --validate           # render every Envoy configuration, envoy --mode validate")
     a("```")
     a("")
@@ -1418,6 +1482,7 @@ def goals(ctx):
                     "measured": f"sequential {seq['token']}+{seq['introspect']} for {c['n']}+{c['n']}; "
                                 f"bursts of {c['burst_width']}: {bur['token']}+{bur['introspect']} for "
                                 f"{c['burst']}+{c['burst']}", "ok": ok})
+    out.extend(jwt_goals(ctx))
     w = ctx["wasm"]["okta"]
     out.append({"issue": 5, "goal": ".wasm ≤ 400 KB", "measured": f"{w:,} bytes ({w / 1000:.0f} kB)", "ok": w <= 400_000})
     mem = ctx.get("memory")
@@ -1427,6 +1492,34 @@ def goals(ctx):
         out.append({"issue": 5, "goal": "RSS with a full default cache ≤ 60 MB above no filter (2 workers)",
                     "measured": f"{v:.1f} MiB ({v * 1.048576:.1f} MB)" + ("" if full else " (cache not entirely full)"),
                     "ok": v * 1.048576 <= 60})
+    return out
+
+
+def jwt_goals(ctx):
+    """Issue 12: the local JWT path."""
+    if not JWT:
+        return []
+    tp, out = ctx["throughput"], []
+    for s in SETS:
+        j, b = tp[s]["okta_bearer_jwt"], tp[s]["okta_bearer"]
+        d = j["median_cpu_us_per_req"] - b["median_cpu_us_per_req"]
+        out.append(goal(12, f"warm Bearer-JWT within noise (±0.5 us/req of Envoy CPU) of the introspection "
+                            f"path's warm Bearer ({s})",
+                        f"{j['median_cpu_us_per_req']:.2f} vs {b['median_cpu_us_per_req']:.2f} us/req ({d:+.2f}); "
+                        f"{j['median_rps']:,.0f} vs {b['median_rps']:,.0f} req/s", abs(d) <= 0.5))
+    jc = ctx.get("jwt_cold")
+    if jc:
+        v = jc["okta_bearer_jwt"]["added_cpu_us_per_new_token"]
+        peer = jc["jwt_authn"]["added_cpu_us_per_new_token"]
+        for limit, label in [(300, ""), (100, "(stretch) ")]:
+            out.append(goal(12, f"{label}cold Bearer-JWT: signature check ≤ {limit} us of Envoy CPU per new token",
+                            f"+{v:.0f} us (jwt_authn: +{peer:.0f} us)", v <= limit))
+        calls = jc["idp_calls"]
+        out.append(goal(12, "zero IdP calls per new JWT",
+                        f"{calls} for {jc['n']} new tokens on each of 2 Envoys",
+                        calls.get("token", 0) == 0 and calls.get("introspect", 0) == 0))
+    w = ctx["wasm"]["okta"]
+    out.append(goal(12, ".wasm ≤ 600 KB", f"{w:,} bytes", w <= 600_000))
     return out
 
 
@@ -1463,11 +1556,6 @@ def validate():
         out = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
                              capture_output=True, text=True)
         text = out.stdout + out.stderr
-        if out.returncode != 0 and kind == "okta_jwt" and "`bearer_validation` is not a configuration field" in text:
-            # The placeholder: the built filter has no JWT mode yet. Envoy's own part is valid.
-            log(f"envoy --mode validate {os.path.relpath(path, ROOT)}: the built filter has no "
-                "`bearer_validation` yet (expected until the JWT mode lands)")
-            continue
         log(f"envoy --mode validate {os.path.relpath(path, ROOT)}: {'OK' if out.returncode == 0 else 'FAILED'}")
         if out.returncode != 0:
             failed.append(kind)
@@ -1540,6 +1628,8 @@ def main():
         if ctx["warm_misses"]:
             log(f"warning: {ctx['warm_misses']} cache misses during the warm runs")
         ctx["cold"] = cold_phase(idp, envoys)
+        if JWT:
+            ctx["jwt_cold"] = jwt_cold_phase(idp, envoys)
         for e in envoys.values():
             e.proc.stop()
         ctx["memory"] = memory_phase(idp, upstream_port)

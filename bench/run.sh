@@ -9,8 +9,8 @@
 #   BENCH_LAT_SECONDS   seconds per paced latency run, after a 0.5 s warm-up (default: BENCH_SECONDS,
 #                   at most 4)
 #   BENCH_SKIP_CRITERION=1   skip the native criterion benchmark
-#   BENCH_JWT=1     also the jwt_authn peer and okta_bearer_jwt (needs the dev IdP's RS256 tokens
-#                   and the filter's JWT mode; off by default)
+#   BENCH_JWT=0     without the jwt_authn peer, okta_bearer_jwt and the cold JWT phase (on by
+#                   default)
 #
 # Tools: wrk from apt-get (Debian) when missing; bench-pacer (bench/pacer, open-loop latency with
 # evenly spaced sends) and the dev IdP's `authz` subcommand (the ext_authz service) built here.
@@ -65,5 +65,5 @@ fi
 
 say "checking every Envoy configuration (envoy --mode validate)"
 python3 bench/bench.py --validate
-say "running: BENCH_ROUNDS=$BENCH_ROUNDS BENCH_SECONDS=$BENCH_SECONDS BENCH_JWT=${BENCH_JWT:-0} (load average now: $(cut -d' ' -f1-3 /proc/loadavg))"
+say "running: BENCH_ROUNDS=$BENCH_ROUNDS BENCH_SECONDS=$BENCH_SECONDS BENCH_JWT=${BENCH_JWT:-1} (load average now: $(cut -d' ' -f1-3 /proc/loadavg))"
 exec python3 bench/bench.py
