@@ -20,6 +20,13 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> u32;
+    fn proxy_add_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
     fn proxy_send_local_response(
         status_code: u32,
@@ -41,6 +48,21 @@ extern "C" {
 pub fn set_request_header(name: &str, value: &str) -> bool {
     let status = unsafe {
         proxy_replace_header_map_value(
+            MAP_HTTP_REQUEST_HEADERS,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    };
+    status == STATUS_OK
+}
+
+/// Adds a request header that is known to be absent: cheaper than a replace, which looks for
+/// the name first.
+pub fn add_request_header(name: &str, value: &str) -> bool {
+    let status = unsafe {
+        proxy_add_header_map_value(
             MAP_HTTP_REQUEST_HEADERS,
             name.as_ptr(),
             name.len(),

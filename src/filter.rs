@@ -9,7 +9,7 @@
 //! the call to its request by token. Answers are read before the effective context is switched
 //! to another request, since the host serves them only to the context that received them.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -48,19 +48,49 @@ struct Plugin {
 }
 
 /// Host metric ids, by `Counter::index`. A metric the host refused to define is skipped.
+///
+/// Counts are kept here and handed to the host on the next tick (every `TICK_MS`), in one call
+/// per counter that moved: a warm request then makes no metric host call at all. Where the
+/// host has no tick, each count goes to the host at once.
 struct Metrics {
     counters: Vec<Option<u32>>,
+    pending: Vec<Cell<u64>>,
+    batched: Cell<bool>,
     idp_latency: Option<u32>,
 }
 
 impl Metrics {
     fn define() -> Metrics {
+        let counters: Vec<Option<u32>> = Counter::all()
+            .into_iter()
+            .map(|c| hostcalls::define_metric(MetricType::Counter, &c.name()).ok())
+            .collect();
         Metrics {
-            counters: Counter::all()
-                .into_iter()
-                .map(|c| hostcalls::define_metric(MetricType::Counter, &c.name()).ok())
-                .collect(),
+            pending: counters.iter().map(|_| Cell::new(0)).collect(),
+            counters,
+            batched: Cell::new(false),
             idp_latency: hostcalls::define_metric(MetricType::Histogram, IDP_LATENCY).ok(),
+        }
+    }
+
+    fn count(&self, counter: Counter) {
+        let i = counter.index();
+        if self.batched.get() {
+            if let Some(n) = self.pending.get(i) {
+                n.set(n.get() + 1);
+            }
+        } else if let Some(Some(id)) = self.counters.get(i) {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+    }
+
+    /// Hands the counts kept since the last flush to the host.
+    fn flush(&self) {
+        for (n, id) in self.pending.iter().zip(&self.counters) {
+            let moved = n.take();
+            if let (true, Some(id)) = (moved > 0, id) {
+                let _ = hostcalls::increment_metric(*id, i64::try_from(moved).unwrap_or(i64::MAX));
+            }
         }
     }
 }
@@ -123,6 +153,9 @@ impl RootContext for Root {
             now_ms(),
             &HostCalls(&metrics),
         );
+        if let Some(old) = &self.plugin {
+            old.metrics.flush();
+        }
         self.plugin = Some(Rc::new(Plugin {
             gate: RefCell::new(gate),
             replies,
@@ -132,6 +165,9 @@ impl RootContext for Root {
         if !self.ticking {
             self.ticking = hostcalls::set_tick_period(Duration::from_millis(TICK_MS)).is_ok();
         }
+        if let Some(plugin) = &self.plugin {
+            plugin.metrics.batched.set(self.ticking);
+        }
         log::info!("[{}] okta-dcr-auth {VERSION} configured", self.id);
         true
     }
@@ -140,6 +176,7 @@ impl RootContext for Root {
         let Some(plugin) = &self.plugin else {
             return;
         };
+        plugin.metrics.flush();
         // Most ticks have nothing to do: they do not even ask the time.
         let Some(due) = plugin.gate.borrow().next_deadline() else {
             return;
@@ -262,7 +299,7 @@ impl HttpContext for Request {
         );
         match step {
             Step::Forward(forward) => {
-                if apply_forward(&forward) {
+                if apply_forward(&forward, Some(&spoofed)) {
                     return Action::Continue;
                 }
                 send_unavailable(plugin, 1, true);
@@ -334,7 +371,7 @@ fn apply_elsewhere(plugin: &Plugin, steps: Vec<(ContextId, Step)>, bodyless: boo
         }
         match step {
             Step::Forward(forward) => {
-                if apply_forward(&forward) {
+                if apply_forward(&forward, None) {
                     abi::continue_request();
                 } else {
                     send_unavailable(plugin, 1, !bodyless);
@@ -351,9 +388,18 @@ fn apply_elsewhere(plugin: &Plugin, steps: Vec<(ContextId, Step)>, bodyless: boo
 
 /// Applies an allowed request's header edits; false when the host refused one: the request
 /// must then not go upstream (it would carry the client's credentials, or no identity).
-fn apply_forward(forward: &Forward) -> bool {
+///
+/// `sent`: the identity headers the client sent (already emptied by the scrub), when known from
+/// this callback's header read. Our identity headers that are not among them are absent: they
+/// are added rather than replaced, and not removed at all (fewer, cheaper host calls).
+fn apply_forward(forward: &Forward, sent: Option<&[&str]>) -> bool {
+    let absent = |name: &str| sent.is_some_and(|s| !s.iter().any(|n| n.eq_ignore_ascii_case(name)));
     forward.edits().into_iter().all(|edit| match edit {
+        HeaderEdit::Set(name, value) if name != "authorization" && absent(name) => {
+            abi::add_request_header(name, value)
+        }
         HeaderEdit::Set(name, value) => abi::set_request_header(name, value),
+        HeaderEdit::Remove(name) if name != "authorization" && absent(name) => true,
         HeaderEdit::Remove(name) => abi::remove_request_header(name),
     })
 }
@@ -419,9 +465,7 @@ impl SharedData for HostCalls<'_> {
 
 impl Host for HostCalls<'_> {
     fn count(&self, counter: Counter) {
-        if let Some(Some(id)) = self.0.counters.get(counter.index()) {
-            let _ = hostcalls::increment_metric(*id, 1);
-        }
+        self.0.count(counter);
     }
 
     fn observe_idp_latency(&self, ms: u64) {

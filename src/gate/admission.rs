@@ -11,7 +11,7 @@ use crate::budget::{Budget, BudgetConfig, CallClass};
 use crate::cache::{CacheEntry, CacheKey, NotWritten};
 use crate::credentials::Credential;
 use crate::metrics::IdpEndpoint;
-use crate::okta::IdpFailure;
+use crate::okta::{IdpFailure, LocalCause};
 use crate::throttle::{self, FailureRecord};
 
 impl Gate {
@@ -39,8 +39,11 @@ impl Gate {
         host: &dyn Host,
     ) {
         let endpoint = sent.endpoint;
-        let last_verdict = self.last_verdict_ms[endpoint.index()];
-        if guard::silence_explained(failure, sent.at_ms, last_verdict) {
+        if failure == IdpFailure::Local(LocalCause::Overloaded) {
+            self.silence_explained_ms[endpoint.index()] = now;
+        }
+        let explained = self.silence_explained_ms[endpoint.index()];
+        if guard::silence_explained(failure, sent.at_ms, explained) {
             return;
         }
         let name = self.names.guard(endpoint);
@@ -64,10 +67,13 @@ impl Gate {
         }
     }
 
-    /// A verdict from `endpoint`: Okta answers it (resets the failures in a row).
-    pub(super) fn heard_from(&mut self, endpoint: IdpEndpoint, now: u64) {
+    /// A verdict from `endpoint` resets its failures in a row; a positive one also explains the
+    /// silences of calls sent before it (`guard::silence_explained`).
+    pub(super) fn heard_from(&mut self, endpoint: IdpEndpoint, positive: bool, now: u64) {
         self.failures_in_a_row[endpoint.index()] = 0;
-        self.last_verdict_ms[endpoint.index()] = now;
+        if positive {
+            self.silence_explained_ms[endpoint.index()] = now;
+        }
     }
 
     /// Whether `endpoint`'s budget has a call left for this caller now (nothing is taken):
@@ -194,6 +200,20 @@ impl Gate {
 
 /// A call for a credential whose entry held a positive verdict is a refresh: it may use the
 /// budget's reserved share.
+impl Gate {
+    /// How many calls may be in flight when this caller would add one: `max_idp_calls_in_flight`
+    /// for a refresh of a known-good credential, a fifth less for the others, so that calls of
+    /// unknown credentials (those of clients that hung up included, which count until their
+    /// timeout) can never fill the cap and leave known apps without their refresh.
+    pub(super) fn in_flight_cap(&self, key: &CacheKey, seen: &CacheEntry, now: u64) -> usize {
+        let cap = self.config.max_idp_calls_in_flight;
+        match call_class(key, seen, now) {
+            CallClass::Refresh => cap,
+            CallClass::Unknown => cap - cap / 5,
+        }
+    }
+}
+
 fn call_class(key: &CacheKey, seen: &CacheEntry, now: u64) -> CallClass {
     if seen.had_positive_verdict(key, now) {
         CallClass::Refresh

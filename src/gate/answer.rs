@@ -114,7 +114,7 @@ impl Gate {
                 return Err(failure);
             }
         };
-        self.heard_from(sent.endpoint, now);
+        self.heard_from(sent.endpoint, matches!(verdict, Cached::Allow(_)), now);
         let stored = self.store(key, now, expires, verdict.clone(), host);
         Ok((verdict, stored.then_some(expires)))
     }

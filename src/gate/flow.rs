@@ -206,7 +206,7 @@ impl Gate {
         if let Err(seconds) = self.budget_left(endpoint, &req.key, entry, now, host) {
             return Move::GiveUp(Some(seconds));
         }
-        if self.calls_in_flight(now) >= self.config.max_idp_calls_in_flight {
+        if self.calls_in_flight(now) >= self.in_flight_cap(&req.key, entry, now) {
             return Move::AtCap;
         }
         if let Err(seconds) = self.throttle_turn(&req.credential, &req.key, entry, now, host) {
@@ -274,6 +274,9 @@ impl Gate {
                 )
             }
             Err(DispatchError) => {
+                // The proxy's own refusal (its circuit breaker full): calls already queued there
+                // may time out without Okta being at fault (`guard::silence_explained`).
+                self.silence_explained_ms[endpoint.index()] = now;
                 self.warn(now, format_args!("[{ctx}] {NOT_SENT}"));
                 self.slots.release(host, &req.key, Some(now));
                 self.no_verdict(ctx, &req, Some(seen), Some(1), now, host)

@@ -22,8 +22,8 @@
 //! - calls that were already out when a pause began fail together: while paused, a server error
 //!   or silence neither counts nor lengthens the pause;
 //! - a pause is only ever raised, never shortened, by a failure;
-//! - a silence of a call sent before the endpoint's last verdict is explained
-//!   ([`silence_explained`]): Okta answered meanwhile.
+//! - a silence of a call sent before the endpoint's last positive answer, or before the proxy's
+//!   last overflow for it, is explained ([`silence_explained`]).
 
 use crate::okta::IdpFailure;
 
@@ -67,13 +67,18 @@ pub fn classify(failure: IdpFailure) -> FailureClass {
     }
 }
 
-/// Whether a silence (no answer, or a 504: Envoy's own timeout) says nothing about Okta: this
-/// worker had a verdict from the endpoint after the silent call was sent, so Okta was answering
-/// and the call was held up on the gateway's side (queued behind the cluster's circuit breaker,
-/// a slow connection). Such a failure neither counts toward a pause nor resets the count.
-pub fn silence_explained(failure: IdpFailure, sent_ms: u64, last_verdict_ms: u64) -> bool {
+/// Whether a silence (no answer, or a 504: Envoy's own timeout) says nothing about Okta: since
+/// the silent call was sent, this worker saw either a positive answer from the endpoint (a grant,
+/// an active token, a key set: Okta was answering, and no anonymous client can cause one) or the
+/// proxy's own refusal of a call to it (an overflow answer, or a call it would not send: its
+/// queue for the IdP was full, so calls were held up on the gateway's side, behind the
+/// cluster's circuit breaker, which the shipped sizing never lets the filter's cap reach). Such a failure neither counts
+/// toward a pause nor resets the count. A refusal (`invalid_client`, an inactive token) does not
+/// explain a silence: anyone can have one made at will.
+pub fn silence_explained(failure: IdpFailure, sent_ms: u64, last_explained_ms: u64) -> bool {
     matches!(failure, IdpFailure::NoAnswer | IdpFailure::ServerError(504))
-        && last_verdict_ms > sent_ms
+        && last_explained_ms >= sent_ms
+        && last_explained_ms > 0
 }
 
 /// What one failed call changes.
@@ -189,8 +194,9 @@ mod tests {
         let sent = NOW - 3_000;
         for silence in [IdpFailure::NoAnswer, IdpFailure::ServerError(504)] {
             assert!(silence_explained(silence, sent, sent + 1));
-            assert!(!silence_explained(silence, sent, sent));
-            assert!(!silence_explained(silence, sent, 0));
+            assert!(silence_explained(silence, sent, sent));
+            assert!(!silence_explained(silence, sent, sent - 1));
+            assert!(!silence_explained(silence, 0, 0));
         }
         for other in [
             IdpFailure::ServerError(500),

@@ -163,7 +163,7 @@ impl Gate {
         };
         match okta::read_jwks(answer, now / 1000) {
             Ok((set, skipped)) => {
-                self.heard_from(sent.endpoint, now);
+                self.heard_from(sent.endpoint, true, now);
                 if skipped > 0 {
                     log::warn!(
                         "[{}] the issuer's key set has {skipped} key(s) that cannot verify signatures: skipped",

@@ -202,8 +202,9 @@ pub struct Gate {
     /// IdP failures in a row seen by this worker, per endpoint (reset by any answer from it
     /// that is a verdict).
     failures_in_a_row: [u32; IdpEndpoint::COUNT],
-    /// When this worker last had a verdict from each endpoint (see `guard::silence_explained`).
-    last_verdict_ms: [u64; IdpEndpoint::COUNT],
+    /// When this worker last had a positive answer from each endpoint, or the proxy's own
+    /// overflow answer for it (see `guard::silence_explained`).
+    silence_explained_ms: [u64; IdpEndpoint::COUNT],
     last_warn_ms: u64,
 }
 
@@ -246,7 +247,7 @@ impl Gate {
             root,
             resume,
             failures_in_a_row: [0; IdpEndpoint::COUNT],
-            last_verdict_ms: [0; IdpEndpoint::COUNT],
+            silence_explained_ms: [0; IdpEndpoint::COUNT],
             last_warn_ms: 0,
         };
         if !gate.discovery.is_ready() {

@@ -1113,12 +1113,16 @@ mod create_only_cas {
         a_local_copy_never_outlives_the_shared_verdict_nor_matches_a_changed_byte,
         a_rate_limited_token_endpoint_leaves_introspection_working,
         calls_in_flight_are_capped_per_worker,
+        hung_up_unknown_calls_never_take_a_known_apps_refresh_slot,
         a_flood_of_unknown_credentials_cannot_spend_the_refresh_reserve,
         bad_secrets_never_lock_out_a_live_client,
         a_live_client_whose_verdict_is_gone_gets_its_turn_despite_bad_secrets,
         a_flood_of_bogus_credentials_never_evicts_a_valid_verdict,
         the_proxys_own_answers_never_pause_calls,
-        silences_of_calls_queued_behind_answers_never_pause_calls,
+        silences_of_calls_queued_behind_a_grant_never_pause_calls,
+        an_anonymous_clients_refusals_never_explain_a_silence,
+        silences_of_calls_queued_behind_the_proxys_overflow_never_pause_calls,
+        silences_of_calls_queued_behind_a_refused_dispatch_never_pause_calls,
         an_expired_verdict_still_marks_a_known_client_through_a_flood,
         calls_of_requests_that_went_away_still_count_as_in_flight,
     );
@@ -1127,7 +1131,8 @@ mod create_only_cas {
 #[test]
 fn a_local_copy_never_outlives_the_shared_verdict_nor_matches_a_changed_byte() {
     let host = FakeHost::at(T0);
-    let mut g = gate(&host, r#","cache_ttl_s":60"#);
+    // every changed byte below is a call left out: room for all of them
+    let mut g = gate(&host, r#","cache_ttl_s":60,"max_idp_calls_in_flight":200"#);
     let token = "eyJraWQiOiJrMSJ9.eyJzdWIiOiJhcHAifQ.c2lnbmF0dXJlLWJ5dGVz";
     let bearer = format!("Bearer {token}");
     ask(&mut g, &host, 10, bearer.as_bytes());
@@ -1202,6 +1207,37 @@ fn calls_in_flight_are_capped_per_worker() {
     // an answer frees a place
     answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
     assert_eq!(ask(&mut g, &host, 22, &basic("app9", "s")), Step::Wait);
+}
+
+#[test]
+fn hung_up_unknown_calls_never_take_a_known_apps_refresh_slot() {
+    let host = FakeHost::at(T0);
+    // a cap of 5: 4 for unknown credentials, the fifth only for refreshes
+    let mut g = gate(
+        &host,
+        r#","max_idp_calls_in_flight":5,"cache_ttl_s":1,"max_client_failures":0"#,
+    );
+    ask(&mut g, &host, 1, &basic("known", "s"));
+    answer(&mut g, &host, host.last_call().0, 200, &token_ok(3600));
+    host.advance(1_000);
+    // an attacker's guesses, each client hanging up at once: their calls still count
+    for i in 0..4 {
+        assert_eq!(
+            ask(&mut g, &host, 10 + i, &basic(&format!("guess{i}"), "s")),
+            Step::Wait
+        );
+        g.on_request_gone(ContextId(10 + i), host.now(), &host);
+    }
+    let calls = host.call_count();
+    assert_eq!(status(&ask(&mut g, &host, 20, &basic("guess9", "s"))), 503);
+    assert_eq!(
+        host.call_count(),
+        calls,
+        "no call for another unknown credential"
+    );
+    // the known app's refresh still goes out
+    assert_eq!(ask(&mut g, &host, 21, &basic("known", "s")), Step::Wait);
+    assert_eq!(host.call_count(), calls + 1);
 }
 
 #[test]
@@ -1369,11 +1405,11 @@ fn the_proxys_own_answers_never_pause_calls() {
     assert_eq!(host.call_count(), 10, "every request still asked: no pause");
 }
 
-#[test]
-fn silences_of_calls_queued_behind_answers_never_pause_calls() {
+/// Ten calls out at once, Envoy holding most of them in its queue; the first one is answered
+/// after 2.5 s with `first`, then the nine others time out in Envoy; then a new credential asks.
+fn queued_calls_time_out_after(first: (u16, &str)) -> (FakeHost, Gate, Step) {
     let host = FakeHost::at(T0);
     let mut g = gate(&host, r#","max_client_failures":0"#);
-    // ten calls go out at once; Envoy holds most of them in its queue
     let mut tokens = Vec::new();
     for i in 0..10 {
         assert_eq!(
@@ -1382,22 +1418,22 @@ fn silences_of_calls_queued_behind_answers_never_pause_calls() {
         );
         tokens.push(host.last_call().0);
     }
-    // Okta answers the first one late, then the queued calls time out in Envoy
     host.advance(2_500);
-    answer(&mut g, &host, tokens[0], 401, INVALID_CLIENT);
+    answer(&mut g, &host, tokens[0], first.0, first.1);
     host.advance(3_500);
     for token in &tokens[1..] {
         let steps = answer(&mut g, &host, *token, 504, "upstream request timeout");
         assert_eq!(status(&steps[0].1), 503);
     }
-    let calls = host.call_count();
-    assert_eq!(
-        ask(&mut g, &host, 50, &basic("new", "s")),
-        Step::Wait,
-        "no pause"
-    );
-    assert_eq!(host.call_count(), calls + 1);
-    // calls sent after Okta's last answer that go unanswered are an outage: they pause
+    let step = ask(&mut g, &host, 50, &basic("new", "s"));
+    (host, g, step)
+}
+
+#[test]
+fn silences_of_calls_queued_behind_a_grant_never_pause_calls() {
+    let (host, mut g, step) = queued_calls_time_out_after((200, &token_ok(60)));
+    assert_eq!(step, Step::Wait, "no pause");
+    // calls sent after Okta's last grant that go unanswered are an outage: they pause
     for token in 0..FAILURES_BEFORE_PAUSE {
         if token > 0 {
             ask(
@@ -1419,6 +1455,71 @@ fn silences_of_calls_queued_behind_answers_never_pause_calls() {
     let calls = host.call_count();
     assert_eq!(status(&ask(&mut g, &host, 70, &basic("next", "s"))), 503);
     assert_eq!(host.call_count(), calls, "paused");
+}
+
+#[test]
+fn an_anonymous_clients_refusals_never_explain_a_silence() {
+    // the answer after the calls were sent is a 401 anyone can have made at will
+    let (host, _g, step) = queued_calls_time_out_after((401, INVALID_CLIENT));
+    assert_eq!(status(&step), 503, "paused: {step:?}");
+    assert_eq!(host.call_count(), 10);
+}
+
+#[test]
+fn silences_of_calls_queued_behind_the_proxys_overflow_never_pause_calls() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, r#","max_client_failures":0"#);
+    let mut tokens = Vec::new();
+    for i in 0..10 {
+        ask(&mut g, &host, 10 + i, &basic(&format!("app{i}"), "s"));
+        tokens.push(host.last_call().0);
+    }
+    // the last calls found Envoy's queue for the IdP full
+    let headers = vec![
+        (":status".to_string(), "503".to_string()),
+        ("x-envoy-overloaded".to_string(), "true".to_string()),
+    ];
+    for token in &tokens[5..] {
+        let answer = IdpAnswer {
+            status: Some(503),
+            headers: &headers,
+            body:
+                b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        };
+        deliver(&mut g, &host, ROOT, *token, answer);
+    }
+    // the queued ones time out in Envoy
+    host.advance(3_000);
+    for token in &tokens[1..5] {
+        answer(&mut g, &host, *token, 504, "upstream request timeout");
+    }
+    assert_eq!(
+        ask(&mut g, &host, 50, &basic("new", "s")),
+        Step::Wait,
+        "no pause"
+    );
+}
+
+#[test]
+fn silences_of_calls_queued_behind_a_refused_dispatch_never_pause_calls() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, r#","max_client_failures":0"#);
+    for i in 0..4 {
+        ask(&mut g, &host, 10 + i, &basic(&format!("app{i}"), "s"));
+    }
+    // Envoy's circuit breaker is full: the next call is not even sent
+    host.refuse_dispatch.set(true);
+    assert_eq!(status(&ask(&mut g, &host, 20, &basic("late", "s"))), 503);
+    host.refuse_dispatch.set(false);
+    host.advance(3_000);
+    for token in 1..=4 {
+        answer(&mut g, &host, token, 504, "upstream request timeout");
+    }
+    assert_eq!(
+        ask(&mut g, &host, 50, &basic("new", "s")),
+        Step::Wait,
+        "no pause"
+    );
 }
 
 #[test]

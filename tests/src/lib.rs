@@ -792,6 +792,14 @@ impl Stack {
         });
     }
 
+    /// One of the filter's own counters (`wasmcustom.okta_dcr_auth_<name>`), 0 when absent
+    /// (Envoy only). The filter hands its counts to Envoy on its next tick (every 10 ms): this
+    /// waits a few ticks first.
+    pub fn filter_counter(&self, name: &str) -> u64 {
+        std::thread::sleep(Duration::from_millis(60));
+        self.stat(&format!("wasmcustom.okta_dcr_auth_{name}"))
+    }
+
     /// A counter or gauge from Envoy's admin `/stats`, 0 when absent (Envoy only).
     pub fn stat(&self, name: &str) -> u64 {
         let body = self.admin(&format!("/stats?filter=^{name}$")).body;

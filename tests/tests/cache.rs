@@ -139,7 +139,7 @@ fn assert_503(r: &Response) {
 
 /// A counter of the filter's own (`wasmcustom.okta_dcr_auth_<name>`), 0 when absent.
 fn filter_stat(stack: &Stack, name: &str) -> u64 {
-    stack.stat(&format!("wasmcustom.okta_dcr_auth_{name}"))
+    stack.filter_counter(name)
 }
 
 /// Sleeps until `deadline` (at once when it is past).

@@ -12,7 +12,7 @@ use serde_json::json;
 /// The counter as `/stats` names it: Envoy keeps metrics a wasm filter defines in its
 /// `wasmcustom` namespace.
 fn counter(stack: &Stack, name: &str) -> u64 {
-    stack.stat(&format!("wasmcustom.okta_dcr_auth_{name}"))
+    stack.filter_counter(name)
 }
 
 #[test]

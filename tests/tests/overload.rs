@@ -32,14 +32,19 @@ fn burst(stack: &Stack) -> BTreeMap<u16, u64> {
                 s.spawn(move || {
                     let authorization = basic_header(&format!("0oa8burst{i}"), "burst-Secret");
                     barrier.wait();
-                    client::send(
+                    match client::send(
                         addr,
                         "GET",
                         "/",
                         &[("authorization", &authorization)],
                         client::DEFAULT_TIMEOUT,
-                    )
-                    .map_or(0, |r| r.status)
+                    ) {
+                        Ok(r) => r.status,
+                        Err(e) => {
+                            eprintln!("request {i}: no answer: {e}");
+                            0
+                        }
+                    }
                 })
             })
             .collect();
@@ -147,18 +152,20 @@ fn the_in_flight_cap_answers_a_burst_at_once_and_never_pauses_a_slow_idp() {
     }
     // As shipped: breaker 256, the filter's default cap of 64 calls per worker (2 workers) acts
     // first, so Envoy never overflows and never queues a call.
-    let (stack, statuses) = slow_idp_burst(256, 64, 3_000);
+    // The IdP is slow but answers within the timeout, with room to spare on a busy machine.
+    let (stack, statuses) = slow_idp_burst(256, 64, 6_000);
     assert_eq!(
         stack.stat("cluster.okta.upstream_rq_pending_overflow"),
         0,
         "the cap acts before the breaker"
     );
+    // Unknown credentials may use 4/5 of the cap: 52 calls per worker.
     let refused = statuses.get(&401).copied().unwrap_or(0);
     assert!(
-        refused <= 2 * 64,
+        refused <= 2 * 52,
         "at most the cap's calls were made: {statuses:?}"
     );
-    assert!(statuses.get(&503).copied().unwrap_or(0) >= (CONCURRENT - 2 * 64) as u64);
+    assert!(statuses.get(&503).copied().unwrap_or(0) >= (CONCURRENT - 2 * 52) as u64);
 }
 
 /// Slots of the table in the configuration churn test: large, so that a table is easy to see in
