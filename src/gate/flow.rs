@@ -254,16 +254,13 @@ impl Gate {
                     credential: req.credential.clone(),
                     leader: ctx,
                 };
-                let owner = caller;
-                let started_ms = now;
-                self.calls.insert(
-                    call,
-                    Call {
-                        purpose,
-                        started_ms,
-                        owner,
-                    },
-                );
+                let (owner, started_ms) = (caller, now);
+                let record = Call {
+                    purpose,
+                    started_ms,
+                    owner,
+                };
+                self.calls.insert(call, record);
                 self.park(
                     ctx,
                     Parked::Leader {
