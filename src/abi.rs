@@ -40,6 +40,12 @@ extern "C" {
     ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
 }
 
 // SAFETY (every call below): the pointers are to live slices whose lengths go with them, and the
@@ -169,6 +175,46 @@ pub fn send_local_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -
 
 pub fn continue_request() -> bool {
     unsafe { proxy_continue_stream(STREAM_HTTP_REQUEST) == STATUS_OK }
+}
+
+/// A property's value; `None` when the host has none or refused. The path's parts are joined
+/// by NUL bytes, as the ABI has it.
+fn property(path: &[&str]) -> Option<Vec<u8>> {
+    let path = path.join("\0");
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+    if status != STATUS_OK || data.is_null() {
+        return None;
+    }
+    // SAFETY: the host filled `data` through the module's `proxy_on_memory_allocate` (the SDK's,
+    // a `Vec<u8>` of capacity `size`) and hands it over, as the SDK's `get_property` takes it.
+    Some(unsafe { Vec::from_raw_parts(data, size, size) })
+}
+
+/// ngx_wasm_module only: whether this request is the first one on its client connection
+/// (nginx's `$connection_requests` is 1, read as the property `ngx.connection_requests`).
+/// False when that cannot be read.
+///
+/// Only such a request may pause in `on_request_headers` there. ngx_wasm_module (9136e463)
+/// runs that callback in nginx's rewrite phase, and a pause there leaves the request's write
+/// handler at `ngx_http_core_run_phases` until the first IdP call's posted event has run
+/// (`ngx_http_wasm_rewrite_handler` never marks the request as yielding). A write event on the
+/// client connection in between, which epoll reports with the read event that brought the
+/// request once the connection's write event is registered (after a request on it was proxied,
+/// or a reply could not be written at once), runs the phases again: the paused step counts as
+/// done, and nginx proxies the request as it is, before any IdP answer (kong/README.md, bug
+/// report F). A connection's first request comes before any of that.
+pub fn first_request_on_connection() -> bool {
+    property(&["ngx", "connection_requests"]).is_some_and(|v| v == b"1")
+}
+
+/// ngx_wasm_module only: nginx closes the client connection after this request's answer, so
+/// that no later request on it can be forwarded before its IdP answer (see
+/// [`first_request_on_connection`]). A `Connection: close` request header makes ngx_wasm_module
+/// clear the request's keep-alive; nginx's proxy sends the upstream its own `Connection`.
+pub fn close_connection_after_request() -> bool {
+    set_request_header("connection", "close")
 }
 
 /// Makes `ctx` the context later host calls act on; false if the host refused.

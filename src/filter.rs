@@ -262,6 +262,12 @@ fn now_ms() -> u64 {
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        // ngx_wasm_module: one request per connection through this filter, so that every
+        // request that must wait for the IdP is the first on its connection (see
+        // `abi::first_request_on_connection`).
+        if abi::lenient_host() && !abi::close_connection_after_request() {
+            log::debug!("[{}] the host kept the connection open", self.id);
+        }
         // All headers in one host call: every spelling of our identity headers must be found and
         // removed, and every `Authorization` seen (Envoy folds repeats into one value, joined
         // by commas; a host that does not would hand over several).
@@ -311,6 +317,22 @@ impl HttpContext for Request {
             }
             Step::Unavailable { retry_after_s } => {
                 send_unavailable(plugin, retry_after_s, true);
+                Action::Pause
+            }
+            Step::Wait if abi::lenient_host() && !abi::first_request_on_connection() => {
+                // ngx_wasm_module could forward this request upstream before its IdP answer
+                // (an earlier request on this connection went elsewhere, e.g. to a route
+                // without this filter). Refuse it: the 503 cancels the IdP call the gate made
+                // for it, and the client's retry comes on a new connection.
+                log::debug!(
+                    "[{}] request refused: it would wait on a reused connection",
+                    self.id
+                );
+                plugin
+                    .gate
+                    .borrow_mut()
+                    .on_request_gone(ContextId(self.id), now_ms(), &host);
+                send_unavailable(plugin, 1, true);
                 Action::Pause
             }
             Step::Wait => {

@@ -359,19 +359,22 @@ impl Gate {
                 .retain(|_, c| c.owner != ctx || !matches!(c.purpose, Purpose::Keys));
             self.release_keys_lease(host);
         }
+        // Its other calls (its verdict call as a leader, or, with `OwnRequestOnly`, its own
+        // discovery call) are lost with it too.
+        let lost: Vec<u64> = self
+            .calls
+            .values()
+            .filter(|c| c.owner == ctx)
+            .map(|c| c.started_ms + self.config.idp_timeout_ms + LEASE_MARGIN_MS)
+            .collect();
+        if lost.is_empty() {
+            return;
+        }
+        self.calls.retain(|_, c| c.owner != ctx);
+        self.orphans.retain(|until| *until > now);
+        self.orphans.extend(lost);
         if let Parked::Leader { req, .. } = parked {
-            let lost: Vec<u64> = self
-                .calls
-                .values()
-                .filter(|c| c.owner == ctx)
-                .map(|c| c.started_ms + self.config.idp_timeout_ms + LEASE_MARGIN_MS)
-                .collect();
-            if !lost.is_empty() {
-                self.calls.retain(|_, c| c.owner != ctx);
-                self.orphans.retain(|until| *until > now);
-                self.orphans.extend(lost);
-                self.slots.release(host, &req.key, None);
-            }
+            self.slots.release(host, &req.key, None);
         }
     }
 

@@ -1605,3 +1605,39 @@ fn calls_of_requests_that_went_away_still_count_as_in_flight() {
     host.advance(500 + LEASE_MARGIN_MS + 1);
     assert_eq!(ask(&mut g, &host, 13, &basic("app13", "s")), Step::Wait);
 }
+
+#[test]
+fn discovery_calls_of_requests_that_went_away_stop_counting_after_their_timeout() {
+    // ngx_wasm_module: a request refused while it waited for its own discovery call (the
+    // filter's 503 cancels that call) must not hold a place among the calls in flight for good.
+    let host = FakeHost::at(T0);
+    let json = br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["basic"],"cache_slots":8,"max_idp_calls_in_flight":2,"idp_timeout_ms":500}"#;
+    let mut g = solo_gate(&host, json);
+    for ctx in [10, 11] {
+        assert_eq!(
+            ask(&mut g, &host, ctx, &basic(&format!("app{ctx}"), "s")),
+            Step::Wait
+        );
+        g.on_request_gone(ContextId(ctx), host.now(), &host);
+    }
+    host.advance(500 + LEASE_MARGIN_MS + 1);
+    assert_eq!(ask(&mut g, &host, 12, &basic("app12", "s")), Step::Wait);
+    let doc = r#"{"issuer":"https://o.okta.com/oauth2/default","token_endpoint":"https://o.okta.com/oauth2/default/v1/token"}"#;
+    let headers = vec![(":status".to_string(), "200".to_string())];
+    let steps = deliver(
+        &mut g,
+        &host,
+        12,
+        host.last_call().0,
+        IdpAnswer {
+            status: Some(200),
+            headers: &headers,
+            body: doc.as_bytes(),
+        },
+    );
+    assert!(
+        steps.is_empty(),
+        "request 12 waits for its token call: {steps:?}"
+    );
+    assert_eq!(host.last_call().1.path, "/oauth2/default/v1/token");
+}

@@ -963,6 +963,12 @@ impl Drop for Stack {
                 panic!("secrets in the host log:\n{}", found.join("\n"));
             }
         }
+        // OKTA_KEEP_RUN_DIR=1 keeps the host's files (configuration, log) for a look after a
+        // test that passed.
+        if std::env::var("OKTA_KEEP_RUN_DIR").is_ok_and(|v| v == "1") {
+            eprintln!("host files kept in {}", dir.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -245,13 +245,7 @@ fn the_budget_holds_under_a_flood_and_known_clients_keep_working() {
         introspect_calls - introspect_before,
     );
     eprintln!("IdP calls during the flood: token {token_calls}, introspect {introspect_calls}");
-    // On ngx_wasm_module some refreshed requests lose their connection (kong/README.md,
-    // "Differences", row 12): there, what was answered must be 200.
-    let mut answered = valid.clone();
-    if on_ngx() {
-        answered.remove(&0);
-    }
-    assert!(ratio_ok(&answered) >= 0.999, "known clients: {valid:?}");
+    assert!(ratio_ok(&valid) >= 0.999, "known clients: {valid:?}");
     assert_eq!(
         stack.idp.rate_limited(Endpoint::Token),
         0,
@@ -280,26 +274,22 @@ fn the_budget_holds_under_a_flood_and_known_clients_keep_working() {
     // connection may have been sent again by the flood client: at least as many as the 200s).
     assert!(stack.echo.count() - echo_before >= valid.get(&200).copied().unwrap_or(0));
     let known: Vec<String> = (0..20).map(|i| format!("0oa8known{i}")).collect();
-    let mut unedited = 0;
+    // ngx_wasm_module once forwarded refreshed requests before their IdP answer, unedited
+    // (kong/README.md, bug report F): it must not, there either.
     for request in stack.echo.requests() {
         let who = request
             .header("x-credential-identifier")
             .unwrap_or_default();
         let auth = request.header("authorization").unwrap_or_default();
         let a_known_clients_own = apps.iter().any(|a| a.basic() == auth);
-        if on_ngx() && who.is_empty() && a_known_clients_own {
-            // ngx_wasm_module: see kong/README.md, "Differences", the unedited request.
-            unedited += 1;
-            continue;
-        }
         assert!(
             known.iter().any(|k| k == who),
             "{who:?} reached the upstream (a known client's own credentials: {a_known_clients_own})"
         );
     }
-    // Never on Envoy (the loop above asserts an identity for each there); on ngx_wasm_module an
-    // open bug, counted so that a change shows.
-    eprintln!(
-        "requests of known clients that reached the upstream without the filter's edits: {unedited}"
+    // On ngx_wasm_module the IdP calls of the requests forwarded early crashed workers.
+    assert!(
+        !stack.host_log().contains("exited on signal"),
+        "a worker died during the flood"
     );
 }

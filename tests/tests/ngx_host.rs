@@ -115,3 +115,97 @@ fn a_verdict_decided_on_one_worker_serves_the_other() {
         assert_eq!(pids.len(), 2, "both workers served requests: {pids:?}");
     }
 }
+
+/// A secret no client has: an unknown client id with it makes an IdP call, then a 401.
+const WRONG_SECRET: &str = "noSuch-Secret_7f3e9a";
+
+/// Every request that reached the upstream carries the identity of one of `ids` and none of
+/// the clients' own Basic credentials.
+fn assert_upstream_saw_only_verdicts(stack: &Stack, ids: &[String]) {
+    for request in stack.echo.requests() {
+        let who = request
+            .header("x-credential-identifier")
+            .unwrap_or_default();
+        let auth = request.header("authorization").unwrap_or_default();
+        assert!(
+            ids.iter().any(|id| id == who) && !auth.starts_with("Basic "),
+            "reached the upstream without the filter's verdict: {:?} {who:?}",
+            request.path
+        );
+    }
+}
+
+/// Requests that wait for the IdP, one after another on one client's keep-alive connection:
+/// each reaches the upstream with its verdict's edits, and one with a wrong secret never does.
+/// On ngx_wasm_module 9136e463 such a request went upstream as it was, before its IdP answer,
+/// once an earlier request on its connection had been proxied (kong/README.md, bug report F);
+/// there the filter has nginx close each connection after its request.
+#[test]
+fn requests_that_wait_for_the_idp_on_one_keep_alive_connection_go_upstream_only_with_their_verdict()
+{
+    let stack = Stack::start(filter_config(json!({})));
+    stack.track_secret(WRONG_SECRET);
+    let apps: Vec<TestClient> = (0..8)
+        .map(|i| {
+            stack.client(
+                &format!("0oa8keepAlive{i}"),
+                &format!("keepAlive-Secret_{i}q"),
+                &[SCOPE],
+            )
+        })
+        .collect();
+    let mut conn = client::KeepAlive::new(stack.listener());
+    for (i, app) in apps.iter().enumerate() {
+        // a client the worker has not seen: its request waits for a token call
+        assert_eq!(conn.get("/", &app.basic()).ok(), Some(200), "client {i}");
+        let stranger = basic_header(&format!("0oa8stranger{i}"), WRONG_SECRET);
+        assert_eq!(conn.get("/", &stranger).ok(), Some(401), "stranger {i}");
+    }
+    assert_eq!(stack.echo.count(), apps.len() as u64);
+    let ids: Vec<String> = apps.iter().map(|a| a.id.clone()).collect();
+    assert_upstream_saw_only_verdicts(&stack, &ids);
+    let log = stack.host_log();
+    assert!(!log.contains("exited on signal"), "a worker died:\n{log}");
+}
+
+/// A connection whose earlier request went to a route without the filter: a request there that
+/// must wait for the IdP is answered only after its verdict on Envoy. ngx_wasm_module could
+/// forward it before (bug report F): there the filter refuses it with a 503 and closes the
+/// connection, and the same request on a new connection passes.
+#[test]
+fn a_request_that_must_wait_after_one_to_a_route_without_the_filter_never_goes_upstream_early() {
+    let stack = Stack::builder()
+        .open_route("/open")
+        .route("/api", filter_config(json!({})))
+        .start();
+    stack.track_secret(WRONG_SECRET);
+    let app = stack.client("0oa8afterOpen", "afterOpen-Secret_2w", &[SCOPE]);
+    let stranger = basic_header("0oa8strangerAfterOpen", WRONG_SECRET);
+    let mut conn = client::KeepAlive::new(stack.listener());
+    assert_eq!(conn.get("/open", "none").ok(), Some(200));
+    let expected = if on_ngx() { 503 } else { 401 };
+    assert_eq!(conn.get("/api", &stranger).ok(), Some(expected));
+    assert_eq!(conn.get("/open", "none").ok(), Some(200));
+    let expected = if on_ngx() { 503 } else { 200 };
+    assert_eq!(conn.get("/api", &app.basic()).ok(), Some(expected));
+    // the first request on its connection
+    let r = stack.get("/api", &[("authorization", &app.basic())]);
+    assert_eq!(r.status, 200, "{r:#?}");
+    let upstream: Vec<_> = stack
+        .echo
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/api"))
+        .collect();
+    assert_eq!(
+        upstream.len(),
+        if on_ngx() { 1 } else { 2 },
+        "{upstream:#?}"
+    );
+    for request in &upstream {
+        assert_eq!(
+            request.header("x-credential-identifier"),
+            Some("0oa8afterOpen")
+        );
+    }
+}
