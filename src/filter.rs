@@ -309,38 +309,29 @@ impl HttpContext for Request {
                     return Action::Continue;
                 }
                 send_unavailable(plugin, 1, true);
-                Action::Pause
             }
-            Step::Deny(denial) => {
-                send_reply(plugin.replies.get(denial), None);
-                Action::Pause
-            }
-            Step::Unavailable { retry_after_s } => {
-                send_unavailable(plugin, retry_after_s, true);
-                Action::Pause
-            }
+            Step::Deny(denial) => send_reply(plugin.replies.get(denial), None),
+            Step::Unavailable { retry_after_s } => send_unavailable(plugin, retry_after_s, true),
             Step::Wait if abi::lenient_host() && !abi::first_request_on_connection() => {
-                // ngx_wasm_module could forward this request upstream before its IdP answer
-                // (an earlier request on this connection went elsewhere, e.g. to a route
-                // without this filter). Refuse it: the 503 cancels the IdP call the gate made
-                // for it, and the client's retry comes on a new connection.
-                log::debug!(
-                    "[{}] request refused: it would wait on a reused connection",
-                    self.id
-                );
-                plugin
-                    .gate
-                    .borrow_mut()
-                    .on_request_gone(ContextId(self.id), now_ms(), &host);
-                send_unavailable(plugin, 1, true);
-                Action::Pause
+                refuse_on_reused_connection(plugin, self.id, &host);
             }
-            Step::Wait => {
-                self.parked = true;
-                Action::Pause
-            }
+            Step::Wait => self.parked = true,
         }
+        Action::Pause
     }
+}
+
+/// ngx_wasm_module could forward a request waiting on a reused connection upstream before its
+/// IdP answer (an earlier request on this connection went elsewhere, e.g. to a route without
+/// this filter; see `abi::first_request_on_connection`). It is refused: the 503 cancels the IdP
+/// call the gate made for it, and the client's retry comes on a new connection.
+fn refuse_on_reused_connection(plugin: &Plugin, id: u32, host: &HostCalls<'_>) {
+    log::debug!("[{id}] request refused: it would wait on a reused connection");
+    plugin
+        .gate
+        .borrow_mut()
+        .on_request_gone(ContextId(id), now_ms(), host);
+    send_unavailable(plugin, 1, true);
 }
 
 /// Reads an IdP answer in the context that received it, then applies the resulting steps.
