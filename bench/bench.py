@@ -855,6 +855,40 @@ def jwt_cold_phase(idp, envoys):
     return res
 
 
+# The empty filter's probe modes (bench/empty-filter): `read` is the empty filter itself.
+PROBES = ["read", "bulk", "targeted", "replace", "add"]
+
+
+def probe_phase(idp_port, upstream_port):
+    """What some host calls cost in this Envoy: the empty filter with each probe mode, `direct`
+    listener, closed-loop wrk, rounds interleaved. Envoy CPU per request against `read`."""
+    envs = {}
+    for p in PROBES:
+        admin, direct = free_ports(2)
+        filters = [wasm_filter("bench-empty", EMPTY_WASM, None if p == "read" else p)]
+        envs[p] = Envoy(f"probe-{p}", envoy_config(admin, [listener("direct", direct, DIRECT, filters)],
+                                                   idp_port, upstream_port))
+    header = "Basic " + b64(f"{DEMO_ID}:{DEMO_SECRET}")
+    runs = {p: [] for p in PROBES}
+    try:
+        for r in range(ROUNDS):
+            for p in PROBES:
+                env = envs[p]
+                c0 = cpu_ns(env.pid)
+                rps, n = wrk(env.ports["direct"], header, SECONDS)
+                runs[p].append({"rps": rps, "cpu_us_per_req": (cpu_ns(env.pid) - c0) / n / 1000})
+            log(f"host call probes round {r + 1}/{ROUNDS}: " +
+                "  ".join(f"{p}={runs[p][-1]['cpu_us_per_req']:.2f}us" for p in PROBES))
+    finally:
+        for e in envs.values():
+            e.proc.stop()
+    base = med([x["cpu_us_per_req"] for x in runs["read"]])
+    return {p: {"median_cpu_us_per_req": med([x["cpu_us_per_req"] for x in runs[p]]),
+                "added_vs_read_us": med([x["cpu_us_per_req"] for x in runs[p]]) - base,
+                "median_rps": med([x["rps"] for x in runs[p]]),
+                "cpu_us_per_req": [x["cpu_us_per_req"] for x in runs[p]]} for p in PROBES}
+
+
 def slot_of(digest, client_id, secret, slots):
     h = hashlib.sha256(digest + b"basic\0" + client_id.encode() + b"\0" + secret.encode()).digest()
     return int.from_bytes(h[:8], "little") % slots
@@ -1311,6 +1345,26 @@ def write_results(ctx):
         a("")
         a(f"- IdP calls during the phase (dev IdP `/_dev/stats`): {jc['idp_calls']}.")
         a("")
+    pr = ctx.get("probes")
+    if pr:
+        a("## Host call costs (the empty filter as a probe)")
+        a("")
+        a("The empty filter with a probe mode (bench/empty-filter), `direct` listener, closed-loop wrk, "
+          f"{ROUNDS} interleaved rounds. Envoy CPU per request, median, and what the probe adds to the empty "
+          "filter's one `get_header_map_value`:")
+        a("")
+        a("| probe | what each request does | Envoy CPU us/req | added | requests/s |")
+        a("|---|---|---|---|---|")
+        what = {"read": "one `get_header_map_value` (the empty filter)",
+                "bulk": "one `get_header_map_pairs` instead (all headers)",
+                "targeted": "the read and two more `get_header_map_value` (absent names)",
+                "replace": "the read and two `replace_header_map_value` of absent names",
+                "add": "the read and two `add_header_map_value`"}
+        for p in PROBES:
+            d = pr[p]
+            a(f"| {p} | {what[p]} | {d['median_cpu_us_per_req']:.2f} | {d['added_vs_read_us']:+.2f} | "
+              f"{d['median_rps']:,.0f} |")
+        a("")
     mem = ctx.get("memory")
     if mem:
         a("## Memory (Envoy VmRSS, `--concurrency 2`)")
@@ -1632,6 +1686,7 @@ def main():
             ctx["jwt_cold"] = jwt_cold_phase(idp, envoys)
         for e in envoys.values():
             e.proc.stop()
+        ctx["probes"] = probe_phase(idp.port, upstream_port)
         ctx["memory"] = memory_phase(idp, upstream_port)
         ctx["host_calls"] = host_calls_phase(idp, upstream_port, headers)
     finally:
