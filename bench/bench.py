@@ -855,27 +855,30 @@ def jwt_cold_phase(idp, envoys):
     return res
 
 
-# The empty filter's probe modes (bench/empty-filter): `read` is the empty filter itself.
-PROBES = ["read", "bulk", "targeted", "replace", "add"]
+# The empty filter's probe modes (bench/empty-filter): `read` is the empty filter itself, and
+# `read_bearer` the same with the Bearer columns' request (its ~1 KB token instead of the Basic
+# credential): what the bigger request alone costs Envoy.
+PROBES = ["read", "read_bearer", "bulk", "targeted", "replace", "add"]
 
 
-def probe_phase(idp_port, upstream_port):
+def probe_phase(idp_port, upstream_port, bearer_header):
     """What some host calls cost in this Envoy: the empty filter with each probe mode, `direct`
     listener, closed-loop wrk, rounds interleaved. Envoy CPU per request against `read`."""
     envs = {}
     for p in PROBES:
         admin, direct = free_ports(2)
-        filters = [wasm_filter("bench-empty", EMPTY_WASM, None if p == "read" else p)]
+        mode = None if p.startswith("read") else p
+        filters = [wasm_filter("bench-empty", EMPTY_WASM, mode)]
         envs[p] = Envoy(f"probe-{p}", envoy_config(admin, [listener("direct", direct, DIRECT, filters)],
                                                    idp_port, upstream_port))
-    header = "Basic " + b64(f"{DEMO_ID}:{DEMO_SECRET}")
+    basic = "Basic " + b64(f"{DEMO_ID}:{DEMO_SECRET}")
     runs = {p: [] for p in PROBES}
     try:
         for r in range(ROUNDS):
             for p in PROBES:
                 env = envs[p]
                 c0 = cpu_ns(env.pid)
-                rps, n = wrk(env.ports["direct"], header, SECONDS)
+                rps, n = wrk(env.ports["direct"], bearer_header if p == "read_bearer" else basic, SECONDS)
                 runs[p].append({"rps": rps, "cpu_us_per_req": (cpu_ns(env.pid) - c0) / n / 1000})
             log(f"host call probes round {r + 1}/{ROUNDS}: " +
                 "  ".join(f"{p}={runs[p][-1]['cpu_us_per_req']:.2f}us" for p in PROBES))
@@ -1351,11 +1354,13 @@ def write_results(ctx):
         a("")
         a("The empty filter with a probe mode (bench/empty-filter), `direct` listener, closed-loop wrk, "
           f"{ROUNDS} interleaved rounds. Envoy CPU per request, median, and what the probe adds to the empty "
-          "filter's one `get_header_map_value`:")
+          "filter's one `get_header_map_value`"
+          + (f"; measured {ctx['probes_measured']}" if ctx.get("probes_measured") else "") + ":")
         a("")
         a("| probe | what each request does | Envoy CPU us/req | added | requests/s |")
         a("|---|---|---|---|---|")
         what = {"read": "one `get_header_map_value` (the empty filter)",
+                "read_bearer": "the same, with the Bearer columns' request (a ~1 KB token)",
                 "bulk": "one `get_header_map_pairs` instead (all headers)",
                 "targeted": "the read and two more `get_header_map_value` (absent names)",
                 "replace": "the read and two `replace_header_map_value` of absent names",
@@ -1466,13 +1471,21 @@ def goals(ctx):
     out = []
     # Issue 14: Envoy CPU per request over the empty filter, warm.
     limits = {"okta_basic": ("Basic", 2.0), "okta_bearer": ("Bearer", 2.5)}
+    # The empty filter is measured with the Basic request; the Bearer columns' request carries a
+    # ~1 KB token, which costs Envoy more whatever the filter does (the probe phase measures it,
+    # on `direct`): the Bearer goals are judged against the empty filter on the same request.
+    pr = ctx.get("probes")
+    bigger = pr["read_bearer"]["added_vs_read_us"] if pr else 0.0
     for col, (name, limit) in limits.items():
         for s in SETS:
             d, e = tp[s][col], tp[s]["empty"]
             v = d["median_cpu_added_vs_empty_us"]
+            text = f"{v:+.2f} us/req ({d['median_cpu_us_per_req']:.2f} vs {e['median_cpu_us_per_req']:.2f})"
+            if col == "okta_bearer" and s == "direct" and pr:
+                text += f"; over the empty filter on the same request: {v - bigger:+.2f}"
+                v -= bigger
             out.append(goal(14, f"warm {name}: Envoy CPU ≤ +{limit:.1f} us/req over the empty filter ({s})",
-                            f"{v:+.2f} us/req ({d['median_cpu_us_per_req']:.2f} vs {e['median_cpu_us_per_req']:.2f})",
-                            v <= limit))
+                            text, v <= limit))
     for s in SETS:
         vb, vr = (tp[s][c]["median_cpu_added_vs_empty_us"] for c in limits)
         out.append(goal(14, f"(stretch) warm Basic and Bearer: Envoy CPU ≤ +1.5 us/req over the empty filter ({s})",
@@ -1618,6 +1631,26 @@ def validate():
         raise SystemExit(f"bench: invalid Envoy configuration: {', '.join(failed)}")
 
 
+def probes_again():
+    """Measures the host call probes again, and rewrites bench/RESULTS.md from the last run's
+    bench/out/results.json with them (the section says when they were measured)."""
+    prepare([ENVOY, BUILT_OKTA_WASM, BUILT_EMPTY_WASM])
+    ctx = json.loads((OUT / "results.json").read_text())
+    bearer = "Bearer " + "x" * len(ctx.get("bearer_token", "")) if "bearer_token" in ctx else None
+    if bearer is None:
+        raise SystemExit("bench: results.json has no bearer_token length: run make bench")
+    # The probe only needs a request of the same size: the empty filter checks nothing.
+    try:
+        ctx["probes"] = probe_phase(1, 2, bearer)
+    finally:
+        stop_all()
+    ctx["probes_measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()) + " (bench.py --probes-again)"
+    ctx["goals"] = goals(ctx)
+    (OUT / "results.json").write_text(json.dumps(ctx, indent=1, default=str))
+    write_results(ctx)
+    log("bench/RESULTS.md rewritten with the new probes")
+
+
 def main():
     prepare([ENVOY, DEVIDP, BUILT_OKTA_WASM, BUILT_EMPTY_WASM, PACER])
     t0 = time.time()
@@ -1637,6 +1670,7 @@ def main():
     authz = Authz(authz_port)
     envoys, okta_json = start_envoys(idp, upstream_port, authz_port)
     token = idp.mint(expires_in_secs=7200)
+    ctx["bearer_token"] = "x" * len(token)  # its length only (bench.py --probes-again)
     headers = {
         "none": "Basic " + b64(f"{DEMO_ID}:{DEMO_SECRET}"),
         "empty": "Basic " + b64(f"{DEMO_ID}:{DEMO_SECRET}"),
@@ -1686,7 +1720,7 @@ def main():
             ctx["jwt_cold"] = jwt_cold_phase(idp, envoys)
         for e in envoys.values():
             e.proc.stop()
-        ctx["probes"] = probe_phase(idp.port, upstream_port)
+        ctx["probes"] = probe_phase(idp.port, upstream_port, headers["okta_bearer"])
         ctx["memory"] = memory_phase(idp, upstream_port)
         ctx["host_calls"] = host_calls_phase(idp, upstream_port, headers)
     finally:
@@ -1713,8 +1747,10 @@ if __name__ == "__main__":
     try:
         if sys.argv[1:] == ["--validate"]:
             validate()
+        elif sys.argv[1:] == ["--probes-again"]:
+            probes_again()
         elif sys.argv[1:]:
-            raise SystemExit("usage: bench.py [--validate]")
+            raise SystemExit("usage: bench.py [--validate | --probes-again]")
         else:
             main()
     finally:
