@@ -51,9 +51,12 @@ extern "C" {
 // SAFETY (every call below): the pointers are to live slices whose lengths go with them, and the
 // host only reads them during the call.
 
-pub fn set_request_header(name: &str, value: &str) -> bool {
+/// `proxy_replace_header_map_value` or `proxy_add_header_map_value`.
+type HeaderWrite = unsafe extern "C" fn(u32, *const u8, usize, *const u8, usize) -> u32;
+
+fn write_request_header(write: HeaderWrite, name: &str, value: &str) -> bool {
     let status = unsafe {
-        proxy_replace_header_map_value(
+        write(
             MAP_HTTP_REQUEST_HEADERS,
             name.as_ptr(),
             name.len(),
@@ -64,19 +67,14 @@ pub fn set_request_header(name: &str, value: &str) -> bool {
     status == STATUS_OK
 }
 
+pub fn set_request_header(name: &str, value: &str) -> bool {
+    write_request_header(proxy_replace_header_map_value, name, value)
+}
+
 /// Adds a request header that is known to be absent: cheaper than a replace, which looks for
 /// the name first.
 pub fn add_request_header(name: &str, value: &str) -> bool {
-    let status = unsafe {
-        proxy_add_header_map_value(
-            MAP_HTTP_REQUEST_HEADERS,
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        )
-    };
-    status == STATUS_OK
+    write_request_header(proxy_add_header_map_value, name, value)
 }
 
 fn drop_request_header(name: &str) -> bool {
