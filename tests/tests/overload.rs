@@ -179,29 +179,40 @@ fn churn_config(version: u64, cache_slots: u64) -> serde_json::Value {
     }))
 }
 
-fn started_rss_kib(cache_slots: u64) -> (Stack, u64) {
-    let stack = Stack::builder()
-        .route("/", churn_config(0, cache_slots))
-        .file_lds()
-        .component_log_level("wasm", "info")
-        .start();
-    // the table is created when the plugin starts; one request makes sure it has
-    assert_eq!(stack.get("/", &[]).status, 401);
-    let rss = stack
-        .rss_kib()
-        .unwrap_or_else(|| panic!("no VmRSS for Envoy"));
-    (stack, rss)
-}
-
 #[test]
 fn configuration_changes_through_lds_reuse_one_table() {
     if envoy_only("file-based LDS") {
         return;
     }
-    // The size of one table in this Envoy: the same start with a tiny one.
-    let (small, small_rss) = started_rss_kib(1_024);
-    drop(small);
-    let (stack, first_rss) = started_rss_kib(CHURN_SLOTS);
+    let stack = Stack::builder()
+        .route("/", churn_config(0, 1_024))
+        .file_lds()
+        .component_log_level("wasm", "info")
+        .start();
+    let app = stack.client("0oa8churnApp", "churn-Secret_2z", &[SCOPE]);
+    let calls = stack.token_calls();
+    let live = |version: u64| {
+        // A new configuration has its own verdicts (its key hash differs): one new call shows
+        // the version is the one answering.
+        let r = stack.get("/", &[("authorization", &app.basic())]);
+        assert_eq!(r.status, 200, "version {version}: {r:#?}");
+        assert_eq!(
+            stack.token_calls(),
+            calls + version + 1,
+            "version {version} is live"
+        );
+    };
+    live(0);
+    let rss = || {
+        stack
+            .rss_kib()
+            .unwrap_or_else(|| panic!("no VmRSS for Envoy"))
+    };
+    // The size of one table in this Envoy: the first change grows it from 1,024 slots.
+    let small_rss = rss();
+    stack.reload_filter_config(0, churn_config(1, CHURN_SLOTS));
+    live(1);
+    let first_rss = rss();
     let table = first_rss.saturating_sub(small_rss);
     eprintln!(
         "one table of {CHURN_SLOTS} slots: about {} MiB",
@@ -211,36 +222,20 @@ fn configuration_changes_through_lds_reuse_one_table() {
         table >= 4 * 1024,
         "a table of {CHURN_SLOTS} slots costs only {table} KiB: too small to tell a leak from noise"
     );
-    let app = stack.client("0oa8churnApp", "churn-Secret_2z", &[SCOPE]);
-    assert_eq!(
-        stack.get("/", &[("authorization", &app.basic())]).status,
-        200
-    );
-    let calls = stack.token_calls();
-    for version in 1..=10 {
+    for version in 2..=11 {
         stack.reload_filter_config(0, churn_config(version, CHURN_SLOTS));
-        // A new configuration has its own verdicts (its key hash differs): one new call shows
-        // the version is the one answering.
-        let r = stack.get("/", &[("authorization", &app.basic())]);
-        assert_eq!(r.status, 200, "version {version}: {r:#?}");
-        assert_eq!(
-            stack.token_calls(),
-            calls + version,
-            "version {version} is live"
-        );
+        live(version);
     }
-    let last_rss = stack.rss_kib().unwrap_or(0);
+    let last_rss = rss();
     let configured = stack
         .envoy_log()
         .lines()
         .filter(|l| l.contains("configured"))
         .count();
     eprintln!(
-        "LDS updates {}, plugin configurations {configured}",
-        stack.stat("listener_manager.lds.update_success")
-    );
-    eprintln!(
-        "Envoy RSS after the first configuration {} MiB, after 10 more {} MiB (one table {} MiB)",
+        "LDS updates {}, plugin configurations {configured}; Envoy RSS with the table {} MiB, \
+         after 10 more configurations {} MiB (one table {} MiB)",
+        stack.stat("listener_manager.lds.update_success"),
         first_rss / 1024,
         last_rss / 1024,
         table / 1024
