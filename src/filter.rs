@@ -113,6 +113,15 @@ impl Context for Root {
             deliver(plugin, self.id, token, headers, body_size);
         }
     }
+
+    /// The plugin is going away (a new configuration, or the VM stopping): its last counts
+    /// still reach the host.
+    fn on_done(&mut self) -> bool {
+        if let Some(plugin) = &self.plugin {
+            plugin.metrics.flush();
+        }
+        true
+    }
 }
 
 impl RootContext for Root {

@@ -52,6 +52,9 @@ impl Gate {
             .map_or(0, |(bytes, _)| guard::decode(&bytes));
         let in_a_row = &mut self.failures_in_a_row[endpoint.index()];
         let decision = guard::pause_until(failure, now, current, *in_a_row);
+        if decision.failures_in_a_row > *in_a_row {
+            self.last_outage_ms[endpoint.index()] = now;
+        }
         *in_a_row = decision.failures_in_a_row;
         if let Some(until) = decision.pause_until_ms {
             // A line of its own, not folded into the rate-limited failure warnings: operators
@@ -67,12 +70,18 @@ impl Gate {
         }
     }
 
-    /// A verdict from `endpoint` resets its failures in a row; a positive one also explains the
-    /// silences of calls sent before it (`guard::silence_explained`).
+    /// A verdict from `endpoint`. A positive one resets its failures in a row and explains the
+    /// silences of calls sent before it (`guard::silence_explained`); a refusal resets them only
+    /// once the last failure is `guard::OUTAGE_MEMORY_MS` old, so that an anonymous client's
+    /// 401s, had at will between the silences of a half-hanging Okta, cannot keep the guard from
+    /// counting them.
     pub(super) fn heard_from(&mut self, endpoint: IdpEndpoint, positive: bool, now: u64) {
-        self.failures_in_a_row[endpoint.index()] = 0;
+        let i = endpoint.index();
+        if positive || now.saturating_sub(self.last_outage_ms[i]) > guard::OUTAGE_MEMORY_MS {
+            self.failures_in_a_row[i] = 0;
+        }
         if positive {
-            self.silence_explained_ms[endpoint.index()] = now;
+            self.silence_explained_ms[i] = now;
         }
     }
 

@@ -81,6 +81,10 @@ pub fn silence_explained(failure: IdpFailure, sent_ms: u64, last_explained_ms: u
         && last_explained_ms > 0
 }
 
+/// A refusal (`invalid_client`, an inactive token) ends a run of failures only when the last
+/// one is this old (`Gate::heard_from`): anyone can have refusals made at will.
+pub const OUTAGE_MEMORY_MS: u64 = 30_000;
+
 /// What one failed call changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {

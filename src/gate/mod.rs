@@ -205,6 +205,8 @@ pub struct Gate {
     /// When this worker last had a positive answer from each endpoint, or the proxy's own
     /// overflow answer for it (see `guard::silence_explained`).
     silence_explained_ms: [u64; IdpEndpoint::COUNT],
+    /// When this worker last counted a failure of each endpoint toward a pause.
+    last_outage_ms: [u64; IdpEndpoint::COUNT],
     last_warn_ms: u64,
 }
 
@@ -248,6 +250,7 @@ impl Gate {
             resume,
             failures_in_a_row: [0; IdpEndpoint::COUNT],
             silence_explained_ms: [0; IdpEndpoint::COUNT],
+            last_outage_ms: [0; IdpEndpoint::COUNT],
             last_warn_ms: 0,
         };
         if !gate.discovery.is_ready() {

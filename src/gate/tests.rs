@@ -1123,6 +1123,7 @@ mod create_only_cas {
         an_anonymous_clients_refusals_never_explain_a_silence,
         silences_of_calls_queued_behind_the_proxys_overflow_never_pause_calls,
         silences_of_calls_queued_behind_a_refused_dispatch_never_pause_calls,
+        an_anonymous_clients_refusals_between_silences_never_end_the_run,
         an_expired_verdict_still_marks_a_known_client_through_a_flood,
         calls_of_requests_that_went_away_still_count_as_in_flight,
     );
@@ -1498,6 +1499,38 @@ fn silences_of_calls_queued_behind_the_proxys_overflow_never_pause_calls() {
         Step::Wait,
         "no pause"
     );
+}
+
+#[test]
+fn an_anonymous_clients_refusals_between_silences_never_end_the_run() {
+    let host = FakeHost::at(T0);
+    let mut g = gate(&host, r#","max_client_failures":0"#);
+    // a half-hanging Okta: each silence is followed by an attacker's fast 401
+    for i in 0..FAILURES_BEFORE_PAUSE {
+        ask(&mut g, &host, 10 + i, &basic(&format!("legit{i}"), "s"));
+        host.advance(3_000);
+        answer(
+            &mut g,
+            &host,
+            host.last_call().0,
+            504,
+            "upstream request timeout",
+        );
+        ask(&mut g, &host, 30 + i, &basic(&format!("bogus{i}"), "s"));
+        answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
+    }
+    let calls = host.call_count();
+    assert_eq!(
+        status(&ask(&mut g, &host, 50, &basic("next", "s"))),
+        503,
+        "paused"
+    );
+    assert_eq!(host.call_count(), calls);
+    // long after the last failure, a refusal does end the run
+    host.advance(guard::OUTAGE_MEMORY_MS + guard::FAILURE_MAX_PAUSE_MS);
+    ask(&mut g, &host, 60, &basic("late", "s"));
+    answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
+    assert_eq!(g.failures_in_a_row, [0; IdpEndpoint::COUNT]);
 }
 
 #[test]
