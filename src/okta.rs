@@ -97,7 +97,7 @@ pub enum IdpFailure {
     /// The introspection endpoint refused the gateway's own client.
     GatewayRejected,
     /// An answer the local proxy made itself; the call never got an answer from Okta. Not
-    /// Okta's failure: it never counts toward the quota guard's pause.
+    /// Okta's failure: only a failed connection counts toward the quota guard's pause.
     Local(LocalCause),
 }
 

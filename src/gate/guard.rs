@@ -8,8 +8,9 @@
 //! The rules are `gate::guard`'s (and before it `Gate::note_failure`'s), in one pure function
 //! that also keeps the count, plus:
 //! - one place, [`classify`], says which failures are Okta's trouble; an answer the local proxy
-//!   made itself ([`IdpFailure::Local`]: circuit breaker overflow, no healthy host, failed
-//!   connection) is not: it neither counts toward a pause nor resets the count;
+//!   made itself for its own reasons ([`IdpFailure::Local`]: circuit breaker overflow, no
+//!   healthy host) is not: it neither counts toward a pause nor resets the count. A connection
+//!   to Okta that failed is Okta out of reach, and counts;
 //! - a pause further ahead than any pause the guard sets ([`MAX_PAUSE_MS`]) was written before
 //!   the clock went back and is not trusted ([`is_paused`]), so a clock jump cannot switch an
 //!   endpoint off for longer than Okta asked.
@@ -25,7 +26,7 @@
 //! - a silence of a call sent before the endpoint's last positive answer, or before the proxy's
 //!   last overflow for it, is explained ([`silence_explained`]).
 
-use crate::okta::IdpFailure;
+use crate::okta::{IdpFailure, LocalCause};
 
 /// After a 429 without a usable reset time, calls pause this long.
 pub const RATE_LIMIT_DEFAULT_PAUSE_MS: u64 = 2_000;
@@ -59,8 +60,13 @@ pub enum FailureClass {
 pub fn classify(failure: IdpFailure) -> FailureClass {
     match failure {
         IdpFailure::RateLimited { until_s } => FailureClass::RateLimited { until_s },
-        IdpFailure::ServerError(_) | IdpFailure::NoAnswer => FailureClass::Outage,
-        IdpFailure::Local(_)
+        // A connection to Okta that failed or was reset is Okta out of reach: it counts, or an
+        // outage of that kind would spend the whole call budget (the refresh reserve included)
+        // in seconds, and starve known clients for a minute after Okta is back.
+        IdpFailure::ServerError(_)
+        | IdpFailure::NoAnswer
+        | IdpFailure::Local(LocalCause::ConnectFailure) => FailureClass::Outage,
+        IdpFailure::Local(LocalCause::Overloaded | LocalCause::NoHealthyUpstream)
         | IdpFailure::UnexpectedStatus(_)
         | IdpFailure::Unreadable
         | IdpFailure::GatewayRejected => FailureClass::Ignored,
@@ -171,7 +177,6 @@ pub fn decode(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::okta::LocalCause;
 
     const NOW: u64 = 1_700_000_000_000;
 
@@ -259,11 +264,18 @@ mod tests {
     }
 
     #[test]
+    fn connections_to_okta_that_fail_count_like_silences() {
+        let reset = IdpFailure::Local(LocalCause::ConnectFailure);
+        assert_eq!(classify(reset), FailureClass::Outage);
+        assert_eq!(decide(reset, 0, 0), none(1));
+        assert_eq!(decide(reset, 0, 2), pause(NOW + FAILURE_PAUSE_MS, 3));
+    }
+
+    #[test]
     fn the_proxys_own_answers_and_non_health_failures_change_nothing() {
         for failure in [
             IdpFailure::Local(LocalCause::Overloaded),
             IdpFailure::Local(LocalCause::NoHealthyUpstream),
-            IdpFailure::Local(LocalCause::ConnectFailure),
             IdpFailure::UnexpectedStatus(400),
             IdpFailure::Unreadable,
             IdpFailure::GatewayRejected,
