@@ -213,6 +213,16 @@ pub const BASIC_CHALLENGE: &str = "Basic realm=\"api\", charset=\"UTF-8\"";
 pub const BEARER_CHALLENGE: &str = "Bearer realm=\"api\"";
 /// The challenge for several `Authorization` headers.
 pub const INVALID_REQUEST_CHALLENGE: &str = "Bearer realm=\"api\", error=\"invalid_request\"";
+/// The challenge for a malformed, inactive, expired, wrong-issuer or wrong-audience token.
+pub const INVALID_TOKEN_CHALLENGE: &str = "Bearer realm=\"api\", error=\"invalid_token\"";
+
+/// A token for `client` with `scopes`, audience `api://default`, an hour to live, and the app
+/// claim `app_id` = `app_id` (Okta's `app.clientId`).
+pub fn app_token_spec(client: &str, app_id: &str, scopes: &[&str]) -> TokenSpec {
+    let mut spec = TokenSpec::for_client(client, scopes);
+    spec.claims.insert("app_id".into(), json!(app_id));
+    spec
+}
 
 /// The `insufficient_scope` challenge naming the required scope(s).
 pub fn insufficient_scope_challenge(scope: &str) -> String {
@@ -716,6 +726,14 @@ impl Stack {
             id: id.into(),
             secret: secret.into(),
         }
+    }
+
+    /// Mints a token at the stack's IdP and tracks it for the drop-time log sweep (tokens that are
+    /// refused never go upstream, so the stack would not know them otherwise).
+    pub fn mint(&self, spec: TokenSpec) -> String {
+        let token = self.idp.mint_token(spec);
+        self.track_secret(&token);
+        token
     }
 
     /// Adds a secret to what the drop-time log sweep looks for; its base64 and form-encoded

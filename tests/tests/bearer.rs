@@ -21,23 +21,9 @@ const TOKEN_CLIENT: &str = "0oa9bearerTokenClient";
 /// The DCR app named by the token's `app_id` claim (Okta's `app.clientId`), deliberately not the
 /// client id, so that the tests see which one the filter picked.
 const APP_ID: &str = "0oa9dcrAppFromClaim";
-/// The challenge for a malformed, inactive, expired, wrong-issuer or wrong-audience token.
-const INVALID_TOKEN_CHALLENGE: &str = "Bearer realm=\"api\", error=\"invalid_token\"";
 
-/// A token for [`TOKEN_CLIENT`] with `scopes`, audience `api://default`, an hour to live, and the
-/// app claim `app_id` = [`APP_ID`].
 fn spec(scopes: &[&str]) -> TokenSpec {
-    let mut spec = TokenSpec::for_client(TOKEN_CLIENT, scopes);
-    spec.claims.insert("app_id".into(), json!(APP_ID));
-    spec
-}
-
-/// Mints a token at the stack's IdP and tracks it for the drop-time log sweep (tokens that are
-/// refused never go upstream, so the stack would not know them otherwise).
-fn mint(stack: &Stack, spec: TokenSpec) -> String {
-    let token = stack.idp.mint_token(spec);
-    stack.track_secret(&token);
-    token
+    app_token_spec(TOKEN_CLIENT, APP_ID, scopes)
 }
 
 fn bearer(token: &str) -> String {
@@ -173,7 +159,7 @@ fn assert_tokens_not_in_log(stack: &Stack, tokens: &[&str]) {
 #[test]
 fn active_token_with_the_scope_reaches_upstream_as_the_app_and_is_introspected_once() {
     let stack = Stack::start(filter_config(json!({})));
-    let token = mint(&stack, spec(&[SCOPE, "api:write"]));
+    let token = stack.mint(spec(&[SCOPE, "api:write"]));
     let auth = bearer(&token);
 
     let r = stack.get(
@@ -216,7 +202,7 @@ fn refused_tokens_get_the_contract_answer_after_one_introspection() {
         unknown.into(),
         INVALID_TOKEN_CHALLENGE,
     ));
-    let revoked = mint(&stack, spec(&[SCOPE]));
+    let revoked = stack.mint(spec(&[SCOPE]));
     stack.idp.revoke(&revoked);
     refused.push(("revoked".into(), revoked, INVALID_TOKEN_CHALLENGE));
 
@@ -226,7 +212,7 @@ fn refused_tokens_get_the_contract_answer_after_one_introspection() {
     expired.introspect_active_even_if_expired = true;
     refused.push((
         "expired".into(),
-        mint(&stack, expired),
+        stack.mint(expired),
         INVALID_TOKEN_CHALLENGE,
     ));
 
@@ -240,7 +226,7 @@ fn refused_tokens_get_the_contract_answer_after_one_introspection() {
         s.issuer = Some(other.clone());
         refused.push((
             format!("issuer {other}"),
-            mint(&stack, s),
+            stack.mint(s),
             INVALID_TOKEN_CHALLENGE,
         ));
     }
@@ -250,7 +236,7 @@ fn refused_tokens_get_the_contract_answer_after_one_introspection() {
     for scopes in [&["api:write"][..], &["api:reader"], &[]] {
         refused.push((
             format!("scopes {scopes:?}"),
-            mint(&stack, spec(scopes)),
+            stack.mint(spec(scopes)),
             insufficient.as_str(),
         ));
     }
@@ -296,7 +282,7 @@ fn token_is_not_accepted_from_the_cache_once_its_exp_passed() {
     let mut still_active = plain.clone();
     still_active.introspect_active_even_if_expired = true;
     let minted = Instant::now();
-    let tokens = [mint(&stack, plain), mint(&stack, still_active)];
+    let tokens = [stack.mint(plain), stack.mint(still_active)];
     let exp = tokens
         .iter()
         .map(|t| jwt_claims(t).and_then(|c| c["exp"].as_u64()).unwrap_or(0))
@@ -341,7 +327,7 @@ fn introspection_client_refused_by_the_idp_is_503_and_logged_without_the_secret(
         json!({ "introspection_client_secret": wrong }),
     ));
     stack.track_secret(wrong);
-    let token = mint(&stack, spec(&[SCOPE]));
+    let token = stack.mint(spec(&[SCOPE]));
     for n in 1..=2 {
         let r = stack.get("/", &[("authorization", &bearer(&token))]);
         assert_eq!(r.status, 503, "never a 401 to the client: {r:#?}");
@@ -431,7 +417,7 @@ fn idp_faults_and_unusable_introspection_answers_are_503_never_cached_then_recov
     for (what, path, fault) in rounds {
         let rate_limited = matches!(fault.answer, FaultAnswer::RateLimited { .. });
         let slow = !fault.delay.is_zero();
-        let token = mint(&stack, spec(&[SCOPE]));
+        let token = stack.mint(spec(&[SCOPE]));
         let auth = bearer(&token);
         stack.idp.set_fault(Endpoint::Introspect, fault);
 
@@ -491,7 +477,7 @@ fn idp_faults_and_unusable_introspection_answers_are_503_never_cached_then_recov
 #[test]
 fn scheme_is_case_insensitive_and_tokens_outside_b64token_are_401_without_an_introspection() {
     let stack = Stack::start(filter_config(json!({})));
-    let token = mint(&stack, spec(&[SCOPE]));
+    let token = stack.mint(spec(&[SCOPE]));
     for scheme in ["bearer", "BEARER", "bEaReR", "Bearer"] {
         let auth = format!("{scheme} {token}");
         let r = stack.get("/", &[("authorization", &auth)]);
@@ -541,21 +527,21 @@ fn app_claim_falls_back_to_cid_then_client_id() {
     with_claim
         .claims
         .insert("dcr_app".into(), json!("0oa9viaDcrAppClaim"));
-    let token = mint(&stack, with_claim);
+    let token = stack.mint(with_claim);
     let auth = bearer(&token);
     let r = stack.get("/", &[("authorization", &auth)]);
     assert_eq!(r.status, 200, "answer: {r:#?}");
     assert_forwarded(&stack, &auth, "0oa9viaDcrAppClaim", SCOPE);
 
     // Without it: the dev IdP, like Okta, answers `client_id` (the token's cid), never `app_id`.
-    let token = mint(&stack, spec(&[SCOPE]));
+    let token = stack.mint(spec(&[SCOPE]));
     let auth = bearer(&token);
     let r = stack.get("/", &[("authorization", &auth)]);
     assert_eq!(r.status, 200, "answer: {r:#?}");
     assert_forwarded(&stack, &auth, TOKEN_CLIENT, SCOPE);
 
     // An introspection answer that carries `cid` too: cid comes before client_id.
-    let token = mint(&stack, spec(&[SCOPE]));
+    let token = stack.mint(spec(&[SCOPE]));
     let auth = bearer(&token);
     let body = json!({
         "active": true, "scope": SCOPE, "cid": "0oa9fromCid", "client_id": "0oa9fromClientId",
@@ -589,7 +575,7 @@ fn accept_restricts_the_schemes_without_an_idp_call() {
         )
         .start();
     let app = stack.client("0oa9acceptApp", "accept-Secret_5a6b7c8d9e", &[SCOPE]);
-    let token = mint(&stack, spec(&[SCOPE]));
+    let token = stack.mint(spec(&[SCOPE]));
 
     let r = stack.get("/basic-only", &[("authorization", &bearer(&token))]);
     assert_denied(&stack, &r, 401, &[BASIC_CHALLENGE]);
@@ -643,7 +629,7 @@ fn audience_and_scopes_are_checked_per_route_and_a_change_revalidates_the_token(
 
     // Another scope is another decision: one introspection per route, then each is cached. The
     // audience api://default is not the one /orders wants: 401 there.
-    let both = mint(&stack, spec(&["api:read", "api:write"]));
+    let both = stack.mint(spec(&["api:read", "api:write"]));
     let auth = bearer(&both);
     for round in 0..2 {
         for path in ["/read", "/write", "/both"] {
@@ -661,7 +647,7 @@ fn audience_and_scopes_are_checked_per_route_and_a_change_revalidates_the_token(
     }
 
     // A yes on /read is not reused where more scope is needed.
-    let read = mint(&stack, spec(&["api:read"]));
+    let read = stack.mint(spec(&["api:read"]));
     let auth = bearer(&read);
     let r = stack.get("/read", &[("authorization", &auth)]);
     assert_passes(&stack, &r, &auth, "api:read");
@@ -674,7 +660,7 @@ fn audience_and_scopes_are_checked_per_route_and_a_change_revalidates_the_token(
     // A yes without an audience check is not reused where there is one, nor the reverse.
     let mut orders = spec(&["api:read"]);
     orders.audience = Some("api://orders".into());
-    let orders = mint(&stack, orders);
+    let orders = stack.mint(orders);
     let auth = bearer(&orders);
     let r = stack.get("/orders", &[("authorization", &auth)]);
     assert_passes(&stack, &r, &auth, "api:read");
@@ -690,7 +676,7 @@ fn audience_and_scopes_are_checked_per_route_and_a_change_revalidates_the_token(
     ] {
         let mut s = spec(&["api:read"]);
         s.claims.insert("aud".into(), aud.clone());
-        let token = mint(&stack, s);
+        let token = stack.mint(s);
         let auth = bearer(&token);
         let r = stack.get("/orders", &[("authorization", &auth)]);
         assert_eq!(r.status, status, "aud {aud}: {r:#?}");

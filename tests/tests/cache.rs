@@ -20,8 +20,6 @@ use okta_dcr_auth_tests::introspection_filter_config as filter_config;
 
 const APP_ID: &str = "0oa9cacheDcrApp";
 const APP_SECRET: &str = "cache-Secret_7e6d5c4b3a29";
-/// The challenge for an inactive, expired or otherwise invalid bearer token.
-const INVALID_TOKEN_CHALLENGE: &str = "Bearer realm=\"api\", error=\"invalid_token\"";
 /// How long the dev IdP takes for the calls the concurrency tests race on.
 const SLOW_IDP: Duration = Duration::from_millis(400);
 /// Requests sent at once by the single-flight tests.

@@ -32,8 +32,6 @@ use okta_dcr_auth_tests::introspection_filter_config as filter_config;
 
 const APP_ID: &str = "0oa8hostileApp";
 const APP_SECRET: &str = "hostile-Secret_5e4d3c2b1a09";
-/// The Bearer challenge for an invalid token.
-const INVALID_TOKEN_CHALLENGE: &str = "Bearer realm=\"api\", error=\"invalid_token\"";
 
 // ---- helpers ----
 

@@ -11,18 +11,9 @@ use serde_json::{json, Value};
 
 const TOKEN_CLIENT: &str = "0oa9jwtTokenClient";
 const APP_ID: &str = "0oa9jwtDcrApp";
-const INVALID_TOKEN_CHALLENGE: &str = "Bearer realm=\"api\", error=\"invalid_token\"";
 
 fn spec(scopes: &[&str]) -> TokenSpec {
-    let mut spec = TokenSpec::for_client(TOKEN_CLIENT, scopes);
-    spec.claims.insert("app_id".into(), json!(APP_ID));
-    spec
-}
-
-fn mint(stack: &Stack, spec: TokenSpec) -> String {
-    let token = stack.idp.mint_token(spec);
-    stack.track_secret(&token);
-    token
+    app_token_spec(TOKEN_CLIENT, APP_ID, scopes)
 }
 
 fn raw(stack: &Stack, header: &Value, claims: &Value, signing: Signing) -> String {
@@ -95,7 +86,7 @@ fn jwt_stack() -> Stack {
 #[test]
 fn a_valid_token_passes_with_zero_introspection_calls() {
     let stack = jwt_stack();
-    let token = mint(&stack, spec(&[SCOPE, "api:write"]));
+    let token = stack.mint(spec(&[SCOPE, "api:write"]));
     let r = get(&stack, &token);
     assert_eq!(r.status, 200, "{r:#?}");
     let req = stack.single_upstream_request();
@@ -128,8 +119,8 @@ fn a_valid_token_passes_with_zero_introspection_calls() {
 fn forgeries_and_foreign_tokens_are_refused_without_introspection() {
     let stack = jwt_stack();
     // the key set is there first, so that the forgeries below are judged by it
-    assert_passes(&stack, &get(&stack, &mint(&stack, spec(&[SCOPE]))));
-    let genuine = mint(&stack, spec(&[SCOPE]));
+    assert_passes(&stack, &get(&stack, &stack.mint(spec(&[SCOPE]))));
+    let genuine = stack.mint(spec(&[SCOPE]));
     let mut changed = claims(&stack);
     changed["app_id"] = json!("0oa9someoneElse");
     let mut expired = spec(&[SCOPE]);
@@ -147,7 +138,7 @@ fn forgeries_and_foreign_tokens_are_refused_without_introspection() {
     let forged = {
         let mut s = spec(&[SCOPE]);
         s.signing = Signing::UnpublishedKey;
-        mint(&stack, s)
+        stack.mint(s)
     };
     let cases: Vec<(&str, String)> = vec![
         ("forged signature", forged),
@@ -168,13 +159,13 @@ fn forgeries_and_foreign_tokens_are_refused_without_introspection() {
                 Signing::Hs256WithPublicKey,
             ),
         ),
-        ("expired", mint(&stack, expired)),
+        ("expired", stack.mint(expired)),
         (
             "nbf in the future",
             raw(&stack, &header(&stack), &not_yet, Signing::Genuine),
         ),
-        ("wrong iss", mint(&stack, wrong_iss)),
-        ("wrong aud", mint(&stack, wrong_aud)),
+        ("wrong iss", stack.mint(wrong_iss)),
+        ("wrong aud", stack.mint(wrong_aud)),
         (
             "missing aud",
             raw(&stack, &header(&stack), &no_aud, Signing::Genuine),
@@ -192,7 +183,7 @@ fn forgeries_and_foreign_tokens_are_refused_without_introspection() {
 #[test]
 fn a_missing_scope_is_403() {
     let stack = jwt_stack();
-    let r = get(&stack, &mint(&stack, spec(&["api:write"])));
+    let r = get(&stack, &stack.mint(spec(&["api:write"])));
     assert_local_reply(&r, 403);
     assert_eq!(
         r.www_authenticate(),
@@ -232,17 +223,17 @@ fn unknown_kids_cost_one_fetch_then_at_most_one_per_30_s() {
 #[test]
 fn a_rotated_key_passes_after_one_fetch_without_a_restart() {
     let stack = jwt_stack();
-    assert_passes(&stack, &get(&stack, &mint(&stack, spec(&[SCOPE]))));
+    assert_passes(&stack, &get(&stack, &stack.mint(spec(&[SCOPE]))));
     assert_eq!(stack.idp.jwks_fetches(), 1);
     stack.idp.publish_next_key();
     let new_kid = stack.idp.switch_signing_key();
-    let token = mint(&stack, spec(&[SCOPE]));
+    let token = stack.mint(spec(&[SCOPE]));
     assert!(token.len() > 10 && !new_kid.is_empty());
     assert_passes(&stack, &get(&stack, &token));
     assert_eq!(stack.idp.jwks_fetches(), 2, "one refresh for the new kid");
     // tokens of the old key still pass while it is published and cached
     stack.idp.retire_old_keys();
-    assert_passes(&stack, &get(&stack, &mint(&stack, spec(&[SCOPE]))));
+    assert_passes(&stack, &get(&stack, &stack.mint(spec(&[SCOPE]))));
     assert_eq!(stack.idp.jwks_fetches(), 2);
 }
 
@@ -270,7 +261,7 @@ fn key_pointing_headers_are_never_followed() {
 #[test]
 fn with_the_key_set_down_the_last_good_keys_keep_working() {
     let stack = jwt_stack();
-    assert_passes(&stack, &get(&stack, &mint(&stack, spec(&[SCOPE]))));
+    assert_passes(&stack, &get(&stack, &stack.mint(spec(&[SCOPE]))));
     stack
         .idp
         .set_fault(Endpoint::Keys, fault(FaultAnswer::Status(503)));
@@ -282,7 +273,7 @@ fn with_the_key_set_down_the_last_good_keys_keep_working() {
     );
     assert_invalid_token(&stack, &r);
     for _ in 0..3 {
-        assert_passes(&stack, &get(&stack, &mint(&stack, spec(&[SCOPE]))));
+        assert_passes(&stack, &get(&stack, &stack.mint(spec(&[SCOPE]))));
     }
 }
 
@@ -292,12 +283,12 @@ fn with_the_key_set_down_and_no_keys_yet_bearer_is_503() {
         .route("/", filter_config(json!({})))
         .with_idp(|idp| idp.set_fault(Endpoint::Keys, fault(FaultAnswer::Status(503))))
         .start();
-    let r = get(&stack, &mint(&stack, spec(&[SCOPE])));
+    let r = get(&stack, &stack.mint(spec(&[SCOPE])));
     assert_local_reply(&r, 503);
     assert_eq!(stack.echo.count(), 0);
     stack.idp.clear_faults();
     // the next attempt comes soon: the same token then passes
-    let token = mint(&stack, spec(&[SCOPE]));
+    let token = stack.mint(spec(&[SCOPE]));
     let r = eventually(Duration::from_secs(10), "the keys arrive", || {
         let r = get(&stack, &token);
         (r.status == 200).then_some(r)
@@ -310,10 +301,10 @@ fn jwt_plus_introspection_refuses_revoked_tokens_and_never_introspects_forgeries
     let stack = Stack::start(filter_config(
         json!({ "bearer_validation": "jwt+introspection" }),
     ));
-    let token = mint(&stack, spec(&[SCOPE]));
+    let token = stack.mint(spec(&[SCOPE]));
     assert_passes(&stack, &get(&stack, &token));
     assert_eq!(introspections(&stack), 1);
-    let revoked = mint(&stack, spec(&[SCOPE]));
+    let revoked = stack.mint(spec(&[SCOPE]));
     stack.idp.revoke(&revoked);
     assert_invalid_token(&stack, &get(&stack, &revoked));
     assert_eq!(
@@ -323,7 +314,7 @@ fn jwt_plus_introspection_refuses_revoked_tokens_and_never_introspects_forgeries
     );
     let mut forged = spec(&[SCOPE]);
     forged.signing = Signing::UnpublishedKey;
-    let forged = mint(&stack, forged);
+    let forged = stack.mint(forged);
     assert_invalid_token(&stack, &get(&stack, &forged));
     assert_eq!(introspections(&stack), 2, "a forgery never reaches Okta");
 }
@@ -335,7 +326,7 @@ fn introspection_mode_refuses_what_cannot_be_a_jwt_without_a_call() {
     ));
     assert_invalid_token(&stack, &get(&stack, "opaque-garbage"));
     assert_eq!(introspections(&stack), 0);
-    assert_passes(&stack, &get(&stack, &mint(&stack, spec(&[SCOPE]))));
+    assert_passes(&stack, &get(&stack, &stack.mint(spec(&[SCOPE]))));
     assert_eq!(introspections(&stack), 1);
     assert_eq!(
         stack.idp.jwks_fetches(),
