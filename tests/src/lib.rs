@@ -110,15 +110,24 @@ pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// The wall clock, in seconds since the epoch (0 if it is before).
+pub fn now_s() -> u64 {
+    epoch_ms() / 1000
+}
+
+/// The wall clock, in milliseconds since the epoch (0 if it is before).
+pub fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A Bearer header with a token shaped like one of `issuer`'s access tokens (three base64url
 /// segments, JSON header and payload, `iss`, an `exp` an hour ahead, `jti` = `marker`) and a
 /// signature nobody made: only verification or the IdP can refuse it.
 pub fn jwt_shaped(issuer: &str, marker: &str) -> String {
     let url = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        + 3_600;
+    let exp = now_s() + 3_600;
     format!(
         "Bearer {}.{}.Zm9yZ2VkU2lnbmF0dXJl",
         url(json!({ "alg": "RS256", "kid": "flood" })),

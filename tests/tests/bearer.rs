@@ -35,13 +35,6 @@ fn introspections(stack: &Stack) -> u64 {
     stack.idp.calls(Endpoint::Introspect)
 }
 
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// A 200 introspection answer with exactly this JSON body (for answers the dev IdP would never
 /// give by itself).
 fn introspection_answer(body: &str) -> Fault {

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Barrier;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use okta_dcr_auth_tests::client::{self, DEFAULT_TIMEOUT};
 use okta_dcr_auth_tests::*;
@@ -145,14 +145,6 @@ fn sleep_until(deadline: Instant) {
     if let Some(d) = deadline.checked_duration_since(Instant::now()) {
         std::thread::sleep(d);
     }
-}
-
-/// Wall-clock time, ms since the epoch (what the filter and the dev IdP go by).
-fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Sleeps until the wall clock reads `ms` since the epoch.

@@ -1082,13 +1082,6 @@ fn before_calls(ep: Endpoint, s: Seen) -> u64 {
     }
 }
 
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// A JSON body of about `size` bytes: `fields` then a padding field.
 fn padded_json(fields: Value, size: usize) -> String {
     let mut v = fields;

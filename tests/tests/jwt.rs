@@ -4,7 +4,7 @@
 //! without a restart, and `jwt+introspection`.
 
 use std::net::TcpListener;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use okta_dcr_auth_tests::*;
 use serde_json::{json, Value};
@@ -28,13 +28,6 @@ fn get(stack: &Stack, token: &str) -> Response {
 
 fn introspections(stack: &Stack) -> u64 {
     stack.idp.calls(Endpoint::Introspect)
-}
-
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Okta-shaped claims for [`TOKEN_CLIENT`], alive for an hour.
