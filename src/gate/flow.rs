@@ -3,8 +3,7 @@
 
 use super::slots::Update;
 use super::{
-    Call, ContextId, DispatchError, Gate, Host, Parked, Pending, Purpose, Resume, Step,
-    LEASE_MARGIN_MS,
+    ContextId, DispatchError, Gate, Host, Parked, Pending, Purpose, Resume, Step, LEASE_MARGIN_MS,
 };
 use crate::cache::{CacheEntry, Cached, Freshness};
 use crate::credentials::Credential;
@@ -242,34 +241,20 @@ impl Gate {
             self.warn(now, format_args!("[{ctx}] {} {why}", endpoint.name()));
             return self.no_verdict(ctx, &req, Some(seen), Some(retry_after_s), now, host);
         }
-        match host.dispatch(
-            caller,
-            &self.config.idp_upstream,
-            &request,
-            self.config.idp_timeout_ms,
-        ) {
-            Ok(call) => {
-                let purpose = Purpose::Verdict {
-                    key: req.key,
-                    credential: req.credential.clone(),
-                    leader: ctx,
-                };
-                let (owner, started_ms) = (caller, now);
-                let record = Call {
-                    purpose,
-                    started_ms,
-                    owner,
-                };
-                self.calls.insert(call, record);
-                self.park(
-                    ctx,
-                    Parked::Leader {
-                        req,
-                        call,
-                        lease_until_ms,
-                    },
-                )
-            }
+        let purpose = Purpose::Verdict {
+            key: req.key,
+            credential: req.credential.clone(),
+            leader: ctx,
+        };
+        match self.send(caller, &request, purpose, now, host) {
+            Ok(call) => self.park(
+                ctx,
+                Parked::Leader {
+                    req,
+                    call,
+                    lease_until_ms,
+                },
+            ),
             Err(DispatchError) => {
                 // The proxy's own refusal (its circuit breaker full): calls already queued there
                 // may time out without Okta being at fault (`guard::silence_explained`).

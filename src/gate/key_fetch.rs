@@ -5,7 +5,7 @@
 
 use super::keys::{Adopted, KeysRecord, Why};
 use super::slots::{update, Update};
-use super::{Call, ContextId, DispatchError, Gate, Host, Parked, Purpose, Sent, Step};
+use super::{ContextId, DispatchError, Gate, Host, Parked, Purpose, Sent, Step};
 use crate::cache::NotWritten;
 use crate::metrics::{CallResult, Counter, IdpEndpoint};
 use crate::okta::{self, IdpAnswer, JwksAnswerError};
@@ -70,21 +70,8 @@ impl Gate {
 
     fn send_fetch(&mut self, caller: ContextId, path: &str, now: u64, host: &dyn Host) -> Fetch {
         let request = okta::jwks_request(&self.config, path);
-        match host.dispatch(
-            caller,
-            &self.config.idp_upstream,
-            &request,
-            self.config.idp_timeout_ms,
-        ) {
-            Ok(token) => {
-                let call = Call {
-                    purpose: Purpose::Keys,
-                    started_ms: now,
-                    owner: caller,
-                };
-                self.calls.insert(token, call);
-                Fetch::Sent
-            }
+        match self.send(caller, &request, Purpose::Keys, now, host) {
+            Ok(_) => Fetch::Sent,
             Err(DispatchError) => {
                 host.count(Counter::IdpCall(
                     IdpEndpoint::Discovery,

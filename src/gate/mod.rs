@@ -449,6 +449,26 @@ impl Gate {
         );
     }
 
+    /// Sends `request` to the IdP on behalf of `caller` and records the call for its answer.
+    fn send(
+        &mut self,
+        caller: ContextId,
+        request: &IdpRequest,
+        purpose: Purpose,
+        now: u64,
+        host: &dyn Host,
+    ) -> Result<CallToken, DispatchError> {
+        let upstream = &self.config.idp_upstream;
+        let token = host.dispatch(caller, upstream, request, self.config.idp_timeout_ms)?;
+        let call = Call {
+            purpose,
+            started_ms: now,
+            owner: caller,
+        };
+        self.calls.insert(token, call);
+        Ok(token)
+    }
+
     fn dispatch_discovery(
         &mut self,
         caller: ContextId,
@@ -457,24 +477,8 @@ impl Gate {
         host: &dyn Host,
     ) {
         let request = okta::discovery_request(&self.config, doc);
-        match host.dispatch(
-            caller,
-            &self.config.idp_upstream,
-            &request,
-            self.config.idp_timeout_ms,
-        ) {
-            Ok(token) => {
-                let purpose = Purpose::Discovery(doc);
-                self.calls.insert(
-                    token,
-                    Call {
-                        purpose,
-                        started_ms: now,
-                        owner: caller,
-                    },
-                );
-                self.discovery.sent();
-            }
+        match self.send(caller, &request, Purpose::Discovery(doc), now, host) {
+            Ok(_) => self.discovery.sent(),
             Err(DispatchError) => {
                 host.count(Counter::IdpCall(
                     IdpEndpoint::Discovery,
