@@ -8,6 +8,7 @@
 //! and the glue reads a call's answer only when there is one.
 
 const MAP_HTTP_REQUEST_HEADERS: u32 = 0;
+const MAP_HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
 const STREAM_HTTP_REQUEST: u32 = 0;
 const STATUS_OK: u32 = 0;
 
@@ -39,6 +40,11 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_get_property(
         path_data: *const u8,
@@ -84,10 +90,31 @@ fn drop_request_header(name: &str) -> bool {
     status == STATUS_OK
 }
 
-/// The request's headers, names as the host spells them, values as bytes.
-fn request_headers() -> Vec<(String, Vec<u8>)> {
-    proxy_wasm::hostcalls::get_map_bytes(proxy_wasm::types::MapType::HttpRequestHeaders)
-        .unwrap_or_default()
+pub use crate::header_map::HeaderPair;
+
+/// The request's headers, as the host spells them.
+pub fn request_headers() -> Vec<HeaderPair> {
+    header_map(MAP_HTTP_REQUEST_HEADERS)
+}
+
+/// The headers of an IdP call's answer, in the callback that delivers it.
+pub fn call_response_headers() -> Vec<HeaderPair> {
+    header_map(MAP_HTTP_CALL_RESPONSE_HEADERS)
+}
+
+/// A header map read as bytes; empty when the host has none or refused. The SDK's own getters
+/// unwrap a UTF-8 conversion of every name (and panic on the first that is not): never used.
+fn header_map(map_type: u32) -> Vec<HeaderPair> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    let status = unsafe { proxy_get_header_map_pairs(map_type, &mut data, &mut size) };
+    if status != STATUS_OK || data.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: as in `property`: the host filled `data` through the module's allocator and
+    // hands it over.
+    let bytes = unsafe { Vec::from_raw_parts(data, size, size) };
+    crate::header_map::decode(&bytes).unwrap_or_default()
 }
 
 /// Removes a request header so that no value of it goes upstream, on either host.
@@ -102,7 +129,7 @@ fn request_headers() -> Vec<(String, Vec<u8>)> {
 pub fn remove_request_header(name: &str) -> bool {
     let present = request_headers()
         .iter()
-        .any(|(n, _)| n.eq_ignore_ascii_case(name));
+        .any(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()));
     if present {
         set_request_header(name, "");
     }
@@ -142,7 +169,7 @@ pub fn scrub_request_headers(names: &[&str], overwrite: &[&str]) -> bool {
     let clean = names.iter().all(|name| {
         let mut values = after
             .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v);
         matches!((values.next(), values.next()), (Some(v), None) if v.is_empty())
     });
@@ -155,7 +182,7 @@ pub fn scrub_request_headers(names: &[&str], overwrite: &[&str]) -> bool {
 }
 
 pub fn send_local_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
-    let headers = serialize_map(headers);
+    let headers = crate::header_map::encode(headers);
     let status = unsafe {
         proxy_send_local_response(
             status,
@@ -228,26 +255,4 @@ pub fn lenient_host() -> bool {
         static LENIENT: std::cell::OnceCell<bool> = const { std::cell::OnceCell::new() };
     }
     LENIENT.with(|l| *l.get_or_init(|| set_effective_context(u32::MAX)))
-}
-
-/// The ABI's header map encoding: a count, each pair's sizes, then each name and value with a
-/// NUL after it.
-fn serialize_map(map: &[(&str, &str)]) -> Vec<u8> {
-    let size = 4 + map
-        .iter()
-        .map(|(k, v)| k.len() + v.len() + 10)
-        .sum::<usize>();
-    let mut bytes = Vec::with_capacity(size);
-    bytes.extend_from_slice(&(map.len() as u32).to_le_bytes());
-    for (name, value) in map {
-        bytes.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    }
-    for (name, value) in map {
-        bytes.extend_from_slice(name.as_bytes());
-        bytes.push(0);
-        bytes.extend_from_slice(value.as_bytes());
-        bytes.push(0);
-    }
-    bytes
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MetricType, Status};
 
 use crate::abi;
 use crate::config::Config;
@@ -280,13 +280,17 @@ impl HttpContext for Request {
         // All headers in one host call: every spelling of our identity headers must be found and
         // removed, and every `Authorization` seen (Envoy folds repeats into one value, joined
         // by commas; a host that does not would hand over several).
-        let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        let headers = abi::request_headers();
         let mut authorization: Vec<&[u8]> = Vec::new();
         let mut spoofed: Vec<&str> = Vec::new();
         for (name, value) in &headers {
-            if name.eq_ignore_ascii_case("authorization") {
+            if name.eq_ignore_ascii_case(b"authorization") {
                 authorization.push(value);
-            } else if is_identity_header(name) {
+            } else if let Some(name) = std::str::from_utf8(name)
+                .ok()
+                .filter(|n| is_identity_header(n))
+            {
+                // Identity header spellings are ASCII: a name that is not UTF-8 is none of them.
                 spoofed.push(name);
             }
         }
@@ -350,10 +354,14 @@ fn deliver(plugin: &Rc<Plugin>, caller: u32, token: u32, header_count: usize, bo
     let headers: Vec<(String, String)> = if header_count == 0 {
         Vec::new()
     } else {
-        hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
-            .unwrap_or_default()
+        abi::call_response_headers()
             .into_iter()
-            .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+            .map(|(name, value)| {
+                (
+                    String::from_utf8_lossy(&name).into_owned(),
+                    String::from_utf8_lossy(&value).into_owned(),
+                )
+            })
             .collect()
     };
     let status = headers

@@ -13,6 +13,7 @@
 //! - [`budget`]: the IdP call budget per Okta endpoint, shared by all workers;
 //! - [`throttle`]: the per-client-id failure throttle for Basic credentials;
 //! - [`metrics`]: the counters and histogram the filter exposes;
+//! - [`header_map`]: the ABI's header map encoding, names and values as bytes;
 //! - [`gate`]: the request state machine over a small [`gate::Host`] trait, with its parts:
 //!   the shared-slot protocol, discovery, the quota guard, admission (budget, guard,
 //!   throttle).
@@ -24,6 +25,7 @@ pub mod cache;
 pub mod config;
 pub mod credentials;
 pub mod gate;
+pub mod header_map;
 pub mod jwks;
 pub mod jwt;
 pub mod local;
