@@ -468,9 +468,9 @@ fn claim(way: Option<&CacheEntry>, now_ms: u64, stale_if_error_ms: u64) -> (Clai
             if now_ms < ends {
                 return (Claim::Positive, ends);
             }
-            if e.lease_until_ms <= now_ms {
-                return (Claim::Known, e.expires_at_ms);
-            }
+            // However long expired, and whether or not its refresh is out: a lease on it is
+            // that refresh, and must not make it a lease an unknown credential may evict.
+            return (Claim::Known, e.expires_at_ms);
         }
         Some(Cached::Deny(_)) if trusted && now_ms < e.expires_at_ms => {
             return (Claim::Negative, e.expires_at_ms);
@@ -947,6 +947,34 @@ mod tests {
             ];
             assert_eq!(choose(&ways, incoming), Choice::Replace(2));
         }
+    }
+
+    #[test]
+    fn a_long_expired_positive_verdict_keeps_its_class_while_its_refresh_is_out() {
+        // Expired long ago (past stale_if_error), and its refresh lease is live.
+        let refreshing = Some(CacheEntry {
+            lease_until_ms: NOW + 3_000,
+            ..positive(1, NOW - STALE - 60_000).unwrap_or_else(|| CacheEntry::empty(key(1)))
+        });
+        let ways = [
+            refreshing.clone(),
+            lease(2, NOW + 9_000),
+            negative(3, NOW + 9_000),
+            positive(4, NOW + 9_000),
+        ];
+        // A bogus lease or negative takes the other lease or the negative, never the refresh.
+        for incoming in [Incoming::Lease, Incoming::Negative] {
+            assert_ne!(choose(&ways, incoming), Choice::Replace(0), "{incoming:?}");
+        }
+        let ways = [
+            refreshing.clone(),
+            positive(2, NOW + 9_000),
+            positive(3, NOW + 9_000),
+            positive(4, NOW + 9_000),
+        ];
+        assert_eq!(choose(&ways, Incoming::Lease), Choice::NotCached);
+        assert_eq!(choose(&ways, Incoming::Negative), Choice::NotCached);
+        assert_eq!(choose(&ways, Incoming::Positive), Choice::Replace(0));
     }
 
     #[test]
