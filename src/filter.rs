@@ -310,9 +310,14 @@ impl HttpContext for Request {
             return Action::Pause;
         }
         let host = HostCalls(&plugin.metrics);
-        let step = plugin.gate.borrow_mut().on_request(
+        // ngx_wasm_module: only a connection's first request may wait for an IdP answer (see
+        // `abi::first_request_on_connection`); the gate answers the others at once, and the
+        // root makes the call they need, so that their retry finds the verdict.
+        let can_wait = !abi::lenient_host() || abi::first_request_on_connection();
+        let step = plugin.gate.borrow_mut().on_request_with(
             ContextId(self.id),
             &authorization,
+            can_wait,
             now_ms(),
             &host,
         );
@@ -325,19 +330,18 @@ impl HttpContext for Request {
             }
             Step::Deny(denial) => send_reply(plugin.replies.get(denial), None),
             Step::Unavailable { retry_after_s } => send_unavailable(plugin, retry_after_s, true),
-            Step::Wait if abi::lenient_host() && !abi::first_request_on_connection() => {
-                refuse_on_reused_connection(plugin, self.id, &host);
-            }
+            // The gate never parks a request that may not wait; should it, the request must not
+            // go on (nginx could forward it before its answer).
+            Step::Wait if !can_wait => refuse_on_reused_connection(plugin, self.id, &host),
             Step::Wait => self.parked = true,
         }
         Action::Pause
     }
 }
 
-/// ngx_wasm_module could forward a request waiting on a reused connection upstream before its
-/// IdP answer (an earlier request on this connection went elsewhere, e.g. to a route without
-/// this filter; see `abi::first_request_on_connection`). It is refused: the 503 cancels the IdP
-/// call the gate made for it, and the client's retry comes on a new connection.
+/// A backstop: ngx_wasm_module could forward a request waiting on a reused connection upstream
+/// before its IdP answer (see `abi::first_request_on_connection`). The gate does not park such a
+/// request; if it ever did, the request is refused and reported gone.
 fn refuse_on_reused_connection(plugin: &Plugin, id: u32, host: &HostCalls<'_>) {
     log::debug!("[{id}] request refused: it would wait on a reused connection");
     plugin

@@ -195,13 +195,17 @@ impl Gate {
         let deadline_ms = req.arrived_ms + self.lease_ms();
         req.waited_for_keys = true;
         let own_only = self.resume == Resume::OwnRequestOnly;
-        let fetch = match self.fetch_keys(caller, why, now, host) {
-            Fetch::InFlight if own_only && why == Why::NoKeys => {
-                self.fetch_own_keys(caller, now, host)
-            }
+        // A request sends the fetch itself only where it can wait for nothing else.
+        let own = own_only && req.can_wait;
+        let fetch = match self.fetch_keys(caller, own, why, now, host) {
+            Fetch::InFlight if own && why == Why::NoKeys => self.fetch_own_keys(caller, now, host),
             fetch => fetch,
         };
         match fetch {
+            // The root fetches; this request may not wait: its retry finds the new set.
+            Fetch::Sent | Fetch::InFlight if !req.can_wait => {
+                Step::Unavailable { retry_after_s: 1 }
+            }
             Fetch::Sent => self.park(ctx, Parked::Keys { req, deadline_ms }),
             Fetch::InFlight if !own_only && now <= deadline_ms => {
                 self.park(ctx, Parked::Keys { req, deadline_ms })
@@ -224,6 +228,10 @@ impl Gate {
         let own_only = self.resume == Resume::OwnRequestOnly;
         if retry_at > deadline_ms || (own_only && retry_at > now) {
             return self.no_verdict(ctx, &req, None, None, now, host);
+        }
+        if !req.can_wait {
+            // The root's tick discovers; the retry finds the endpoints.
+            return self.no_verdict(ctx, &req, None, Some(1), now, host);
         }
         if own_only {
             self.dispatch_discovery(

@@ -3,7 +3,8 @@
 
 use super::slots::Update;
 use super::{
-    ContextId, DispatchError, Gate, Host, Parked, Pending, Purpose, Resume, Step, LEASE_MARGIN_MS,
+    ContextId, Deferred, DispatchError, Gate, Host, Parked, Pending, Purpose, Resume, Step,
+    LEASE_MARGIN_MS,
 };
 use crate::cache::{CacheEntry, Cached, Freshness};
 use crate::credentials::Credential;
@@ -98,6 +99,15 @@ impl Gate {
     ) -> Step {
         let deadline_ms = following.unwrap_or(req.arrived_ms + self.lease_ms());
         match next {
+            // A request that may not wait gets its answer now; a call it needs is the root's.
+            Move::Discover | Move::WaitForDiscovery | Move::Follow if !req.can_wait => {
+                self.no_verdict(ctx, &req, Some(seen), Some(1), now, host)
+            }
+            Move::Lead { take_lease }
+                if !req.can_wait && (!take_lease || update == Update::Lost) =>
+            {
+                self.no_verdict(ctx, &req, Some(seen), Some(1), now, host)
+            }
             Move::Cached(verdict, decided_at_ms, expires_at_ms) => {
                 self.copy_of_shared(ctx, &req, verdict, decided_at_ms, expires_at_ms, host)
             }
@@ -241,6 +251,15 @@ impl Gate {
             self.warn(now, format_args!("[{ctx}] {} {why}", endpoint.name()));
             return self.no_verdict(ctx, &req, Some(seen), Some(retry_after_s), now, host);
         }
+        if !req.can_wait {
+            // The root makes the call at its next tick, so that it outlives this request: the
+            // verdict is there for its retry (`Retry-After: 1`).
+            self.deferred.push(Deferred::Verdict {
+                key: req.key,
+                credential: req.credential.clone(),
+            });
+            return self.no_verdict(ctx, &req, Some(seen), Some(1), now, host);
+        }
         let purpose = Purpose::Verdict {
             key: req.key,
             credential: req.credential.clone(),
@@ -263,6 +282,33 @@ impl Gate {
                 self.slots.release(host, &req.key, Some(now));
                 self.no_verdict(ctx, &req, Some(seen), Some(1), now, host)
             }
+        }
+    }
+
+    /// The root sends a verdict call a request that could not wait asked for (its lease and
+    /// budget were taken then); the answer is cached for the request's retry.
+    pub(super) fn send_deferred_verdict(
+        &mut self,
+        key: crate::cache::CacheKey,
+        credential: Credential,
+        now: u64,
+        host: &dyn Host,
+    ) {
+        let root = self.root;
+        let Some(request) = self.idp_request(&credential) else {
+            self.slots.release(host, &key, None);
+            return;
+        };
+        let endpoint = super::answer::endpoint_of(&credential);
+        let purpose = Purpose::Verdict {
+            key,
+            credential,
+            leader: root,
+        };
+        if self.send(root, &request, purpose, now, host).is_err() {
+            self.silence_explained_ms[endpoint.index()] = now;
+            self.warn(now, format_args!("[{root}] {NOT_SENT}"));
+            self.slots.release(host, &key, Some(now));
         }
     }
 

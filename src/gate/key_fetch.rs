@@ -2,10 +2,15 @@
 //! flight), the call (counted and guarded as a discovery call), its answer (the new set shared,
 //! or the last good one kept), and waking the requests that waited for it. The rules of when a
 //! fetch may go out are `keys`'s.
+//!
+//! The root sends the fetch, from its own callback (at once on a tick, else at the next one): a
+//! request's call would die with the request, and an anonymous client could then hold back
+//! every refresh by hanging up. Only a request that can wait for nothing but its own call
+//! (`OwnRequestOnly`) sends its own; if it goes away, the root sends the fetch again.
 
 use super::keys::{Adopted, KeysRecord, Why};
 use super::slots::{update, Update};
-use super::{ContextId, DispatchError, Gate, Host, Parked, Purpose, Sent, Step};
+use super::{ContextId, Deferred, DispatchError, Gate, Host, Parked, Purpose, Sent, Step};
 use crate::cache::NotWritten;
 use crate::metrics::{CallResult, Counter, IdpEndpoint};
 use crate::okta::{self, IdpAnswer, JwksAnswerError};
@@ -22,10 +27,13 @@ pub(super) enum Fetch {
 }
 
 impl Gate {
-    /// Takes the shared lease and sends the fetch, if `why` allows one now.
+    /// Takes the shared lease if `why` allows a fetch now, and has it sent: by `caller` when it
+    /// is the root, or when `own` (a request that can only wait for its own call); otherwise
+    /// by the root at its next tick.
     pub(super) fn fetch_keys(
         &mut self,
         caller: ContextId,
+        own: bool,
         why: Why,
         now: u64,
         host: &dyn Host,
@@ -44,13 +52,19 @@ impl Gate {
             let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
             in_flight = record.in_flight(now);
             if record.may_fetch(why, now) {
-                Ok(record.leased(why, until, now).encode())
+                Ok(record.leased(until).encode())
             } else {
                 Err(NotWritten::Declined)
             }
         });
         match written {
-            Update::Written => self.send_fetch(caller, &path, now, host),
+            Update::Written if caller == self.root || own => {
+                self.send_fetch(caller, &path, why, true, now, host)
+            }
+            Update::Written => {
+                self.deferred.push(Deferred::Keys(why));
+                Fetch::Sent
+            }
             _ if in_flight => Fetch::InFlight,
             _ => Fetch::NotNow,
         }
@@ -62,15 +76,41 @@ impl Gate {
     pub(super) fn fetch_own_keys(&mut self, caller: ContextId, now: u64, host: &dyn Host) -> Fetch {
         match self.discovery.endpoints().jwks_path.clone() {
             Some(path) if self.calls.len() < self.config.max_idp_calls_in_flight => {
-                self.send_fetch(caller, &path, now, host)
+                self.send_fetch(caller, &path, Why::NoKeys, false, now, host)
             }
             _ => Fetch::NotNow,
         }
     }
 
-    fn send_fetch(&mut self, caller: ContextId, path: &str, now: u64, host: &dyn Host) -> Fetch {
+    /// The root sends a fetch whose lease was taken earlier (by a request that could not own
+    /// the call, or whose own call was lost with it); the lease is renewed from now.
+    pub(super) fn send_deferred_fetch(&mut self, why: Why, now: u64, host: &dyn Host) {
+        let (Some(path), Some(name)) = (
+            self.discovery.endpoints().jwks_path.clone(),
+            self.keys_record_name(),
+        ) else {
+            return;
+        };
+        let until = now + self.lease_ms();
+        update(host, &name, |bytes| {
+            let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
+            Ok(record.leased(until).encode())
+        });
+        let root = self.root;
+        self.send_fetch(root, &path, why, true, now, host);
+    }
+
+    fn send_fetch(
+        &mut self,
+        caller: ContextId,
+        path: &str,
+        why: Why,
+        leased: bool,
+        now: u64,
+        host: &dyn Host,
+    ) -> Fetch {
         let request = okta::jwks_request(&self.config, path);
-        match self.send(caller, &request, Purpose::Keys, now, host) {
+        match self.send(caller, &request, Purpose::Keys { why, leased }, now, host) {
             Ok(_) => Fetch::Sent,
             Err(DispatchError) => {
                 host.count(Counter::IdpCall(
@@ -81,7 +121,10 @@ impl Gate {
                     now,
                     format_args!("[{caller}] the key set fetch could not be sent (is idp_upstream a known cluster with a healthy host?)"),
                 );
-                self.release_keys_lease(host);
+                // The proxy's refusal completes the attempt.
+                if leased {
+                    self.end_keys_lease(why, now, host);
+                }
                 Fetch::NotNow
             }
         }
@@ -101,14 +144,15 @@ impl Gate {
             .unwrap_or_default()
     }
 
-    /// Ends this worker's lease on the key set record; the body stays.
-    pub(super) fn release_keys_lease(&self, host: &dyn Host) {
+    /// Ends this worker's lease on the key set record after a fetch for `why`, sent at
+    /// `sent_ms`, completed without a new set; the body stays.
+    fn end_keys_lease(&self, why: Why, sent_ms: u64, host: &dyn Host) {
         let Some(name) = self.keys_record_name() else {
             return;
         };
         update(host, &name, |bytes| {
             let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
-            Ok(record.released().encode())
+            Ok(record.released().attempted(why, sent_ms).encode())
         });
     }
 
@@ -139,7 +183,7 @@ impl Gate {
         &mut self,
         caller: ContextId,
         answer: IdpAnswer<'_>,
-        sent_ms: u64,
+        (why, leased, sent_ms): (Why, bool, u64),
         now: u64,
         host: &dyn Host,
     ) -> Vec<(ContextId, Step)> {
@@ -161,7 +205,8 @@ impl Gate {
                 if let Some(name) = self.keys_record_name() {
                     update(host, &name, |bytes| {
                         let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
-                        Ok(record.fetched(answer.body, now).encode())
+                        let record = record.fetched(answer.body, now);
+                        Ok(record.attempted(why, sent_ms).encode())
                     });
                 }
                 self.keys.install(set, now);
@@ -175,7 +220,9 @@ impl Gate {
                         e.describe()
                     ),
                 );
-                self.release_keys_lease(host);
+                if leased {
+                    self.end_keys_lease(why, sent_ms, host);
+                }
                 if let JwksAnswerError::Failed(failure) = e {
                     self.note_failure(failure, sent, now, host);
                 }
@@ -207,7 +254,7 @@ impl Gate {
         let newer = self.adopt_record(&record, now);
         if due && !newer {
             self.keys.checked(now);
-            self.fetch_keys(self.root, Why::Periodic, now, host);
+            self.fetch_keys(self.root, false, Why::Periodic, now, host);
         }
         waiting && (newer || !record.in_flight(now))
     }

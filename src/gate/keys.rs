@@ -10,7 +10,11 @@
 //!   workers, so a flood of made-up `kid`s costs at most one fetch per 30 s;
 //! - the set is older than [`MAX_AGE_MS`]: on tick, tried at most every 30 s while it fails.
 //!
-//! A failed fetch changes nothing but the lease: the last good set keeps serving.
+//! A fetch counts as an attempt (for these intervals) when it completes: answered, failed or
+//! timed out, or refused by the proxy. A fetch that never completed (its call was lost with the
+//! request that sent it) leaves no mark, so an anonymous client who hangs up cannot make the
+//! filter believe it tried. A failed fetch changes nothing else: the last good set keeps
+//! serving.
 
 use crate::jwks::{JwksError, KeySet};
 
@@ -97,16 +101,24 @@ impl KeysRecord {
         }
     }
 
-    /// The record with this worker's lease until `until_ms`, for a fetch sent now.
-    pub fn leased(&self, why: Why, until_ms: u64, now_ms: u64) -> KeysRecord {
+    /// The record with this worker's lease until `until_ms`. Nothing is stamped yet: only a
+    /// fetch that completes counts as an attempt ([`KeysRecord::attempted`]).
+    pub fn leased(&self, until_ms: u64) -> KeysRecord {
         KeysRecord {
-            last_attempt_ms: now_ms,
+            lease_until_ms: until_ms,
+            ..self.clone()
+        }
+    }
+
+    /// The record after a fetch for `why`, sent at `sent_ms`, completed (well or not).
+    pub fn attempted(&self, why: Why, sent_ms: u64) -> KeysRecord {
+        KeysRecord {
+            last_attempt_ms: self.last_attempt_ms.max(sent_ms),
             last_refresh_ms: if why == Why::UnknownKid {
-                now_ms
+                self.last_refresh_ms.max(sent_ms)
             } else {
                 self.last_refresh_ms
             },
-            lease_until_ms: until_ms,
             ..self.clone()
         }
     }
@@ -225,10 +237,10 @@ mod tests {
     fn no_keys_fetches_at_once_then_backs_off() {
         let r = KeysRecord::default();
         assert!(r.may_fetch(Why::NoKeys, NOW));
-        let leased = r.leased(Why::NoKeys, NOW + 4_000, NOW);
+        let leased = r.leased(NOW + 4_000);
         assert!(!leased.may_fetch(Why::NoKeys, NOW + 1), "single flight");
         assert!(leased.in_flight(NOW + 1));
-        let failed = leased.released();
+        let failed = leased.released().attempted(Why::NoKeys, NOW);
         assert!(!failed.may_fetch(Why::NoKeys, NOW + 1_000));
         assert!(failed.may_fetch(Why::NoKeys, NOW + RETRY_WITHOUT_KEYS_MS));
         assert!(
@@ -244,8 +256,10 @@ mod tests {
     fn unknown_kids_refresh_at_most_once_per_interval() {
         let r = KeysRecord::default().fetched(b"b", NOW);
         assert!(r.may_fetch(Why::UnknownKid, NOW));
-        let leased = r.leased(Why::UnknownKid, NOW + 4_000, NOW);
-        let done = leased.fetched(b"b2", NOW + 100);
+        let leased = r.leased(NOW + 4_000);
+        let done = leased
+            .fetched(b"b2", NOW + 100)
+            .attempted(Why::UnknownKid, NOW);
         for t in [NOW + 100, NOW + 10_000, NOW + REFRESH_INTERVAL_MS - 1] {
             assert!(!done.may_fetch(Why::UnknownKid, t));
         }
@@ -253,7 +267,22 @@ mod tests {
         // a failed refresh counts too
         assert!(!leased
             .released()
+            .attempted(Why::UnknownKid, NOW)
             .may_fetch(Why::UnknownKid, NOW + REFRESH_INTERVAL_MS - 1));
+    }
+
+    #[test]
+    fn a_fetch_that_never_completed_is_no_attempt() {
+        let r = KeysRecord::default().fetched(b"b", NOW);
+        // Its lease ran out (or was released) without an answer: nothing was stamped.
+        let lost = r.leased(NOW + 4_000).released();
+        assert!(lost.may_fetch(Why::UnknownKid, NOW + 1));
+        let expired = r.leased(NOW + 4_000);
+        assert!(expired.may_fetch(Why::UnknownKid, NOW + 4_000));
+        let periodic = r.leased(NOW + MAX_AGE_MS + 4_000);
+        assert!(periodic.may_fetch(Why::Periodic, NOW + MAX_AGE_MS + 4_000));
+        let empty = KeysRecord::default().leased(NOW + 4_000).released();
+        assert!(empty.may_fetch(Why::NoKeys, NOW + 1));
     }
 
     #[test]
@@ -262,7 +291,10 @@ mod tests {
         assert!(!r.may_fetch(Why::Periodic, NOW + MAX_AGE_MS - 1));
         let due = NOW + MAX_AGE_MS;
         assert!(r.may_fetch(Why::Periodic, due));
-        let failed = r.leased(Why::Periodic, due + 4_000, due).released();
+        let failed = r
+            .leased(due + 4_000)
+            .released()
+            .attempted(Why::Periodic, due);
         assert!(!failed.may_fetch(Why::Periodic, due + 1_000));
         assert!(failed.may_fetch(Why::Periodic, due + REFRESH_INTERVAL_MS));
         assert!(failed.may_fetch(Why::UnknownKid, due + 1), "not a refresh");

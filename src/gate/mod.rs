@@ -34,7 +34,7 @@ use crate::upstream::Forward;
 use crate::verdict::Denial;
 
 use discovery::{Discovery, Next};
-use keys::Keys;
+use keys::{Keys, Why};
 use slots::{overwrite, Slots};
 pub use slots::{SharedData, SharedError};
 use steps::{deny_reason, refuse};
@@ -122,6 +122,10 @@ struct Pending {
     verified: bool,
     /// It already waited for the key set once: it never asks for another fetch.
     waited_for_keys: bool,
+    /// Whether the host lets it wait for an IdP answer (ngx_wasm_module: only a connection's
+    /// first request). One that may not is answered at once; a call it needs is made by the
+    /// root instead, so that its retry finds the verdict.
+    can_wait: bool,
 }
 
 /// A paused request, by what it waits for.
@@ -170,8 +174,25 @@ enum Purpose {
         credential: Credential,
         leader: ContextId,
     },
-    /// The issuer's key set.
-    Keys,
+    /// The issuer's key set, fetched for `why`; `leased`: under the shared lease (a request's
+    /// own fetch on `OwnRequestOnly` may go without it).
+    Keys {
+        why: Why,
+        leased: bool,
+    },
+}
+
+/// An IdP call the root sends at its next tick: the root's calls die with no request, and on
+/// some hosts (ngx_wasm_module) only the root's own callbacks can make them.
+#[derive(Debug)]
+enum Deferred {
+    /// The key set, under the lease already taken.
+    Keys(Why),
+    /// A verdict, under the slot's lease already taken and the budget already spent.
+    Verdict {
+        key: CacheKey,
+        credential: Credential,
+    },
 }
 
 #[derive(Debug)]
@@ -196,6 +217,8 @@ pub struct Gate {
     /// cancel it (only its answer is dropped), so it still counts toward the in-flight cap.
     orphans: Vec<u64>,
     local: LocalCache,
+    /// Calls for the root to send at its next tick.
+    deferred: Vec<Deferred>,
     /// The root context: log lines that belong to no request, and tick-driven calls.
     root: ContextId,
     resume: Resume,
@@ -246,6 +269,7 @@ impl Gate {
             calls: HashMap::new(),
             orphans: Vec::new(),
             local,
+            deferred: Vec::new(),
             root,
             resume,
             failures_in_a_row: [0; IdpEndpoint::COUNT],
@@ -263,11 +287,26 @@ impl Gate {
         &self.config
     }
 
-    /// A new request. `authorization` holds every `Authorization` value it carries.
+    /// A new request that may wait for an IdP answer. `authorization` holds every
+    /// `Authorization` value it carries.
     pub fn on_request(
         &mut self,
         ctx: ContextId,
         authorization: &[&[u8]],
+        now: u64,
+        host: &dyn Host,
+    ) -> Step {
+        self.on_request_with(ctx, authorization, true, now, host)
+    }
+
+    /// A new request; `can_wait`: whether the host lets it wait for an IdP answer (when not,
+    /// it gets its answer at once: a verdict, or 503 with `Retry-After` while the root asks
+    /// the IdP for it).
+    pub fn on_request_with(
+        &mut self,
+        ctx: ContextId,
+        authorization: &[&[u8]],
+        can_wait: bool,
         now: u64,
         host: &dyn Host,
     ) -> Step {
@@ -303,6 +342,7 @@ impl Gate {
             counted: false,
             verified: false,
             waited_for_keys: false,
+            can_wait,
         };
         self.advance(ctx, ctx, req, None, now, host)
     }
@@ -321,7 +361,7 @@ impl Gate {
         };
         let elapsed = now.saturating_sub(call.started_ms);
         let endpoint = match &call.purpose {
-            Purpose::Discovery(_) | Purpose::Keys => IdpEndpoint::Discovery,
+            Purpose::Discovery(_) | Purpose::Keys { .. } => IdpEndpoint::Discovery,
             Purpose::Verdict { credential, .. } => answer::endpoint_of(credential),
         };
         let result = CallResult::of(answer.status, elapsed, self.config.idp_timeout_ms);
@@ -329,7 +369,10 @@ impl Gate {
         host.observe_idp_latency(elapsed);
         match call.purpose {
             Purpose::Discovery(doc) => self.on_discovery_answer(caller, doc, answer, now, host),
-            Purpose::Keys => self.on_keys_answer(caller, answer, call.started_ms, now, host),
+            Purpose::Keys { why, leased } => {
+                let sent = (why, leased, call.started_ms);
+                self.on_keys_answer(caller, answer, sent, now, host)
+            }
             Purpose::Verdict {
                 key,
                 credential,
@@ -346,24 +389,19 @@ impl Gate {
     }
 
     /// The request is gone (client hung up, stream reset). A call it owned is lost with it
-    /// (its answer will never come back), so its lease is released for a follower to take over
-    /// at once; but the call may still be out at the IdP, and counts as in flight until its
-    /// timeout.
+    /// (its answer will never come back): its lease on a verdict is released for a follower to
+    /// take over at once, and its key set fetch is sent again by the root (the lease stays), so
+    /// that no client can hold back a key set refresh by hanging up. A lost call may still be
+    /// out at the IdP, and counts as in flight until its timeout.
     pub fn on_request_gone(&mut self, ctx: ContextId, now: u64, host: &dyn Host) {
         let Some(parked) = self.parked.remove(&ctx) else {
             return;
         };
-        let keys_call = self
-            .calls
-            .values()
-            .any(|c| c.owner == ctx && matches!(c.purpose, Purpose::Keys));
-        if keys_call {
-            self.calls
-                .retain(|_, c| c.owner != ctx || !matches!(c.purpose, Purpose::Keys));
-            self.release_keys_lease(host);
+        for call in self.calls.values().filter(|c| c.owner == ctx) {
+            if let Purpose::Keys { why, leased: true } = call.purpose {
+                self.deferred.push(Deferred::Keys(why));
+            }
         }
-        // Its other calls (its verdict call as a leader, or, with `OwnRequestOnly`, its own
-        // discovery call) are lost with it too.
         let lost: Vec<u64> = self
             .calls
             .values()
@@ -381,9 +419,11 @@ impl Gate {
         }
     }
 
-    /// IdP calls this worker has out, those of requests that went away included.
+    /// IdP calls this worker has out, those of requests that went away and those the root is
+    /// about to send included.
     fn calls_in_flight(&self, now: u64) -> usize {
-        self.calls.len() + self.orphans.iter().filter(|until| **until > now).count()
+        let lost = self.orphans.iter().filter(|until| **until > now).count();
+        self.calls.len() + self.deferred.len() + lost
     }
 
     fn on_discovery_answer(

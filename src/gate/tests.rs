@@ -27,6 +27,8 @@ struct FakeHost {
     next_cas: Cell<u32>,
     now: Cell<u64>,
     calls: RefCell<Vec<(u32, IdpRequest)>>,
+    /// The context each call in `calls` was sent on behalf of.
+    callers: RefCell<Vec<ContextId>>,
     next_token: Cell<u32>,
     refuse_dispatch: Cell<bool>,
     shared_reads: Cell<usize>,
@@ -59,7 +61,7 @@ impl SharedData for FakeHost {
 impl Host for FakeHost {
     fn dispatch(
         &self,
-        _caller: ContextId,
+        caller: ContextId,
         upstream: &str,
         request: &IdpRequest,
         timeout_ms: u64,
@@ -72,6 +74,7 @@ impl Host for FakeHost {
         self.calls
             .borrow_mut()
             .push((self.next_token.get(), request.clone()));
+        self.callers.borrow_mut().push(caller);
         Ok(CallToken(self.next_token.get()))
     }
     fn count(&self, counter: Counter) {
@@ -103,6 +106,13 @@ impl FakeHost {
     }
     fn call_count(&self) -> usize {
         self.calls.borrow().len()
+    }
+    fn last_caller(&self) -> ContextId {
+        self.callers
+            .borrow()
+            .last()
+            .copied()
+            .expect("a call was dispatched")
     }
     fn last_call(&self) -> (u32, IdpRequest) {
         self.calls
@@ -814,6 +824,35 @@ fn solo_host_never_parks_a_request_behind_another() {
     );
 }
 
+/// ngx_wasm_module, a new valid app on a reused connection (an h2 stream after the first): the
+/// request is answered 503 at once, the root asks Okta at its tick, and the retry gets 200 from
+/// the cache, with no second call.
+#[test]
+pub(super) fn a_request_that_may_not_wait_gets_503_and_its_retry_finds_the_verdict() {
+    let host = FakeHost::at(T0);
+    let json =
+        br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["basic"],
+        "token_endpoint":"https://o.okta.com/oauth2/default/v1/token","cache_slots":8}"#;
+    let mut g = solo_gate(&host, json);
+    let app = basic("app", "s");
+    for ctx in [10, 11] {
+        // The second one finds the lease of the root's call: no call of its own.
+        let step = g.on_request_with(ContextId(ctx), &[&app], false, host.now(), &host);
+        assert_eq!(step, Step::Unavailable { retry_after_s: 1 });
+    }
+    assert_eq!(host.call_count(), 0);
+    assert!(tick(&mut g, &host).is_empty());
+    assert_eq!(
+        (host.call_count(), host.last_caller()),
+        (1, ContextId(ROOT))
+    );
+    let (call, _) = host.last_call();
+    assert!(answer(&mut g, &host, call, 200, &token_ok(60)).is_empty());
+    let step = g.on_request_with(ContextId(12), &[&app], false, host.now(), &host);
+    assert_eq!(status(&step), 200);
+    assert_eq!(host.call_count(), 1);
+}
+
 #[test]
 fn solo_request_makes_its_own_discovery_call() {
     let host = FakeHost::at(T0);
@@ -1071,12 +1110,15 @@ mod create_only_cas {
         a_second_worker_waits_for_the_first_workers_fetch,
         a_waiter_whose_fetch_never_ends_gives_up_at_its_deadline,
         the_key_set_is_refreshed_hourly_on_tick,
-        a_request_gone_while_fetching_releases_the_lease,
+        a_request_gone_never_takes_the_key_set_fetch_with_it,
+        clients_that_hang_up_cannot_hold_back_a_key_set_refresh,
         jwt_plus_introspection_verifies_first_then_introspects,
         introspection_mode_refuses_what_cannot_be_a_jwt_without_a_call,
         the_key_set_url_comes_from_discovery_when_not_configured,
         a_first_token_with_an_unknown_kid_costs_one_fetch,
         with_own_request_only_a_request_fetches_its_own_keys,
+        with_own_request_only_a_lost_fetch_is_sent_again_by_the_root,
+        a_request_that_may_not_wait_gets_503_and_its_retry_finds_the_keys,
         another_key_set_url_of_the_same_issuer_is_its_own_record,
         valid_client_is_asked_once_then_served_from_cache,
         wrong_secret_is_not_served_from_cache,
@@ -1102,6 +1144,7 @@ mod create_only_cas {
         rate_limit_pauses_every_worker_until_the_reset,
         repeated_server_errors_pause_calls_briefly,
         counters_follow_the_traffic,
+        a_request_that_may_not_wait_gets_503_and_its_retry_finds_the_verdict,
         solo_host_never_parks_a_request_behind_another,
         solo_request_makes_its_own_discovery_call,
         solo_discovery_failure_answers_the_request_at_once,

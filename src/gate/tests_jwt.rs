@@ -50,11 +50,19 @@ fn published() -> String {
     String::from_utf8(key_set_body()).expect("JSON")
 }
 
-/// The last call is the key set fetch; answers it with `body` (status 200).
+/// The root sends the key set fetch a request asked for at its next tick (a request's call
+/// would die with it); answers it with `body` (status 200). Steps of that tick come first.
 fn answer_keys(g: &mut Gate, host: &FakeHost, body: &str) -> Vec<(u32, Step)> {
+    let mut steps = tick(g, host);
     let (token, request) = host.last_call();
     assert_eq!((request.method, request.path.as_str()), ("GET", KEYS_PATH));
-    answer(g, host, token, 200, body)
+    assert_eq!(
+        host.last_caller(),
+        ContextId(ROOT),
+        "the root owns the fetch"
+    );
+    steps.extend(answer(g, host, token, 200, body));
+    steps
 }
 
 fn paths(host: &FakeHost) -> Vec<String> {
@@ -158,6 +166,7 @@ pub(super) fn an_unknown_kid_refreshes_the_keys_at_most_once_per_interval() {
     assert_eq!(host.call_count(), 2);
     host.advance(keys::REFRESH_INTERVAL_MS);
     assert_eq!(ask(&mut g, &host, 300, &unknown(&host, "k10")), Step::Wait);
+    tick(&mut g, &host);
     assert_eq!(host.call_count(), 3);
 }
 
@@ -183,6 +192,7 @@ pub(super) fn without_keys_a_failed_fetch_is_503_and_later_the_last_good_keys_st
     let host = FakeHost::at(T0);
     let mut g = jwt_gate(&host, "jwt", "");
     assert_eq!(ask(&mut g, &host, 10, &valid(&host, "a")), Step::Wait);
+    tick(&mut g, &host);
     let steps = answer(&mut g, &host, host.last_call().0, 503, "");
     assert_eq!(numbered_statuses(&steps), vec![(10, 503)]);
     // not again at once: 503 without a call
@@ -195,6 +205,7 @@ pub(super) fn without_keys_a_failed_fetch_is_503_and_later_the_last_good_keys_st
     // a refresh that fails keeps the set: known kids pass, the unknown one is a 401
     let unknown = bearer_signed("k9", "2", &claims(host.now(), "u"));
     assert_eq!(ask(&mut g, &host, 13, &unknown), Step::Wait);
+    tick(&mut g, &host);
     let steps = answer(&mut g, &host, host.last_call().0, 500, "");
     assert_eq!(numbered_statuses(&steps), vec![(13, 401)]);
     assert_eq!(status(&ask(&mut g, &host, 14, &valid(&host, "d"))), 200);
@@ -207,10 +218,12 @@ pub(super) fn a_second_worker_waits_for_the_first_workers_fetch() {
     let mut b = jwt_gate(&host, "jwt", "");
     assert_eq!(ask(&mut a, &host, 10, &valid(&host, "a")), Step::Wait);
     assert_eq!(ask(&mut b, &host, 20, &valid(&host, "b")), Step::Wait);
+    assert!(tick(&mut a, &host).is_empty(), "the root sends the fetch");
     assert_eq!(host.call_count(), 1, "single flight across workers");
     assert_eq!(b.next_deadline(), Some(0));
     assert!(tick(&mut b, &host).is_empty(), "still in flight");
-    let steps = answer_keys(&mut a, &host, &published());
+    let (token, _) = host.last_call();
+    let steps = answer(&mut a, &host, token, 200, &published());
     assert_eq!(numbered_statuses(&steps), vec![(10, 200)]);
     assert_eq!(numbered_statuses(&tick(&mut b, &host)), vec![(20, 200)]);
     assert_eq!(host.call_count(), 1);
@@ -243,17 +256,83 @@ pub(super) fn the_key_set_is_refreshed_hourly_on_tick() {
 }
 
 #[test]
-pub(super) fn a_request_gone_while_fetching_releases_the_lease() {
+pub(super) fn a_request_gone_never_takes_the_key_set_fetch_with_it() {
     let host = FakeHost::at(T0);
     let mut a = jwt_gate(&host, "jwt", "");
-    ask(&mut a, &host, 10, &valid(&host, "a"));
+    assert_eq!(ask(&mut a, &host, 10, &valid(&host, "a")), Step::Wait);
+    // The client hangs up before the root's tick: the fetch goes out all the same, the root's.
     a.on_request_gone(ContextId(10), host.now(), &host);
+    assert!(tick(&mut a, &host).is_empty());
+    assert_eq!(
+        (host.call_count(), host.last_caller()),
+        (1, ContextId(ROOT))
+    );
+    // Another worker's request waits for it, and passes when it answers.
     let mut b = jwt_gate(&host, "jwt", "");
-    // no fetch is out any more: nobody waits for one; the next may go out soon
-    assert_eq!(status(&ask(&mut b, &host, 20, &valid(&host, "b"))), 503);
-    host.advance(keys::RETRY_WITHOUT_KEYS_MS);
-    assert_eq!(ask(&mut b, &host, 21, &valid(&host, "c")), Step::Wait);
-    assert_eq!(host.call_count(), 2, "the second worker fetched");
+    assert_eq!(ask(&mut b, &host, 20, &valid(&host, "b")), Step::Wait);
+    let (token, _) = host.last_call();
+    assert!(answer(&mut a, &host, token, 200, &published()).is_empty());
+    assert_eq!(numbered_statuses(&tick(&mut b, &host)), vec![(20, 200)]);
+    assert_eq!(host.call_count(), 1);
+}
+
+/// The attack of issue 18 (finding 2): unknown-`kid` tokens whose clients hang up at once, in a
+/// loop. The fetches they cause complete (the root owns them), so a key published since is
+/// taken up by the next permitted refresh, and the hourly refresh is not held back.
+#[test]
+pub(super) fn clients_that_hang_up_cannot_hold_back_a_key_set_refresh() {
+    let host = FakeHost::at(T0);
+    let mut g = warmed(&host, "jwt");
+    let bogus = |host: &FakeHost, i: u64| {
+        let kid = format!("made-up-{i}");
+        bearer_signed(&kid, "2", &claims(host.now(), &kid))
+    };
+    // The attacker's token takes the lease, then hangs up; the root's fetch still answers,
+    // with the key set of now, in which a new key k2 is already published.
+    assert_eq!(ask(&mut g, &host, 10, &bogus(&host, 0)), Step::Wait);
+    g.on_request_gone(ContextId(10), host.now(), &host);
+    answer_keys(&mut g, &host, &keys_body(&[("k1", "1"), ("k2", "2")]));
+    let rotated = bearer_signed("k2", "2", &claims(host.now(), "r"));
+    assert_eq!(status(&ask(&mut g, &host, 11, &rotated)), 200);
+    // Hang-ups for two refresh intervals: the fetches they cause complete (answered here as
+    // soon as the root sends them), and count: at most one per interval.
+    let calls = host.call_count();
+    let interval_steps = keys::REFRESH_INTERVAL_MS / 100;
+    for i in 1..=2 * interval_steps {
+        let ctx = 100 + u32::try_from(i).unwrap_or(0);
+        if ask(&mut g, &host, ctx, &bogus(&host, i)) == Step::Wait {
+            g.on_request_gone(ContextId(ctx), host.now(), &host);
+        }
+        let before = host.call_count();
+        tick(&mut g, &host);
+        if host.call_count() > before {
+            assert_eq!(host.last_caller(), ContextId(ROOT));
+            let (token, _) = host.last_call();
+            answer(
+                &mut g,
+                &host,
+                token,
+                200,
+                &keys_body(&[("k1", "1"), ("k2", "2")]),
+            );
+        }
+        host.advance(100);
+    }
+    assert!(
+        host.call_count() - calls <= 2,
+        "{} fetches",
+        host.call_count() - calls
+    );
+    // The hourly refresh still happens on time.
+    host.advance(keys::MAX_AGE_MS);
+    let before = host.call_count();
+    tick(&mut g, &host);
+    assert_eq!(
+        host.call_count(),
+        before + 1,
+        "the periodic refresh went out"
+    );
+    assert_eq!(host.last_caller(), ContextId(ROOT));
 }
 
 #[test]
@@ -365,6 +444,81 @@ pub(super) fn with_own_request_only_a_request_fetches_its_own_keys() {
     assert_eq!(host.call_count(), 3);
 }
 
+/// ngx_wasm_module: a request's own fetch dies with it; the root sends it again at its tick,
+/// under the same lease, and nothing was stamped for the lost one.
+#[test]
+pub(super) fn with_own_request_only_a_lost_fetch_is_sent_again_by_the_root() {
+    let host = FakeHost::at(T0);
+    let mut g = solo_gate(&host, SOLO_BEARER);
+    assert_eq!(ask(&mut g, &host, 10, &valid(&host, "a")), Step::Wait);
+    assert_eq!(
+        host.last_caller(),
+        ContextId(10),
+        "its own, since it may wait for it"
+    );
+    g.on_request_gone(ContextId(10), host.now(), &host);
+    assert!(tick(&mut g, &host).is_empty());
+    assert_eq!(
+        (host.call_count(), host.last_caller()),
+        (2, ContextId(ROOT))
+    );
+    let (token, _) = host.last_call();
+    assert!(answer(&mut g, &host, token, 200, &published()).is_empty());
+    assert_eq!(status(&ask(&mut g, &host, 11, &valid(&host, "b"))), 200);
+    assert_eq!(host.call_count(), 2);
+}
+
+/// ngx_wasm_module: a request that may not wait (not its connection's first) is answered at
+/// once, and the root makes the call it needs, so that its retry passes.
+#[test]
+pub(super) fn a_request_that_may_not_wait_gets_503_and_its_retry_finds_the_keys() {
+    let host = FakeHost::at(T0);
+    let mut g = solo_gate(&host, SOLO_BEARER);
+    let token = valid(&host, "a");
+    let step = g.on_request_with(ContextId(10), &[&token], false, host.now(), &host);
+    assert_eq!(step, Step::Unavailable { retry_after_s: 1 });
+    assert_eq!(
+        host.call_count(),
+        0,
+        "no call owned by a request that is answered"
+    );
+    assert!(tick(&mut g, &host).is_empty());
+    assert_eq!(
+        (host.call_count(), host.last_caller()),
+        (1, ContextId(ROOT))
+    );
+    let (call, _) = host.last_call();
+    answer(&mut g, &host, call, 200, &keys_body(&[("k1", "1")]));
+    let step = g.on_request_with(ContextId(11), &[&token], false, host.now(), &host);
+    assert_eq!(status(&step), 200);
+    // A new key on a reused connection: the same, within the refresh rules.
+    let rotated = bearer_signed("k2", "2", &claims(host.now(), "r"));
+    let step = g.on_request_with(ContextId(12), &[&rotated], false, host.now(), &host);
+    assert_eq!(step, Step::Unavailable { retry_after_s: 1 });
+    tick(&mut g, &host);
+    let (call, _) = host.last_call();
+    answer(
+        &mut g,
+        &host,
+        call,
+        200,
+        &keys_body(&[("k1", "1"), ("k2", "2")]),
+    );
+    let step = g.on_request_with(ContextId(13), &[&rotated], false, host.now(), &host);
+    assert_eq!(status(&step), 200);
+    // Another unknown kid within the interval: no fetch, a plain 401.
+    let unknown = bearer_signed("k9", "2", &claims(host.now(), "u"));
+    let step = g.on_request_with(ContextId(14), &[&unknown], false, host.now(), &host);
+    assert_eq!(status(&step), 401);
+    tick(&mut g, &host);
+    assert_eq!(host.call_count(), 2);
+}
+
+const SOLO_BEARER: &[u8] =
+    br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["bearer"],
+    "audience":"api://default","scopes":["api:read"],"cache_slots":8,
+    "jwks_uri":"https://o.okta.com/oauth2/default/v1/keys"}"#;
+
 #[test]
 pub(super) fn another_key_set_url_of_the_same_issuer_is_its_own_record() {
     let host = FakeHost::at(T0);
@@ -374,5 +528,6 @@ pub(super) fn another_key_set_url_of_the_same_issuer_is_its_own_record() {
         r#","bearer_validation":"jwt","audience":"api://default","jwks_uri":"https://o.okta.com/oauth2/default/v1/other-keys""#,
     );
     assert_eq!(ask(&mut b, &host, 10, &valid(&host, "b")), Step::Wait);
+    tick(&mut b, &host);
     assert_eq!(host.last_call().1.path, "/oauth2/default/v1/other-keys");
 }

@@ -1,7 +1,7 @@
 //! The root context's tick: when it next has work, and what it does then (discovery retries,
 //! the key set's periodic refresh, waking followers and requests waiting for keys, deadlines).
 
-use super::{ContextId, Gate, Host, Parked, Resume, Step};
+use super::{ContextId, Deferred, Gate, Host, Parked, Resume, Step};
 use crate::okta::DiscoveryDocument;
 
 impl Gate {
@@ -13,7 +13,8 @@ impl Gate {
             .jwt
             .as_ref()
             .and_then(|_| self.keys.refresh_due_at());
-        let root_work = discovery.into_iter().chain(keys).min();
+        let deferred = (!self.deferred.is_empty()).then_some(0);
+        let root_work = discovery.into_iter().chain(keys).chain(deferred).min();
         if self.resume == Resume::OwnRequestOnly {
             // Requests are never answered from the root context there: the host could not act.
             return root_work;
@@ -39,6 +40,14 @@ impl Gate {
                 now,
                 host,
             );
+        }
+        for call in std::mem::take(&mut self.deferred) {
+            match call {
+                Deferred::Keys(why) => self.send_deferred_fetch(why, now, host),
+                Deferred::Verdict { key, credential } => {
+                    self.send_deferred_verdict(key, credential, now, host)
+                }
+            }
         }
         let own_only = self.resume == Resume::OwnRequestOnly;
         let waiting = !own_only
