@@ -13,6 +13,16 @@
 //! holds fewer than `calls_per_minute - reserved`, so a flood of them can never take the
 //! reserved share, and a known-good client's refresh always finds room.
 //!
+//! Calls are also paced: at most [`BudgetConfig::per_second`] are admitted in any one second (a
+//! tenth of the minute's budget, at least 2; the reserved share applies within it too), so a
+//! gateway never fires its whole minute at once, and its calls in flight stay near its rate
+//! times Okta's latency.
+//!
+//! Each route configuration has a budget of its own ([`RouteBudget`]): a flood on one route
+//! spends nothing of another's. The records of one Okta org form a small table (64 per
+//! endpoint) with an owner tag, taken over only when idle for a minute, so that their number
+//! does not grow with configuration versions.
+//!
 //! Time is the caller's `now_ms`. When it goes back, the buckets are kept, re-anchored at the
 //! new "now" and moved one second newer (a call's real age is then never overestimated): every
 //! call already counted stays counted until its real minute is over, so a clock jump never
@@ -42,14 +52,31 @@ pub struct BudgetConfig {
     pub calls_per_minute: u32,
     /// Percentage of `calls_per_minute` only [`CallClass::Refresh`] may use (capped at 100).
     pub reserved_percent: u32,
+    /// At most this many calls in any one second ([`paced`]).
+    pub per_second: u64,
+}
+
+/// The burst a budget of `calls_per_minute` allows in one second: a tenth of it, at least 2.
+pub fn paced(calls_per_minute: u32) -> u64 {
+    u64::from(calls_per_minute).div_ceil(10).max(2)
 }
 
 impl BudgetConfig {
-    /// `calls_per_minute` with the default reserved share.
+    /// `calls_per_minute` with the default reserved share, paced.
     pub fn new(calls_per_minute: u32) -> BudgetConfig {
         BudgetConfig {
             calls_per_minute,
             reserved_percent: DEFAULT_RESERVED_PERCENT,
+            per_second: paced(calls_per_minute),
+        }
+    }
+
+    /// How many calls the current second may hold for a caller of this class to be admitted:
+    /// unknown callers leave a fifth of it (at least one call) to refreshes.
+    pub fn per_second_limit(&self, class: CallClass) -> u64 {
+        match class {
+            CallClass::Refresh => self.per_second,
+            CallClass::Unknown => self.per_second.saturating_sub((self.per_second / 5).max(1)),
         }
     }
 
@@ -69,6 +96,64 @@ impl BudgetConfig {
             CallClass::Unknown => cpm - self.reserved(),
         }
     }
+}
+
+/// Route budgets per org and endpoint: the table's size.
+pub const ROUTE_SLOTS: u64 = 64;
+/// How many of the table's records a route looks at, from the one its tag names.
+pub const ROUTE_PROBES: u64 = 4;
+
+/// One route configuration's budget record: whose it is (a tag of the configuration), and its
+/// window. Another route takes it over only once it is idle (no call in its window).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteBudget {
+    pub owner: [u8; 8],
+    pub budget: Budget,
+}
+
+const ROUTE_MAGIC: &[u8; 4] = b"OBR\x01";
+
+impl RouteBudget {
+    /// The record in shared data; anything unreadable is an idle record of nobody.
+    pub fn decode(bytes: &[u8]) -> RouteBudget {
+        match bytes.split_at_checked(12) {
+            Some((head, rest)) if head.starts_with(ROUTE_MAGIC) => {
+                let mut owner = [0u8; 8];
+                owner.copy_from_slice(&head[4..12]);
+                RouteBudget {
+                    owner,
+                    budget: Budget::decode(rest),
+                }
+            }
+            _ => RouteBudget::default(),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(12 + ENCODED_LEN);
+        out.extend_from_slice(ROUTE_MAGIC);
+        out.extend_from_slice(&self.owner);
+        out.extend_from_slice(&self.budget.encode());
+        out
+    }
+
+    /// The window `owner` may use at `now_ms`: its own, or a fresh one if this record is
+    /// nobody's or idle; `None` while another route uses it.
+    pub fn window_for(&self, owner: &[u8; 8], now_ms: u64) -> Option<Budget> {
+        if self.owner == *owner {
+            Some(self.budget.clone())
+        } else if self.budget.used_at(now_ms) == 0 {
+            Some(Budget::default())
+        } else {
+            None
+        }
+    }
+}
+
+/// The table slots a route with tag `owner` looks at, in order.
+pub fn route_slots(owner: &[u8; 8]) -> impl Iterator<Item = u64> {
+    let base = u64::from_le_bytes(*owner) % ROUTE_SLOTS;
+    (0..ROUTE_PROBES).map(move |i| (base + i) % ROUTE_SLOTS)
 }
 
 /// No call now; try again in `retry_after_s` seconds (for `Retry-After`, at most 61).
@@ -143,10 +228,17 @@ impl Budget {
     ) -> Result<Budget, Refused> {
         let mut next = self.at(now_ms);
         let allowed = limit.limit(class);
+        let went_back = next.head_s < self.head_s;
         if next.used() >= allowed {
-            let went_back = next.head_s < self.head_s;
             return Err(Refused {
                 retry_after_s: next.seconds_until_below(allowed),
+                write_back: went_back.then(|| Box::new(next)),
+            });
+        }
+        if u64::from(next.counts[0]) >= limit.per_second_limit(class) {
+            // This second's burst is spent: the next second has room.
+            return Err(Refused {
+                retry_after_s: 1,
                 write_back: went_back.then(|| Box::new(next)),
             });
         }
@@ -267,6 +359,7 @@ mod tests {
         let cfg = |cpm, pct| BudgetConfig {
             calls_per_minute: cpm,
             reserved_percent: pct,
+            per_second: paced(cpm),
         };
         assert_eq!(BudgetConfig::new(600).reserved(), 120);
         assert_eq!(BudgetConfig::new(600).limit(CallClass::Unknown), 480);
@@ -283,9 +376,17 @@ mod tests {
         );
     }
 
+    /// The per-minute arithmetic alone (pacing only refuses more).
+    fn unpaced(calls_per_minute: u32) -> BudgetConfig {
+        BudgetConfig {
+            per_second: u64::MAX,
+            ..BudgetConfig::new(calls_per_minute)
+        }
+    }
+
     #[test]
     fn a_full_window_refuses_until_its_oldest_calls_leave() {
-        let cfg = BudgetConfig::new(10);
+        let cfg = unpaced(10);
         let mut b = Budget::default();
         for i in 0..8 {
             assert!(take(&mut b, T0 + i * 100, CallClass::Unknown, &cfg), "{i}");
@@ -347,9 +448,11 @@ mod tests {
     fn no_minute_ever_holds_more_than_the_budget() {
         for seed in 1..25u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let cpm = 1 + rng.below(300) as u32;
             let cfg = BudgetConfig {
-                calls_per_minute: 1 + rng.below(300) as u32,
+                calls_per_minute: cpm,
                 reserved_percent: rng.below(60) as u32,
+                per_second: if seed % 2 == 0 { paced(cpm) } else { u64::MAX },
             };
             let mut b = Budget::default();
             let mut now = T0 + rng.below(1_000);
@@ -406,7 +509,7 @@ mod tests {
 
     #[test]
     fn a_clock_far_in_the_past_does_not_lock_the_budget() {
-        let cfg = BudgetConfig::new(5);
+        let cfg = unpaced(5);
         let mut b = Budget::default();
         for _ in 0..5 {
             assert!(take(&mut b, T0, CallClass::Refresh, &cfg));
@@ -417,6 +520,83 @@ mod tests {
         assert!(!take(&mut b, back, CallClass::Refresh, &cfg));
         assert!(!take(&mut b, back + 60_000, CallClass::Refresh, &cfg));
         assert!(take(&mut b, back + 61_000, CallClass::Refresh, &cfg));
+    }
+
+    #[test]
+    fn calls_are_paced_a_tenth_of_the_minute_a_second_with_room_for_refreshes() {
+        let cfg = BudgetConfig::new(600);
+        assert_eq!(
+            (
+                cfg.per_second_limit(CallClass::Refresh),
+                cfg.per_second_limit(CallClass::Unknown)
+            ),
+            (60, 48)
+        );
+        let mut b = Budget::default();
+        let mut unknown = 0;
+        for _ in 0..1_000 {
+            unknown += usize::from(take(&mut b, T0, CallClass::Unknown, &cfg));
+        }
+        assert_eq!(unknown, 48, "not the whole minute in one second");
+        assert_eq!(
+            b.try_take(T0 + 999, CallClass::Unknown, &cfg).map(|_| ()),
+            Err(Refused {
+                retry_after_s: 1,
+                write_back: None
+            })
+        );
+        for _ in 0..12 {
+            assert!(take(&mut b, T0 + 500, CallClass::Refresh, &cfg));
+        }
+        assert!(!take(&mut b, T0 + 500, CallClass::Refresh, &cfg));
+        assert!(
+            take(&mut b, T0 + 1_000, CallClass::Unknown, &cfg),
+            "the next second"
+        );
+        // Small budgets: at least two a second, one of them for refreshes.
+        let small = BudgetConfig::new(5);
+        assert_eq!(
+            (
+                small.per_second_limit(CallClass::Refresh),
+                small.per_second_limit(CallClass::Unknown)
+            ),
+            (2, 1)
+        );
+        // Paced or not, a minute never holds more than the budget.
+        let mut b = Budget::default();
+        let admitted = (0..600u64)
+            .filter(|i| take(&mut b, T0 + i * 100, CallClass::Refresh, &cfg))
+            .count();
+        assert_eq!(admitted, 600);
+        assert!(!take(&mut b, T0 + 60_000, CallClass::Refresh, &cfg));
+    }
+
+    #[test]
+    fn a_route_record_is_its_owners_and_taken_over_only_when_idle() {
+        let (a, b) = ([1u8; 8], [2u8; 8]);
+        let cfg = BudgetConfig::new(100);
+        let empty = RouteBudget::default();
+        assert_eq!(empty.window_for(&a, T0), Some(Budget::default()));
+        let mut window = Budget::default();
+        assert!(take(&mut window, T0, CallClass::Unknown, &cfg));
+        let mine = RouteBudget {
+            owner: a,
+            budget: window.clone(),
+        };
+        assert_eq!(RouteBudget::decode(&mine.encode()), mine);
+        assert_eq!(mine.window_for(&a, T0 + 1), Some(window));
+        assert_eq!(mine.window_for(&b, T0 + 1), None, "busy: another route's");
+        assert_eq!(
+            mine.window_for(&b, T0 + 61_000),
+            Some(Budget::default()),
+            "idle"
+        );
+        for garbage in [&b""[..], b"OBR\x01", b"\0\0\0\0\0\0\0\0\0\0\0\0\0"] {
+            assert_eq!(RouteBudget::decode(garbage), RouteBudget::default());
+        }
+        let slots: Vec<u64> = route_slots(&[255; 8]).collect();
+        assert_eq!(slots.len(), ROUTE_PROBES as usize);
+        assert!(slots.iter().all(|s| *s < ROUTE_SLOTS));
     }
 
     #[test]

@@ -173,9 +173,15 @@ impl Names {
         format!("{}guard/{}", self.org, endpoint.name())
     }
 
-    /// The call budget of one IdP endpoint (`budget::Budget::encode`).
-    pub fn budget(&self, endpoint: crate::metrics::IdpEndpoint) -> String {
-        format!("{}budget/{}", self.org, endpoint.name())
+    /// Slot `slot` of the table of route budgets of one IdP endpoint
+    /// (`budget::RouteBudget::encode`).
+    pub fn budget(&self, endpoint: crate::metrics::IdpEndpoint, slot: u64) -> String {
+        format!("{}budget/{}/{slot}", self.org, endpoint.name())
+    }
+
+    /// The IdP calls the gateway has out to this org (`inflight::InFlight::encode`).
+    pub fn in_flight(&self) -> String {
+        format!("{}inflight", self.org)
     }
 
     /// A failure-throttle slot (`throttle::FailureRecord::encode`).
@@ -1168,14 +1174,16 @@ mod tests {
         assert_eq!(v1.throttle(3), "okta-dcr-auth/throttle/3");
         let ep = crate::metrics::IdpEndpoint::Token;
         assert!(v1.guard(ep).ends_with("/guard/token"));
-        assert!(v1.budget(ep).ends_with("/budget/token"));
+        assert!(v1.budget(ep, 3).ends_with("/budget/token/3"));
         // another authorization server of the same org: its own discovery, the org's limits
         let other = Names::stable("https://dev-1.okta.com/oauth2/aus123");
         assert_ne!(other.discovery(), v1.discovery());
-        assert_eq!(other.budget(ep), v1.budget(ep));
+        assert_eq!(other.budget(ep, 3), v1.budget(ep, 3));
+        assert_eq!(other.in_flight(), v1.in_flight());
         assert_eq!(other.guard(ep), v1.guard(ep));
         let elsewhere = Names::stable("https://dev-2.okta.com/oauth2/default");
-        assert_ne!(elsewhere.budget(ep), v1.budget(ep));
+        assert_ne!(elsewhere.budget(ep, 3), v1.budget(ep, 3));
+        assert_ne!(elsewhere.in_flight(), v1.in_flight());
         assert_ne!(
             v1.guard(ep),
             v1.guard(crate::metrics::IdpEndpoint::Introspection)

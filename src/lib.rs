@@ -10,7 +10,8 @@
 //! - [`upstream`]: what an allowed request carries upstream, and which client headers go;
 //! - [`cache`]: cache keys and the entry encoding in shared data;
 //! - [`local`]: each worker's copies of verdicts, by the exact `Authorization` bytes;
-//! - [`budget`]: the IdP call budget per Okta endpoint, shared by all workers;
+//! - [`budget`]: the IdP call budget per route and Okta endpoint, shared by all workers, paced;
+//! - [`inflight`]: the IdP calls the gateway has out to an Okta org, all workers together;
 //! - [`throttle`]: the per-client-id failure throttle for Basic credentials;
 //! - [`metrics`]: the counters and histogram the filter exposes;
 //! - [`header_map`]: the ABI's header map encoding, names and values as bytes;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod credentials;
 pub mod gate;
 pub mod header_map;
+pub mod inflight;
 pub mod jwks;
 pub mod jwt;
 pub mod local;

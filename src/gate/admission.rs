@@ -7,9 +7,10 @@
 use super::guard;
 use super::slots::{overwrite, update, Update};
 use super::{Gate, Host, Sent};
-use crate::budget::{Budget, BudgetConfig, CallClass};
+use crate::budget::{route_slots, BudgetConfig, CallClass, RouteBudget, ROUTE_PROBES};
 use crate::cache::{CacheEntry, CacheKey, NotWritten};
 use crate::credentials::Credential;
+use crate::inflight::{cap_for, InFlight};
 use crate::metrics::IdpEndpoint;
 use crate::okta::{IdpFailure, LocalCause};
 use crate::throttle::{self, FailureRecord};
@@ -85,8 +86,16 @@ impl Gate {
         }
     }
 
-    /// Whether `endpoint`'s budget has a call left for this caller now (nothing is taken):
-    /// checked before a lease is written, so that a flood past the budget churns no cache set.
+    /// This route's tag in the table of route budgets: its configuration's.
+    fn route_tag(&self) -> [u8; 8] {
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&self.config.digest[..8]);
+        tag
+    }
+
+    /// Whether this route's budget for `endpoint` has a call left for this caller now
+    /// (nothing is taken): checked before a lease is written, so that a flood past the budget
+    /// churns no cache set.
     pub(super) fn budget_left(
         &self,
         endpoint: IdpEndpoint,
@@ -97,17 +106,27 @@ impl Gate {
     ) -> Result<(), u64> {
         let class = call_class(key, seen, now);
         let limit = BudgetConfig::new(self.config.idp_calls_per_minute);
-        host.shared_get(&self.names.budget(endpoint))
-            .map(|(bytes, _)| Budget::decode(&bytes))
-            .unwrap_or_default()
+        let tag = self.route_tag();
+        let window = route_slots(&tag)
+            .find_map(|slot| {
+                let bytes = host.shared_get(&self.names.budget(endpoint, slot));
+                let record = bytes
+                    .map(|(b, _)| RouteBudget::decode(&b))
+                    .unwrap_or_default();
+                record.window_for(&tag, now)
+            })
+            .unwrap_or_default();
+        window
             .try_take(now, class, &limit)
             .map(|_| ())
             .map_err(|refused| refused.retry_after_s.max(1))
     }
 
-    /// Takes one call from `endpoint`'s budget; `Err(seconds)` when there is none for this
-    /// caller: a credential whose entry held a positive verdict (a refresh) may use the
-    /// reserved share, any other only the rest.
+    /// Takes one call from this route's budget for `endpoint`; `Err(seconds)` when there is
+    /// none for this caller: a credential whose entry held a positive verdict (a refresh) may
+    /// use the reserved share, any other only the rest. The route's record is the first of its
+    /// table slots that is its own, nobody's or idle; should all be other routes' (a table
+    /// crowded at that spot), the first is shared.
     pub(super) fn take_budget(
         &self,
         endpoint: IdpEndpoint,
@@ -118,29 +137,48 @@ impl Gate {
     ) -> Result<(), u64> {
         let class = call_class(key, seen, now);
         let limit = BudgetConfig::new(self.config.idp_calls_per_minute);
+        let tag = self.route_tag();
         let mut retry_after_s = 1;
-        let mut admitted = false;
-        let written = update(host, &self.names.budget(endpoint), |bytes| {
-            let budget = bytes.map(Budget::decode).unwrap_or_default();
-            match budget.try_take(now, class, &limit) {
-                Ok(next) => {
-                    admitted = true;
-                    Ok(next.encode())
+        for (probe, slot) in route_slots(&tag).enumerate() {
+            let shared = probe + 1 == ROUTE_PROBES as usize;
+            let mut outcome = Admission::Busy;
+            let written = update(host, &self.names.budget(endpoint, slot), |bytes| {
+                let record = bytes.map(RouteBudget::decode).unwrap_or_default();
+                let (owner, window) = match record.window_for(&tag, now) {
+                    Some(window) => (tag, window),
+                    None if shared => (record.owner, record.budget),
+                    None => {
+                        outcome = Admission::Busy;
+                        return Err(NotWritten::Declined);
+                    }
+                };
+                match window.try_take(now, class, &limit) {
+                    Ok(next) => {
+                        outcome = Admission::Admitted;
+                        Ok(RouteBudget {
+                            owner,
+                            budget: next,
+                        }
+                        .encode())
+                    }
+                    Err(refused) => {
+                        outcome = Admission::Refused;
+                        retry_after_s = refused.retry_after_s.max(1);
+                        // The clock went back: the re-anchored window is written all the same.
+                        let reanchored = refused
+                            .write_back
+                            .map(|b| RouteBudget { owner, budget: *b });
+                        reanchored.map(|r| r.encode()).ok_or(NotWritten::Declined)
+                    }
                 }
-                Err(refused) => {
-                    admitted = false;
-                    retry_after_s = refused.retry_after_s.max(1);
-                    // The clock went back: the re-anchored window is written all the same.
-                    let reanchored = refused.write_back.map(|b| b.encode());
-                    reanchored.ok_or(NotWritten::Declined)
-                }
+            });
+            match outcome {
+                Admission::Admitted if written == Update::Written => return Ok(()),
+                Admission::Busy => continue,
+                _ => return Err(retry_after_s),
             }
-        });
-        if written == Update::Written && admitted {
-            Ok(())
-        } else {
-            Err(retry_after_s)
         }
+        Err(retry_after_s)
     }
 
     /// The failure throttle, for a Basic credential about to go to Okta: `Err(seconds)` when
@@ -207,23 +245,58 @@ impl Gate {
     }
 }
 
-/// A call for a credential whose entry held a positive verdict is a refresh: it may use the
-/// budget's reserved share.
 impl Gate {
-    /// How many calls may be in flight when this caller would add one: `max_idp_calls_in_flight`
-    /// for a refresh of a known-good credential, a fifth less for the others, so that calls of
-    /// unknown credentials (those of clients that hung up included, which count until their
-    /// timeout) can never fill the cap and leave known apps without their refresh.
-    pub(super) fn in_flight_cap(&self, key: &CacheKey, seen: &CacheEntry, now: u64) -> usize {
+    /// Whether the gateway has room for one more call to this Okta org for this caller (a
+    /// peek: [`Gate::take_call_place`] takes it).
+    pub(super) fn call_place_left(&self, class: CallClass, now: u64, host: &dyn Host) -> bool {
         let cap = self.config.max_idp_calls_in_flight;
-        match call_class(key, seen, now) {
-            CallClass::Refresh => cap,
-            CallClass::Unknown => cap - cap / 5,
-        }
+        let live = host
+            .shared_get(&self.names.in_flight())
+            .map_or(0, |(bytes, _)| InFlight::decode(&bytes).live(now));
+        live < cap_for(cap, class)
+    }
+
+    /// Takes a place among the gateway's calls in flight to this Okta org, until the call's
+    /// deadline; `None` when there is none for this caller.
+    pub(super) fn take_call_place(
+        &self,
+        class: CallClass,
+        now: u64,
+        host: &dyn Host,
+    ) -> Option<u64> {
+        let cap = self.config.max_idp_calls_in_flight;
+        let until = now + self.lease_ms();
+        let written = update(host, &self.names.in_flight(), |bytes| {
+            let record = bytes.map(InFlight::decode).unwrap_or_default();
+            record
+                .try_take(now, until, cap, class)
+                .map(|r| r.encode())
+                .ok_or(NotWritten::Declined)
+        });
+        (written == Update::Written).then_some(until)
+    }
+
+    /// A call's answer came back: its place is free.
+    pub(super) fn give_back_call_place(&self, until: u64, now: u64, host: &dyn Host) {
+        update(host, &self.names.in_flight(), |bytes| {
+            let record = bytes.map(InFlight::decode).unwrap_or_default();
+            Ok(record.release(until, now).encode())
+        });
     }
 }
 
-fn call_class(key: &CacheKey, seen: &CacheEntry, now: u64) -> CallClass {
+/// What a route budget's record said to a caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    Admitted,
+    Refused,
+    /// Another route's record: try the next.
+    Busy,
+}
+
+/// A call for a credential whose entry held a positive verdict is a refresh: it may use the
+/// budget's reserved share and the whole in-flight bound.
+pub(super) fn call_class(key: &CacheKey, seen: &CacheEntry, now: u64) -> CallClass {
     if seen.had_positive_verdict(key, now) {
         CallClass::Refresh
     } else {

@@ -3,9 +3,10 @@
 
 use super::slots::Update;
 use super::{
-    ContextId, Deferred, DispatchError, Gate, Host, Parked, Pending, Purpose, Resume, Step,
+    ContextId, Deferred, Gate, Host, NotSent, Parked, Pending, Purpose, Resume, Step,
     LEASE_MARGIN_MS,
 };
+use crate::budget::CallClass;
 use crate::cache::{CacheEntry, Cached, Freshness};
 use crate::credentials::Credential;
 use crate::local::Copy;
@@ -23,7 +24,8 @@ enum Move {
     /// `OwnRequestOnly`: nobody could wake this request, so it asks for the endpoints itself.
     Discover,
     Follow,
-    /// This worker has `max_idp_calls_in_flight` calls out: no verdict now.
+    /// The gateway has `max_idp_calls_in_flight` calls out to this Okta org (for this caller):
+    /// no verdict now.
     AtCap,
     /// Call the IdP, taking the lease first unless (`OwnRequestOnly`) another request holds it.
     Lead {
@@ -114,12 +116,7 @@ impl Gate {
             Move::GiveUp(retry_after_s) => {
                 self.no_verdict(ctx, &req, Some(seen), retry_after_s, now, host)
             }
-            Move::AtCap => {
-                let cap = self.config.max_idp_calls_in_flight;
-                let why = "IdP calls in flight (max_idp_calls_in_flight): no new call";
-                self.warn(now, format_args!("[{ctx}] {cap} {why}"));
-                self.no_verdict(ctx, &req, Some(seen), Some(1), now, host)
-            }
+            Move::AtCap => self.at_cap(ctx, &req, seen, now, host),
             Move::Discover => {
                 self.dispatch_discovery(
                     caller,
@@ -215,7 +212,8 @@ impl Gate {
         if let Err(seconds) = self.budget_left(endpoint, &req.key, entry, now, host) {
             return Move::GiveUp(Some(seconds));
         }
-        if self.calls_in_flight(now) >= self.in_flight_cap(&req.key, entry, now) {
+        let class = super::admission::call_class(&req.key, entry, now);
+        if !self.call_place_left(class, now, host) {
             return Move::AtCap;
         }
         if let Err(seconds) = self.throttle_turn(&req.credential, &req.key, entry, now, host) {
@@ -257,6 +255,7 @@ impl Gate {
             self.deferred.push(Deferred::Verdict {
                 key: req.key,
                 credential: req.credential.clone(),
+                class: super::admission::call_class(&req.key, seen, now),
             });
             return self.no_verdict(ctx, &req, Some(seen), Some(1), now, host);
         }
@@ -265,7 +264,8 @@ impl Gate {
             credential: req.credential.clone(),
             leader: ctx,
         };
-        match self.send(caller, &request, purpose, now, host) {
+        let class = super::admission::call_class(&req.key, seen, now);
+        match self.send(caller, &request, (purpose, class), now, host) {
             Ok(call) => self.park(
                 ctx,
                 Parked::Leader {
@@ -274,7 +274,11 @@ impl Gate {
                     lease_until_ms,
                 },
             ),
-            Err(DispatchError) => {
+            Err(NotSent::AtCap) => {
+                self.slots.release(host, &req.key, None);
+                self.at_cap(ctx, &req, seen, now, host)
+            }
+            Err(NotSent::Refused) => {
                 // The proxy's own refusal (its circuit breaker full): calls already queued there
                 // may time out without Okta being at fault (`guard::silence_explained`).
                 self.silence_explained_ms[endpoint.index()] = now;
@@ -285,12 +289,26 @@ impl Gate {
         }
     }
 
+    /// The gateway has its bound of calls in flight out: no verdict now.
+    fn at_cap(
+        &mut self,
+        ctx: ContextId,
+        req: &Pending,
+        seen: &CacheEntry,
+        now: u64,
+        host: &dyn Host,
+    ) -> Step {
+        let cap = self.config.max_idp_calls_in_flight;
+        let why = "IdP calls in flight on this gateway (max_idp_calls_in_flight): no new call";
+        self.warn(now, format_args!("[{ctx}] {cap} {why}"));
+        self.no_verdict(ctx, req, Some(seen), Some(1), now, host)
+    }
+
     /// The root sends a verdict call a request that could not wait asked for (its lease and
     /// budget were taken then); the answer is cached for the request's retry.
     pub(super) fn send_deferred_verdict(
         &mut self,
-        key: crate::cache::CacheKey,
-        credential: Credential,
+        (key, credential, class): (crate::cache::CacheKey, Credential, CallClass),
         now: u64,
         host: &dyn Host,
     ) {
@@ -305,10 +323,14 @@ impl Gate {
             credential,
             leader: root,
         };
-        if self.send(root, &request, purpose, now, host).is_err() {
-            self.silence_explained_ms[endpoint.index()] = now;
-            self.warn(now, format_args!("[{root}] {NOT_SENT}"));
-            self.slots.release(host, &key, Some(now));
+        match self.send(root, &request, (purpose, class), now, host) {
+            Ok(_) => {}
+            Err(NotSent::AtCap) => self.slots.release(host, &key, None),
+            Err(NotSent::Refused) => {
+                self.silence_explained_ms[endpoint.index()] = now;
+                self.warn(now, format_args!("[{root}] {NOT_SENT}"));
+                self.slots.release(host, &key, Some(now));
+            }
         }
     }
 

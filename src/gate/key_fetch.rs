@@ -10,7 +10,8 @@
 
 use super::keys::{Adopted, KeysRecord, Why};
 use super::slots::{update, Update};
-use super::{ContextId, Deferred, DispatchError, Gate, Host, Parked, Purpose, Sent, Step};
+use super::{ContextId, Deferred, Gate, Host, Parked, Purpose, Sent, Step};
+use crate::budget::CallClass;
 use crate::cache::NotWritten;
 use crate::metrics::{CallResult, Counter, IdpEndpoint};
 use crate::okta::{self, IdpAnswer, JwksAnswerError};
@@ -42,7 +43,7 @@ impl Gate {
             return Fetch::NotNow;
         };
         if self.paused_for(IdpEndpoint::Discovery, now, host).is_some()
-            || self.calls.len() >= self.config.max_idp_calls_in_flight
+            || !self.call_place_left(CallClass::Refresh, now, host)
         {
             return Fetch::NotNow;
         }
@@ -75,7 +76,7 @@ impl Gate {
     /// call). Never for an unknown `kid`: that stays once per 30 s.
     pub(super) fn fetch_own_keys(&mut self, caller: ContextId, now: u64, host: &dyn Host) -> Fetch {
         match self.discovery.endpoints().jwks_path.clone() {
-            Some(path) if self.calls.len() < self.config.max_idp_calls_in_flight => {
+            Some(path) if self.call_place_left(CallClass::Refresh, now, host) => {
                 self.send_fetch(caller, &path, Why::NoKeys, false, now, host)
             }
             _ => Fetch::NotNow,
@@ -110,9 +111,10 @@ impl Gate {
         host: &dyn Host,
     ) -> Fetch {
         let request = okta::jwks_request(&self.config, path);
-        match self.send(caller, &request, Purpose::Keys { why, leased }, now, host) {
+        let purpose = (Purpose::Keys { why, leased }, CallClass::Refresh);
+        match self.send(caller, &request, purpose, now, host) {
             Ok(_) => Fetch::Sent,
-            Err(DispatchError) => {
+            Err(_) => {
                 host.count(Counter::IdpCall(
                     IdpEndpoint::Discovery,
                     CallResult::Failure,

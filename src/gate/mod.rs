@@ -24,6 +24,7 @@ mod tick;
 
 use std::collections::HashMap;
 
+use crate::budget::CallClass;
 use crate::cache::{CacheKey, Names};
 use crate::config::Config;
 use crate::credentials::{parse_authorization, Credential, CredentialError};
@@ -60,6 +61,15 @@ pub trait Host: SharedData {
 /// The host refused to send an IdP call (unknown upstream, no memory, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DispatchError;
+
+/// Why the gate did not send an IdP call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NotSent {
+    /// The gateway has `max_idp_calls_in_flight` calls out to this org (for this caller).
+    AtCap,
+    /// The proxy refused it ([`DispatchError`]).
+    Refused,
+}
 
 /// A proxy-wasm context: a request's, or the root's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -192,6 +202,7 @@ enum Deferred {
     Verdict {
         key: CacheKey,
         credential: Credential,
+        class: CallClass,
     },
 }
 
@@ -199,6 +210,8 @@ enum Deferred {
 struct Call {
     purpose: Purpose,
     started_ms: u64,
+    /// The deadline of its place among the gateway's calls in flight, given back on its answer.
+    place_until: u64,
     /// The context the host attributes the call to; if that request goes away, so does the call.
     owner: ContextId,
 }
@@ -213,9 +226,6 @@ pub struct Gate {
     keys: Keys,
     parked: HashMap<ContextId, Parked>,
     calls: HashMap<CallToken, Call>,
-    /// Until when each call whose request went away may still be out at the IdP: Envoy does not
-    /// cancel it (only its answer is dropped), so it still counts toward the in-flight cap.
-    orphans: Vec<u64>,
     local: LocalCache,
     /// Calls for the root to send at its next tick.
     deferred: Vec<Deferred>,
@@ -267,7 +277,6 @@ impl Gate {
             keys: Keys::default(),
             parked: HashMap::new(),
             calls: HashMap::new(),
-            orphans: Vec::new(),
             local,
             deferred: Vec::new(),
             root,
@@ -359,6 +368,7 @@ impl Gate {
         let Some(call) = self.calls.remove(&token) else {
             return Vec::new();
         };
+        self.give_back_call_place(call.place_until, now, host);
         let elapsed = now.saturating_sub(call.started_ms);
         let endpoint = match &call.purpose {
             Purpose::Discovery(_) | Purpose::Keys { .. } => IdpEndpoint::Discovery,
@@ -393,7 +403,7 @@ impl Gate {
     /// take over at once, and its key set fetch is sent again by the root (the lease stays), so
     /// that no client can hold back a key set refresh by hanging up. A lost call may still be
     /// out at the IdP, and counts as in flight until its timeout.
-    pub fn on_request_gone(&mut self, ctx: ContextId, now: u64, host: &dyn Host) {
+    pub fn on_request_gone(&mut self, ctx: ContextId, _now: u64, host: &dyn Host) {
         let Some(parked) = self.parked.remove(&ctx) else {
             return;
         };
@@ -402,28 +412,12 @@ impl Gate {
                 self.deferred.push(Deferred::Keys(why));
             }
         }
-        let lost: Vec<u64> = self
-            .calls
-            .values()
-            .filter(|c| c.owner == ctx)
-            .map(|c| c.started_ms + self.config.idp_timeout_ms + LEASE_MARGIN_MS)
-            .collect();
-        if lost.is_empty() {
-            return;
-        }
+        // Its calls' places among the gateway's calls in flight stay taken until their
+        // deadlines: they may still be out at the IdP (Envoy does not cancel them).
         self.calls.retain(|_, c| c.owner != ctx);
-        self.orphans.retain(|until| *until > now);
-        self.orphans.extend(lost);
         if let Parked::Leader { req, .. } = parked {
             self.slots.release(host, &req.key, None);
         }
-    }
-
-    /// IdP calls this worker has out, those of requests that went away and those the root is
-    /// about to send included.
-    fn calls_in_flight(&self, now: u64) -> usize {
-        let lost = self.orphans.iter().filter(|until| **until > now).count();
-        self.calls.len() + self.deferred.len() + lost
     }
 
     fn on_discovery_answer(
@@ -489,20 +483,29 @@ impl Gate {
         );
     }
 
-    /// Sends `request` to the IdP on behalf of `caller` and records the call for its answer.
+    /// Sends `request` to the IdP on behalf of `caller`, if the gateway has a place among its
+    /// calls in flight for a caller of `class`, and records the call for its answer.
     fn send(
         &mut self,
         caller: ContextId,
         request: &IdpRequest,
-        purpose: Purpose,
+        (purpose, class): (Purpose, CallClass),
         now: u64,
         host: &dyn Host,
-    ) -> Result<CallToken, DispatchError> {
+    ) -> Result<CallToken, NotSent> {
+        let place_until = self
+            .take_call_place(class, now, host)
+            .ok_or(NotSent::AtCap)?;
         let upstream = &self.config.idp_upstream;
-        let token = host.dispatch(caller, upstream, request, self.config.idp_timeout_ms)?;
+        let timeout = self.config.idp_timeout_ms;
+        let Ok(token) = host.dispatch(caller, upstream, request, timeout) else {
+            self.give_back_call_place(place_until, now, host);
+            return Err(NotSent::Refused);
+        };
         let call = Call {
             purpose,
             started_ms: now,
+            place_until,
             owner: caller,
         };
         self.calls.insert(token, call);
@@ -517,9 +520,10 @@ impl Gate {
         host: &dyn Host,
     ) {
         let request = okta::discovery_request(&self.config, doc);
-        match self.send(caller, &request, Purpose::Discovery(doc), now, host) {
+        let purpose = (Purpose::Discovery(doc), CallClass::Refresh);
+        match self.send(caller, &request, purpose, now, host) {
             Ok(_) => self.discovery.sent(),
-            Err(DispatchError) => {
+            Err(_) => {
                 host.count(Counter::IdpCall(
                     IdpEndpoint::Discovery,
                     CallResult::Failure,

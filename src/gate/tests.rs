@@ -1169,14 +1169,19 @@ mod create_only_cas {
         an_anonymous_clients_refusals_between_silences_never_end_the_run,
         an_expired_verdict_still_marks_a_known_client_through_a_flood,
         calls_of_requests_that_went_away_still_count_as_in_flight,
+        calls_in_flight_are_capped_per_gateway_across_workers,
+        a_flood_on_one_route_never_spends_another_routes_budget,
     );
 }
 
 #[test]
 fn a_local_copy_never_outlives_the_shared_verdict_nor_matches_a_changed_byte() {
     let host = FakeHost::at(T0);
-    // every changed byte below is a call left out: room for all of them
-    let mut g = gate(&host, r#","cache_ttl_s":60,"max_idp_calls_in_flight":200"#);
+    // every changed byte below is a call left out: room for all of them, in the same instant
+    let mut g = gate(
+        &host,
+        r#","cache_ttl_s":60,"max_idp_calls_in_flight":200,"idp_calls_per_minute":100000"#,
+    );
     let token = "eyJraWQiOiJrMSJ9.eyJzdWIiOiJhcHAifQ.c2lnbmF0dXJlLWJ5dGVz";
     let bearer = format!("Bearer {token}");
     ask(&mut g, &host, 10, bearer.as_bytes());
@@ -1253,6 +1258,101 @@ fn calls_in_flight_are_capped_per_worker() {
     assert_eq!(ask(&mut g, &host, 22, &basic("app9", "s")), Step::Wait);
 }
 
+/// Issue 18, finding 4: the bound is the gateway's (all workers together), so that a fleet can
+/// be sized against Okta's concurrent-request limit.
+#[test]
+pub(super) fn calls_in_flight_are_capped_per_gateway_across_workers() {
+    let host = FakeHost::at(T0);
+    let extra = r#","max_idp_calls_in_flight":5,"cache_ttl_s":1"#;
+    let mut a = gate(&host, extra);
+    let mut b = gate(&host, extra);
+    ask(&mut a, &host, 1, &basic("known", "s"));
+    answer(&mut a, &host, host.last_call().0, 200, &token_ok(3600));
+    host.advance(2_000);
+    // Unknown credentials on both workers: 4 of the 5 places, then none for either.
+    for i in 0..10 {
+        let w = if i % 2 == 0 { &mut a } else { &mut b };
+        ask(w, &host, 10 + i, &basic(&format!("app{i}"), "s"));
+    }
+    assert_eq!(
+        host.call_count(),
+        1 + 4,
+        "four fifths of the gateway's bound"
+    );
+    // The known app's refresh takes the fifth, on either worker.
+    assert_eq!(ask(&mut b, &host, 30, &basic("known", "s")), Step::Wait);
+    assert_eq!(host.call_count(), 6);
+    assert_eq!(status(&ask(&mut a, &host, 31, &basic("other", "s"))), 503);
+    // Answers on one worker free places for the other (call 6 is the refresh, 3 app1's; an
+    // unknown credential needs fewer than four fifths of the bound out, whoever's they are).
+    answer(&mut b, &host, 6, 200, &token_ok(3600));
+    assert_eq!(status(&ask(&mut a, &host, 33, &basic("other", "s"))), 503);
+    answer(&mut b, &host, 3, 401, INVALID_CLIENT);
+    assert_eq!(ask(&mut a, &host, 32, &basic("other", "s")), Step::Wait);
+    assert_eq!(host.call_count(), 7);
+}
+
+/// Issue 18, finding 3: each route configuration has its own budget. A flood on a route with a
+/// large budget spends nothing of another route's smaller one, nor its refresh reserve.
+#[test]
+pub(super) fn a_flood_on_one_route_never_spends_another_routes_budget() {
+    let host = FakeHost::at(T0);
+    let mut route_a = gate(
+        &host,
+        r#","idp_calls_per_minute":3000,"max_idp_calls_in_flight":10000"#,
+    );
+    let mut route_b = gate(
+        &host,
+        r#","idp_calls_per_minute":300,"max_idp_calls_in_flight":10000"#,
+    );
+    ask(&mut route_b, &host, 1, &basic("known", "s"));
+    answer(&mut route_b, &host, host.last_call().0, 200, &token_ok(1));
+    // A flood of unknown credentials on route A for 5 s, answered at once.
+    let mut flood_calls = 0;
+    for i in 0..5_000u32 {
+        host.advance(1);
+        if ask(
+            &mut route_a,
+            &host,
+            100 + i,
+            &basic(&format!("bogus{i}"), "s"),
+        ) == Step::Wait
+        {
+            answer(&mut route_a, &host, host.last_call().0, 401, INVALID_CLIENT);
+            flood_calls += 1;
+        }
+    }
+    assert!(
+        flood_calls > 300,
+        "the flood spent {flood_calls} of route A's budget"
+    );
+    // Route B: a new app and the known app's refresh both get their call.
+    assert_eq!(ask(&mut route_b, &host, 2, &basic("new", "s")), Step::Wait);
+    answer(
+        &mut route_b,
+        &host,
+        host.last_call().0,
+        200,
+        &token_ok(3600),
+    );
+    assert_eq!(
+        ask(&mut route_b, &host, 3, &basic("known", "s")),
+        Step::Wait
+    );
+    // And route A is still held to its own budget.
+    host.advance(1);
+    let before = host.call_count();
+    for i in 0..100u32 {
+        ask(
+            &mut route_a,
+            &host,
+            9_000 + i,
+            &basic(&format!("late{i}"), "s"),
+        );
+    }
+    assert!(host.call_count() - before <= 300, "route A past its budget");
+}
+
 #[test]
 fn hung_up_unknown_calls_never_take_a_known_apps_refresh_slot() {
     let host = FakeHost::at(T0);
@@ -1292,7 +1392,9 @@ fn a_flood_of_unknown_credentials_cannot_spend_the_refresh_reserve() {
     ask(&mut g, &host, 1, &basic("good", "s"));
     answer(&mut g, &host, host.last_call().0, 200, &token_ok(3600));
     let mut refused = 0;
+    // two a second for 50 s (calls are paced: at most one unknown call a second here)
     for i in 0..100 {
+        host.advance(500);
         match ask(&mut g, &host, 100 + i, &basic(&format!("bogus{i}"), "s")) {
             Step::Wait => answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT),
             Step::Unavailable { retry_after_s } => {
@@ -1608,9 +1710,11 @@ fn an_expired_verdict_still_marks_a_known_client_through_a_flood() {
     ask(&mut g, &host, 1, &basic("good", "s"));
     answer(&mut g, &host, host.last_call().0, 200, &token_ok(3600));
     host.advance(2_000);
-    // a flood of unknown credentials from another worker spends the unknown share
+    // a flood of unknown credentials from another worker spends the unknown share (two a
+    // second for 25 s: calls are paced)
     let mut attacker = gate(&host, extra);
     for i in 0..50 {
+        host.advance(500);
         if ask(
             &mut attacker,
             &host,

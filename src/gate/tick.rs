@@ -44,9 +44,11 @@ impl Gate {
         for call in std::mem::take(&mut self.deferred) {
             match call {
                 Deferred::Keys(why) => self.send_deferred_fetch(why, now, host),
-                Deferred::Verdict { key, credential } => {
-                    self.send_deferred_verdict(key, credential, now, host)
-                }
+                Deferred::Verdict {
+                    key,
+                    credential,
+                    class,
+                } => self.send_deferred_verdict((key, credential, class), now, host),
             }
         }
         let own_only = self.resume == Resume::OwnRequestOnly;
