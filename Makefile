@@ -79,6 +79,7 @@ validate: wasm $(ENVOY_STAMP) ## envoy --mode validate on every envoy/*.yaml (an
 	scripts/check-examples.sh
 
 integration: wasm $(ENVOY_STAMP) ## integration tests: the built wasm in real Envoy against the dev IdP
+	@command -v nghttp >/dev/null 2>&1 || apt-get install -y nghttp2-client >/dev/null 2>&1 || echo "integration: nghttp (nghttp2-client) not installed: header_bytes.rs skips its h2 cases"
 	cargo build --release --target $(WASM_TARGET) -p okta-dcr-auth-panic-filter
 	cargo test -p okta-dcr-auth-tests
 

@@ -47,7 +47,8 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 4] = [
+    /// Every endpoint, in the order of the admin API's listings.
+    pub const ALL: [Endpoint; 4] = [
         Endpoint::Discovery,
         Endpoint::Token,
         Endpoint::Introspect,
@@ -235,6 +236,9 @@ struct State {
     tokens: HashMap<String, IssuedToken>,
     introspections: HashMap<String, u64>,
     limits: ratelimit::Limits,
+    concurrency: ratelimit::Concurrency,
+    /// How long every answer of an Okta endpoint takes (before any fault's own delay).
+    latency: Duration,
     keys: KeyRing,
 }
 
@@ -248,6 +252,8 @@ impl State {
             tokens: HashMap::new(),
             introspections: HashMap::new(),
             limits: ratelimit::Limits::default(),
+            concurrency: ratelimit::Concurrency::default(),
+            latency: Duration::ZERO,
             keys: KeyRing::new(),
         }
     }
@@ -350,10 +356,13 @@ fn exp_of(claims: &Map<String, Value>) -> Option<i64> {
     claims.get("exp").and_then(Value::as_i64)
 }
 
-/// A running dev IdP. Dropping it stops the server.
+/// A running dev IdP. Dropping it stops the server. Clones share one server (the same clients,
+/// tokens, faults, limits and counters), which stops when the last of them is dropped: for
+/// several gateways in front of one IdP.
+#[derive(Clone)]
 pub struct IdpHandle {
     shared: Arc<Shared>,
-    server: ServerThread,
+    server: Arc<ServerThread>,
 }
 
 impl IdpHandle {
@@ -374,7 +383,10 @@ impl IdpHandle {
         let server = serve::spawn(listener, "okta-dev-idp", move |req| {
             handle(for_server.clone(), req)
         })?;
-        Ok(IdpHandle { shared, server })
+        Ok(IdpHandle {
+            shared,
+            server: Arc::new(server),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -423,6 +435,19 @@ impl IdpHandle {
 
     pub fn clear_faults(&self) {
         self.shared.lock().faults.clear();
+    }
+
+    /// Every answer of an Okta endpoint (discovery, token, introspect, keys, revoke), 429s
+    /// included, comes `latency` after the request was read, before any fault's own delay; an
+    /// admitted request is in progress meanwhile (see [`IdpHandle::set_concurrency_limit`]).
+    /// `Duration::ZERO` (the default) answers at once.
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.lock().latency = latency;
+    }
+
+    /// The latency [`IdpHandle::set_latency`] set.
+    pub fn latency(&self) -> Duration {
+        self.shared.lock().latency
     }
 
     /// An access token as the spec says; a [`Signing::Genuine`] one is registered as issued (so
@@ -513,13 +538,15 @@ impl IdpHandle {
             .unwrap_or(0)
     }
 
-    /// Zeroes the call counters and the per-token introspection counters, and forgets the token
-    /// request records. Clients, tokens and faults stay.
+    /// Zeroes the call counters and the per-token introspection counters, forgets the token
+    /// request records, and restarts [`IdpHandle::max_in_flight`] from the requests in progress.
+    /// Clients, tokens, faults and limits (and their counts of 429s) stay.
     pub fn reset_counters(&self) {
         let mut state = self.shared.lock();
         state.calls = [0; 4];
         state.token_requests.clear();
         state.introspections.clear();
+        state.concurrency.reset_max();
     }
 
     /// The registered clients.
@@ -603,10 +630,25 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Res
     };
     let mut fault = None;
     let mut limit = None;
+    let mut latency = Duration::ZERO;
+    let mut over_concurrency = false;
+    // Held until the answer is ready: the request is in progress for the concurrency limit.
+    let mut _in_progress = None;
+    if endpoint.is_some() || route == Route::Revoke {
+        let mut state = shared.lock();
+        if state.concurrency.admit() {
+            _in_progress = Some(InProgress(shared.clone()));
+        } else {
+            over_concurrency = true;
+        }
+        latency = state.latency;
+    }
     if let Some(ep) = endpoint {
         let mut state = shared.lock();
         state.calls[ep.index()] += 1;
-        limit = state.limits.check(ep, util::now());
+        if !over_concurrency {
+            limit = state.limits.check(ep, util::now());
+        }
         match ep {
             Endpoint::Token => {
                 let record = token_record(&req);
@@ -627,6 +669,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Res
             Endpoint::Discovery | Endpoint::Keys => {}
         }
         fault = state.faults.get(&ep).cloned();
+    }
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if over_concurrency {
+        return Ok(ratelimit::concurrency_refusal(util::now()));
     }
     if let Some(resp) = ratelimit::refusal(limit.as_ref()) {
         return Ok(resp);
@@ -653,6 +701,16 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Res
     util::set_header(&mut resp, "x-okta-request-id", &util::random_id(27));
     ratelimit::annotate(&mut resp, limit.as_ref());
     Ok(resp)
+}
+
+/// A request in progress, for the concurrent-request limit: released when dropped, once its
+/// answer is ready (or when its connection's task ends first).
+struct InProgress(Arc<Shared>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.lock().concurrency.release();
+    }
 }
 
 fn token_record(req: &Req) -> TokenRequestRecord {

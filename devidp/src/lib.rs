@@ -11,7 +11,10 @@
 //! with; rotation through the admin API or [`IdpHandle::rotate_keys`]), plus an admin API under `/_dev/` (see the `admin`
 //! module docs) for out-of-process use. Faults (delay, status, garbage, HTML, empty, 429, custom,
 //! connection reset) can be set per endpoint, and so can Okta-like rate limits (`X-Rate-Limit-*`
-//! headers, 429 `E0000047` beyond the limit). It never logs, so it never logs a secret or token.
+//! headers, 429 `E0000047` beyond the limit); Okta's concurrent-request limit per org
+//! ([`IdpHandle::set_concurrency_limit`]) and a latency for every endpoint
+//! ([`IdpHandle::set_latency`]) are set for the whole server. It never logs, so it never logs a
+//! secret or token.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 

@@ -163,9 +163,13 @@ where
     // stream is then dropped, with SO_LINGER 0 (see ResettableStream).
     // No header read timeout: hyper would also apply it to idle keep-alive connections and close
     // them after 30 s, racing with a proxy (Envoy) that reuses the connection at that moment.
+    // A header line that is not HTTP (a name with bytes outside a token, which nginx forwards
+    // with `ignore_invalid_headers off`) is skipped instead of failing the request with 400, so
+    // that the echo records the request, as a lenient upstream would take it.
     let _ = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(None)
+        .ignore_invalid_headers(true)
         .keep_alive(true)
         .serve_connection(io, service)
         .await;

@@ -1031,6 +1031,33 @@ fn echo_records_every_request() {
 }
 
 #[test]
+fn echo_skips_header_lines_that_are_not_http_and_records_the_request() {
+    // What nginx forwards with `ignore_invalid_headers off`: a name that is not a token (here
+    // not even UTF-8). A lenient upstream takes the request; so does the echo.
+    let echo = EchoHandle::spawn("127.0.0.1:0").unwrap();
+    let mut stream = TcpStream::connect(echo.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /odd HTTP/1.1\r\nhost: x\r\nX-\xff\xfe: 1\r\nx-odd: \xff\xfe\r\n\
+              x-after: yes\r\nconnection: close\r\n\r\n",
+        )
+        .unwrap();
+    let mut received = Vec::new();
+    let _ = stream.read_to_end(&mut received);
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    let requests = echo.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].path, "/odd");
+    assert_eq!(requests[0].header("x-after"), Some("yes"));
+    assert!(requests[0].header("x-odd").is_some(), "{:?}", requests[0]);
+    assert_eq!(requests[0].headers.len(), 4, "{:?}", requests[0]);
+}
+
+#[test]
 fn key_rotation_publishes_then_switches_then_retires() {
     let idp = idp_with_client();
     let iss = idp.issuer();

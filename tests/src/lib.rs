@@ -366,6 +366,7 @@ pub struct StackBuilder {
     before_envoy: Vec<IdpSetup>,
     idp_circuit_breaker: Option<u32>,
     file_lds: bool,
+    shared_idp: Option<IdpHandle>,
 }
 
 impl StackBuilder {
@@ -459,6 +460,14 @@ impl StackBuilder {
         self
     }
 
+    /// Puts the host in front of this IdP (another stack's `stack.idp`) instead of a new one:
+    /// several gateways, one Okta org. The IdP's clients, faults, limits and counters are then
+    /// shared (its server stops with the last stack); `idp_options` is ignored.
+    pub fn shared_idp(mut self, idp: &IdpHandle) -> Self {
+        self.shared_idp = Some(idp.clone());
+        self
+    }
+
     /// Runs `f` on the IdP after it started and before Envoy does (faults on discovery, ...).
     pub fn with_idp(mut self, f: impl FnOnce(&IdpHandle) + 'static) -> Self {
         self.before_envoy.push(Box::new(f));
@@ -483,9 +492,10 @@ impl StackBuilder {
     /// also when a worker exits with a fatal code, as one whose filter refused its
     /// configuration does).
     pub fn try_start(self) -> Result<Stack, StartFailure> {
-        let idp = match self.idp_options {
-            Some(opts) => IdpHandle::spawn_with("127.0.0.1:0", opts),
-            None => IdpHandle::spawn("127.0.0.1:0"),
+        let idp = match (self.shared_idp, self.idp_options) {
+            (Some(idp), _) => Ok(idp),
+            (None, Some(opts)) => IdpHandle::spawn_with("127.0.0.1:0", opts),
+            (None, None) => IdpHandle::spawn("127.0.0.1:0"),
         }
         .unwrap_or_else(|e| panic!("dev IdP did not start: {e}"));
         let echo =
@@ -706,6 +716,7 @@ impl Stack {
             before_envoy: Vec::new(),
             idp_circuit_breaker: None,
             file_lds: false,
+            shared_idp: None,
         }
     }
 

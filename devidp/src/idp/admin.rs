@@ -18,6 +18,10 @@
 //! | `POST /_dev/revoke` | `{"token"}` | 204 |
 //! | `POST /_dev/reset` | | 204 (counters, as `IdpHandle::reset_counters`) |
 //! | `GET`, `POST`, `DELETE /_dev/rate_limit` | see the `ratelimit` module | |
+//! | `GET`, `POST`, `DELETE /_dev/concurrency` | see the `ratelimit` module | |
+//! | `POST /_dev/latency` | `{"ms":150}` | 204: every Okta endpoint answers that much later (`IdpHandle::set_latency`) |
+//! | `DELETE /_dev/latency` | | 204 (no latency) |
+//! | `GET /_dev/latency` | | 200 `{"ms"}` |
 
 use std::time::Duration;
 
@@ -118,6 +122,13 @@ fn signing_from(dto: &TokenSpecDto) -> Result<Signing, Box<Resp>> {
 #[serde(deny_unknown_fields)]
 struct RevokeDto {
     token: String,
+}
+
+/// `POST /_dev/latency`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LatencyDto {
+    ms: u64,
 }
 
 fn bad_request(message: &str) -> Resp {
@@ -289,10 +300,28 @@ pub(super) fn handle(shared: &Shared, req: &Req) -> Resp {
             state.calls = [0; 4];
             state.token_requests.clear();
             state.introspections.clear();
+            state.concurrency.reset_max();
             no_content()
         }
         ("/_dev/reset", _) => method_not_allowed("POST"),
         ("/_dev/rate_limit", _) => super::ratelimit::admin(shared, req),
+        ("/_dev/concurrency", _) => super::ratelimit::concurrency_admin(shared, req),
+        ("/_dev/latency", &Method::POST) => match parse::<LatencyDto>(req) {
+            Ok(dto) => {
+                shared.lock().latency = Duration::from_millis(dto.ms);
+                no_content()
+            }
+            Err(resp) => *resp,
+        },
+        ("/_dev/latency", &Method::DELETE) => {
+            shared.lock().latency = Duration::ZERO;
+            no_content()
+        }
+        ("/_dev/latency", &Method::GET) => {
+            let ms = u64::try_from(shared.lock().latency.as_millis()).unwrap_or(u64::MAX);
+            json_response(StatusCode::OK, &json!({ "ms": ms }))
+        }
+        ("/_dev/latency", _) => method_not_allowed("GET, POST, DELETE"),
         _ => not_found(path),
     }
 }

@@ -18,6 +18,29 @@
 //! | `GET /_dev/rate_limit` | | 200 `{"token":{"limit","window_secs","used","remaining","reset","rate_limited"} or null, ...}` |
 //!
 //! Setting or clearing an endpoint's limit starts its window and its count of 429s afresh.
+//!
+//! ## Concurrent requests
+//!
+//! Okta also limits the requests an org has in progress at once, across all its endpoints
+//! (Integrator Free orgs: 35; Workforce and Customer Identity orgs: 75). A request beyond that
+//! limit is answered at once with 429 and the same `E0000047` body; `X-Rate-Limit-Limit` and
+//! `X-Rate-Limit-Remaining` are then `0`, and `X-Rate-Limit-Reset` is an estimate (here: a minute
+//! ahead; Okta's documented example is two minutes ahead). Here the limit covers the four
+//! endpoints that count calls (discovery, token, introspect, keys) and `/v1/revoke`, not the
+//! admin API. A request is in progress from the moment its body was read until its answer is
+//! ready, the configured latency and any fault's delay included; one refused for concurrency
+//! never counts as in progress, nor toward a per-endpoint window. It is checked first, before
+//! the per-endpoint limits. The server counts the 429s it answered for concurrency and the
+//! largest number of requests it had in progress at once (kept whether or not a limit is set).
+//!
+//! | request | body | answer |
+//! |---|---|---|
+//! | `POST /_dev/concurrency` | `{"limit":35}` | 204 |
+//! | `DELETE /_dev/concurrency` | | 204 |
+//! | `GET /_dev/concurrency` | | 200 `{"limit" (or null),"in_flight","max_in_flight","rate_limited"}` |
+//!
+//! Setting or clearing the limit starts its count of 429s afresh, and the maximum from the
+//! requests in progress at that moment.
 
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
@@ -125,6 +148,77 @@ impl Limits {
     }
 }
 
+/// The org's concurrent-request limit (none by default) and what it saw.
+#[derive(Debug, Default)]
+pub(super) struct Concurrency {
+    limit: Option<u32>,
+    in_flight: u32,
+    max_in_flight: u32,
+    /// 429s answered for concurrency since the limit was set.
+    rate_limited: u64,
+}
+
+impl Concurrency {
+    /// Admits one request, which is then in progress until [`Concurrency::release`]; false (and
+    /// counted as a 429) when the limit is reached.
+    pub(super) fn admit(&mut self) -> bool {
+        if self.limit.is_some_and(|limit| self.in_flight >= limit) {
+            self.rate_limited += 1;
+            return false;
+        }
+        self.in_flight += 1;
+        self.max_in_flight = self.max_in_flight.max(self.in_flight);
+        true
+    }
+
+    /// One admitted request is answered (or gone).
+    pub(super) fn release(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    fn set(&mut self, limit: Option<u32>) {
+        self.limit = limit;
+        self.rate_limited = 0;
+        self.max_in_flight = self.in_flight;
+    }
+
+    /// Forgets the maximum seen so far (it restarts from the requests in progress now).
+    pub(super) fn reset_max(&mut self) {
+        self.max_in_flight = self.in_flight;
+    }
+
+    fn describe(&self) -> Value {
+        json!({
+            "limit": self.limit,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "rate_limited": self.rate_limited,
+        })
+    }
+}
+
+/// How far ahead a concurrency 429's `X-Rate-Limit-Reset` is (Okta: "only an estimate").
+pub(super) const CONCURRENCY_RESET_SECS: i64 = 60;
+
+/// Okta's 429 for a request beyond the concurrent-request limit: `X-Rate-Limit-Limit` and
+/// `X-Rate-Limit-Remaining` are 0, `X-Rate-Limit-Reset` an estimate.
+pub(super) fn concurrency_refusal(now_s: i64) -> Resp {
+    let mut resp = okta_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "E0000047",
+        "API call exceeded rate limit due to too many requests.",
+    );
+    let d = Decision {
+        limit: 0,
+        remaining: 0,
+        reset: now_s.saturating_add(CONCURRENCY_RESET_SECS),
+        allowed: false,
+    };
+    annotate(&mut resp, Some(&d));
+    util::set_header(&mut resp, "x-okta-request-id", &util::random_id(27));
+    resp
+}
+
 /// Okta's 429 when the limiter refused the request.
 pub(super) fn refusal(decision: Option<&Decision>) -> Option<Resp> {
     let d = decision.filter(|d| !d.allowed)?;
@@ -165,14 +259,44 @@ impl IdpHandle {
         self.shared.lock().limits.set(ep, None);
     }
 
-    /// Removes every limit.
+    /// Removes every per-endpoint limit (not the concurrent-request limit).
     pub fn clear_rate_limits(&self) {
         self.shared.lock().limits = Limits::default();
     }
 
-    /// The 429s `ep`'s limiter answered since its limit was set (0 without a limit).
+    /// The 429s `ep`'s limiter answered since its limit was set (0 without a limit). Not the
+    /// 429s for concurrency: see [`IdpHandle::concurrency_limited`].
     pub fn rate_limited(&self, ep: Endpoint) -> u64 {
         self.shared.lock().limits.windows[ep.index()].map_or(0, |w| w.rate_limited)
+    }
+
+    /// Limits the requests in progress at once, all Okta endpoints together, to `limit` (Okta:
+    /// 35 on Integrator Free orgs, 75 on paid ones); replaces any such limit, and starts its
+    /// count of 429s and the maximum in progress afresh.
+    pub fn set_concurrency_limit(&self, limit: u32) {
+        self.shared.lock().concurrency.set(Some(limit));
+    }
+
+    /// Removes the concurrent-request limit (the count of 429s and the maximum start afresh).
+    pub fn clear_concurrency_limit(&self) {
+        self.shared.lock().concurrency.set(None);
+    }
+
+    /// The 429s answered for concurrency since the limit was set or cleared.
+    pub fn concurrency_limited(&self) -> u64 {
+        self.shared.lock().concurrency.rate_limited
+    }
+
+    /// Okta-endpoint requests in progress now.
+    pub fn in_flight(&self) -> u32 {
+        self.shared.lock().concurrency.in_flight
+    }
+
+    /// The most Okta-endpoint requests in progress at once since the server started, the
+    /// concurrency limit was set or cleared, or [`IdpHandle::reset_counters`] (with or without
+    /// a limit).
+    pub fn max_in_flight(&self) -> u32 {
+        self.shared.lock().concurrency.max_in_flight
     }
 }
 
@@ -208,6 +332,45 @@ pub(super) fn admin(shared: &Shared, req: &Req) -> Resp {
     }
 }
 
+/// `POST /_dev/concurrency`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConcurrencyDto {
+    limit: u32,
+}
+
+/// The admin API's `/_dev/concurrency`.
+pub(super) fn concurrency_admin(shared: &Shared, req: &Req) -> Resp {
+    match req.method {
+        Method::GET => json_response(StatusCode::OK, &shared.lock().concurrency.describe()),
+        Method::POST => {
+            let body = req.body.as_deref().unwrap_or_default();
+            match serde_json::from_slice::<ConcurrencyDto>(body) {
+                Ok(dto) => {
+                    shared.lock().concurrency.set(Some(dto.limit));
+                    response(StatusCode::NO_CONTENT, None, "")
+                }
+                Err(e) => invalid_json(&e),
+            }
+        }
+        Method::DELETE => {
+            shared.lock().concurrency.set(None);
+            response(StatusCode::NO_CONTENT, None, "")
+        }
+        _ => method_not_allowed("GET, POST, DELETE"),
+    }
+}
+
+/// 400 naming what is wrong with a JSON body (the serde error names the field; it never quotes
+/// a value back).
+fn invalid_json(e: &serde_json::Error) -> Resp {
+    let mut msg = e.to_string();
+    if let Some(i) = msg.find(" at line") {
+        msg.truncate(i);
+    }
+    bad_request(&format!("invalid JSON body: {}", msg.replace('`', "'")))
+}
+
 fn current(shared: &Shared) -> Resp {
     let now = util::now();
     let limits = &shared.lock().limits;
@@ -219,16 +382,9 @@ fn current(shared: &Shared) -> Resp {
 }
 
 fn set_from(shared: &Shared, body: &[u8]) -> Resp {
-    // The serde error names the field; it never quotes a value back.
     let dto: RateLimitDto = match serde_json::from_slice(body) {
         Ok(dto) => dto,
-        Err(e) => {
-            let mut msg = e.to_string();
-            if let Some(i) = msg.find(" at line") {
-                msg.truncate(i);
-            }
-            return bad_request(&format!("invalid JSON body: {}", msg.replace('`', "'")));
-        }
+        Err(e) => return invalid_json(&e),
     };
     let Some(ep) = Endpoint::from_name(&dto.endpoint) else {
         return unknown_endpoint();
@@ -320,6 +476,59 @@ mod tests {
         assert_eq!(d.reset, NOW + 20);
         assert_eq!(l.describe(Endpoint::Token, NOW)["rate_limited"], json!(2));
         assert_eq!(l.describe(Endpoint::Keys, NOW), Value::Null);
+    }
+
+    #[test]
+    fn concurrency_admits_up_to_its_limit_and_counts_refusals_and_the_maximum() {
+        let mut c = Concurrency::default();
+        // without a limit everything is admitted, and the maximum is still kept
+        for _ in 0..5 {
+            assert!(c.admit());
+        }
+        assert_eq!((c.in_flight, c.max_in_flight, c.rate_limited), (5, 5, 0));
+        for _ in 0..5 {
+            c.release();
+        }
+        c.set(Some(2));
+        assert_eq!((c.in_flight, c.max_in_flight), (0, 0));
+        assert!(c.admit());
+        assert!(c.admit());
+        assert!(!c.admit());
+        assert!(!c.admit());
+        assert_eq!((c.in_flight, c.max_in_flight, c.rate_limited), (2, 2, 2));
+        // one answered: room for one more
+        c.release();
+        assert!(c.admit());
+        assert!(!c.admit());
+        assert_eq!(c.rate_limited, 3);
+        // a limit of 0 refuses everything; clearing starts the counts afresh
+        c.set(Some(0));
+        assert!(!c.admit());
+        assert_eq!(c.describe()["rate_limited"], json!(1));
+        assert_eq!(c.describe()["limit"], json!(0));
+        c.set(None);
+        assert_eq!(c.describe()["limit"], Value::Null);
+        assert_eq!((c.in_flight, c.max_in_flight, c.rate_limited), (2, 2, 0));
+        c.release();
+        c.release();
+        c.release(); // never below zero
+        assert_eq!(c.in_flight, 0);
+        c.reset_max();
+        assert_eq!(c.max_in_flight, 0);
+    }
+
+    #[test]
+    fn a_concurrency_refusal_says_0_and_0_and_an_estimated_reset() {
+        let resp = concurrency_refusal(NOW);
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let h = |n: &str| resp.headers().get(n).unwrap().to_str().unwrap().to_string();
+        assert_eq!(h("x-rate-limit-limit"), "0");
+        assert_eq!(h("x-rate-limit-remaining"), "0");
+        assert_eq!(
+            h("x-rate-limit-reset"),
+            (NOW + CONCURRENCY_RESET_SECS).to_string()
+        );
+        assert!(resp.headers().get("x-okta-request-id").is_some());
     }
 
     #[test]
