@@ -901,7 +901,7 @@ def slot_of(digest, client_id, secret, slots):
 
 
 def fill_credentials(okta_json, slots):
-    """One Basic credential per slot, found by mirroring CacheKey (src/cache.rs): SHA-256 over the
+    """One Basic credential per slot, found by mirroring CacheKey (core/src/cache.rs): SHA-256 over the
     configuration's digest, `basic\\0`, the id, `\\0`, the secret; the slot is its first 8 bytes,
     little-endian, modulo `cache_slots`. Checked afterwards through the filter's own hit counter."""
     digest = hashlib.sha256(okta_json.encode()).digest()
@@ -1043,7 +1043,7 @@ def host_calls_phase(idp, upstream_port, headers):
 def criterion_phase():
     if SKIP_CRITERION:
         return None
-    argv = ["taskset", "-c", SERVER_CPU, "cargo", "bench", "-q", "-p", "okta-dcr-auth", "--bench", "core", "--",
+    argv = ["taskset", "-c", SERVER_CPU, "cargo", "bench", "-q", "-p", "okta-dcr-auth-core", "--bench", "core", "--",
             "--warm-up-time", "1", "--measurement-time", "3", "--noplot"]
     log("criterion: " + " ".join(argv))
     out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
@@ -1406,7 +1406,7 @@ def write_results(ctx):
         a("")
     cr = ctx.get("criterion")
     if cr:
-        a("## The core natively (criterion, `benches/core.rs`)")
+        a("## The core natively (criterion, `core/benches/core.rs`)")
         a("")
         a(f"`{' '.join(cr['argv'])}`. Median time per call, with its 95% confidence interval.")
         a("")

@@ -57,8 +57,8 @@ cargo build --quiet --release --target wasm32-wasip1 -p bench-empty-filter
 say "building bench-pacer (bench/pacer)"
 cargo build --quiet --release -p bench-pacer
 if [[ ${BENCH_SKIP_CRITERION:-0} != 1 ]]; then
-  say "building the native core benchmark (benches/core.rs)"
-  cargo bench --quiet -p okta-dcr-auth --bench core --no-run
+  say "building the native core benchmark (core/benches/core.rs)"
+  cargo bench --quiet -p okta-dcr-auth-core --bench core --no-run
 fi
 
 # --- run -------------------------------------------------------------------------------------

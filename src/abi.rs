@@ -90,7 +90,7 @@ fn drop_request_header(name: &str) -> bool {
     status == STATUS_OK
 }
 
-pub use crate::header_map::HeaderPair;
+pub use okta_dcr_auth_core::header_map::HeaderPair;
 
 /// The request's headers, as the host spells them.
 pub fn request_headers() -> Vec<HeaderPair> {
@@ -114,7 +114,7 @@ fn header_map(map_type: u32) -> Vec<HeaderPair> {
     // SAFETY: as in `property`: the host filled `data` through the module's allocator and
     // hands it over.
     let bytes = unsafe { Vec::from_raw_parts(data, size, size) };
-    crate::header_map::decode(&bytes).unwrap_or_default()
+    okta_dcr_auth_core::header_map::decode(&bytes).unwrap_or_default()
 }
 
 /// Removes a request header so that no value of it goes upstream, on either host.
@@ -182,7 +182,7 @@ pub fn scrub_request_headers(names: &[&str], overwrite: &[&str]) -> bool {
 }
 
 pub fn send_local_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
-    let headers = crate::header_map::encode(headers);
+    let headers = okta_dcr_auth_core::header_map::encode(headers);
     let status = unsafe {
         proxy_send_local_response(
             status,

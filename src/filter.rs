@@ -18,14 +18,16 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MetricType, Status};
 
 use crate::abi;
-use crate::config::Config;
-use crate::gate::{
+use okta_dcr_auth_core::config::Config;
+use okta_dcr_auth_core::gate::{
     CallToken, ContextId, DispatchError, Gate, Host, Resume, SharedData, SharedError, Step, TICK_MS,
 };
-use crate::metrics::{Counter, IDP_LATENCY};
-use crate::okta::{IdpAnswer, IdpRequest};
-use crate::upstream::{is_identity_header, Forward, HeaderEdit, IDENTITY_HEADER, SCOPE_HEADER};
-use crate::verdict::{Denial, LocalReply, Replies};
+use okta_dcr_auth_core::metrics::{Counter, IDP_LATENCY};
+use okta_dcr_auth_core::okta::{IdpAnswer, IdpRequest};
+use okta_dcr_auth_core::upstream::{
+    is_identity_header, Forward, HeaderEdit, IDENTITY_HEADER, SCOPE_HEADER,
+};
+use okta_dcr_auth_core::verdict::{Denial, LocalReply, Replies};
 
 /// IdP answers larger than this are not read (and so are unreadable): Okta's are a few KiB.
 const MAX_IDP_BODY: usize = 256 * 1024;

@@ -1,42 +1,10 @@
 //! okta-dcr-auth: a proxy-wasm HTTP filter that authenticates API clients registered in Okta
 //! through Dynamic Client Registration (the Kong Konnect Dev Portal flow).
 //!
-//! The decisions live in plain Rust, testable natively:
-//! - [`config`]: the plugin configuration and its checks;
-//! - [`credentials`]: reading `Authorization` (Basic client credentials, Bearer tokens);
-//! - [`okta`]: the requests to Okta and how its answers are read;
-//! - [`verdict`]: grants, denials and the reply for each;
-//! - [`jwt`], [`jwks`]: Bearer JWT access tokens checked locally against the issuer's key set;
-//! - [`upstream`]: what an allowed request carries upstream, and which client headers go;
-//! - [`cache`]: cache keys and the entry encoding in shared data;
-//! - [`local`]: each worker's copies of verdicts, by the exact `Authorization` bytes;
-//! - [`budget`]: the IdP call budget per route and Okta endpoint, shared by all workers, paced;
-//! - [`inflight`]: the IdP calls the gateway has out to an Okta org, all workers together;
-//! - [`throttle`]: the per-client-id failure throttle for Basic credentials;
-//! - [`metrics`]: the counters and histogram the filter exposes;
-//! - [`header_map`]: the ABI's header map encoding, names and values as bytes;
-//! - [`gate`]: the request state machine over a small [`gate::Host`] trait, with its parts:
-//!   the shared-slot protocol, discovery, the quota guard, admission (budget, guard,
-//!   throttle).
-//!
-//! `filter` (wasm32 only) is the proxy-wasm glue that drives the gate.
-
-pub mod budget;
-pub mod cache;
-pub mod config;
-pub mod credentials;
-pub mod gate;
-pub mod header_map;
-pub mod inflight;
-pub mod jwks;
-pub mod jwt;
-pub mod local;
-pub mod metrics;
-pub mod okta;
-pub mod throttle;
-pub mod upstream;
-pub mod url;
-pub mod verdict;
+//! This crate is the glue only: `filter` turns proxy-wasm host events into calls on the core's
+//! [`okta_dcr_auth_core::gate::Gate`] and its decisions into host calls; `abi` holds the host
+//! calls whose SDK wrappers could panic. Every decision is in the core crate (`core/`), which
+//! has no proxy-wasm dependency.
 
 #[cfg(target_arch = "wasm32")]
 mod abi;

@@ -26,7 +26,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use okta_dcr_auth::config::Config;
+use okta_dcr_auth_core::config::Config;
 use serde::Deserialize;
 use serde_norway::Value;
 

@@ -1,4 +1,4 @@
-//! The contract between the dev IdP and the filter's local JWT check (`okta_dcr_auth::jwt`):
+//! The contract between the dev IdP and the filter's local JWT check (`okta_dcr_auth_core::jwt`):
 //! the key set served at `jwks_uri` verifies every genuine token, through rotations, and none of
 //! the hostile ones. Natively, over real HTTP, without Envoy.
 
@@ -6,7 +6,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use okta_dcr_auth::jwt::{verify, Alg, JwtError, JwtPolicy, KeySet};
+use okta_dcr_auth_core::jwt::{verify, Alg, JwtError, JwtPolicy, KeySet};
 use okta_dev_idp::{IdpHandle, Signing, TokenSpec};
 use serde_json::{json, Value};
 

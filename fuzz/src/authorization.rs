@@ -14,7 +14,7 @@
 //! shows the secret or the token.
 
 use base64::Engine as _;
-use okta_dcr_auth::credentials::{
+use okta_dcr_auth_core::credentials::{
     parse_authorization, Accepted, Credential, CredentialError, MAX_CREDENTIAL_LEN,
 };
 

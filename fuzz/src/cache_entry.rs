@@ -12,8 +12,8 @@
 //! fresh only before it expires and stale only when it is a grant.
 
 use arbitrary::{Arbitrary, Unstructured};
-use okta_dcr_auth::cache::{CacheEntry, CacheKey, Cached, Freshness};
-use okta_dcr_auth::verdict::{Denial, Grant};
+use okta_dcr_auth_core::cache::{CacheEntry, CacheKey, Cached, Freshness};
+use okta_dcr_auth_core::verdict::{Denial, Grant};
 
 pub fn check(data: &[u8]) {
     if let Some(entry) = CacheEntry::decode(data) {

@@ -12,8 +12,8 @@
 
 use std::sync::OnceLock;
 
-use okta_dcr_auth::config::Config;
-use okta_dcr_auth::url::HttpUrl;
+use okta_dcr_auth_core::config::Config;
+use okta_dcr_auth_core::url::HttpUrl;
 
 use crate::{checked, header_safe};
 
@@ -84,8 +84,8 @@ fn vocabulary() -> &'static str {
             "must be between 1 and 60000",
         ];
         [
-            include_str!("../../src/config.rs"),
-            include_str!("../../src/url.rs"),
+            include_str!("../../core/src/config.rs"),
+            include_str!("../../core/src/url.rs"),
             &serde.join("\n"),
         ]
         .join("\n")

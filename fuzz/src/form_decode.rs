@@ -9,7 +9,7 @@
 //! characters, `form_decode(byte_serialize(s)) == s` (what any RFC 6749 client sends decodes
 //! back to the secret it holds).
 
-use okta_dcr_auth::credentials::form_decode;
+use okta_dcr_auth_core::credentials::form_decode;
 
 use crate::header_safe;
 

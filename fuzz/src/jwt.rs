@@ -35,7 +35,7 @@ use std::sync::OnceLock;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use okta_dcr_auth::jwt::{peek, verify, Alg, JwtError, JwtPolicy, KeySet, Verified};
+use okta_dcr_auth_core::jwt::{peek, verify, Alg, JwtError, JwtPolicy, KeySet, Verified};
 use rsa::pkcs1::DecodeRsaPrivateKey;
 use rsa::traits::PublicKeyParts;
 use rsa::{Pkcs1v15Sign, PrivateKey};
@@ -178,7 +178,7 @@ fn seconds(claims: &Map<String, Value>, name: &str) -> Option<u64> {
     v.as_u64().or_else(|| v.as_f64().map(|f| f as u64))
 }
 
-fn accepted(token: &str, v: &Verified, peeked: Option<okta_dcr_auth::jwt::Peeked>) {
+fn accepted(token: &str, v: &Verified, peeked: Option<okta_dcr_auth_core::jwt::Peeked>) {
     if !checked("accepted-meets-policy") {
         return;
     }

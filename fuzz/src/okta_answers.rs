@@ -23,13 +23,13 @@
 
 use std::sync::OnceLock;
 
-use okta_dcr_auth::config::Config;
-use okta_dcr_auth::credentials::ClientCredentials;
-use okta_dcr_auth::okta::{
+use okta_dcr_auth_core::config::Config;
+use okta_dcr_auth_core::credentials::ClientCredentials;
+use okta_dcr_auth_core::okta::{
     read_discovery, read_introspection, read_token_answer, DiscoveryError, IdpAnswer, IdpFailure,
     Outcome,
 };
-use okta_dcr_auth::verdict::Denial;
+use okta_dcr_auth_core::verdict::Denial;
 use serde_json::Value;
 
 use crate::{checked, header_safe};

@@ -1,10 +1,10 @@
-//! The filter's JWT verification (`okta_dcr_auth::jwt::verify`) alone, as a wasm module that
+//! The filter's JWT verification (`okta_dcr_auth_core::jwt::verify`) alone, as a wasm module that
 //! `run.mjs` times under V8 (node): what a never-seen token costs inside the VM, without Envoy.
 //! The caller writes a token and a key set into memory from `buffer`, calls `setup`, then `run`.
 
 use std::cell::RefCell;
 
-use okta_dcr_auth::jwt::{verify, Alg, JwtPolicy, KeySet};
+use okta_dcr_auth_core::jwt::{verify, Alg, JwtPolicy, KeySet};
 
 thread_local! {
     static INPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };

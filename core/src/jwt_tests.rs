@@ -22,11 +22,11 @@ pub(crate) const N_4160: &str = "wLbgYaXuylca4_Hgzi__AOkB1toddaSIRM8rhyZTqUT13m5
 
 pub(crate) fn dev_key(name: &str) -> PrivateKey {
     let pem = match name {
-        "1" => include_str!("../devidp/keys/dev-rsa-1.pem"),
-        "2" => include_str!("../devidp/keys/dev-rsa-2.pem"),
-        "unpublished" => include_str!("../devidp/keys/dev-rsa-unpublished.pem"),
-        "4096" => include_str!("../devidp/keys/test-rsa-4096.pem"),
-        "e3" => include_str!("../devidp/keys/test-rsa-e3.pem"),
+        "1" => include_str!("../../devidp/keys/dev-rsa-1.pem"),
+        "2" => include_str!("../../devidp/keys/dev-rsa-2.pem"),
+        "unpublished" => include_str!("../../devidp/keys/dev-rsa-unpublished.pem"),
+        "4096" => include_str!("../../devidp/keys/test-rsa-4096.pem"),
+        "e3" => include_str!("../../devidp/keys/test-rsa-e3.pem"),
         other => panic!("no dev key {other}"),
     };
     PrivateKey::from_pkcs1_pem(pem).unwrap()

@@ -276,18 +276,6 @@ pub(crate) mod tests {
         format!(r#"{{"kty":"RSA","kid":"{kid}","use":"sig","e":"AQAB","n":"{n}"{extra}}}"#)
     }
 
-    /// An RSA signature JWK for `key`, whatever its public exponent.
-    fn jwk_of(kid: &str, key: &rsa::PrivateKey) -> String {
-        use rsa::traits::PublicKeyParts as _;
-        let e = key.e().to_be_bytes();
-        let start = e.iter().position(|&b| b != 0).unwrap();
-        format!(
-            r#"{{"kty":"RSA","kid":"{kid}","use":"sig","e":"{}","n":"{}"}}"#,
-            URL_SAFE_NO_PAD.encode(&e[start..]),
-            n_of(key)
-        )
-    }
-
     pub(crate) fn doc(keys: &[String]) -> Vec<u8> {
         format!(r#"{{"keys":[{}]}}"#, keys.join(",")).into_bytes()
     }

@@ -22,7 +22,7 @@ thread_local! {
 /// Shared data with either host's semantics, a settable clock, and a record of dispatched
 /// calls.
 #[derive(Default)]
-struct FakeHost {
+pub(super) struct FakeHost {
     data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
     next_cas: Cell<u32>,
     now: Cell<u64>,

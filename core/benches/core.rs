@@ -14,15 +14,15 @@ use std::hint::black_box;
 use base64::Engine as _;
 use criterion::{criterion_group, criterion_main, Criterion};
 
-use okta_dcr_auth::cache::{CacheEntry, CacheKey, CacheSet, Cached};
-use okta_dcr_auth::config::Config;
-use okta_dcr_auth::credentials::{parse_authorization, Accepted, Credential};
-use okta_dcr_auth::gate::{
+use okta_dcr_auth_core::cache::{CacheEntry, CacheKey, CacheSet, Cached};
+use okta_dcr_auth_core::config::Config;
+use okta_dcr_auth_core::credentials::{parse_authorization, Accepted, Credential};
+use okta_dcr_auth_core::gate::{
     CallToken, ContextId, DispatchError, Gate, Host, Resume, SharedData, SharedError, Step,
 };
-use okta_dcr_auth::metrics::Counter;
-use okta_dcr_auth::okta::IdpRequest;
-use okta_dcr_auth::verdict::Grant;
+use okta_dcr_auth_core::metrics::Counter;
+use okta_dcr_auth_core::okta::IdpRequest;
+use okta_dcr_auth_core::verdict::Grant;
 
 const CLIENT_ID: &str = "0oa8f5j3ecb5w3dF35d7";
 const CLIENT_SECRET: &str = "Lh2RK3e4oxJfHlkc0aGPGIxYnDyX9qeZ8Bn1c6kM";

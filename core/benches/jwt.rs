@@ -15,7 +15,7 @@ use rsa::traits::PublicKeyParts;
 use rsa::{Pkcs1v15Sign, PrivateKey};
 use sha2::{Digest, Sha256};
 
-use okta_dcr_auth::jwt::{peek, verify, Alg, JwtPolicy, KeySet};
+use okta_dcr_auth_core::jwt::{peek, verify, Alg, JwtPolicy, KeySet};
 
 const NOW: u64 = 1_800_000_000;
 const ISSUER: &str = "https://dev-12345678.okta.com/oauth2/default";
@@ -52,8 +52,8 @@ fn token(kid: &str, key: &PrivateKey) -> String {
 }
 
 fn bench(c: &mut Criterion) {
-    let k2048 = key(include_str!("../devidp/keys/dev-rsa-1.pem"));
-    let k4096 = key(include_str!("../devidp/keys/test-rsa-4096.pem"));
+    let k2048 = key(include_str!("../../devidp/keys/dev-rsa-1.pem"));
+    let k4096 = key(include_str!("../../devidp/keys/test-rsa-4096.pem"));
     let body = format!(
         r#"{{"keys":[{},{}]}}"#,
         jwk("kid-2048", &k2048),
