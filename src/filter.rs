@@ -156,7 +156,7 @@ impl RootContext for Root {
                 self.id
             );
         }
-        let replies = Replies::new(&config);
+        let replies = Replies::new(&config.reply_terms());
         let gate = Gate::new(
             config,
             ContextId(self.id),

@@ -27,7 +27,7 @@
 //!   "about half of the runs" is what collisions alone give when a run checks several clients:
 //!   within one table nothing else evicts;
 //! - nothing shows or repairs the loss while the IdP works: each worker serves the client from
-//!   its per-worker copy ([`crate::local`]), which keeps the shared entry's expiry and never
+//!   its per-worker copy (`local`), which keeps the shared entry's expiry and never
 //!   reads the slot again before then; and when that copy was cleared with the rest of the full
 //!   per-worker cache (before `local` kept negative copies apart), the client's next request
 //!   found the slot taken and had to call the IdP, which a flood against a rate-limited IdP
@@ -440,7 +440,7 @@ pub enum Choice {
     /// Nowhere: every way holds a live positive verdict, which a lease or a negative verdict
     /// may not replace. The request goes on without a shared entry: a lease is kept by this
     /// worker only (other workers may make their own call, which the budget bounds), a negative
-    /// verdict only in this worker's copies ([`crate::local`]).
+    /// verdict only in this worker's copies (`local`).
     NotCached,
 }
 
@@ -497,7 +497,7 @@ fn claim(way: Option<&CacheEntry>, now_ms: u64, stale_if_error_ms: u64) -> (Clai
 /// live positive verdict. The last two only ever give way to an incoming positive verdict, when
 /// every way holds one: the one whose lifetime plus `stale_if_error`
 /// ends first goes (the set is too small for the clients that are really there; the loser's
-/// workers still hold their copies ([`crate::local`]) until it expires). A lease or a negative
+/// workers still hold their copies (`local`) until it expires). A lease or a negative
 /// verdict never replaces a live positive verdict: then it is [`Choice::NotCached`]. Within a
 /// class, the entry whose claim ends first goes, then the lowest way.
 pub fn choose_way(

@@ -6,11 +6,11 @@ use base64::Engine as _;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::credentials::Accepted;
+use crate::credentials::{Accepted, Scheme};
 use crate::jwks::Alg;
 use crate::jwt::JwtPolicy;
-use crate::okta::{Endpoints, Needs};
 use crate::url::HttpUrl;
+use crate::verdict::ReplyTerms;
 
 /// Bounds that keep a typo from becoming an outage or an unbounded table.
 const MAX_TTL_S: u64 = 86_400;
@@ -21,13 +21,6 @@ const MAX_CALLS_PER_MINUTE: u32 = 100_000;
 const MAX_CLIENT_FAILURES: u32 = 1_000;
 const MAX_FAILURE_WINDOW_S: u64 = 3_600;
 const MAX_CLOCK_SKEW_S: u64 = 300;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scheme {
-    Basic,
-    Bearer,
-}
 
 /// How a Bearer token is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -293,6 +286,15 @@ impl Config {
     /// The scopes as one space-separated string (the `scope` parameter and challenge value).
     pub fn scope_string(&self) -> String {
         self.scopes.join(" ")
+    }
+
+    /// What this configuration's replies say besides the denial.
+    pub fn reply_terms(&self) -> ReplyTerms {
+        ReplyTerms {
+            realm: self.realm.clone(),
+            accepted: self.accepted,
+            scope: self.scope_string(),
+        }
     }
 }
 
@@ -699,6 +701,42 @@ pub fn client_secret_basic(id: &str, secret: &str) -> String {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(pair)
     )
+}
+
+/// The `:path`s of the endpoints: configured, discovered, or both.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    pub token_path: Option<String>,
+    pub introspection_path: Option<String>,
+    /// The key set (`jwks_uri`).
+    pub jwks_path: Option<String>,
+}
+
+/// Which endpoints a configuration calls: the token endpoint for Basic; for Bearer the
+/// introspection endpoint and/or the key set, as `bearer_validation` says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub token: bool,
+    pub introspection: bool,
+    pub jwks: bool,
+}
+
+impl Endpoints {
+    /// Every needed endpoint is known.
+    pub fn covers(&self, needs: Needs) -> bool {
+        (!needs.token || self.token_path.is_some())
+            && (!needs.introspection || self.introspection_path.is_some())
+            && (!needs.jwks || self.jwks_path.is_some())
+    }
+
+    /// These endpoints, with `other`'s where these have none (configured ones win).
+    pub fn or(&self, other: Endpoints) -> Endpoints {
+        Endpoints {
+            token_path: self.token_path.clone().or(other.token_path),
+            introspection_path: self.introspection_path.clone().or(other.introspection_path),
+            jwks_path: self.jwks_path.clone().or(other.jwks_path),
+        }
+    }
 }
 
 #[cfg(test)]

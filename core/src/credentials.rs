@@ -4,10 +4,16 @@
 
 use base64::Engine as _;
 
-use crate::config::Scheme;
-
 /// Longest credential we read: far above any Okta token or DCR secret, far below a
 /// header size that would let one request cost much.
+/// An `Authorization` scheme the filter reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    Basic,
+    Bearer,
+}
+
 pub const MAX_CREDENTIAL_LEN: usize = 8 * 1024;
 
 /// A DCR app's client id and secret, decoded.

@@ -17,7 +17,7 @@ use rsa::Pkcs1v15Sign;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
-use crate::okta::header_safe;
+use crate::verdict::header_safe;
 
 /// Largest key set document read.
 pub const MAX_JWKS_BYTES: usize = 64 * 1024;
@@ -270,6 +270,33 @@ fn read_rsa(jwk: &Map<String, Value>) -> Option<rsa::PublicKey> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use rsa::pkcs1::DecodeRsaPrivateKey as _;
+    use rsa::traits::PublicKeyParts as _;
+    use rsa::PrivateKey;
+
+    /// A 1024-bit modulus: too weak to be accepted.
+    pub(crate) const N_1024: &str = "uvI8rtiD64mVl-aEBwwswUIOVpYNsqMMYFwVejX2iov2QoP510sFvc0-7lbzc0qkvr-yLJ88F2fOR0A2u6b0KpKsk7PRKUcaRtR1R4Q5HNbuDujCd5DRLGSs8wagX2lc50tsX5gcjiWuKTMF3-3rFRXEPsFKnXPElaQhIHoOELU";
+    /// A 4160-bit modulus: above the 4096-bit limit.
+    pub(crate) const N_4160: &str = "wLbgYaXuylca4_Hgzi__AOkB1toddaSIRM8rhyZTqUT13m5cx3C5DiTzPOGLjXoeW5kkEafCJc9NNvUia65HAAutefZaXyXMp4fznyxVb69bkCg19eGlAXhFx9IX2T5lV53aEBpiuxdXe0j_hym8VYYTXpvXyS2l81JvX4Umb7RylesGX2yon1WcshoKxeuxm1XRrxG7UiB77pw2HbvcVA0cFmcAijp_xG3H3Bckv41CE9jIzn94k8oSha7UBy13oo3W3Jr4JHA_-q0tlv8IHLYAX3ElVRKP5nDuI4TrDjhNeWGQXi5650U66y20FjjoHTsEu-yVNqGSESic4s7vYi52nwNwkBqBpF2iFwWXRuB7uxjxxbTU2_gPZso89OUKUKh-jJqqkaPioOEF_Qx8DeKoPEsXklsh0uXAgkwaViAugTbnFz6dkZXJpRgPFfUnAS4ijbax9vdlvAj38yKnP9fiaHSU7JYqCjMWdWCTu-UJHlmPYx6iUlXpxGqLSIc3GYzwh7g0FVa_5GqqfVoioM0SK_Gz6h682RPfggM3kvXpT1xQh11iKKjItcdsRjjITRqHzXONesyNWb9PNAbkSFaCAJpj0GJqQdEruwUZXgIPRzubrQRYkO7JIrWKFv3wt-o9CsHOWglpHb7ojghmERr1lCvDsxcS0DuOWorLBda3DszUj_oHAQ";
+
+    pub(crate) fn dev_key(name: &str) -> PrivateKey {
+        let pem = match name {
+            "1" => include_str!("../../devidp/keys/dev-rsa-1.pem"),
+            "2" => include_str!("../../devidp/keys/dev-rsa-2.pem"),
+            "unpublished" => include_str!("../../devidp/keys/dev-rsa-unpublished.pem"),
+            "4096" => include_str!("../../devidp/keys/test-rsa-4096.pem"),
+            "e3" => include_str!("../../devidp/keys/test-rsa-e3.pem"),
+            other => panic!("no dev key {other}"),
+        };
+        PrivateKey::from_pkcs1_pem(pem).unwrap()
+    }
+
+    /// The key's modulus as a JWK `n`.
+    pub(crate) fn n_of(key: &PrivateKey) -> String {
+        let bytes = key.n().to_be_bytes();
+        let start = bytes.iter().position(|&b| b != 0).unwrap();
+        URL_SAFE_NO_PAD.encode(&bytes[start..])
+    }
 
     /// An RSA signature JWK with modulus `n` (base64url) and `e` = 65537.
     pub(crate) fn jwk_json(kid: &str, n: &str, extra: &str) -> String {
@@ -279,8 +306,6 @@ pub(crate) mod tests {
     pub(crate) fn doc(keys: &[String]) -> Vec<u8> {
         format!(r#"{{"keys":[{}]}}"#, keys.join(",")).into_bytes()
     }
-
-    use crate::jwt::tests::{dev_key, n_of, N_1024, N_4160};
 
     #[test]
     fn reads_rsa_keys_and_skips_what_cannot_verify() {

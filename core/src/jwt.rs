@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::jwks::kid_ok;
 pub use crate::jwks::{Alg, Jwk, JwksError, KeySet};
-use crate::okta::header_safe;
+use crate::verdict::header_safe;
 use crate::verdict::{Denial, Grant};
 
 /// Longest token read: the filter's limit for any credential.

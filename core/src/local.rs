@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use foldhash::fast::FixedState;
 
 use crate::cache::{CacheKey, Cached};
-use crate::config::Scheme;
+use crate::credentials::Scheme;
 
 /// Credential bytes kept per worker and configuration, both tables together.
 pub const MAX_BYTES: usize = 2 * 1024 * 1024;

@@ -5,9 +5,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::{client_secret_basic, Config};
+use crate::config::{client_secret_basic, Config, Endpoints};
 use crate::credentials::ClientCredentials;
-use crate::verdict::{Denial, Grant};
+use crate::verdict::{header_safe, Denial, Grant};
 
 /// One HTTP call to the IdP, exactly as the host will send it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,42 +184,6 @@ pub fn discovery_request(config: &Config, doc: DiscoveryDocument) -> IdpRequest 
     )
 }
 
-/// The `:path`s of the endpoints: configured, discovered, or both.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Endpoints {
-    pub token_path: Option<String>,
-    pub introspection_path: Option<String>,
-    /// The key set (`jwks_uri`).
-    pub jwks_path: Option<String>,
-}
-
-/// Which endpoints a configuration calls: the token endpoint for Basic; for Bearer the
-/// introspection endpoint and/or the key set, as `bearer_validation` says.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Needs {
-    pub token: bool,
-    pub introspection: bool,
-    pub jwks: bool,
-}
-
-impl Endpoints {
-    /// Every needed endpoint is known.
-    pub fn covers(&self, needs: Needs) -> bool {
-        (!needs.token || self.token_path.is_some())
-            && (!needs.introspection || self.introspection_path.is_some())
-            && (!needs.jwks || self.jwks_path.is_some())
-    }
-
-    /// These endpoints, with `other`'s where these have none (configured ones win).
-    pub fn or(&self, other: Endpoints) -> Endpoints {
-        Endpoints {
-            token_path: self.token_path.clone().or(other.token_path),
-            introspection_path: self.introspection_path.clone().or(other.introspection_path),
-            jwks_path: self.jwks_path.clone().or(other.jwks_path),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiscoveryError {
     Failed(IdpFailure),
@@ -345,11 +309,6 @@ fn from_json_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Option<T> {
         return None;
     }
     serde_json::from_slice(body).ok()
-}
-
-/// What a grant puts in an upstream header: no control characters (CR, LF, NUL, ...).
-pub(crate) fn header_safe(s: &str) -> bool {
-    !s.chars().any(char::is_control)
 }
 
 #[derive(Deserialize)]

@@ -2,7 +2,7 @@
 //! identity and scope headers, the `Authorization` edit, and which client-sent headers would
 //! pass for ours and must go first (contract, "Upstream").
 
-use crate::config::Scheme;
+use crate::credentials::Scheme;
 use crate::verdict::Grant;
 
 /// The DCR app (`app_claim`; on the Basic path, the client id).

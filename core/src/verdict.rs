@@ -2,7 +2,22 @@
 //! becomes upstream headers, or a denial that becomes exactly one local reply (contract,
 //! "Responses").
 
-use crate::config::Config;
+use crate::credentials::Accepted;
+
+/// What a grant puts in an upstream header: no control characters (CR, LF, NUL, ...).
+pub fn header_safe(s: &str) -> bool {
+    !s.chars().any(char::is_control)
+}
+
+/// What one configuration's replies say besides the denial: its realm, the schemes it
+/// accepts (challenges), and the scopes it requires.
+#[derive(Debug, Clone)]
+pub struct ReplyTerms {
+    pub realm: String,
+    pub accepted: Accepted,
+    /// The required scopes, space-separated.
+    pub scope: String,
+}
 
 /// A positive verdict: who is calling and what they may do.
 #[derive(Clone, PartialEq, Eq)]
@@ -73,16 +88,16 @@ impl Denial {
         }
     }
 
-    pub fn reply(self, config: &Config) -> LocalReply {
-        let realm = &config.realm;
+    pub fn reply(self, terms: &ReplyTerms) -> LocalReply {
+        let realm = &terms.realm;
         let basic = format!("Basic realm=\"{realm}\", charset=\"UTF-8\"");
         let (status, challenges, message) = match self {
             Denial::NoCredentials => {
                 let mut challenges = Vec::new();
-                if config.accepted.bearer {
+                if terms.accepted.bearer {
                     challenges.push(format!("Bearer realm=\"{realm}\""));
                 }
-                if config.accepted.basic {
+                if terms.accepted.basic {
                     challenges.push(basic);
                 }
                 (401, challenges, "missing credentials")
@@ -97,7 +112,7 @@ impl Denial {
                 403,
                 vec![format!(
                     "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{}\"",
-                    config.scope_string()
+                    terms.scope
                 )],
                 "insufficient scope",
             ),
@@ -141,8 +156,8 @@ pub struct LocalReply {
 pub struct Replies(Vec<LocalReply>);
 
 impl Replies {
-    pub fn new(config: &Config) -> Replies {
-        Replies(Denial::ALL.iter().map(|d| d.reply(config)).collect())
+    pub fn new(terms: &ReplyTerms) -> Replies {
+        Replies(Denial::ALL.iter().map(|d| d.reply(terms)).collect())
     }
 
     pub fn get(&self, denial: Denial) -> &LocalReply {
@@ -168,16 +183,16 @@ impl LocalReply {
 mod tests {
     use super::*;
 
-    fn config(accept: &str) -> Config {
-        Config::from_json(
-            format!(
-                r#"{{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":{accept},
-                    "scopes":["api:read","api:write"],"introspection_client_id":"gw","introspection_client_secret":"s",
-                    "bearer_validation":"introspection"}}"#
-            )
-            .as_bytes(),
-        )
-        .unwrap()
+    fn config(accept: &str) -> ReplyTerms {
+        ReplyTerms {
+            realm: "api".into(),
+            accepted: Accepted {
+                basic: accept.contains("basic"),
+                bearer: accept.contains("bearer"),
+                raw_basic: true,
+            },
+            scope: "api:read api:write".into(),
+        }
     }
 
     #[test]

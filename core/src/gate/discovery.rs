@@ -3,7 +3,8 @@
 //! shared record through which one worker's discovery serves every worker. No I/O: the gate
 //! sends the calls this asks for and hands back what came of them.
 
-use crate::okta::{DiscoveryDocument, DiscoveryError, Endpoints, Needs};
+use crate::config::{Endpoints, Needs};
+use crate::okta::{DiscoveryDocument, DiscoveryError};
 
 /// Discovery retries back off from this to `MAX_BACKOFF_MS`.
 const MIN_BACKOFF_MS: u64 = 500;

@@ -4,7 +4,7 @@
 
 use super::{ContextId, Gate, Host, Pending, Step, WARN_INTERVAL_MS};
 use crate::cache::{CacheEntry, CacheKey, Cached, Freshness};
-use crate::config::Scheme;
+use crate::credentials::Scheme;
 use crate::metrics::{Counter, DenyReason};
 use crate::upstream::Forward;
 use crate::verdict::{Denial, Grant};

@@ -224,7 +224,7 @@ const INVALID_CLIENT: &str = r#"{"error":"invalid_client","error_description":"T
 fn status(step: &Step) -> u32 {
     match step {
         Step::Forward(_) => 200,
-        Step::Deny(denial) => denial.reply(&config("")).status,
+        Step::Deny(denial) => denial.reply(&config("").reply_terms()).status,
         Step::Unavailable { .. } => 503,
         Step::Wait => 0,
     }
