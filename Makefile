@@ -26,7 +26,7 @@ WASM_STD      := $(shell rustc --print sysroot 2>/dev/null)/lib/rustlib/$(WASM_T
 # The Envoy the integration tests run (tests/src/envoy.rs).
 export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 
-.PHONY: help setup envoy wasm devidp fmt-check clippy unit validate integration kong-engine integration-ngx test run bench clean distclean
+.PHONY: help setup envoy wasm oci skopeo devidp fmt-check clippy unit validate integration kong-engine integration-ngx test run bench clean distclean
 
 help: ## list the targets
 	@echo "okta-dcr-auth: make TARGET"
@@ -59,6 +59,13 @@ wasm: $(WASM_STD) ## build the filter: target/wasm32-wasip1/release/okta_dcr_aut
 	@cp kong/okta_dcr_auth.meta.json $(dir $(WASM))
 	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
 
+oci: wasm ## OCI image layouts of the filter, without Docker: target/oci/compat and target/oci/artifact (scripts/oci.py)
+	$(PYTHON) scripts/oci.py build
+
+# Debian's skopeo, for the OCI checks of `make validate`.
+skopeo:
+	@command -v skopeo >/dev/null 2>&1 || apt-get install -y skopeo || { apt-get update && apt-get install -y skopeo; }
+
 devidp: ## build the dev IdP and echo server: target/release/okta-dev-idp
 	cargo build --release -p okta-dev-idp
 
@@ -74,9 +81,10 @@ unit: ## native unit tests: the filter, the dev IdP, and the fuzz seeds and regr
 	cargo test -p okta-dev-idp
 	cargo test --manifest-path fuzz/Cargo.toml
 
-validate: wasm $(ENVOY_STAMP) ## envoy --mode validate on every envoy/*.yaml (and what make run renders); docker-compose config -q
+validate: wasm $(ENVOY_STAMP) oci skopeo ## envoy --mode validate on envoy/*.yaml; compose; the OCI layouts with skopeo
 	ENVOY=$(ENVOY) scripts/validate.sh
 	scripts/check-examples.sh
+	scripts/check-oci.sh
 
 integration: wasm $(ENVOY_STAMP) ## integration tests: the built wasm in real Envoy against the dev IdP
 	cargo build --release --target $(WASM_TARGET) -p okta-dcr-auth-panic-filter
