@@ -26,6 +26,11 @@ WASM_STD      := $(shell rustc --print sysroot 2>/dev/null)/lib/rustlib/$(WASM_T
 # The Envoy the integration tests run (tests/src/envoy.rs).
 export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 
+# Node packages of the manifest checks (scripts/node/package.json, pinned by its lock file),
+# installed into a git-ignored folder.
+NODE_TOOLS    := .tools/node
+NODE_STAMP    := $(NODE_TOOLS)/.installed
+
 .PHONY: help setup envoy wasm oci skopeo devidp fmt-check clippy unit validate integration kong-engine integration-ngx test run bench clean distclean
 
 help: ## list the targets
@@ -66,6 +71,13 @@ oci: wasm ## OCI image layouts of the filter, without Docker: target/oci/compat 
 skopeo:
 	@command -v skopeo >/dev/null 2>&1 || apt-get install -y skopeo || { apt-get update && apt-get install -y skopeo; }
 
+$(NODE_STAMP): scripts/node/package.json scripts/node/package-lock.json
+	@command -v npm >/dev/null 2>&1 || apt-get install -y nodejs npm || { apt-get update && apt-get install -y nodejs npm; }
+	@mkdir -p $(NODE_TOOLS)
+	cp scripts/node/package.json scripts/node/package-lock.json $(NODE_TOOLS)/
+	cd $(NODE_TOOLS) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
 devidp: ## build the dev IdP and echo server: target/release/okta-dev-idp
 	cargo build --release -p okta-dev-idp
 
@@ -81,10 +93,11 @@ unit: ## native unit tests: the filter, the dev IdP, and the fuzz seeds and regr
 	cargo test -p okta-dev-idp
 	cargo test --manifest-path fuzz/Cargo.toml
 
-validate: wasm $(ENVOY_STAMP) oci skopeo ## envoy --mode validate on envoy/*.yaml; compose; the OCI layouts with skopeo
+validate: wasm $(ENVOY_STAMP) oci skopeo $(NODE_STAMP) ## envoy --mode validate on envoy/*.yaml; compose; the OCI layouts with skopeo; deploy/ manifests
 	ENVOY=$(ENVOY) scripts/validate.sh
 	scripts/check-examples.sh
 	scripts/check-oci.sh
+	node scripts/check-istio.mjs
 
 integration: wasm $(ENVOY_STAMP) ## integration tests: the built wasm in real Envoy against the dev IdP
 	cargo build --release --target $(WASM_TARGET) -p okta-dcr-auth-panic-filter
