@@ -98,6 +98,7 @@ validate: wasm $(ENVOY_STAMP) oci skopeo $(NODE_STAMP) ## envoy --mode validate 
 	scripts/check-examples.sh
 	scripts/check-oci.sh
 	node scripts/check-istio.mjs
+	ENVOY=$(ENVOY) scripts/check-envoy-gateway.sh
 
 integration: wasm $(ENVOY_STAMP) ## integration tests: the built wasm in real Envoy against the dev IdP
 	cargo build --release --target $(WASM_TARGET) -p okta-dcr-auth-panic-filter
