@@ -35,7 +35,8 @@ for mutation in no-okta-cluster bad-cluster bad-config; do
     printf '  FAIL  self-check: %s is accepted\n' "$mutation"; failed=1
   else
     printf '  ok    self-check: %s is refused (%s)\n' "$mutation" \
-      "$(printf '%s\n' "$out" | grep -Eo "names no cluster|such field: '[a-z_]+'|Unable to create Wasm plugin [a-z-]+" | head -n 1)"
+      "$(printf '%s\n' "$out" | grep -Eo "names no cluster|'[a-z_]+'\)|Unable to create Wasm plugin [a-z-]+" \
+         | sed -E "s/^'([a-z_]+)'\)$/unknown field \1/" | head -n 1)"
   fi
 done
 exit "$failed"
