@@ -42,6 +42,20 @@ struct RateLimited {
     limit_default: u64,
 }
 
+impl Drop for RateLimited {
+    /// Like the harness's stacks: Envoy's files stay when the test failed (or with
+    /// OKTA_KEEP_RUN_DIR=1), and go otherwise.
+    fn drop(&mut self) {
+        self.envoy.stop();
+        let dir = self.envoy.dir().to_path_buf();
+        if std::thread::panicking() {
+            eprintln!("Envoy's log: {}", self.envoy.log_path().display());
+        } else if !std::env::var("OKTA_KEEP_RUN_DIR").is_ok_and(|v| v == "1") {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 fn shipped_config() -> Value {
     let path = envoy::workspace_root().join("envoy/ratelimit.yaml");
     let text =
