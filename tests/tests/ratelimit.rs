@@ -223,10 +223,11 @@ impl RateLimited {
             .collect()
     }
 
-    /// Waits until the access log has `n` lines (Envoy writes it after the answer).
+    /// Waits until the access log has `n` lines (Envoy writes it after the answer, and flushes
+    /// it every 50 ms here; much later on a loaded machine).
     fn access_log_of(&self, n: usize) -> Vec<Value> {
         eventually(
-            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(30),
             "the access log lines",
             || {
                 let lines = self.access_log();
