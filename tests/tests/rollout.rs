@@ -12,7 +12,7 @@ use okta_dcr_auth_tests::*;
 use serde_json::json;
 
 /// How long Okta takes to answer the in-flight request's token call (within `idp_timeout_ms`).
-const SLOW_TOKEN: Duration = Duration::from_secs(3);
+const SLOW_TOKEN: Duration = Duration::from_secs(6);
 
 #[test]
 fn a_request_in_flight_finishes_on_the_configuration_it_started_with() {
@@ -23,7 +23,7 @@ fn a_request_in_flight_finishes_on_the_configuration_it_started_with() {
         .file_lds()
         .route(
             "/",
-            filter_config(json!({ "accept": ["basic"], "idp_timeout_ms": 8000 })),
+            filter_config(json!({ "accept": ["basic"], "idp_timeout_ms": 20000 })),
         )
         .start();
     let app = stack.client("0oaRolloutApp", "rollout-App_Secret-1", &[SCOPE]);
@@ -48,7 +48,7 @@ fn a_request_in_flight_finishes_on_the_configuration_it_started_with() {
     stack.reload_filter_config(
         0,
         filter_config(
-            json!({ "accept": ["basic"], "idp_timeout_ms": 8000, "scopes": ["api:write"] }),
+            json!({ "accept": ["basic"], "idp_timeout_ms": 20000, "scopes": ["api:write"] }),
         ),
     );
     assert!(
