@@ -20,7 +20,7 @@ trap 'rm -rf "$tmp"' EXIT
 render_and_validate() {
   local out
   out=$(node scripts/render-envoy-gateway.mjs "$WASM" "$tmp/eg.json" "$@" 2>&1) || { printf '%s\n' "$out"; return 1; }
-  "$ENVOY" --mode validate --log-level warn --disable-hot-restart -c "$tmp/eg.json" 2>&1 || return 1
+  OKTA_INTROSPECTION_CLIENT_SECRET=EXAMPLE-introspection-client-secret "$ENVOY" --mode validate --log-level warn --disable-hot-restart -c "$tmp/eg.json" 2>&1 || return 1
 }
 
 failed=0

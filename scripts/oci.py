@@ -65,13 +65,18 @@ def sha256(data):
 
 
 def package_fields():
-    """name, version, description, license of the [package] table of Cargo.toml."""
+    """name, version, description, license of the [package] table of Cargo.toml (the version
+    from [workspace.package] when the package inherits it)."""
     path = os.path.join(ROOT, "Cargo.toml")
     try:
         import tomllib  # Python 3.11+
 
         with open(path, "rb") as f:
-            pkg = tomllib.load(f)["package"]
+            doc = tomllib.load(f)
+        pkg = dict(doc["package"])
+        # `version.workspace = true`: the workspace's version.
+        if isinstance(pkg.get("version"), dict):
+            pkg["version"] = doc.get("workspace", {}).get("package", {}).get("version")
     except ModuleNotFoundError:  # older Python: the few plain `key = "value"` lines needed
         pkg = {}
         with open(path, encoding="utf-8") as f:
@@ -80,7 +85,7 @@ def package_fields():
                 m = re.match(r"^\[([^\]]+)\]", line)
                 if m:
                     section = m.group(1).strip()
-                elif section == "package":
+                elif section in ("package", "workspace.package"):
                     m = re.match(r'^(\w+)\s*=\s*"([^"]*)"', line)
                     if m:
                         pkg[m.group(1)] = m.group(2)

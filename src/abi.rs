@@ -54,6 +54,34 @@ extern "C" {
     ) -> u32;
 }
 
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+extern "C" {
+    fn environ_sizes_get(count: *mut usize, buf_size: *mut usize) -> u16;
+    fn environ_get(environ: *mut *mut u8, environ_buf: *mut u8) -> u16;
+}
+
+/// The VM's environment variable `name` (Envoy's `vm_config.environment_variables`), read
+/// straight from WASI: `std::env` would bring about 35 KB of code into the module for this one
+/// read at configuration time. `None` when absent or not UTF-8.
+pub fn env_var(name: &str) -> Option<String> {
+    let (mut count, mut size) = (0usize, 0usize);
+    // SAFETY: WASI writes two integers to the pointers given.
+    if unsafe { environ_sizes_get(&mut count, &mut size) } != 0 {
+        return None;
+    }
+    let mut pointers = vec![std::ptr::null_mut::<u8>(); count];
+    let mut entries = vec![0u8; size];
+    // SAFETY: `pointers` has room for `count` pointers and `entries` for `size` bytes, as WASI
+    // said just before; it writes `KEY=VALUE\0` entries and pointers into them.
+    if unsafe { environ_get(pointers.as_mut_ptr(), entries.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    entries.split(|b| *b == 0).find_map(|entry| {
+        let value = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        String::from_utf8(value.to_vec()).ok()
+    })
+}
+
 // SAFETY (every call below): the pointers are to live slices whose lengths go with them, and the
 // host only reads them during the call.
 

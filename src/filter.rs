@@ -137,7 +137,7 @@ impl RootContext for Root {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let config = match Config::from_json(&bytes) {
+        let config = match Config::from_json_with_env(&bytes, &abi::env_var) {
             Ok(config) => config,
             Err(e) => {
                 log::error!("[{}] okta-dcr-auth: configuration refused: {e}", self.id);

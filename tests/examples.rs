@@ -74,6 +74,12 @@ const SAMPLES: &[(&str, &str)] = &[
     ("ADMIN_PORT", "9901"),
 ];
 
+/// The VM environment the shipped configurations expect (`introspection_client_secret_env`).
+fn sample_env(name: &str) -> Option<String> {
+    (name == "OKTA_INTROSPECTION_CLIENT_SECRET")
+        .then(|| "EXAMPLE-introspection-client-secret".into())
+}
+
 /// One filter configuration found in a file: where, and its bytes (or why there are none).
 #[derive(Debug)]
 struct Found {
@@ -93,7 +99,7 @@ impl Checked {
         for f in found {
             match f.bytes {
                 Err(why) => self.failures.push(format!("{}: {why}", f.origin)),
-                Ok(bytes) => match Config::from_json(&bytes) {
+                Ok(bytes) => match Config::from_json_with_env(&bytes, &sample_env) {
                     Ok(_) => match schema_errors(&bytes) {
                         None => self.parsed.push(f.origin),
                         Some(why) => self.failures.push(format!(

@@ -70,6 +70,10 @@ pub struct RawConfig {
     pub introspection_client_id: Option<String>,
     #[serde(default)]
     pub introspection_client_secret: Option<String>,
+    /// The name of an environment variable of the VM that holds the secret (Istio's
+    /// `vmConfig.env`, Envoy's `vm_config.environment_variables`, Envoy Gateway's
+    /// `env.hostKeys`), so that it need not sit in the configuration.
+    pub introspection_client_secret_env: Option<String>,
     #[serde(default = "default_accept")]
     pub accept: Vec<Scheme>,
     #[serde(default = "default_true")]
@@ -241,10 +245,19 @@ pub struct Config {
 }
 
 impl Config {
-    /// Parses and checks plugin configuration bytes.
+    /// Parses and checks plugin configuration bytes, in a VM with no environment variables.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        Config::from_json_with_env(bytes, &|_| None)
+    }
+
+    /// Parses and checks plugin configuration bytes; `env` reads the VM's environment
+    /// variables (for `introspection_client_secret_env`).
+    pub fn from_json_with_env(
+        bytes: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        let raw = RawConfig::deserialize(&mut de).map_err(|e| {
+        let mut raw = RawConfig::deserialize(&mut de).map_err(|e| {
             if e.is_syntax() || e.is_eof() {
                 return refuse(
                     "(configuration)",
@@ -265,6 +278,7 @@ impl Config {
                 "has trailing characters after the JSON object",
             )
         })?;
+        raw.introspection_client_secret = raw.secret_from(env)?;
         raw.check(Sha256::digest(bytes).into())
     }
 
@@ -498,6 +512,40 @@ impl RawConfig {
             bearer: self.accept.contains(&Scheme::Bearer),
             raw_basic: self.allow_raw_basic,
         })
+    }
+
+    /// The introspection client's secret: as configured, or read from the VM's environment
+    /// variable `introspection_client_secret_env` names (never both).
+    fn secret_from(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<String>, ConfigError> {
+        const FIELD: &str = "introspection_client_secret_env";
+        let Some(name) = self.introspection_client_secret_env.as_deref() else {
+            return Ok(self.introspection_client_secret.clone());
+        };
+        if self.introspection_client_secret.is_some() {
+            return Err(refuse(
+                FIELD,
+                "and introspection_client_secret are both set: set one",
+            ));
+        }
+        let valid = name.bytes().next().is_some_and(|b| !b.is_ascii_digit())
+            && name.len() <= 128
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return Err(refuse(
+                FIELD,
+                "must be an environment variable name (letters, digits, _)",
+            ));
+        }
+        match env(name) {
+            Some(secret) if !secret.is_empty() => Ok(Some(secret)),
+            _ => Err(refuse(
+                FIELD,
+                format!("names {name}, which the VM's environment does not have (or has empty)"),
+            )),
+        }
     }
 
     /// The gateway's own client at the introspection endpoint: both parts or neither, and both
@@ -1005,5 +1053,47 @@ mod tests {
             .decode(v.strip_prefix("Basic ").unwrap())
             .unwrap();
         assert_eq!(decoded, b"id:a%3Ab%2Bc+%25%2F");
+    }
+
+    #[test]
+    fn the_introspection_secret_may_come_from_the_vms_environment() {
+        let base = r#""issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","bearer_validation":"introspection","introspection_client_id":"gw""#;
+        let env = |name: &str| (name == "OKTA_SECRET").then(|| "s3cr3t".to_string());
+        let c = Config::from_json_with_env(
+            format!(r#"{{{base},"introspection_client_secret_env":"OKTA_SECRET"}}"#).as_bytes(),
+            &env,
+        )
+        .unwrap();
+        let inline = Config::from_json(
+            format!(r#"{{{base},"introspection_client_secret":"s3cr3t"}}"#).as_bytes(),
+        )
+        .unwrap();
+        let header = |c: &Config| c.introspection_authorization.as_ref().map(|r| r.0.clone());
+        assert_eq!(header(&c), header(&inline));
+        assert!(header(&c).is_some());
+        for (extra, why) in [
+            (
+                r#""introspection_client_secret_env":"MISSING""#,
+                "does not have",
+            ),
+            (
+                r#""introspection_client_secret_env":"1BAD""#,
+                "variable name",
+            ),
+            (
+                r#""introspection_client_secret_env":"A-B""#,
+                "variable name",
+            ),
+            (
+                r#""introspection_client_secret_env":"OKTA_SECRET","introspection_client_secret":"x""#,
+                "set one",
+            ),
+        ] {
+            let e = Config::from_json_with_env(format!("{{{base},{extra}}}").as_bytes(), &env)
+                .unwrap_err();
+            assert_eq!(e.field, "introspection_client_secret_env", "{extra}");
+            assert!(e.to_string().contains(why), "{e}");
+            assert!(!e.to_string().contains("s3cr3t"));
+        }
     }
 }

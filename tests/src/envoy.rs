@@ -216,6 +216,7 @@ fn render_http_filters(routes: &[RouteSpec], wasm: Option<&Path>) -> Vec<Value> 
                         "vm_id": "okta-dcr-auth",
                         "runtime": "envoy.wasm.runtime.v8",
                         "code": { "local": { "filename": wasm } },
+                        "environment_variables": { "host_env_keys": VM_ENV_KEYS },
                     },
                     "configuration": {
                         "@type": "type.googleapis.com/google.protobuf.StringValue",
@@ -324,7 +325,13 @@ pub struct EnvoyOptions {
     /// `--component-log-level`, e.g. `[("wasm", "trace")]`.
     pub component_log_levels: Vec<(String, String)>,
     pub extra_args: Vec<String>,
+    /// Environment variables of the Envoy process; the filter's VM sees those named in
+    /// [`VM_ENV_KEYS`] (`vm_config.environment_variables.host_env_keys`).
+    pub env: Vec<(String, String)>,
 }
+
+/// The Envoy environment variables every filter VM of the harness may read.
+pub const VM_ENV_KEYS: &[&str] = &["OKTA_INTROSPECTION_CLIENT_SECRET"];
 
 impl Default for EnvoyOptions {
     fn default() -> Self {
@@ -333,6 +340,7 @@ impl Default for EnvoyOptions {
             log_level: "info".into(),
             component_log_levels: vec![("wasm".into(), "trace".into())],
             extra_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -438,6 +446,7 @@ impl Envoy {
             cmd.arg("--component-log-level").arg(levels.join(","));
         }
         cmd.args(&opts.extra_args)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

@@ -455,6 +455,13 @@ impl StackBuilder {
         self
     }
 
+    /// An environment variable of the Envoy process (the VM sees those in
+    /// `envoy::VM_ENV_KEYS`).
+    pub fn envoy_env(mut self, key: &str, value: &str) -> Self {
+        self.options.env.push((key.into(), value.into()));
+        self
+    }
+
     pub fn idp_options(mut self, opts: IdpOptions) -> Self {
         self.idp_options = Some(opts);
         self

@@ -681,3 +681,31 @@ fn audience_and_scopes_are_checked_per_route_and_a_change_revalidates_the_token(
         assert_eq!(stack.idp.introspections(&token), 1);
     }
 }
+
+/// The introspection client's secret from the VM's environment (Envoy's
+/// `vm_config.environment_variables`, which Istio's `vmConfig.env` and Envoy Gateway's
+/// `env.hostKeys` fill), not from the configuration: tokens are introspected with it, and it
+/// never reaches the log.
+#[test]
+fn the_introspection_secret_can_come_from_the_vms_environment() {
+    if envoy_only("vm_config.environment_variables") {
+        return;
+    }
+    let stack = Stack::builder()
+        .envoy_env("OKTA_INTROSPECTION_CLIENT_SECRET", GATEWAY_CLIENT_SECRET)
+        .route(
+            "/",
+            introspection_filter_config(json!({
+                "introspection_client_secret": null,
+                "introspection_client_secret_env": "OKTA_INTROSPECTION_CLIENT_SECRET",
+            })),
+        )
+        .start();
+    stack.track_secret(GATEWAY_CLIENT_SECRET);
+    let token = stack.mint(spec(&[SCOPE]));
+    let auth = bearer(&token);
+    let r = stack.get("/r", &[("authorization", &auth)]);
+    assert_eq!(r.status, 200, "answer: {r:#?}");
+    assert_forwarded(&stack, &auth, APP_ID, SCOPE);
+    assert_eq!(stack.idp.introspections(&token), 1);
+}

@@ -191,3 +191,21 @@ fn configuration_that_is_not_json_is_refused() {
     );
     let _ = std::fs::remove_dir_all(&failure.dir);
 }
+
+/// `introspection_client_secret_env` names a variable of the VM's environment that it does not
+/// have: the configuration is refused at start, naming the field and the variable.
+#[test]
+fn an_introspection_secret_from_a_missing_environment_variable_is_refused() {
+    let failure = refused(introspection_filter_config(json!({
+        "introspection_client_secret": null,
+        "introspection_client_secret_env": "OKTA_SECRET_NOBODY_SET",
+    })));
+    assert!(
+        failure
+            .log
+            .contains("field `introspection_client_secret_env`"),
+        "{}",
+        failure.log
+    );
+    assert!(failure.log.contains("OKTA_SECRET_NOBODY_SET"));
+}
