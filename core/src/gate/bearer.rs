@@ -6,14 +6,14 @@
 
 use super::key_fetch::Fetch;
 use super::keys::Why;
-use super::{deny_reason, refuse, ContextId, Gate, Host, Parked, Pending, Resume, Step};
+use super::{deny_reason, refuse, ContextId, Gate, Host, Parked, Pending, Resume, Stage, Step};
 use crate::cache::{CacheKey, Cached, Freshness};
 use crate::config::{BearerFormat, BearerValidation};
 use crate::credentials::Credential;
 use crate::jwks::KeySet;
 use crate::jwt::{self, JwtError, Verified};
 use crate::local::Copy;
-use crate::metrics::{Counter, DenyReason};
+use crate::metrics::DenyReason;
 use crate::verdict::Denial;
 
 /// While no key set was ever fetched, a 503 says to come back after this long.
@@ -31,7 +31,7 @@ impl Gate {
         now: u64,
         host: &dyn Host,
     ) -> Result<Step, Pending> {
-        if req.verified || !matches!(req.credential, Credential::Bearer(_)) {
+        if req.stage.past_local_checks() || !matches!(req.credential, Credential::Bearer(_)) {
             return Err(req);
         }
         if self.config.jwt.is_none() {
@@ -45,7 +45,7 @@ impl Gate {
         };
         match self.verify(&token.clone(), now, host) {
             Ok(_) if self.config.bearer_validation == BearerValidation::JwtThenIntrospection => {
-                req.verified = true;
+                req.stage = Stage::ToIdp;
                 Err(req)
             }
             Ok(verified) => Ok(self.jwt_granted(req, verified, now, host)),
@@ -104,12 +104,10 @@ impl Gate {
                     expires_at_ms: entry.expires_at_ms,
                 },
             );
-            return Some(self.cached(ctx, scheme, &req.key, req.counted, verdict, host));
+            let counted = req.stage.counted();
+            return Some(self.cached(ctx, scheme, &req.key, counted, verdict, host));
         }
-        if !req.counted {
-            host.count(Counter::CacheMiss);
-            req.counted = true;
-        }
+        req.missed(host);
         None
     }
 
@@ -181,7 +179,7 @@ impl Gate {
         now: u64,
         host: &dyn Host,
     ) -> Step {
-        if req.waited_for_keys {
+        if req.stage == Stage::KeysAwaited {
             return self.without_new_keys(ctx, req, now, host);
         }
         if !self.discovery.is_ready() {
@@ -193,7 +191,7 @@ impl Gate {
             Why::UnknownKid
         };
         let deadline_ms = req.arrived_ms + self.lease_ms();
-        req.waited_for_keys = true;
+        req.stage = Stage::KeysAwaited;
         let own_only = self.resume == Resume::OwnRequestOnly;
         // A request sends the fetch itself only where it can wait for nothing else.
         let own = own_only && req.can_wait;

@@ -3,14 +3,13 @@
 
 use super::slots::Update;
 use super::{
-    ContextId, Deferred, Gate, Host, NotSent, Parked, Pending, Purpose, Resume, Step,
+    ContextId, Deferred, Gate, Host, NotSent, Parked, Pending, Purpose, Resume, Stage, Step,
     LEASE_MARGIN_MS,
 };
 use crate::budget::CallClass;
 use crate::cache::{CacheEntry, Cached, Freshness};
 use crate::credentials::Credential;
 use crate::local::Copy;
-use crate::metrics::Counter;
 use crate::okta::{self, IdpRequest};
 
 /// What a request does next, given what its slot holds.
@@ -41,25 +40,23 @@ impl Gate {
         self.config.idp_timeout_ms + LEASE_MARGIN_MS
     }
 
-    /// Moves a request as far as it can go: cache, discovery, lease, IdP call. `following`:
-    /// the deadline of a request that was waiting for another request's call (a failure of
-    /// that call ends its wait).
+    /// Moves a request as far as it can go: cache, discovery, lease, IdP call.
     pub(super) fn advance(
         &mut self,
         ctx: ContextId,
         caller: ContextId,
         req: Pending,
-        following: Option<u64>,
         now: u64,
         host: &dyn Host,
     ) -> Step {
         if let Some(copy) = self.local.get(&req.raw, now) {
             let verdict = copy.verdict.clone();
+            let counted = req.stage.counted();
             return self.cached(
                 ctx,
                 req.credential.scheme(),
                 &req.key,
-                req.counted,
+                counted,
                 verdict,
                 host,
             );
@@ -74,15 +71,14 @@ impl Gate {
         let update = self
             .slots
             .lease_if(host, &req.key, lease_until, now, |entry| {
-                next = self.next_move(&req, entry, following, now, host);
+                next = self.next_move(&req, entry, now, host);
                 seen = entry.clone();
                 matches!(next, Move::Lead { take_lease: true })
             });
-        if !matches!(next, Move::Cached(..)) && !req.counted {
-            host.count(Counter::CacheMiss);
-            req.counted = true;
+        if !matches!(next, Move::Cached(..)) {
+            req.missed(host);
         }
-        self.make_move(ctx, caller, req, next, &seen, update, following, now, host)
+        self.make_move(ctx, caller, req, next, &seen, update, now, host)
     }
 
     /// Carries out what `next_move` decided.
@@ -95,11 +91,10 @@ impl Gate {
         next: Move,
         seen: &CacheEntry,
         update: Update,
-        following: Option<u64>,
         now: u64,
         host: &dyn Host,
     ) -> Step {
-        let deadline_ms = following.unwrap_or(req.arrived_ms + self.lease_ms());
+        let deadline_ms = req.deadline_ms(self.lease_ms());
         match next {
             // A request that may not wait gets its answer now; a call it needs is the root's.
             Move::Discover | Move::WaitForDiscovery | Move::Follow if !req.can_wait => {
@@ -162,7 +157,7 @@ impl Gate {
             expires_at_ms,
         };
         self.local.put(&req.raw, copy);
-        self.cached(ctx, scheme, &req.key, req.counted, verdict, host)
+        self.cached(ctx, scheme, &req.key, req.stage.counted(), verdict, host)
     }
 
     pub(super) fn park(&mut self, ctx: ContextId, parked: Parked) -> Step {
@@ -171,20 +166,14 @@ impl Gate {
     }
 
     /// The decision itself, over what the slot holds; no writes.
-    fn next_move(
-        &self,
-        req: &Pending,
-        entry: &CacheEntry,
-        following: Option<u64>,
-        now: u64,
-        host: &dyn Host,
-    ) -> Move {
+    fn next_move(&self, req: &Pending, entry: &CacheEntry, now: u64, host: &dyn Host) -> Move {
         if let Freshness::Fresh(verdict) = entry.freshness(&req.key, now, 0) {
             return Move::Cached(verdict.clone(), entry.decided_at_ms, entry.expires_at_ms);
         }
         let own_only = self.resume == Resume::OwnRequestOnly;
-        let deadline = following.unwrap_or(req.arrived_ms + self.lease_ms());
-        if following.is_some() && entry.key == req.key && entry.failed_at_ms >= req.arrived_ms {
+        let deadline = req.deadline_ms(self.lease_ms());
+        let following = matches!(req.stage, Stage::Following { .. });
+        if following && entry.key == req.key && entry.failed_at_ms >= req.arrived_ms {
             // The call we were waiting on failed.
             return Move::GiveUp(None);
         }

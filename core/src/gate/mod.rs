@@ -126,16 +126,60 @@ struct Pending {
     credential: Credential,
     key: CacheKey,
     arrived_ms: u64,
-    /// Whether its cache lookup was counted (hit or miss), so retries do not count again.
-    counted: bool,
-    /// A Bearer token that passed the local check (`jwt+introspection`: introspection next).
-    verified: bool,
-    /// It already waited for the key set once: it never asks for another fetch.
-    waited_for_keys: bool,
+    stage: Stage,
     /// Whether the host lets it wait for an IdP answer (ngx_wasm_module: only a connection's
     /// first request). One that may not is answered at once; a call it needs is made by the
     /// root instead, so that its retry finds the verdict.
     can_wait: bool,
+}
+
+/// How far a request has come. It only moves forward: a request that goes on again after a
+/// wait never counts its cache lookup twice, never asks for a second key set fetch, and never
+/// verifies its token twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Not yet looked up in shared data: its hit or miss is not counted yet.
+    Arrived,
+    /// Missed the cache (counted).
+    Missed,
+    /// Missed, and waited once for the key set: it never asks for another fetch.
+    KeysAwaited,
+    /// Past the local checks (a Bearer token verified in `jwt+introspection`, a credential
+    /// that was following another call): it goes to the IdP path as it is.
+    ToIdp,
+    /// Waited for another request's call for the same key, until `deadline_ms`: a failure of
+    /// that call ends its wait.
+    Following { deadline_ms: u64 },
+}
+
+impl Stage {
+    /// Whether its cache lookup was counted (hit or miss).
+    fn counted(self) -> bool {
+        self != Stage::Arrived
+    }
+
+    /// Whether the local checks are behind it.
+    fn past_local_checks(self) -> bool {
+        matches!(self, Stage::ToIdp | Stage::Following { .. })
+    }
+}
+
+impl Pending {
+    /// When it gives up waiting: a follower's deadline, or its lease's.
+    fn deadline_ms(&self, lease_ms: u64) -> u64 {
+        match self.stage {
+            Stage::Following { deadline_ms } => deadline_ms,
+            _ => self.arrived_ms + lease_ms,
+        }
+    }
+
+    /// Its lookup missed the cache: counted once.
+    fn missed(&mut self, host: &dyn Host) {
+        if self.stage == Stage::Arrived {
+            host.count(Counter::CacheMiss);
+            self.stage = Stage::Missed;
+        }
+    }
 }
 
 /// A paused request, by what it waits for.
@@ -348,12 +392,10 @@ impl Gate {
             key: CacheKey::new(&self.config.digest, &credential),
             credential,
             arrived_ms: now,
-            counted: false,
-            verified: false,
-            waited_for_keys: false,
+            stage: Stage::Arrived,
             can_wait,
         };
-        self.advance(ctx, ctx, req, None, now, host)
+        self.advance(ctx, ctx, req, now, host)
     }
 
     /// An IdP answer arrived, in the context `caller` (the context now active).
@@ -467,7 +509,7 @@ impl Gate {
         let mut steps = Vec::new();
         for ctx in ids {
             if let Some(parked) = self.parked.remove(&ctx) {
-                let step = self.advance(ctx, caller, parked.into_req(), None, now, host);
+                let step = self.advance(ctx, caller, parked.into_req(), now, host);
                 if step != Step::Wait {
                     steps.push((ctx, step));
                 }

@@ -1,7 +1,7 @@
 //! The root context's tick: when it next has work, and what it does then (discovery retries,
 //! the key set's periodic refresh, waking followers and requests waiting for keys, deadlines).
 
-use super::{ContextId, Deferred, Gate, Host, Parked, Resume, Step};
+use super::{ContextId, Deferred, Gate, Host, Parked, Resume, Stage, Step};
 use crate::okta::DiscoveryDocument;
 
 impl Gate {
@@ -104,14 +104,18 @@ impl Gate {
             Parked::Discovery { req, .. } if !ready => {
                 self.no_verdict(ctx, &req, None, None, now, host)
             }
-            Parked::Discovery { req, .. } => self.advance(ctx, self.root, req, None, now, host),
-            Parked::Follower { req, deadline_ms } => {
-                self.advance(ctx, self.root, req, Some(deadline_ms), now, host)
+            Parked::Discovery { req, .. } => self.advance(ctx, self.root, req, now, host),
+            Parked::Follower {
+                mut req,
+                deadline_ms,
+            } => {
+                req.stage = Stage::Following { deadline_ms };
+                self.advance(ctx, self.root, req, now, host)
             }
             Parked::Keys { req, deadline_ms } if now > deadline_ms => {
                 self.without_new_keys(ctx, req, now, host)
             }
-            Parked::Keys { req, .. } => self.advance(ctx, self.root, req, None, now, host),
+            Parked::Keys { req, .. } => self.advance(ctx, self.root, req, now, host),
         }
     }
 }
