@@ -1,6 +1,6 @@
 //! The core's work per request, natively: reading `Authorization`, the cache key (SHA-256),
-//! decoding a realistic cache entry, and the whole warm-cache `Gate::on_request` over a fake
-//! host that answers the slot read from memory. `make bench` runs it (`cargo bench --bench
+//! decoding a realistic cache entry, and the whole warm-cache `Gate::on_request` over the gate's fake
+//! host, its cache set holding the verdict. `make bench` runs it (`cargo bench --bench
 //! core`); under valgrind it is also the callgrind target (`bench/run.sh` prints how).
 //!
 //! The values are sized like real ones: a 20-character Okta client id, a 40-character DCR
@@ -14,14 +14,11 @@ use std::hint::black_box;
 use base64::Engine as _;
 use criterion::{criterion_group, criterion_main, Criterion};
 
-use okta_dcr_auth_core::cache::{CacheEntry, CacheKey, CacheSet, Cached};
+use okta_dcr_auth_core::cache::{set_of, sets_for, CacheEntry, CacheKey, CacheSet, Cached, Names};
 use okta_dcr_auth_core::config::Config;
 use okta_dcr_auth_core::credentials::{parse_authorization, Accepted, Credential};
-use okta_dcr_auth_core::gate::{
-    CallToken, ContextId, DispatchError, Gate, Host, Resume, SharedData, SharedError, Step,
-};
-use okta_dcr_auth_core::metrics::Counter;
-use okta_dcr_auth_core::okta::IdpRequest;
+use okta_dcr_auth_core::gate::fake::{CasModel, FakeHost};
+use okta_dcr_auth_core::gate::{ContextId, Gate, Resume, SharedData, Step};
 use okta_dcr_auth_core::verdict::Grant;
 
 const CLIENT_ID: &str = "0oa8f5j3ecb5w3dF35d7";
@@ -88,42 +85,6 @@ fn entry(config: &Config, credential: &Credential, access_token: Option<String>)
     }
 }
 
-/// A host whose shared data holds one warm cache set (every set exists already). `shared_get`
-/// copies the value, as the real host does into the VM's memory.
-struct WarmHost {
-    slot: Vec<u8>,
-}
-
-impl SharedData for WarmHost {
-    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        if key.ends_with("/sets") {
-            return Some((u32::MAX.to_le_bytes().to_vec(), 7));
-        }
-        Some((self.slot.clone(), 7))
-    }
-    fn shared_set(&self, _key: &str, _value: &[u8], _cas: u32) -> Result<(), SharedError> {
-        panic!("a warm hit writes nothing")
-    }
-}
-
-impl Host for WarmHost {
-    fn dispatch(
-        &self,
-        _: ContextId,
-        _: &str,
-        _: &IdpRequest,
-        _: u64,
-    ) -> Result<CallToken, DispatchError> {
-        panic!("a warm hit calls no IdP")
-    }
-    fn count(&self, counter: Counter) {
-        black_box(counter);
-    }
-    fn observe_idp_latency(&self, ms: u64) {
-        black_box(ms);
-    }
-}
-
 fn benches(c: &mut Criterion) {
     let config = Config::from_json(CONFIG.as_bytes()).expect("bench config");
     let token = access_token();
@@ -177,7 +138,7 @@ fn benches(c: &mut Criterion) {
         ("basic", &basic_b64, &basic_set),
         ("bearer", &bearer, &bearer_set),
     ] {
-        let host = WarmHost { slot: slot.clone() };
+        let host = FakeHost::at(CasModel::Envoy, NOW_MS);
         let mut gate = Gate::new(
             config.clone(),
             ContextId(1),
@@ -185,6 +146,12 @@ fn benches(c: &mut Criterion) {
             NOW_MS,
             &host,
         );
+        // The verdict in its cache set, as another worker would have left it.
+        let credential = parse_authorization(&[value.as_bytes()], accepted()).unwrap();
+        let key = CacheKey::new(&config.digest, &credential);
+        let set = set_of(&key, sets_for(config.cache_slots));
+        let set_name = Names::stable(&config.issuer).set(set);
+        host.shared_set(&set_name, slot, 0).unwrap();
         match gate.on_request(ContextId(2), &[value.as_bytes()], NOW_MS, &host) {
             Step::Forward(_) => {}
             other => panic!("{name}: expected a cache hit, got {other:?}"),

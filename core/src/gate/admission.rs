@@ -1,160 +1,179 @@
 //! Who may cause an IdP call, and when: the quota guard's pause per endpoint ([`guard`]), the
-//! call budget per endpoint shared by all workers ([`crate::budget`], with a share only
-//! refreshes of known-good credentials may use), and the per-client-id failure throttle on the
-//! Basic path ([`crate::throttle`]). Each is one small shared-data record read (and, for a
-//! call, written with compare-and-swap) through the slot protocol's [`update`].
+//! call budget per route and endpoint ([`crate::budget`], with a share only refreshes of
+//! known-good credentials may use), the gateway's bound of calls in flight
+//! ([`crate::inflight`]), and the per-client-id failure throttle on the Basic path
+//! ([`crate::throttle`]). [`Admission`] owns the rules' parameters and the shared-data records
+//! they live in: it reads them into [`Facts`] (no writes) for the decision, and takes a budget
+//! call, a throttle turn or an in-flight place (compare-and-swap through the slot protocol's
+//! [`update`]) only once the decision is made and the request's lease is won.
 
 use super::guard;
 use super::slots::{overwrite, update, Update};
-use super::{Gate, Host, Sent};
+use super::Host;
 use crate::budget::{route_slots, BudgetConfig, CallClass, RouteBudget, ROUTE_PROBES};
-use crate::cache::{CacheEntry, CacheKey, NotWritten};
+use crate::cache::{CacheEntry, CacheKey, Names, NotWritten};
+use crate::config::Config;
 use crate::credentials::Credential;
 use crate::inflight::{cap_for, InFlight};
 use crate::metrics::IdpEndpoint;
-use crate::okta::{IdpFailure, LocalCause};
 use crate::throttle::{self, FailureRecord};
 
-impl Gate {
-    /// Seconds until calls to `endpoint` may resume, if the quota guard pauses them.
-    pub(super) fn paused_for(
+/// What admission says about one more call now, as read from shared data: the decision is a
+/// pure function of these and of what the cache holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Facts {
+    /// Seconds until the endpoint's pause ends, when the quota guard pauses it.
+    pub paused_for_s: Option<u64>,
+    /// The route's budget, by call class (`Err`: seconds until it has room).
+    budget: [Result<(), u64>; 2],
+    /// Whether the gateway has a place among its calls in flight, by call class.
+    place: [bool; 2],
+    /// The failure throttle for a Basic secret that never had a positive verdict (`Err`:
+    /// seconds until its client id's next turn).
+    pub throttle: Result<(), u64>,
+}
+
+impl Facts {
+    pub fn budget(&self, class: CallClass) -> Result<(), u64> {
+        self.budget[class_index(class)]
+    }
+
+    pub fn place_left(&self, class: CallClass) -> bool {
+        self.place[class_index(class)]
+    }
+}
+
+fn class_index(class: CallClass) -> usize {
+    match class {
+        CallClass::Refresh => 0,
+        CallClass::Unknown => 1,
+    }
+}
+
+/// The admission rules of one configuration, and where their records are.
+#[derive(Debug, Clone)]
+pub(super) struct Admission {
+    names: Names,
+    budget: BudgetConfig,
+    /// This route's tag in the table of route budgets: its configuration's.
+    route_tag: [u8; 8],
+    max_in_flight: usize,
+    /// How long a call may be out: its place in flight lasts that long at most.
+    call_ms: u64,
+    max_client_failures: u32,
+    failure_window_ms: u64,
+    digest: [u8; 32],
+}
+
+impl Admission {
+    pub fn new(config: &Config, names: Names, call_ms: u64) -> Admission {
+        let mut route_tag = [0u8; 8];
+        route_tag.copy_from_slice(&config.digest[..8]);
+        Admission {
+            names,
+            budget: BudgetConfig::new(config.idp_calls_per_minute),
+            route_tag,
+            max_in_flight: config.max_idp_calls_in_flight,
+            call_ms,
+            max_client_failures: config.max_client_failures,
+            failure_window_ms: config.client_failure_window_ms,
+            digest: config.digest,
+        }
+    }
+
+    /// The facts for a call to `endpoint` about `credential` now: reads, no writes.
+    pub fn facts(
         &self,
         endpoint: IdpEndpoint,
+        credential: &Credential,
         now: u64,
         host: &dyn Host,
-    ) -> Option<u64> {
-        let until = host
-            .shared_get(&self.names.guard(endpoint))
-            .map_or(0, |(bytes, _)| guard::decode(&bytes));
+    ) -> Facts {
+        let window = self.route_window(endpoint, now, host);
+        let budget = [CallClass::Refresh, CallClass::Unknown].map(|class| {
+            window
+                .try_take(now, class, &self.budget)
+                .map(|_| ())
+                .map_err(|refused| refused.retry_after_s.max(1))
+        });
+        let live = host
+            .shared_get(&self.names.in_flight())
+            .map_or(0, |(bytes, _)| InFlight::decode(&bytes).live(now));
+        let place = [CallClass::Refresh, CallClass::Unknown]
+            .map(|class| live < cap_for(self.max_in_flight, class));
+        Facts {
+            paused_for_s: self.paused_for(endpoint, now, host),
+            budget,
+            place,
+            throttle: self.throttle_turn(credential, now, host, false),
+        }
+    }
+
+    /// Seconds until calls to `endpoint` may resume, if the quota guard pauses them.
+    pub fn paused_for(&self, endpoint: IdpEndpoint, now: u64, host: &dyn Host) -> Option<u64> {
+        let until = self.pause_until(endpoint, host);
         guard::is_paused(now, until).then(|| (until - now).div_ceil(1000))
     }
 
-    /// A failed call may pause its endpoint for every worker: a 429 until Okta's reset,
-    /// repeated 5xx or silence briefly, longer while it goes on. Answers the proxy made itself
-    /// (overflow, no healthy host) are not Okta's and change nothing.
-    pub(super) fn note_failure(
-        &mut self,
-        failure: IdpFailure,
-        sent: Sent,
-        now: u64,
-        host: &dyn Host,
-    ) {
-        let endpoint = sent.endpoint;
-        if failure == IdpFailure::Local(LocalCause::Overloaded) {
-            self.silence_explained_ms[endpoint.index()] = now;
-        }
-        let explained = self.silence_explained_ms[endpoint.index()];
-        if guard::silence_explained(failure, sent.at_ms, explained) {
-            return;
-        }
-        let name = self.names.guard(endpoint);
-        let current = host
-            .shared_get(&name)
-            .map_or(0, |(bytes, _)| guard::decode(&bytes));
-        let in_a_row = &mut self.failures_in_a_row[endpoint.index()];
-        let decision = guard::pause_until(failure, now, current, *in_a_row);
-        if decision.failures_in_a_row > *in_a_row {
-            self.last_outage_ms[endpoint.index()] = now;
-        }
-        *in_a_row = decision.failures_in_a_row;
-        if let Some(until) = decision.pause_until_ms {
-            // A line of its own, not folded into the rate-limited failure warnings: operators
-            // need to see a pause, and there is at most one per pause.
-            log::warn!(
-                "[{}] pausing {} calls for {} ms: {}",
-                self.root,
-                endpoint.name(),
-                until - now,
-                failure.describe()
-            );
-            overwrite(host, &name, &guard::encode(until));
-        }
+    /// The endpoint's shared pause (0: never paused).
+    pub fn pause_until(&self, endpoint: IdpEndpoint, host: &dyn Host) -> u64 {
+        host.shared_get(&self.names.guard(endpoint))
+            .map_or(0, |(bytes, _)| guard::decode(&bytes))
     }
 
-    /// A verdict from `endpoint`. A positive one resets its failures in a row and explains the
-    /// silences of calls sent before it (`guard::silence_explained`); a refusal resets them only
-    /// once the last failure is `guard::OUTAGE_MEMORY_MS` old, so that an anonymous client's
-    /// 401s, had at will between the silences of a half-hanging Okta, cannot keep the guard from
-    /// counting them.
-    pub(super) fn heard_from(&mut self, endpoint: IdpEndpoint, positive: bool, now: u64) {
-        let i = endpoint.index();
-        if positive || now.saturating_sub(self.last_outage_ms[i]) > guard::OUTAGE_MEMORY_MS {
-            self.failures_in_a_row[i] = 0;
-        }
-        if positive {
-            self.silence_explained_ms[i] = now;
-        }
+    /// Pauses calls to `endpoint` for every worker until `until_ms`.
+    pub fn pause(&self, endpoint: IdpEndpoint, until_ms: u64, host: &dyn Host) {
+        overwrite(host, &self.names.guard(endpoint), &guard::encode(until_ms));
     }
 
-    /// This route's tag in the table of route budgets: its configuration's.
-    fn route_tag(&self) -> [u8; 8] {
-        let mut tag = [0u8; 8];
-        tag.copy_from_slice(&self.config.digest[..8]);
-        tag
-    }
-
-    /// Whether this route's budget for `endpoint` has a call left for this caller now
-    /// (nothing is taken): checked before a lease is written, so that a flood past the budget
-    /// churns no cache set.
-    pub(super) fn budget_left(
+    /// This route's window for `endpoint`: the first of its table slots that is its own,
+    /// nobody's or idle (an empty window), else empty.
+    fn route_window(
         &self,
         endpoint: IdpEndpoint,
-        key: &CacheKey,
-        seen: &CacheEntry,
         now: u64,
         host: &dyn Host,
-    ) -> Result<(), u64> {
-        let class = call_class(key, seen, now);
-        let limit = BudgetConfig::new(self.config.idp_calls_per_minute);
-        let tag = self.route_tag();
-        let window = route_slots(&tag)
+    ) -> crate::budget::Budget {
+        route_slots(&self.route_tag)
             .find_map(|slot| {
                 let bytes = host.shared_get(&self.names.budget(endpoint, slot));
                 let record = bytes
                     .map(|(b, _)| RouteBudget::decode(&b))
                     .unwrap_or_default();
-                record.window_for(&tag, now)
+                record.window_for(&self.route_tag, now)
             })
-            .unwrap_or_default();
-        window
-            .try_take(now, class, &limit)
-            .map(|_| ())
-            .map_err(|refused| refused.retry_after_s.max(1))
+            .unwrap_or_default()
     }
 
-    /// Takes one call from this route's budget for `endpoint`; `Err(seconds)` when there is
-    /// none for this caller: a credential whose entry held a positive verdict (a refresh) may
-    /// use the reserved share, any other only the rest. The route's record is the first of its
-    /// table slots that is its own, nobody's or idle; should all be other routes' (a table
-    /// crowded at that spot), the first is shared.
-    pub(super) fn take_budget(
+    /// Takes one call of `class` from this route's budget for `endpoint`; `Err(seconds)` when
+    /// there is none. The route's record is the first of its table slots that is its own,
+    /// nobody's or idle; should all be other routes' (a table crowded at that spot), the first
+    /// is shared.
+    pub fn take_budget(
         &self,
         endpoint: IdpEndpoint,
-        key: &CacheKey,
-        seen: &CacheEntry,
+        class: CallClass,
         now: u64,
         host: &dyn Host,
     ) -> Result<(), u64> {
-        let class = call_class(key, seen, now);
-        let limit = BudgetConfig::new(self.config.idp_calls_per_minute);
-        let tag = self.route_tag();
+        let tag = self.route_tag;
         let mut retry_after_s = 1;
         for (probe, slot) in route_slots(&tag).enumerate() {
             let shared = probe + 1 == ROUTE_PROBES as usize;
-            let mut outcome = Admission::Busy;
+            let mut outcome = Admitted::Busy;
             let written = update(host, &self.names.budget(endpoint, slot), |bytes| {
                 let record = bytes.map(RouteBudget::decode).unwrap_or_default();
                 let (owner, window) = match record.window_for(&tag, now) {
                     Some(window) => (tag, window),
                     None if shared => (record.owner, record.budget),
                     None => {
-                        outcome = Admission::Busy;
+                        outcome = Admitted::Busy;
                         return Err(NotWritten::Declined);
                     }
                 };
-                match window.try_take(now, class, &limit) {
+                match window.try_take(now, class, &self.budget) {
                     Ok(next) => {
-                        outcome = Admission::Admitted;
+                        outcome = Admitted::Yes;
                         Ok(RouteBudget {
                             owner,
                             budget: next,
@@ -162,7 +181,7 @@ impl Gate {
                         .encode())
                     }
                     Err(refused) => {
-                        outcome = Admission::Refused;
+                        outcome = Admitted::No;
                         retry_after_s = refused.retry_after_s.max(1);
                         // The clock went back: the re-anchored window is written all the same.
                         let reanchored = refused
@@ -173,8 +192,8 @@ impl Gate {
                 }
             });
             match outcome {
-                Admission::Admitted if written == Update::Written => return Ok(()),
-                Admission::Busy => continue,
+                Admitted::Yes if written == Update::Written => return Ok(()),
+                Admitted::Busy => continue,
                 _ => return Err(retry_after_s),
             }
         }
@@ -184,24 +203,23 @@ impl Gate {
     /// The failure throttle, for a Basic credential about to go to Okta: `Err(seconds)` when
     /// its client id had `max_client_failures` `invalid_client` answers within the window and
     /// this is not its turn (one unverified secret per `window / max_client_failures` still
-    /// goes through, so a live app whose cached verdict is gone is not locked out). A secret
-    /// that had a positive verdict is never held back.
-    pub(super) fn throttle_turn(
+    /// goes through, so a live app whose cached verdict is gone is not locked out). `take`:
+    /// whether to take the turn (after the request's lease is won), or only look.
+    pub fn throttle_turn(
         &self,
         credential: &Credential,
-        key: &CacheKey,
-        seen: &CacheEntry,
         now: u64,
         host: &dyn Host,
+        take: bool,
     ) -> Result<(), u64> {
         let Credential::Basic(client) = credential else {
             return Ok(());
         };
-        let max = self.config.max_client_failures;
-        if max == 0 || seen.had_positive_verdict(key, now) {
+        let max = self.max_client_failures;
+        if max == 0 {
             return Ok(());
         }
-        let window = self.config.client_failure_window_ms;
+        let window = self.failure_window_ms;
         let interval = (window / u64::from(max)).max(1_000);
         let mut wait_ms = None;
         update(host, &self.throttle_name(&client.client_id), |bytes| {
@@ -211,7 +229,8 @@ impl Gate {
                 return Err(NotWritten::Declined);
             }
             match throttle::probe(&record, now, interval) {
-                Ok(turn) => Ok(turn.encode().to_vec()),
+                Ok(turn) if take => Ok(turn.encode().to_vec()),
+                Ok(_) => Err(NotWritten::Declined),
                 Err(ms) => {
                     wait_ms = Some(ms);
                     Err(NotWritten::Declined)
@@ -222,14 +241,14 @@ impl Gate {
     }
 
     /// Counts an `invalid_client` answer against its client id.
-    pub(super) fn note_client_failure(&self, credential: &Credential, now: u64, host: &dyn Host) {
+    pub fn note_client_failure(&self, credential: &Credential, now: u64, host: &dyn Host) {
         let Credential::Basic(client) = credential else {
             return;
         };
-        if self.config.max_client_failures == 0 {
+        if self.max_client_failures == 0 {
             return;
         }
-        let window = self.config.client_failure_window_ms;
+        let window = self.failure_window_ms;
         update(host, &self.throttle_name(&client.client_id), |bytes| {
             let record = bytes.map(FailureRecord::decode).unwrap_or_default();
             Ok(throttle::note_failure(record, now, window)
@@ -239,33 +258,25 @@ impl Gate {
     }
 
     fn throttle_name(&self, client_id: &str) -> String {
-        let client = throttle::client_key(&self.config.digest, client_id);
+        let client = throttle::client_key(&self.digest, client_id);
         self.names
             .throttle(throttle::slot_of(&client, throttle::SLOTS))
     }
-}
 
-impl Gate {
-    /// Whether the gateway has room for one more call to this Okta org for this caller (a
-    /// peek: [`Gate::take_call_place`] takes it).
-    pub(super) fn call_place_left(&self, class: CallClass, now: u64, host: &dyn Host) -> bool {
-        let cap = self.config.max_idp_calls_in_flight;
+    /// Whether the gateway has room for one more call to this Okta org for a caller of
+    /// `class` (a look: [`Admission::take_call_place`] takes it).
+    pub fn call_place_left(&self, class: CallClass, now: u64, host: &dyn Host) -> bool {
         let live = host
             .shared_get(&self.names.in_flight())
             .map_or(0, |(bytes, _)| InFlight::decode(&bytes).live(now));
-        live < cap_for(cap, class)
+        live < cap_for(self.max_in_flight, class)
     }
 
     /// Takes a place among the gateway's calls in flight to this Okta org, until the call's
     /// deadline; `None` when there is none for this caller.
-    pub(super) fn take_call_place(
-        &self,
-        class: CallClass,
-        now: u64,
-        host: &dyn Host,
-    ) -> Option<u64> {
-        let cap = self.config.max_idp_calls_in_flight;
-        let until = now + self.lease_ms();
+    pub fn take_call_place(&self, class: CallClass, now: u64, host: &dyn Host) -> Option<u64> {
+        let until = now + self.call_ms;
+        let cap = self.max_in_flight;
         let written = update(host, &self.names.in_flight(), |bytes| {
             let record = bytes.map(InFlight::decode).unwrap_or_default();
             record
@@ -277,7 +288,7 @@ impl Gate {
     }
 
     /// A call's answer came back: its place is free.
-    pub(super) fn give_back_call_place(&self, until: u64, now: u64, host: &dyn Host) {
+    pub fn give_back_call_place(&self, until: u64, now: u64, host: &dyn Host) {
         update(host, &self.names.in_flight(), |bytes| {
             let record = bytes.map(InFlight::decode).unwrap_or_default();
             Ok(record.release(until, now).encode())
@@ -287,9 +298,9 @@ impl Gate {
 
 /// What a route budget's record said to a caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Admission {
-    Admitted,
-    Refused,
+enum Admitted {
+    Yes,
+    No,
     /// Another route's record: try the next.
     Busy,
 }

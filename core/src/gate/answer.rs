@@ -3,7 +3,7 @@
 //! releases the lease, falls back to a stale verdict, and may pause calls (the quota guard,
 //! in `admission`). An `invalid_client` counts against its client id (the failure throttle).
 
-use super::{deny_reason, refuse, ContextId, Gate, Host, Parked, Resume, Sent, Step};
+use super::{deny_reason, refuse, ContextId, Gate, Host, Resume, Sent, Step};
 use crate::cache::{CacheEntry, CacheKey, Cached};
 use crate::credentials::Credential;
 use crate::local::Copy;
@@ -28,13 +28,14 @@ impl Gate {
         let leader = sent.by;
         let verdict = self.settle(key, sent, outcome, now, host);
         if matches!(verdict, Ok((Cached::Deny(Denial::InvalidClient), _))) {
-            self.note_client_failure(credential, now, host);
+            self.admission.note_client_failure(credential, now, host);
         }
         // After a failure, what the slot still holds (a stale verdict, perhaps), read once.
         let remaining = verdict.is_err().then(|| self.slots.read(host, &key));
         let mut steps = Vec::new();
-        for ctx in self.waiting_on(key, leader) {
-            let Some(parked) = self.parked.remove(&ctx) else {
+        let own_only = self.resume == Resume::OwnRequestOnly;
+        for ctx in self.paused.waiting_on(key, leader, own_only) {
+            let Some(parked) = self.paused.take(ctx) else {
                 continue;
             };
             let req = parked.into_req();
@@ -61,23 +62,32 @@ impl Gate {
         steps
     }
 
-    /// The leader and every request of this worker waiting on the same key, leader first (with
-    /// `OwnRequestOnly`, only the leader: the others have calls of their own, and the host
-    /// could not answer them here).
-    fn waiting_on(&self, key: CacheKey, leader: ContextId) -> Vec<ContextId> {
-        let own_only = self.resume == Resume::OwnRequestOnly;
-        let mut ids: Vec<ContextId> = self
-            .parked
-            .iter()
-            .filter(|(id, p)| {
-                p.req().key == key
-                    && !matches!(p, Parked::Discovery { .. })
-                    && (!own_only || **id == leader)
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        ids.sort_unstable_by_key(|id| *id != leader);
-        ids
+    /// A failed call may pause its endpoint for every worker: a 429 until Okta's reset,
+    /// repeated 5xx or silence briefly, longer while it goes on (the quota guard, `guard`).
+    pub(super) fn note_failure(
+        &mut self,
+        failure: IdpFailure,
+        sent: Sent,
+        now: u64,
+        host: &dyn Host,
+    ) {
+        let endpoint = sent.endpoint;
+        let current = self.admission.pause_until(endpoint, host);
+        let pause = self
+            .health
+            .note_failure(endpoint, failure, sent.at_ms, current, now);
+        if let Some(until) = pause {
+            // A line of its own, not folded into the rate-limited failure warnings: operators
+            // need to see a pause, and there is at most one per pause.
+            log::warn!(
+                "[{}] pausing {} calls for {} ms: {}",
+                self.root,
+                endpoint.name(),
+                until - now,
+                failure.describe()
+            );
+            self.admission.pause(endpoint, until, host);
+        }
     }
 
     /// Records what an answer decided: a verdict is cached, a failure releases the lease and
@@ -114,7 +124,8 @@ impl Gate {
                 return Err(failure);
             }
         };
-        self.heard_from(sent.endpoint, matches!(verdict, Cached::Allow(_)), now);
+        self.health
+            .heard_from(sent.endpoint, matches!(verdict, Cached::Allow(_)), now);
         let stored = self.store(key, now, expires, verdict.clone(), host);
         Ok((verdict, stored.then_some(expires)))
     }

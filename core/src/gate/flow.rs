@@ -1,19 +1,28 @@
 //! How one request moves: from the cache, through discovery and the lease on its key, to its
 //! own IdP call or another's, or to a stale verdict or a 503 when no verdict can come.
+//!
+//! Decide, then act. The decision ([`route`], then [`admit`]) is a pure function of what the
+//! request is, what its cache slot holds, where discovery stands, and what admission says
+//! ([`Facts`], read without a write). The slot protocol takes the request's lease only when the
+//! decision is to lead, retrying the decision on a lost race; and only once the lease is won
+//! does [`Gate::lead`] take the budget's call and then the failure throttle's turn, so that a
+//! lost race spends nothing and a budget refusal spends no turn.
 
+use super::admission::{call_class, Facts};
+use super::answer::endpoint_of;
 use super::slots::Update;
 use super::{
     ContextId, Deferred, Gate, Host, NotSent, Parked, Pending, Purpose, Resume, Stage, Step,
     LEASE_MARGIN_MS,
 };
 use crate::budget::CallClass;
-use crate::cache::{CacheEntry, Cached, Freshness};
+use crate::cache::{CacheEntry, CacheKey, Cached, Freshness};
 use crate::credentials::Credential;
 use crate::local::Copy;
 use crate::okta::{self, IdpRequest};
 
-/// What a request does next, given what its slot holds.
-#[derive(Debug)]
+/// What a request does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Move {
     /// A fresh verdict is there.
     Cached(Cached, u64, u64),
@@ -30,6 +39,86 @@ enum Move {
     Lead {
         take_lease: bool,
     },
+}
+
+/// Where the decision stands before admission: a move, or a call to the IdP that admission
+/// must allow (`take_lease`: nobody else holds the key's lease).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    Move(Move),
+    Admit { take_lease: bool },
+}
+
+/// What the gate knows beyond the slot when it decides.
+#[derive(Debug, Clone, Copy)]
+struct Situation {
+    /// Discovery is done.
+    ready: bool,
+    /// When discovery is tried again, if it is not done.
+    retry_at: Option<u64>,
+    /// The host resumes only the request whose callback runs (`Resume::OwnRequestOnly`).
+    own_only: bool,
+    lease_ms: u64,
+}
+
+/// The first part of the decision, over what the slot holds: a fresh verdict, the end of a
+/// follower's wait, discovery, another request's lease.
+fn route(req: &Pending, entry: &CacheEntry, s: Situation, now: u64) -> Route {
+    if let Freshness::Fresh(verdict) = entry.freshness(&req.key, now, 0) {
+        let cached = Move::Cached(verdict.clone(), entry.decided_at_ms, entry.expires_at_ms);
+        return Route::Move(cached);
+    }
+    let deadline = req.deadline_ms(s.lease_ms);
+    let following = matches!(req.stage, Stage::Following { .. });
+    if following && entry.key == req.key && entry.failed_at_ms >= req.arrived_ms {
+        // The call it was waiting on failed.
+        return Route::Move(Move::GiveUp(None));
+    }
+    if !s.ready {
+        let retry_at = s.retry_at.unwrap_or(now);
+        return Route::Move(match () {
+            _ if retry_at > deadline || (s.own_only && retry_at > now) => Move::GiveUp(None),
+            _ if s.own_only => Move::Discover,
+            _ => Move::WaitForDiscovery,
+        });
+    }
+    let theirs = entry.leased(&req.key, now);
+    match () {
+        _ if theirs && !s.own_only && now > deadline => Route::Move(Move::GiveUp(None)),
+        _ if theirs && !s.own_only => Route::Move(Move::Follow),
+        _ => Route::Admit {
+            take_lease: !theirs,
+        },
+    }
+}
+
+/// The rest of the decision, over what admission says for a caller of `class`: the quota
+/// guard's pause, the budget, the gateway's calls in flight, the failure throttle (which a
+/// known-good credential is exempt from).
+fn admit(facts: &Facts, class: CallClass, take_lease: bool) -> Move {
+    if let Some(seconds) = facts.paused_for_s {
+        // Okta asked us to back off, or keeps failing.
+        return Move::GiveUp(Some(seconds));
+    }
+    if let Err(seconds) = facts.budget(class) {
+        return Move::GiveUp(Some(seconds));
+    }
+    if !facts.place_left(class) {
+        return Move::AtCap;
+    }
+    match facts.throttle {
+        // Too many invalid secrets for this client id, and not its turn.
+        Err(seconds) if class == CallClass::Unknown => Move::GiveUp(Some(seconds)),
+        _ => Move::Lead { take_lease },
+    }
+}
+
+/// A decision, the slot content it was made on, and what became of the lease.
+#[derive(Debug)]
+struct Decided {
+    next: Move,
+    seen: CacheEntry,
+    update: Update,
 }
 
 /// Why an IdP call may not leave, for the log.
@@ -50,8 +139,7 @@ impl Gate {
         host: &dyn Host,
     ) -> Step {
         if let Some(copy) = self.local.get(&req.raw, now) {
-            let verdict = copy.verdict.clone();
-            let counted = req.stage.counted();
+            let (verdict, counted) = (copy.verdict.clone(), req.stage.counted());
             return self.cached(
                 ctx,
                 req.credential.scheme(),
@@ -65,75 +153,87 @@ impl Gate {
             Ok(step) => return step,
             Err(req) => req,
         };
-        let lease_until = now + self.lease_ms();
-        let mut seen = CacheEntry::empty(req.key);
+        let decided = self.decide(&req, now, host);
+        if !matches!(decided.next, Move::Cached(..)) {
+            req.missed(host);
+        }
+        self.make_move(ctx, caller, req, decided, now, host)
+    }
+
+    /// Decides over the request's slot, and takes its lease when the decision is to lead (a
+    /// lost race decides again, on what the winner wrote). Admission's facts are read once, and
+    /// only when the decision comes to them.
+    fn decide(&self, req: &Pending, now: u64, host: &dyn Host) -> Decided {
+        let situation = Situation {
+            ready: self.discovery.is_ready(),
+            retry_at: self.discovery.retry_at(),
+            own_only: self.resume == Resume::OwnRequestOnly,
+            lease_ms: self.lease_ms(),
+        };
+        let endpoint = endpoint_of(&req.credential);
+        let mut facts: Option<Facts> = None;
         let mut next = Move::GiveUp(None);
+        let mut seen = CacheEntry::empty(req.key);
+        let lease_until = now + situation.lease_ms;
         let update = self
             .slots
             .lease_if(host, &req.key, lease_until, now, |entry| {
-                next = self.next_move(&req, entry, now, host);
+                next = match route(req, entry, situation, now) {
+                    Route::Move(m) => m,
+                    Route::Admit { take_lease } => {
+                        let facts = facts.get_or_insert_with(|| {
+                            self.admission.facts(endpoint, &req.credential, now, host)
+                        });
+                        admit(facts, call_class(&req.key, entry, now), take_lease)
+                    }
+                };
                 seen = entry.clone();
                 matches!(next, Move::Lead { take_lease: true })
             });
-        if !matches!(next, Move::Cached(..)) {
-            req.missed(host);
-        }
-        self.make_move(ctx, caller, req, next, &seen, update, now, host)
+        Decided { next, seen, update }
     }
 
-    /// Carries out what `next_move` decided.
-    #[allow(clippy::too_many_arguments)]
+    /// Carries out a decision.
     fn make_move(
         &mut self,
         ctx: ContextId,
         caller: ContextId,
         req: Pending,
-        next: Move,
-        seen: &CacheEntry,
-        update: Update,
+        Decided { next, seen, update }: Decided,
         now: u64,
         host: &dyn Host,
     ) -> Step {
         let deadline_ms = req.deadline_ms(self.lease_ms());
+        let lost = update == Update::Lost;
         match next {
             // A request that may not wait gets its answer now; a call it needs is the root's.
             Move::Discover | Move::WaitForDiscovery | Move::Follow if !req.can_wait => {
-                self.no_verdict(ctx, &req, Some(seen), Some(1), now, host)
+                self.no_verdict(ctx, &req, Some(&seen), Some(1), now, host)
             }
-            Move::Lead { take_lease }
-                if !req.can_wait && (!take_lease || update == Update::Lost) =>
-            {
-                self.no_verdict(ctx, &req, Some(seen), Some(1), now, host)
+            Move::Lead { take_lease } if !req.can_wait && (!take_lease || lost) => {
+                self.no_verdict(ctx, &req, Some(&seen), Some(1), now, host)
             }
             Move::Cached(verdict, decided_at_ms, expires_at_ms) => {
                 self.copy_of_shared(ctx, &req, verdict, decided_at_ms, expires_at_ms, host)
             }
             Move::GiveUp(retry_after_s) => {
-                self.no_verdict(ctx, &req, Some(seen), retry_after_s, now, host)
+                self.no_verdict(ctx, &req, Some(&seen), retry_after_s, now, host)
             }
-            Move::AtCap => self.at_cap(ctx, &req, seen, now, host),
+            Move::AtCap => self.at_cap(ctx, &req, &seen, now, host),
             Move::Discover => {
-                self.dispatch_discovery(
-                    caller,
-                    okta::DiscoveryDocument::OAuthAuthorizationServer,
-                    now,
-                    host,
-                );
+                let doc = okta::DiscoveryDocument::OAuthAuthorizationServer;
+                self.dispatch_discovery(caller, doc, now, host);
                 if !self.discovery.in_flight() {
-                    return self.no_verdict(ctx, &req, Some(seen), None, now, host);
+                    return self.no_verdict(ctx, &req, Some(&seen), None, now, host);
                 }
                 self.park(ctx, Parked::Discovery { req, deadline_ms })
             }
             Move::WaitForDiscovery => self.park(ctx, Parked::Discovery { req, deadline_ms }),
-            Move::Follow => self.park(ctx, Parked::Follower { req, deadline_ms }),
-            // Lost the race for the lease every time: wait for whoever won.
-            Move::Lead { .. } if update == Update::Lost => {
+            // Another request's call, or the race for the lease lost every time: wait for it.
+            Move::Follow | Move::Lead { .. } if next == Move::Follow || lost => {
                 self.park(ctx, Parked::Follower { req, deadline_ms })
             }
-            Move::Lead { .. } => {
-                let lease_until = now + self.lease_ms();
-                self.lead(ctx, caller, req, seen, lease_until, now, host)
-            }
+            Move::Follow | Move::Lead { .. } => self.lead(ctx, caller, req, &seen, now, host),
         }
     }
 
@@ -161,68 +261,19 @@ impl Gate {
     }
 
     pub(super) fn park(&mut self, ctx: ContextId, parked: Parked) -> Step {
-        self.parked.insert(ctx, parked);
+        self.paused.park(ctx, parked);
         Step::Wait
     }
 
-    /// The decision itself, over what the slot holds; no writes.
-    fn next_move(&self, req: &Pending, entry: &CacheEntry, now: u64, host: &dyn Host) -> Move {
-        if let Freshness::Fresh(verdict) = entry.freshness(&req.key, now, 0) {
-            return Move::Cached(verdict.clone(), entry.decided_at_ms, entry.expires_at_ms);
-        }
-        let own_only = self.resume == Resume::OwnRequestOnly;
-        let deadline = req.deadline_ms(self.lease_ms());
-        let following = matches!(req.stage, Stage::Following { .. });
-        if following && entry.key == req.key && entry.failed_at_ms >= req.arrived_ms {
-            // The call we were waiting on failed.
-            return Move::GiveUp(None);
-        }
-        if !self.discovery.is_ready() {
-            let retry_at = self.discovery.retry_at().unwrap_or(now);
-            return match () {
-                _ if retry_at > deadline || (own_only && retry_at > now) => Move::GiveUp(None),
-                _ if own_only => Move::Discover,
-                _ => Move::WaitForDiscovery,
-            };
-        }
-        let theirs = entry.leased(&req.key, now);
-        if theirs && !own_only {
-            return if now > deadline {
-                Move::GiveUp(None)
-            } else {
-                Move::Follow
-            };
-        }
-        let endpoint = super::answer::endpoint_of(&req.credential);
-        if let Some(seconds) = self.paused_for(endpoint, now, host) {
-            // The quota guard: Okta asked us to back off, or keeps failing.
-            return Move::GiveUp(Some(seconds));
-        }
-        if let Err(seconds) = self.budget_left(endpoint, &req.key, entry, now, host) {
-            return Move::GiveUp(Some(seconds));
-        }
-        let class = super::admission::call_class(&req.key, entry, now);
-        if !self.call_place_left(class, now, host) {
-            return Move::AtCap;
-        }
-        if let Err(seconds) = self.throttle_turn(&req.credential, &req.key, entry, now, host) {
-            // Too many invalid secrets for this client id, and not its turn.
-            return Move::GiveUp(Some(seconds));
-        }
-        Move::Lead {
-            take_lease: !theirs,
-        }
-    }
-
-    /// Sends this request's own IdP call and parks it as the leader.
-    #[allow(clippy::too_many_arguments)]
+    /// Sends this request's own IdP call (its lease is won) and parks it as the leader: first
+    /// the budget's call, then the failure throttle's turn, then a place among the gateway's
+    /// calls in flight. A request that may not wait has the root send it at its next tick.
     fn lead(
         &mut self,
         ctx: ContextId,
         caller: ContextId,
         req: Pending,
         seen: &CacheEntry,
-        lease_until_ms: u64,
         now: u64,
         host: &dyn Host,
     ) -> Step {
@@ -230,21 +281,32 @@ impl Gate {
             self.slots.release(host, &req.key, None);
             return self.no_verdict(ctx, &req, Some(seen), None, now, host);
         };
-        let endpoint = super::answer::endpoint_of(&req.credential);
-        if let Err(retry_after_s) = self.take_budget(endpoint, &req.key, seen, now, host) {
+        let endpoint = endpoint_of(&req.credential);
+        let class = call_class(&req.key, seen, now);
+        if let Err(retry_after_s) = self.admission.take_budget(endpoint, class, now, host) {
             // No call: whoever waits on this lease gives up now too.
             self.slots.release(host, &req.key, Some(now));
             let why = "call budget spent (idp_calls_per_minute): no call";
             self.warn(now, format_args!("[{ctx}] {} {why}", endpoint.name()));
             return self.no_verdict(ctx, &req, Some(seen), Some(retry_after_s), now, host);
         }
+        if class == CallClass::Unknown {
+            let turn = self
+                .admission
+                .throttle_turn(&req.credential, now, host, true);
+            if let Err(retry_after_s) = turn {
+                self.slots.release(host, &req.key, Some(now));
+                return self.no_verdict(ctx, &req, Some(seen), Some(retry_after_s), now, host);
+            }
+        }
         if !req.can_wait {
             // The root makes the call at its next tick, so that it outlives this request: the
             // verdict is there for its retry (`Retry-After: 1`).
-            self.deferred.push(Deferred::Verdict {
+            let credential = req.credential.clone();
+            self.calls.defer(Deferred::Verdict {
                 key: req.key,
-                credential: req.credential.clone(),
-                class: super::admission::call_class(&req.key, seen, now),
+                credential,
+                class,
             });
             return self.no_verdict(ctx, &req, Some(seen), Some(1), now, host);
         }
@@ -253,16 +315,18 @@ impl Gate {
             credential: req.credential.clone(),
             leader: ctx,
         };
-        let class = super::admission::call_class(&req.key, seen, now);
         match self.send(caller, &request, (purpose, class), now, host) {
-            Ok(call) => self.park(
-                ctx,
-                Parked::Leader {
-                    req,
-                    call,
-                    lease_until_ms,
-                },
-            ),
+            Ok(call) => {
+                let lease_until_ms = now + self.lease_ms();
+                self.park(
+                    ctx,
+                    Parked::Leader {
+                        req,
+                        call,
+                        lease_until_ms,
+                    },
+                )
+            }
             Err(NotSent::AtCap) => {
                 self.slots.release(host, &req.key, None);
                 self.at_cap(ctx, &req, seen, now, host)
@@ -270,7 +334,7 @@ impl Gate {
             Err(NotSent::Refused) => {
                 // The proxy's own refusal (its circuit breaker full): calls already queued there
                 // may time out without Okta being at fault (`guard::silence_explained`).
-                self.silence_explained_ms[endpoint.index()] = now;
+                self.health.proxy_refused(endpoint, now);
                 self.warn(now, format_args!("[{ctx}] {NOT_SENT}"));
                 self.slots.release(host, &req.key, Some(now));
                 self.no_verdict(ctx, &req, Some(seen), Some(1), now, host)
@@ -297,7 +361,7 @@ impl Gate {
     /// budget were taken then); the answer is cached for the request's retry.
     pub(super) fn send_deferred_verdict(
         &mut self,
-        (key, credential, class): (crate::cache::CacheKey, Credential, CallClass),
+        (key, credential, class): (CacheKey, Credential, CallClass),
         now: u64,
         host: &dyn Host,
     ) {
@@ -316,7 +380,7 @@ impl Gate {
             Ok(_) => {}
             Err(NotSent::AtCap) => self.slots.release(host, &key, None),
             Err(NotSent::Refused) => {
-                self.silence_explained_ms[endpoint.index()] = now;
+                self.health.proxy_refused(endpoint, now);
                 self.warn(now, format_args!("[{root}] {NOT_SENT}"));
                 self.slots.release(host, &key, Some(now));
             }

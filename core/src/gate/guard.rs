@@ -26,6 +26,7 @@
 //! - a silence of a call sent before the endpoint's last positive answer, or before the proxy's
 //!   last overflow for it, is explained ([`silence_explained`]).
 
+use crate::metrics::IdpEndpoint;
 use crate::okta::{IdpFailure, LocalCause};
 
 /// After a 429 without a usable reset time, calls pause this long.
@@ -172,6 +173,72 @@ pub fn encode(pause_until_ms: u64) -> [u8; 8] {
 /// Anything but 8 bytes reads as "not paused".
 pub fn decode(bytes: &[u8]) -> u64 {
     <[u8; 8]>::try_from(bytes).map_or(0, u64::from_le_bytes)
+}
+
+/// One worker's view of each endpoint's health, which the shared pause is decided from: its
+/// failures in a row, when a silence of it is explained, and when it last counted an outage.
+#[derive(Debug, Default)]
+pub struct EndpointHealth {
+    failures_in_a_row: [u32; IdpEndpoint::COUNT],
+    /// When this worker last had a positive answer from each endpoint, or the proxy's own
+    /// refusal or overflow answer for it (see [`silence_explained`]).
+    silence_explained_ms: [u64; IdpEndpoint::COUNT],
+    /// When this worker last counted a failure of each endpoint toward a pause.
+    last_outage_ms: [u64; IdpEndpoint::COUNT],
+}
+
+impl EndpointHealth {
+    #[cfg(test)]
+    pub fn failures_in_a_row(&self) -> [u32; IdpEndpoint::COUNT] {
+        self.failures_in_a_row
+    }
+
+    /// The proxy itself refused or overflowed a call to `endpoint`: calls queued behind it may
+    /// time out without Okta being at fault.
+    pub fn proxy_refused(&mut self, endpoint: IdpEndpoint, now_ms: u64) {
+        self.silence_explained_ms[endpoint.index()] = now_ms;
+    }
+
+    /// A verdict from `endpoint`. A positive one resets its failures in a row and explains the
+    /// silences of calls sent before it; a refusal resets them only once the last failure is
+    /// [`OUTAGE_MEMORY_MS`] old, so that an anonymous client's 401s, had at will between the
+    /// silences of a half-hanging Okta, cannot keep the guard from counting them.
+    pub fn heard_from(&mut self, endpoint: IdpEndpoint, positive: bool, now_ms: u64) {
+        let i = endpoint.index();
+        if positive || now_ms.saturating_sub(self.last_outage_ms[i]) > OUTAGE_MEMORY_MS {
+            self.failures_in_a_row[i] = 0;
+        }
+        if positive {
+            self.silence_explained_ms[i] = now_ms;
+        }
+    }
+
+    /// A call to `endpoint` sent at `sent_ms` failed: until when the endpoint's shared pause
+    /// must be raised (`current_pause_until_ms` is what it holds), if at all. Answers the proxy
+    /// made itself (overflow, no healthy host) are not Okta's and change nothing.
+    pub fn note_failure(
+        &mut self,
+        endpoint: IdpEndpoint,
+        failure: IdpFailure,
+        sent_ms: u64,
+        current_pause_until_ms: u64,
+        now_ms: u64,
+    ) -> Option<u64> {
+        let i = endpoint.index();
+        if failure == IdpFailure::Local(LocalCause::Overloaded) {
+            self.silence_explained_ms[i] = now_ms;
+        }
+        if silence_explained(failure, sent_ms, self.silence_explained_ms[i]) {
+            return None;
+        }
+        let in_a_row = self.failures_in_a_row[i];
+        let decision = pause_until(failure, now_ms, current_pause_until_ms, in_a_row);
+        if decision.failures_in_a_row > in_a_row {
+            self.last_outage_ms[i] = now_ms;
+        }
+        self.failures_in_a_row[i] = decision.failures_in_a_row;
+        decision.pause_until_ms
+    }
 }
 
 #[cfg(test)]

@@ -42,8 +42,13 @@ impl Gate {
         let Some(path) = self.discovery.endpoints().jwks_path.clone() else {
             return Fetch::NotNow;
         };
-        if self.paused_for(IdpEndpoint::Discovery, now, host).is_some()
-            || !self.call_place_left(CallClass::Refresh, now, host)
+        if self
+            .admission
+            .paused_for(IdpEndpoint::Discovery, now, host)
+            .is_some()
+            || !self
+                .admission
+                .call_place_left(CallClass::Refresh, now, host)
         {
             return Fetch::NotNow;
         }
@@ -63,7 +68,7 @@ impl Gate {
                 self.send_fetch(caller, &path, why, true, now, host)
             }
             Update::Written => {
-                self.deferred.push(Deferred::Keys(why));
+                self.calls.defer(Deferred::Keys(why));
                 Fetch::Sent
             }
             _ if in_flight => Fetch::InFlight,
@@ -76,7 +81,11 @@ impl Gate {
     /// call). Never for an unknown `kid`: that stays once per 30 s.
     pub(super) fn fetch_own_keys(&mut self, caller: ContextId, now: u64, host: &dyn Host) -> Fetch {
         match self.discovery.endpoints().jwks_path.clone() {
-            Some(path) if self.call_place_left(CallClass::Refresh, now, host) => {
+            Some(path)
+                if self
+                    .admission
+                    .call_place_left(CallClass::Refresh, now, host) =>
+            {
                 self.send_fetch(caller, &path, Why::NoKeys, false, now, host)
             }
             _ => Fetch::NotNow,
@@ -196,7 +205,7 @@ impl Gate {
         };
         match okta::read_jwks(answer, now / 1000) {
             Ok((set, skipped)) => {
-                self.heard_from(sent.endpoint, true, now);
+                self.health.heard_from(sent.endpoint, true, now);
                 if skipped > 0 {
                     log::warn!(
                         "[{}] the issuer's key set has {skipped} key(s) that cannot verify signatures: skipped",

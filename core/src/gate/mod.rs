@@ -13,29 +13,35 @@
 mod admission;
 mod answer;
 mod bearer;
+mod calls;
 mod discovery;
+#[doc(hidden)]
+pub mod fake;
 mod flow;
 pub mod guard;
 mod key_fetch;
 mod keys;
+mod requests;
 pub mod slots;
 mod steps;
 mod tick;
 
-use std::collections::HashMap;
-
 use crate::budget::CallClass;
 use crate::cache::{CacheKey, Names};
 use crate::config::Config;
-use crate::credentials::{parse_authorization, Credential, CredentialError};
+use crate::credentials::{parse_authorization, CredentialError};
 use crate::local::LocalCache;
 use crate::metrics::{CallResult, Counter, DenyReason, IdpEndpoint};
 use crate::okta::{self, DiscoveryDocument, IdpAnswer, IdpRequest};
 use crate::upstream::Forward;
 use crate::verdict::Denial;
 
+use admission::Admission;
+use calls::{Call, Calls, Deferred, Purpose};
 use discovery::{Discovery, Next};
-use keys::{Keys, Why};
+use guard::EndpointHealth;
+use keys::Keys;
+use requests::{Parked, Paused, Pending, Stage};
 use slots::{overwrite, Slots};
 pub use slots::{SharedData, SharedError};
 use steps::{deny_reason, refuse};
@@ -118,148 +124,6 @@ const LOCAL_CACHE_ENTRIES: usize = 1_024;
 /// Tick period the glue sets once: how soon a follower sees another worker's verdict.
 pub const TICK_MS: u64 = 10;
 
-/// A request the gate is deciding about.
-#[derive(Debug)]
-struct Pending {
-    /// The `Authorization` value exactly as sent: the worker-local copies are found by it.
-    raw: Box<[u8]>,
-    credential: Credential,
-    key: CacheKey,
-    arrived_ms: u64,
-    stage: Stage,
-    /// Whether the host lets it wait for an IdP answer (ngx_wasm_module: only a connection's
-    /// first request). One that may not is answered at once; a call it needs is made by the
-    /// root instead, so that its retry finds the verdict.
-    can_wait: bool,
-}
-
-/// How far a request has come. It only moves forward: a request that goes on again after a
-/// wait never counts its cache lookup twice, never asks for a second key set fetch, and never
-/// verifies its token twice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    /// Not yet looked up in shared data: its hit or miss is not counted yet.
-    Arrived,
-    /// Missed the cache (counted).
-    Missed,
-    /// Missed, and waited once for the key set: it never asks for another fetch.
-    KeysAwaited,
-    /// Past the local checks (a Bearer token verified in `jwt+introspection`, a credential
-    /// that was following another call): it goes to the IdP path as it is.
-    ToIdp,
-    /// Waited for another request's call for the same key, until `deadline_ms`: a failure of
-    /// that call ends its wait.
-    Following { deadline_ms: u64 },
-}
-
-impl Stage {
-    /// Whether its cache lookup was counted (hit or miss).
-    fn counted(self) -> bool {
-        self != Stage::Arrived
-    }
-
-    /// Whether the local checks are behind it.
-    fn past_local_checks(self) -> bool {
-        matches!(self, Stage::ToIdp | Stage::Following { .. })
-    }
-}
-
-impl Pending {
-    /// When it gives up waiting: a follower's deadline, or its lease's.
-    fn deadline_ms(&self, lease_ms: u64) -> u64 {
-        match self.stage {
-            Stage::Following { deadline_ms } => deadline_ms,
-            _ => self.arrived_ms + lease_ms,
-        }
-    }
-
-    /// Its lookup missed the cache: counted once.
-    fn missed(&mut self, host: &dyn Host) {
-        if self.stage == Stage::Arrived {
-            host.count(Counter::CacheMiss);
-            self.stage = Stage::Missed;
-        }
-    }
-}
-
-/// A paused request, by what it waits for.
-#[derive(Debug)]
-enum Parked {
-    /// The issuer's endpoints, until `deadline_ms`.
-    Discovery { req: Pending, deadline_ms: u64 },
-    /// Its own IdP call; its lease on the key ends at `lease_until_ms`.
-    Leader {
-        req: Pending,
-        call: CallToken,
-        lease_until_ms: u64,
-    },
-    /// Another request's call for the same key (since `req.arrived_ms`), until `deadline_ms`.
-    Follower { req: Pending, deadline_ms: u64 },
-    /// The issuer's key set (its token names a `kid` this worker does not know), until
-    /// `deadline_ms`.
-    Keys { req: Pending, deadline_ms: u64 },
-}
-
-impl Parked {
-    fn req(&self) -> &Pending {
-        match self {
-            Parked::Discovery { req, .. }
-            | Parked::Leader { req, .. }
-            | Parked::Follower { req, .. }
-            | Parked::Keys { req, .. } => req,
-        }
-    }
-
-    fn into_req(self) -> Pending {
-        match self {
-            Parked::Discovery { req, .. }
-            | Parked::Leader { req, .. }
-            | Parked::Follower { req, .. }
-            | Parked::Keys { req, .. } => req,
-        }
-    }
-}
-
-#[derive(Debug)]
-enum Purpose {
-    Discovery(DiscoveryDocument),
-    Verdict {
-        key: CacheKey,
-        credential: Credential,
-        leader: ContextId,
-    },
-    /// The issuer's key set, fetched for `why`; `leased`: under the shared lease (a request's
-    /// own fetch on `OwnRequestOnly` may go without it).
-    Keys {
-        why: Why,
-        leased: bool,
-    },
-}
-
-/// An IdP call the root sends at its next tick: the root's calls die with no request, and on
-/// some hosts (ngx_wasm_module) only the root's own callbacks can make them.
-#[derive(Debug)]
-enum Deferred {
-    /// The key set, under the lease already taken.
-    Keys(Why),
-    /// A verdict, under the slot's lease already taken and the budget already spent.
-    Verdict {
-        key: CacheKey,
-        credential: Credential,
-        class: CallClass,
-    },
-}
-
-#[derive(Debug)]
-struct Call {
-    purpose: Purpose,
-    started_ms: u64,
-    /// The deadline of its place among the gateway's calls in flight, given back on its answer.
-    place_until: u64,
-    /// The context the host attributes the call to; if that request goes away, so does the call.
-    owner: ContextId,
-}
-
 /// Per worker, per plugin configuration.
 pub struct Gate {
     config: Config,
@@ -268,22 +132,14 @@ pub struct Gate {
     discovery: Discovery,
     /// This worker's copy of the issuer's key set (`jwt` modes).
     keys: Keys,
-    parked: HashMap<ContextId, Parked>,
-    calls: HashMap<CallToken, Call>,
+    admission: Admission,
+    health: EndpointHealth,
+    paused: Paused,
+    calls: Calls,
     local: LocalCache,
-    /// Calls for the root to send at its next tick.
-    deferred: Vec<Deferred>,
     /// The root context: log lines that belong to no request, and tick-driven calls.
     root: ContextId,
     resume: Resume,
-    /// IdP failures in a row seen by this worker, per endpoint (reset by any answer from it
-    /// that is a verdict).
-    failures_in_a_row: [u32; IdpEndpoint::COUNT],
-    /// When this worker last had a positive answer from each endpoint, or the proxy's own
-    /// overflow answer for it (see `guard::silence_explained`).
-    silence_explained_ms: [u64; IdpEndpoint::COUNT],
-    /// When this worker last counted a failure of each endpoint toward a pause.
-    last_outage_ms: [u64; IdpEndpoint::COUNT],
     last_warn_ms: u64,
 }
 
@@ -313,21 +169,24 @@ impl Gate {
         );
         let capacity = LOCAL_CACHE_ENTRIES.min(config.cache_slots as usize);
         let local = LocalCache::new(capacity, seed);
+        let admission = Admission::new(
+            &config,
+            names.clone(),
+            config.idp_timeout_ms + LEASE_MARGIN_MS,
+        );
         let mut gate = Gate {
             config,
             names,
             slots,
             discovery,
             keys: Keys::default(),
-            parked: HashMap::new(),
-            calls: HashMap::new(),
+            admission,
+            health: EndpointHealth::default(),
+            paused: Paused::default(),
+            calls: Calls::default(),
             local,
-            deferred: Vec::new(),
             root,
             resume,
-            failures_in_a_row: [0; IdpEndpoint::COUNT],
-            silence_explained_ms: [0; IdpEndpoint::COUNT],
-            last_outage_ms: [0; IdpEndpoint::COUNT],
             last_warn_ms: 0,
         };
         if !gate.discovery.is_ready() {
@@ -407,10 +266,11 @@ impl Gate {
         now: u64,
         host: &dyn Host,
     ) -> Vec<(ContextId, Step)> {
-        let Some(call) = self.calls.remove(&token) else {
+        let Some(call) = self.calls.answered(token) else {
             return Vec::new();
         };
-        self.give_back_call_place(call.place_until, now, host);
+        self.admission
+            .give_back_call_place(call.place_until, now, host);
         let elapsed = now.saturating_sub(call.started_ms);
         let endpoint = match &call.purpose {
             Purpose::Discovery(_) | Purpose::Keys { .. } => IdpEndpoint::Discovery,
@@ -446,17 +306,16 @@ impl Gate {
     /// that no client can hold back a key set refresh by hanging up. A lost call may still be
     /// out at the IdP, and counts as in flight until its timeout.
     pub fn on_request_gone(&mut self, ctx: ContextId, _now: u64, host: &dyn Host) {
-        let Some(parked) = self.parked.remove(&ctx) else {
+        let Some(parked) = self.paused.take(ctx) else {
             return;
         };
-        for call in self.calls.values().filter(|c| c.owner == ctx) {
-            if let Purpose::Keys { why, leased: true } = call.purpose {
-                self.deferred.push(Deferred::Keys(why));
-            }
-        }
         // Its calls' places among the gateway's calls in flight stay taken until their
         // deadlines: they may still be out at the IdP (Envoy does not cancel them).
-        self.calls.retain(|_, c| c.owner != ctx);
+        for call in self.calls.lost_with(ctx) {
+            if let Purpose::Keys { why, leased: true } = call.purpose {
+                self.calls.defer(Deferred::Keys(why));
+            }
+        }
         if let Parked::Leader { req, .. } = parked {
             self.slots.release(host, &req.key, None);
         }
@@ -500,15 +359,12 @@ impl Gate {
         waited: impl Fn(&Parked) -> bool,
     ) -> Vec<(ContextId, Step)> {
         let own_only = self.resume == Resume::OwnRequestOnly;
-        let ids: Vec<ContextId> = self
-            .parked
-            .iter()
-            .filter(|(id, p)| waited(p) && (!own_only || **id == caller))
-            .map(|(id, _)| *id)
-            .collect();
+        let ids = self
+            .paused
+            .ids(|id, p| waited(p) && (!own_only || id == caller));
         let mut steps = Vec::new();
         for ctx in ids {
-            if let Some(parked) = self.parked.remove(&ctx) {
+            if let Some(parked) = self.paused.take(ctx) {
                 let step = self.advance(ctx, caller, parked.into_req(), now, host);
                 if step != Step::Wait {
                     steps.push((ctx, step));
@@ -536,12 +392,13 @@ impl Gate {
         host: &dyn Host,
     ) -> Result<CallToken, NotSent> {
         let place_until = self
+            .admission
             .take_call_place(class, now, host)
             .ok_or(NotSent::AtCap)?;
         let upstream = &self.config.idp_upstream;
         let timeout = self.config.idp_timeout_ms;
         let Ok(token) = host.dispatch(caller, upstream, request, timeout) else {
-            self.give_back_call_place(place_until, now, host);
+            self.admission.give_back_call_place(place_until, now, host);
             return Err(NotSent::Refused);
         };
         let call = Call {
@@ -550,7 +407,7 @@ impl Gate {
             place_until,
             owner: caller,
         };
-        self.calls.insert(token, call);
+        self.calls.record(token, call);
         Ok(token)
     }
 

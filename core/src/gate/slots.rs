@@ -179,37 +179,13 @@ impl Slots {
 mod tests {
     use super::*;
     use crate::cache::Cached;
+    use crate::gate::fake::{CasModel, FakeHost};
     use crate::verdict::{Denial, Grant};
-    use std::cell::{Cell, RefCell};
-    use std::collections::HashMap;
 
-    /// Shared data that loses the next `races` writes, as if another worker wrote first.
-    #[derive(Default)]
-    struct Racy {
-        data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
-        races: Cell<usize>,
-        writes: Cell<usize>,
-    }
-
-    impl SharedData for Racy {
-        fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-            self.data.borrow().get(key).cloned()
-        }
-        fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedError> {
-            self.writes.set(self.writes.get() + 1);
-            let mut data = self.data.borrow_mut();
-            let current = data.get(key).map_or(0, |(_, c)| *c);
-            if self.races.get() > 0 || (cas != current) {
-                self.races.set(self.races.get().saturating_sub(1));
-                let bumped = data.get(key).map(|(v, c)| (v.clone(), c + 1));
-                if let Some(v) = bumped {
-                    data.insert(key.to_string(), v);
-                }
-                return Err(SharedError::CasMismatch);
-            }
-            data.insert(key.to_string(), (value.to_vec(), current + 1));
-            Ok(())
-        }
+    /// Shared data as ngx_wasm_module has it (a CAS must match exactly), where races can be
+    /// staged.
+    fn shared() -> FakeHost {
+        FakeHost::at(CasModel::CreateOnly, 0)
     }
 
     fn slots() -> Slots {
@@ -240,12 +216,12 @@ mod tests {
 
     #[test]
     fn update_retries_lost_races_then_gives_up() {
-        let shared = Racy::default();
+        let shared = shared();
         overwrite(&shared, "k", b"a");
-        shared.races.set(2);
+        shared.lose_next_writes_to("", 2);
         assert_eq!(update(&shared, "k", |_| Ok(b"b".to_vec())), Update::Written);
         assert_eq!(shared.shared_get("k").unwrap().0, b"b");
-        shared.races.set(10);
+        shared.lose_next_writes_to("", 10);
         assert_eq!(update(&shared, "k", |_| Ok(b"c".to_vec())), Update::Lost);
         assert_eq!(
             update(&shared, "k", |_| Err(NotWritten::Declined)),
@@ -259,9 +235,9 @@ mod tests {
 
     #[test]
     fn create_all_makes_every_set_once_and_only_the_missing_ones_later() {
-        let shared = Racy::default();
+        let shared = shared();
         slots().create_all(&shared);
-        assert_eq!(shared.data.borrow().len(), 8 + 1, "8 sets and the marker");
+        assert_eq!(shared.snapshot().len(), 8 + 1, "8 sets and the marker");
         let writes = shared.writes.get();
         slots().create_all(&shared);
         assert_eq!(
@@ -272,7 +248,7 @@ mod tests {
         // a configuration with a bigger table adds the missing sets; a smaller one nothing
         let bigger = Slots::new(Names::stable("https://o.okta.com/oauth2/x"), 64, 0);
         bigger.create_all(&shared);
-        assert_eq!(shared.data.borrow().len(), 16 + 1);
+        assert_eq!(shared.snapshot().len(), 16 + 1);
         let writes = shared.writes.get();
         slots().create_all(&shared);
         assert_eq!(shared.writes.get(), writes);
@@ -280,7 +256,7 @@ mod tests {
 
     #[test]
     fn an_older_verdict_never_replaces_a_newer_one() {
-        let shared = Racy::default();
+        let shared = shared();
         let s = slots();
         let key = CacheKey([1; 32]);
         assert!(s.store(&shared, &deny(key, 2_000), 2_000));
@@ -291,7 +267,7 @@ mod tests {
 
     #[test]
     fn leases_and_negatives_never_evict_live_positive_verdicts() {
-        let shared = Racy::default();
+        let shared = shared();
         let s = Slots::new(
             Names::stable("https://o.okta.com/oauth2/default"),
             4,
@@ -321,7 +297,7 @@ mod tests {
 
     #[test]
     fn release_records_the_failure_of_its_own_key_only() {
-        let shared = Racy::default();
+        let shared = shared();
         let s = Slots::new(Names::stable("https://o.okta.com/oauth2/default"), 4, 0);
         let (a, b) = (CacheKey([1; 32]), CacheKey([2; 32]));
         s.store(&shared, &deny(a, 1_000), 1_000);

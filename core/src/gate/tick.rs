@@ -13,35 +13,25 @@ impl Gate {
             .jwt
             .as_ref()
             .and_then(|_| self.keys.refresh_due_at());
-        let deferred = (!self.deferred.is_empty()).then_some(0);
+        let deferred = self.calls.has_deferred().then_some(0);
         let root_work = discovery.into_iter().chain(keys).chain(deferred).min();
         if self.resume == Resume::OwnRequestOnly {
             // Requests are never answered from the root context there: the host could not act.
             return root_work;
         }
-        let timeout = self.config.idp_timeout_ms;
         let ready = self.discovery.is_ready();
-        let parked = self.parked.values().map(|p| match p {
-            Parked::Follower { .. } | Parked::Keys { .. } => 0,
-            Parked::Discovery { .. } if ready => 0,
-            Parked::Discovery { deadline_ms, .. } => deadline_ms + 1,
-            Parked::Leader { lease_until_ms, .. } => lease_until_ms + timeout + 1,
-        });
-        root_work.into_iter().chain(parked).min()
+        let paused = self.paused.next_deadline(ready, self.config.idp_timeout_ms);
+        root_work.into_iter().chain(paused).min()
     }
 
-    /// The root context's tick: retries discovery, refreshes keys, wakes followers and
-    /// requests waiting for keys, enforces deadlines.
+    /// The root context's tick: retries discovery, sends the calls deferred to it, refreshes
+    /// keys, wakes followers and requests waiting for keys, enforces deadlines.
     pub fn on_tick(&mut self, now: u64, host: &dyn Host) -> Vec<(ContextId, Step)> {
         if self.discovery.due(now) && !self.adopt_shared_endpoints(now, host) {
-            self.dispatch_discovery(
-                self.root,
-                DiscoveryDocument::OAuthAuthorizationServer,
-                now,
-                host,
-            );
+            let doc = DiscoveryDocument::OAuthAuthorizationServer;
+            self.dispatch_discovery(self.root, doc, now, host);
         }
-        for call in std::mem::take(&mut self.deferred) {
+        for call in self.calls.take_deferred() {
             match call {
                 Deferred::Keys(why) => self.send_deferred_fetch(why, now, host),
                 Deferred::Verdict {
@@ -52,32 +42,16 @@ impl Gate {
             }
         }
         let own_only = self.resume == Resume::OwnRequestOnly;
-        let waiting = !own_only
-            && self
-                .parked
-                .values()
-                .any(|p| matches!(p, Parked::Keys { .. }));
+        let waiting = !own_only && self.paused.any(|p| matches!(p, Parked::Keys { .. }));
         let keys_moved = self.tick_keys(waiting, now, host);
         if own_only {
             return Vec::new();
         }
-        let timeout = self.config.idp_timeout_ms;
         let ready = self.discovery.is_ready();
-        let due: Vec<ContextId> = self
-            .parked
-            .iter()
-            .filter(|(_, p)| match p {
-                // The host always answers a call, if only with its timeout; this is a backstop.
-                Parked::Leader { lease_until_ms, .. } => now > lease_until_ms + timeout,
-                Parked::Discovery { deadline_ms, .. } => ready || now > *deadline_ms,
-                Parked::Follower { .. } => true,
-                Parked::Keys { deadline_ms, .. } => keys_moved || now > *deadline_ms,
-            })
-            .map(|(ctx, _)| *ctx)
-            .collect();
+        let timeout = self.config.idp_timeout_ms;
         let mut steps = Vec::new();
-        for ctx in due {
-            let Some(parked) = self.parked.remove(&ctx) else {
+        for ctx in self.paused.due(now, ready, keys_moved, timeout) {
+            let Some(parked) = self.paused.take(ctx) else {
                 continue;
             };
             let step = self.on_tick_due(ctx, parked, ready, now, host);
@@ -98,7 +72,7 @@ impl Gate {
     ) -> Step {
         match parked {
             Parked::Leader { req, call, .. } => {
-                self.calls.remove(&call);
+                self.calls.answered(call);
                 self.no_verdict(ctx, &req, None, None, now, host)
             }
             Parked::Discovery { req, .. } if !ready => {
