@@ -171,6 +171,17 @@ impl Attacker {
         }
     }
 
+    /// Returns once the threads sent `n` requests (and at least 100 ms went by), so that the
+    /// flood, not the valid client, asks for the fetch; panics after 5 s.
+    fn wait_until_sent(&self, n: u64) {
+        std::thread::sleep(Duration::from_millis(100));
+        eventually(
+            Duration::from_secs(5),
+            "the attacker's first requests",
+            || (self.sent.load(Ordering::SeqCst) >= n).then_some(()),
+        );
+    }
+
     /// Stops the threads; the requests they sent and how many of those got a 200.
     fn stop(mut self) -> (u64, u64) {
         self.halt();
@@ -319,7 +330,7 @@ fn clients_hanging_up_on_unknown_kids_cannot_hold_back_a_rotated_key() {
     let attack_started = Instant::now();
     // The attacker's unknown kids come first: the refresh they ask for is allowed at once (the
     // first fetch was no refresh); it completes and brings the new key, whoever asked.
-    std::thread::sleep(Duration::from_millis(300));
+    attacker.wait_until_sent(20);
     let (second_passed, before) = poll_until_200(
         &stack,
         &second_key,
@@ -394,8 +405,15 @@ fn a_fresh_node_under_a_flood_of_unknown_kids_gets_its_keys_within_seconds() {
     let token = stack.mint(spec());
     let attacker = Attacker::start(&stack);
     let started = Instant::now();
-    // The flood asks for the first key set before the valid client comes.
-    std::thread::sleep(Duration::from_millis(300));
+    // The flood asks for the first key set, and has had it answered, before the valid client
+    // comes (whose own fetch on ngx_wasm_module would be one more: see the ignored test below).
+    // Before the fix the answer was lost (Envoy) or the fetch never sent (ngx): go on anyway.
+    attacker.wait_until_sent(20);
+    let until = Instant::now() + Duration::from_secs(2);
+    while stack.idp.jwks_answers() == 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
     let (passed, before) = poll_until_200(
         &stack,
         &token,
@@ -441,7 +459,7 @@ fn a_fresh_node_under_a_flood_of_unknown_kids_gets_its_keys_within_seconds() {
         "{}",
         fetches(&stack)
     );
-    assert!(stack.idp.jwks_fetches() <= 3, "{}", fetches(&stack));
+    assert!(stack.idp.jwks_fetches() <= 2, "{}", fetches(&stack));
     assert_only_the_app_went_upstream(&stack);
 }
 
@@ -508,4 +526,97 @@ fn a_token_that_needs_the_key_set_on_a_reused_connection_gets_its_fetch_made() {
         assert_eq!(r.status, 200, "{what}: {r:#?}");
     }
     assert_only_the_app_went_upstream(&stack);
+}
+
+/// Reproduction of an open bug on ngx_wasm_module (Envoy passes): while the gateway has no key
+/// set, a Bearer request that is its connection's first and finds another fetch out sends a
+/// fetch of its own (`fetch_own_keys`, without the lease), in the refresh class. With the key
+/// endpoint hanging, an anonymous flood of JWT-shaped tokens then fills the gateway's
+/// `max_idp_calls_in_flight` with key fetches, and a known Basic app's refreshes get 503 (the
+/// filter's "IdP calls in flight" refusal; its warning is logged at debug, the warning slot being
+/// taken by "no key set" warnings). Measured with the fix of issue 18 (b4db102): known app 49-63
+/// of 111-114 served, 135-193 key fetches in 12 s; Envoy 118 of 118 and 5 fetches; the filter
+/// before that fix (d5ece03, per-worker bound) 116 of 116 on ngx, with 241 fetches.
+#[test]
+#[ignore = "open bug on ngx_wasm_module: fetches of a node without a key set fill the calls in flight"]
+fn without_a_key_set_a_flood_of_bearer_tokens_leaves_known_apps_their_refreshes() {
+    let stack = Stack::builder()
+        .route("/", filter_config(json!({ "cache_ttl_s": 1 })))
+        .component_log_level("wasm", "info")
+        // Every fetch times out (idp_timeout_ms: 3 s): the gateway never gets a key set.
+        .with_idp(|idp| idp.set_fault(Endpoint::Keys, delay(Duration::from_secs(10))))
+        .start();
+    let app = stack.client("0oa7keysKnownApp", "keysKnown-Secret_4r6t", &[SCOPE]);
+    let r = stack.get("/", &[("authorization", &app.basic())]);
+    assert_eq!(r.status, 200, "{r:#?}");
+    let issuer = stack.issuer();
+    let stop = AtomicBool::new(false);
+    let statuses = std::thread::scope(|s| {
+        for t in 0..80 {
+            let (issuer, stack, stop) = (&issuer, &stack, &stop);
+            s.spawn(move || {
+                let until = Instant::now() + Duration::from_secs(20);
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                    n += 1;
+                    let token = made_up_kid_token(issuer, t, n);
+                    let _ = stack.try_request("GET", "/", &[("authorization", &bearer(&token))]);
+                }
+            });
+        }
+        let mut statuses = Vec::new();
+        let until = Instant::now() + Duration::from_secs(12);
+        while Instant::now() < until {
+            statuses.push(stack.get("/", &[("authorization", &app.basic())]).status);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        stop.store(true, Ordering::SeqCst);
+        statuses
+    });
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    eprintln!(
+        "known app {served} of {}: {:?}; key set fetches: {}",
+        statuses.len(),
+        tally(&statuses),
+        fetches(&stack)
+    );
+    assert!(
+        served * 100 >= statuses.len() * 99,
+        "known app {served} of {}: {:?}; key set fetches: {}",
+        statuses.len(),
+        tally(&statuses),
+        fetches(&stack)
+    );
+    // No set yet: an attempt at most every 2 s after the last one ended (README).
+    assert!(stack.idp.jwks_fetches() <= 8, "{}", fetches(&stack));
+}
+
+/// Reproduction of an open bug on ngx_wasm_module (Envoy passes): a valid first-on-connection
+/// token that comes while the flood's first fetch is out sends a fetch of its own, without the
+/// lease (`fetch_own_keys`: documented, no single flight there). When that fetch completes, its
+/// answer writes the shared record with `KeysRecord::fetched`, which sets `lease_until_ms` to 0:
+/// it releases the lease of the unknown-kid refresh another worker has out, and since that
+/// refresh has not completed, nothing is stamped yet, so the next made-up kid starts a second
+/// refresh. Expected: the first fetch, the token's own, one refresh (3); observed 4 of 4 runs
+/// (Envoy: 2).
+#[test]
+#[ignore = "open bug on ngx_wasm_module: a fetch without the lease releases another's lease"]
+fn a_fetch_of_its_own_does_not_release_the_lease_of_a_refresh() {
+    let stack = stack(Some(KEYS_LATENCY));
+    let token = stack.mint(spec());
+    let attacker = Attacker::start(&stack);
+    eventually(Duration::from_secs(5), "the flood's first fetch", || {
+        (stack.idp.jwks_fetches() >= 1).then_some(())
+    });
+    // While that fetch is out (150 ms).
+    let r = get(&stack, &token);
+    assert_eq!(r.status, 200, "{r:#?}");
+    std::thread::sleep(Duration::from_secs(1));
+    let (sent, attacker_passed) = attacker.stop();
+    eprintln!(
+        "{sent} attacker requests; key set fetches: {}",
+        fetches(&stack)
+    );
+    assert_eq!(attacker_passed, 0);
+    assert!(stack.idp.jwks_fetches() <= 3, "{}", fetches(&stack));
 }
