@@ -232,6 +232,8 @@ struct State {
     clients: HashMap<String, Client>,
     faults: HashMap<Endpoint, Fault>,
     calls: [u64; 4],
+    /// Answers given (after any fault's delay): calls whose caller stayed for them.
+    answered: [u64; 4],
     token_requests: VecDeque<TokenRequestRecord>,
     tokens: HashMap<String, IssuedToken>,
     introspections: HashMap<String, u64>,
@@ -248,6 +250,7 @@ impl State {
             clients: HashMap::new(),
             faults: HashMap::new(),
             calls: [0; 4],
+            answered: [0; 4],
             token_requests: VecDeque::new(),
             tokens: HashMap::new(),
             introspections: HashMap::new(),
@@ -420,6 +423,13 @@ impl IdpHandle {
         self.shared.lock().calls[ep.index()]
     }
 
+    /// Answers `ep` gave (faulted ones too, resets aside) since start or
+    /// [`IdpHandle::reset_counters`]: a call whose caller hung up before the answer was ready
+    /// (during a fault's delay) is counted by [`IdpHandle::calls`] only.
+    pub fn answered(&self, ep: Endpoint) -> u64 {
+        self.shared.lock().answered[ep.index()]
+    }
+
     /// Every `/v1/token` request received (the most recent [`MAX_TOKEN_REQUEST_RECORDS`]), decoded.
     pub fn token_requests(&self) -> Vec<TokenRequestRecord> {
         self.shared.lock().token_requests.iter().cloned().collect()
@@ -521,6 +531,11 @@ impl IdpHandle {
         self.calls(Endpoint::Keys)
     }
 
+    /// `/v1/keys` answers given: [`IdpHandle::answered`] of [`Endpoint::Keys`].
+    pub fn jwks_answers(&self) -> u64 {
+        self.answered(Endpoint::Keys)
+    }
+
     /// Introspection answers `{"active":false}` for this token from now on.
     pub fn revoke(&self, token: &str) {
         if let Some(t) = self.shared.lock().tokens.get_mut(token) {
@@ -544,6 +559,7 @@ impl IdpHandle {
     pub fn reset_counters(&self) {
         let mut state = self.shared.lock();
         state.calls = [0; 4];
+        state.answered = [0; 4];
         state.token_requests.clear();
         state.introspections.clear();
         state.concurrency.reset_max();
@@ -677,18 +693,24 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Res
         return Ok(ratelimit::concurrency_refusal(util::now()));
     }
     if let Some(resp) = ratelimit::refusal(limit.as_ref()) {
+        count_answer(&shared, endpoint);
         return Ok(resp);
     }
     if let (Some(ep), Some(fault)) = (endpoint, fault) {
         if !fault.delay.is_zero() {
+            // Dropped here (never counted as answered) when the caller hangs up meanwhile.
             tokio::time::sleep(fault.delay).await;
         }
         match fault.answer {
             FaultAnswer::Normal => {}
             FaultAnswer::ResetConnection => return Err(ResetConnection),
-            answer => return Ok(fault_answer(ep, &answer)),
+            answer => {
+                count_answer(&shared, endpoint);
+                return Ok(fault_answer(ep, &answer));
+            }
         }
     }
+    count_answer(&shared, endpoint);
     let mut resp = match route {
         Route::Discovery { openid } => discovery(&shared, &req, openid),
         Route::Token => token(&shared, &req),
@@ -710,6 +732,12 @@ struct InProgress(Arc<Shared>);
 impl Drop for InProgress {
     fn drop(&mut self) {
         self.0.lock().concurrency.release();
+    }
+}
+
+fn count_answer(shared: &Shared, endpoint: Option<Endpoint>) {
+    if let Some(ep) = endpoint {
+        shared.lock().answered[ep.index()] += 1;
     }
 }
 

@@ -537,6 +537,57 @@ fn fault_delay_comes_before_the_answer() {
     assert_eq!(idp.calls(Endpoint::Token), 4);
 }
 
+#[test]
+fn a_call_abandoned_during_its_delay_is_received_but_not_answered() {
+    let idp = idp_with_client();
+    let auth = basic("0oaApp", "s3cret");
+    idp.set_fault(Endpoint::Token, Fault::delay(Duration::from_millis(600)));
+    let impatient: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_millis(100)))
+        .build()
+        .into();
+    assert!(impatient
+        .post(&token_url(&idp))
+        .content_type(FORM)
+        .send("grant_type=client_credentials")
+        .is_err());
+    // Past the delay: the abandoned call was dropped, not answered late.
+    std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(idp.calls(Endpoint::Token), 1);
+    assert_eq!(idp.answered(Endpoint::Token), 0);
+    assert_eq!(
+        client_credentials(&idp, Some(&auth), Some("api:read")).status,
+        200
+    );
+    assert_eq!(idp.calls(Endpoint::Token), 2);
+    assert_eq!(idp.answered(Endpoint::Token), 1);
+    idp.set_fault(Endpoint::Token, Fault::answer(FaultAnswer::Status(500)));
+    assert_eq!(
+        client_credentials(&idp, Some(&auth), Some("api:read")).status,
+        500
+    );
+    assert_eq!(
+        idp.answered(Endpoint::Token),
+        2,
+        "a faulted answer is an answer"
+    );
+    idp.set_fault(Endpoint::Token, Fault::answer(FaultAnswer::ResetConnection));
+    assert!(client_credentials_result_is_err(&idp, &auth));
+    assert_eq!(idp.calls(Endpoint::Token), 4);
+    assert_eq!(idp.answered(Endpoint::Token), 2, "a reset is no answer");
+    idp.reset_counters();
+    assert_eq!(idp.answered(Endpoint::Token), 0);
+}
+
+fn client_credentials_result_is_err(idp: &IdpHandle, auth: &str) -> bool {
+    agent()
+        .post(&token_url(idp))
+        .header("authorization", auth)
+        .content_type(FORM)
+        .send("grant_type=client_credentials&scope=api%3Aread")
+        .is_err()
+}
+
 fn raw_exchange(
     addr: std::net::SocketAddr,
     request: &str,

@@ -89,6 +89,54 @@ pub fn send(
     send_raw(addr, &req, timeout)
 }
 
+/// The bytes of one request: `headers` exactly as given, a `host` header unless one is present,
+/// then `connection: close` unless `keep_alive`.
+pub fn request_bytes(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    keep_alive: bool,
+) -> Vec<u8> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\n").into_bytes();
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        req.extend_from_slice(b"host: localhost\r\n");
+    }
+    for (name, value) in headers {
+        req.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    if !keep_alive {
+        req.extend_from_slice(b"connection: close\r\n");
+    }
+    req.extend_from_slice(b"\r\n");
+    req
+}
+
+/// Sends `first` (a keep-alive request), reads its answer, then sends `second` on the same
+/// connection and reads that answer: `second` is not the first request on its connection.
+pub fn send_after(
+    addr: SocketAddr,
+    first: &[u8],
+    second: &[u8],
+    timeout: Duration,
+) -> io::Result<(Response, Response)> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut answers = Vec::with_capacity(2);
+    for request in [first, second] {
+        stream.write_all(request)?;
+        stream.flush()?;
+        let mut raw = Vec::new();
+        read_answer(&mut stream, &mut raw)?;
+        answers.push(parse(&raw)?);
+    }
+    let second = answers.pop();
+    match (answers.pop(), second) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => Err(io::Error::other("two answers expected")),
+    }
+}
+
 /// Sends the given bytes as they are (a complete request, ideally with `connection: close`) and
 /// parses the answer.
 pub fn send_raw(addr: SocketAddr, request: &[u8], timeout: Duration) -> io::Result<Response> {

@@ -59,9 +59,21 @@ pub fn envoy_binary() -> PathBuf {
     path
 }
 
-/// The filter module: `<target>/wasm32-wasip1/release/okta_dcr_auth.wasm`. Panics with the command
-/// that builds it when it is missing; warns when the filter's sources are newer than it.
+/// The filter module: `$OKTA_FILTER_WASM` when set (another build of the filter, e.g. an older
+/// commit's, to see a test fail there), else `<target>/wasm32-wasip1/release/okta_dcr_auth.wasm`.
+/// Panics with the command that builds it when it is missing; warns when the filter's sources
+/// are newer than it.
 pub fn filter_wasm() -> PathBuf {
+    if let Some(path) = std::env::var_os("OKTA_FILTER_WASM").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "OKTA_FILTER_WASM names no file: {}",
+            path.display()
+        );
+        eprintln!("filter module from OKTA_FILTER_WASM: {}", path.display());
+        return path;
+    }
     let path = target_dir().join("wasm32-wasip1/release/okta_dcr_auth.wasm");
     assert!(
         path.is_file(),

@@ -450,6 +450,14 @@ impl StackBuilder {
         self
     }
 
+    /// The host also takes HTTP/2 without TLS (h2c, prior knowledge) at
+    /// [`Stack::http2_listener`]: on nginx a second listener with `http2`; Envoy's listener
+    /// takes both protocols already.
+    pub fn http2(mut self) -> Self {
+        self.ngx_options.http2 = true;
+        self
+    }
+
     pub fn envoy_arg(mut self, arg: &str) -> Self {
         self.options.extra_args.push(arg.into());
         self
@@ -743,6 +751,17 @@ impl Stack {
     /// The host's listener.
     pub fn listener(&self) -> SocketAddr {
         self.host.listener()
+    }
+
+    /// Where to speak HTTP/2 without TLS (h2c, prior knowledge): Envoy's listener; on nginx the
+    /// second listener of a stack built with [`StackBuilder::http2`] (panics without it).
+    pub fn http2_listener(&self) -> SocketAddr {
+        match &self.host {
+            Host::Envoy(e) => e.listener(),
+            Host::Ngx(n) => n
+                .http2_listener()
+                .unwrap_or_else(|| panic!("no h2c listener: build the stack with http2()")),
+        }
     }
 
     /// Registers a client in the IdP and tracks its secret for the log sweep.

@@ -82,6 +82,10 @@ pub struct NgxOptions {
     pub log_level: String,
     /// Run `sbin/nginx-debug` (`--with-debug`: ngx_wasm_module's assertions are on).
     pub debug_build: bool,
+    /// A second listener, `listen ... http2` on another loopback port: HTTP/2 without TLS
+    /// (h2c), for clients with prior knowledge. nginx 1.22 takes only HTTP/2 on such a listener,
+    /// so the HTTP/1.1 one stays as it is.
+    pub http2: bool,
 }
 
 impl Default for NgxOptions {
@@ -90,6 +94,7 @@ impl Default for NgxOptions {
             workers: 2,
             log_level: "debug".into(),
             debug_build: false,
+            http2: false,
         }
     }
 }
@@ -168,6 +173,14 @@ pub fn render_conf(
     conf
 }
 
+/// `conf` (as [`render_conf`] wrote it for `port`) with a second listener on `http2_port` that
+/// speaks HTTP/2 without TLS (`listen ... http2`), in the same `server`.
+fn with_http2_listener(conf: &str, port: u16, http2_port: u16) -> String {
+    let listen = format!("listen 127.0.0.1:{port} reuseport;\n");
+    let both = format!("{listen}        listen 127.0.0.1:{http2_port} http2 reuseport;\n");
+    conf.replacen(&listen, &both, 1)
+}
+
 /// On ngx_wasm_module `idp_upstream` is a `host:port`: a cluster name the tests use is replaced
 /// by its address.
 pub fn resolve_upstream(config: &mut serde_json::Value, clusters: &[ClusterSpec]) {
@@ -204,6 +217,7 @@ pub struct Ngx {
     dir: PathBuf,
     log_path: PathBuf,
     listener: SocketAddr,
+    http2_listener: Option<SocketAddr>,
     stopped: bool,
 }
 
@@ -228,6 +242,13 @@ impl Ngx {
     }
 
     fn start_on(conf: &str, port: u16, opts: &NgxOptions, dir: &Path) -> Result<Ngx, StartFailure> {
+        let http2_listener = opts
+            .http2
+            .then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let conf = match http2_listener {
+            Some(h2) => with_http2_listener(conf, port, h2.port()),
+            None => conf.to_string(),
+        };
         let nginx = nginx_binary(opts.debug_build);
         let conf_path = dir.join("nginx.conf");
         let log_path = dir.join("error.log");
@@ -235,7 +256,7 @@ impl Ngx {
         for sub in ["tmp", "logs"] {
             let _ = fs::create_dir_all(dir.join(sub));
         }
-        fs::write(&conf_path, conf)
+        fs::write(&conf_path, &conf)
             .unwrap_or_else(|e| panic!("write {}: {e}", conf_path.display()));
         let out = fs::OpenOptions::new()
             .create(true)
@@ -263,6 +284,7 @@ impl Ngx {
             dir: dir.to_path_buf(),
             log_path,
             listener: SocketAddr::from(([127, 0, 0, 1], port)),
+            http2_listener,
             stopped: false,
         };
         match ngx.wait_ready() {
@@ -322,6 +344,11 @@ impl Ngx {
 
     pub fn listener(&self) -> SocketAddr {
         self.listener
+    }
+
+    /// The h2c listener ([`NgxOptions::http2`]), if there is one.
+    pub fn http2_listener(&self) -> Option<SocketAddr> {
+        self.http2_listener
     }
 
     pub fn dir(&self) -> &Path {

@@ -298,6 +298,7 @@ pub(super) fn handle(shared: &Shared, req: &Req) -> Resp {
         ("/_dev/reset", &Method::POST) => {
             let mut state = shared.lock();
             state.calls = [0; 4];
+            state.answered = [0; 4];
             state.token_requests.clear();
             state.introspections.clear();
             state.concurrency.reset_max();
