@@ -14,7 +14,7 @@ use crate::budget::{route_slots, BudgetConfig, CallClass, RouteBudget, ROUTE_PRO
 use crate::cache::{CacheEntry, CacheKey, Names, NotWritten};
 use crate::config::Config;
 use crate::credentials::Credential;
-use crate::inflight::{cap_for, InFlight};
+use crate::inflight::InFlight;
 use crate::metrics::IdpEndpoint;
 use crate::throttle::{self, FailureRecord};
 
@@ -96,11 +96,9 @@ impl Admission {
                 .map(|_| ())
                 .map_err(|refused| refused.retry_after_s.max(1))
         });
-        let live = host
-            .shared_get(&self.names.in_flight())
-            .map_or(0, |(bytes, _)| InFlight::decode(&bytes).live(now));
+        let in_flight = self.in_flight(host);
         let place = [CallClass::Refresh, CallClass::Unknown]
-            .map(|class| live < cap_for(self.max_in_flight, class));
+            .map(|class| in_flight.has_room(now, self.max_in_flight, class));
         Facts {
             paused_for_s: self.paused_for(endpoint, now, host),
             budget,
@@ -266,10 +264,26 @@ impl Admission {
     /// Whether the gateway has room for one more call to this Okta org for a caller of
     /// `class` (a look: [`Admission::take_call_place`] takes it).
     pub fn call_place_left(&self, class: CallClass, now: u64, host: &dyn Host) -> bool {
-        let live = host
-            .shared_get(&self.names.in_flight())
-            .map_or(0, |(bytes, _)| InFlight::decode(&bytes).live(now));
-        live < cap_for(self.max_in_flight, class)
+        self.in_flight(host)
+            .has_room(now, self.max_in_flight, class)
+    }
+
+    /// Holds every configuration of the org to this one's bound, if it is the smallest in force
+    /// (see [`crate::inflight::CAP_MEMORY_MS`]).
+    pub fn announce_bound(&self, now: u64, host: &dyn Host) {
+        update(host, &self.names.in_flight(), |bytes| {
+            let record = bytes.map(InFlight::decode).unwrap_or_default();
+            record
+                .announced(self.max_in_flight, now)
+                .map(|r| r.encode())
+                .ok_or(NotWritten::Declined)
+        });
+    }
+
+    fn in_flight(&self, host: &dyn Host) -> InFlight {
+        host.shared_get(&self.names.in_flight())
+            .map(|(bytes, _)| InFlight::decode(&bytes))
+            .unwrap_or_default()
     }
 
     /// Takes a place among the gateway's calls in flight to this Okta org, until the call's

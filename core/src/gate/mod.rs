@@ -140,6 +140,8 @@ pub struct Gate {
     /// The root context: log lines that belong to no request, and tick-driven calls.
     root: ContextId,
     resume: Resume,
+    /// When this configuration next announces its bound of calls in flight to the org.
+    next_announce_ms: u64,
     last_warn_ms: u64,
 }
 
@@ -187,8 +189,10 @@ impl Gate {
             local,
             root,
             resume,
+            next_announce_ms: 0,
             last_warn_ms: 0,
         };
+        gate.announce_bound(now, host);
         if !gate.discovery.is_ready() {
             gate.adopt_shared_endpoints(now, host);
         }

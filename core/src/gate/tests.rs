@@ -477,8 +477,8 @@ cas_test! {
         let mut g = gate(&host, r#","cache_slots":16"#);
         assert_eq!(
             host.snapshot().len(),
-            4 + 1,
-            "4 sets of 4 ways and the marker"
+            4 + 1 + 1,
+            "4 sets of 4 ways, the marker, and the calls in flight"
         );
         for i in 0..500 {
             ask(&mut g, &host, 1000 + i, &basic(&format!("app{i}"), "s"));
@@ -983,7 +983,9 @@ cas_test! {
         let host = FakeHost::at(cas, T0);
         let mut worker_a = gate(&host, r#","idp_timeout_ms":500"#);
         let mut worker_b = gate(&host, r#","idp_timeout_ms":500"#);
-        assert_eq!(worker_a.next_deadline(), None, "idle: no tick work");
+        // idle: no tick work but the bound's announce, every half minute
+        let announce = Some(T0 + crate::inflight::CAP_MEMORY_MS / 2);
+        assert_eq!(worker_a.next_deadline(), announce);
         ask(&mut worker_a, &host, 10, &basic("app", "s"));
         assert_eq!(
             worker_a.next_deadline(),
@@ -997,9 +999,9 @@ cas_test! {
             "a follower polls every tick"
         );
         answer(&mut worker_a, &host, host.last_call().0, 200, &token_ok(60));
-        assert_eq!(worker_a.next_deadline(), None);
+        assert_eq!(worker_a.next_deadline(), announce);
         tick(&mut worker_b, &host);
-        assert_eq!(worker_b.next_deadline(), None);
+        assert_eq!(worker_b.next_deadline(), announce);
         // a configuration that needs discovery has a retry due at once
         let cfg = Config::from_json(
             br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["basic"],"cache_slots":8}"#,
@@ -1008,7 +1010,7 @@ cas_test! {
         let mut g = start(cfg, &host);
         assert_eq!(g.next_deadline(), Some(0));
         tick(&mut g, &host);
-        assert_eq!(g.next_deadline(), None, "the call is out");
+        assert_eq!(g.next_deadline(), announce, "the call is out");
         answer(&mut g, &host, host.last_call().0, 500, "");
         assert_eq!(g.next_deadline(), Some(host.now() + 500), "the backoff");
     }
@@ -1111,31 +1113,37 @@ cas_test! {
 }
 
 cas_test! {
-    fn calls_in_flight_are_capped_per_worker(cas) {
+    fn calls_in_flight_are_capped(cas) {
         let host = FakeHost::at(cas, T0);
         let mut g = gate(
             &host,
-            r#","max_idp_calls_in_flight":3,"cache_ttl_s":1,"stale_if_error_s":60"#,
+            r#","max_idp_calls_in_flight":4,"cache_ttl_s":1,"stale_if_error_s":60"#,
         );
-        ask(&mut g, &host, 1, &basic("known", "s"));
-        answer(&mut g, &host, host.last_call().0, 200, &token_ok(3600));
+        for (ctx, app) in [(1, "known1"), (2, "known2")] {
+            ask(&mut g, &host, ctx, &basic(app, "s"));
+            answer(&mut g, &host, host.last_call().0, 200, &token_ok(3600));
+        }
         host.advance(1_000);
+        // 3 of the 4 places for unknown credentials, then none for them
         for i in 0..3 {
             assert_eq!(
                 ask(&mut g, &host, 10 + i, &basic(&format!("app{i}"), "s")),
                 Step::Wait
             );
         }
-        // beyond the cap: no call; a credential with a stale verdict is still served
+        let unknown_call = host.last_call().0;
         assert_eq!(status(&ask(&mut g, &host, 20, &basic("app9", "s"))), 503);
+        // the last place is a known app's refresh; beyond the cap, a stale verdict is served
+        assert_eq!(ask(&mut g, &host, 21, &basic("known1", "s")), Step::Wait);
         assert_eq!(
-            forwarded(&ask(&mut g, &host, 21, &basic("known", "s"))).identity,
-            "known"
+            forwarded(&ask(&mut g, &host, 22, &basic("known2", "s"))).identity,
+            "known2"
         );
-        assert_eq!(host.call_count(), 4);
-        // an answer frees a place
-        answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
-        assert_eq!(ask(&mut g, &host, 22, &basic("app9", "s")), Step::Wait);
+        assert_eq!(host.call_count(), 2 + 3 + 1);
+        // answers free places (an unknown credential needs fewer than 3 out, whoever's)
+        answer(&mut g, &host, host.last_call().0, 200, &token_ok(3600));
+        answer(&mut g, &host, unknown_call, 401, INVALID_CLIENT);
+        assert_eq!(ask(&mut g, &host, 23, &basic("app9", "s")), Step::Wait);
     }
 }
 
@@ -1664,8 +1672,9 @@ cas_test! {
         let host = FakeHost::at(cas, T0);
         let mut g = gate(
             &host,
-            r#","max_idp_calls_in_flight":2,"idp_timeout_ms":500"#,
+            r#","max_idp_calls_in_flight":3,"idp_timeout_ms":500"#,
         );
+        // 2 of the 3 places for unknown credentials (one is kept for refreshes)
         for ctx in [10, 11] {
             assert_eq!(
                 ask(&mut g, &host, ctx, &basic(&format!("app{ctx}"), "s")),

@@ -2,6 +2,7 @@
 //! the key set's periodic refresh, waking followers and requests waiting for keys, deadlines).
 
 use super::{ContextId, Deferred, Gate, Host, Parked, Resume, Stage, Step};
+use crate::inflight::CAP_MEMORY_MS;
 use crate::okta::DiscoveryDocument;
 
 impl Gate {
@@ -14,7 +15,11 @@ impl Gate {
             .as_ref()
             .and_then(|_| self.keys.refresh_due_at());
         let deferred = self.calls.has_deferred().then_some(0);
-        let root_work = discovery.into_iter().chain(keys).chain(deferred).min();
+        let announce = Some(self.next_announce_ms);
+        let root_work = [discovery, keys, deferred, announce]
+            .into_iter()
+            .flatten()
+            .min();
         if self.resume == Resume::OwnRequestOnly {
             // Requests are never answered from the root context there: the host could not act.
             return root_work;
@@ -27,6 +32,9 @@ impl Gate {
     /// The root context's tick: retries discovery, sends the calls deferred to it, refreshes
     /// keys, wakes followers and requests waiting for keys, enforces deadlines.
     pub fn on_tick(&mut self, now: u64, host: &dyn Host) -> Vec<(ContextId, Step)> {
+        if now >= self.next_announce_ms {
+            self.announce_bound(now, host);
+        }
         if self.discovery.due(now) && !self.adopt_shared_endpoints(now, host) {
             let doc = DiscoveryDocument::OAuthAuthorizationServer;
             self.dispatch_discovery(self.root, doc, now, host);
@@ -60,6 +68,13 @@ impl Gate {
             }
         }
         steps
+    }
+
+    /// Holds the org's other configurations to this one's bound of calls in flight, if it is
+    /// the smallest, for the next [`CAP_MEMORY_MS`]; again in half that.
+    pub(super) fn announce_bound(&mut self, now: u64, host: &dyn Host) {
+        self.admission.announce_bound(now, host);
+        self.next_announce_ms = now + CAP_MEMORY_MS / 2;
     }
 
     fn on_tick_due(
