@@ -16,13 +16,20 @@ use crate::local::Copy;
 use crate::metrics::DenyReason;
 use crate::verdict::Denial;
 
+/// What the local part of the Bearer path did with a request.
+#[derive(Debug)]
+pub(super) enum Local {
+    Decided(Step),
+    /// It goes on to the IdP path.
+    ToIdp(Pending),
+}
+
 /// While no key set was ever fetched, a 503 says to come back after this long.
 const NO_KEYS_RETRY_AFTER_S: u64 = 2;
 
 impl Gate {
-    /// The local part of the Bearer path: `Ok(step)` when it decided, `Err(req)` when the
-    /// request goes on to the IdP path (Basic, introspection, or a token verified in
-    /// `jwt+introspection`).
+    /// The local part of the Bearer path: a step when it decided, or the request for the IdP
+    /// path (Basic, introspection, or a token verified in `jwt+introspection`).
     pub(super) fn check_bearer_locally(
         &mut self,
         ctx: ContextId,
@@ -30,54 +37,48 @@ impl Gate {
         mut req: Pending,
         now: u64,
         host: &dyn Host,
-    ) -> Result<Step, Pending> {
+    ) -> Local {
         if req.stage.past_local_checks() || !matches!(req.credential, Credential::Bearer(_)) {
-            return Err(req);
+            return Local::ToIdp(req);
         }
         if self.config.jwt.is_none() {
             return self.peek_bearer(ctx, req, now, host);
         }
         if let Some(step) = self.shared_verdict(ctx, &mut req, now, host) {
-            return Ok(step);
+            return Local::Decided(step);
         }
         let Credential::Bearer(token) = &req.credential else {
-            return Err(req);
+            return Local::ToIdp(req);
         };
-        match self.verify(&token.clone(), now, host) {
+        Local::Decided(match self.verify(&token.clone(), now, host) {
             Ok(_) if self.config.bearer_validation == BearerValidation::JwtThenIntrospection => {
                 req.stage = Stage::ToIdp;
-                Err(req)
+                return Local::ToIdp(req);
             }
-            Ok(verified) => Ok(self.jwt_granted(req, verified, now, host)),
-            Err(JwtError::UnknownKid(_)) => Ok(self.wait_for_keys(ctx, caller, req, now, host)),
-            Err(e) => Ok(self.jwt_refused(ctx, req, &e, now, host)),
-        }
+            Ok(verified) => self.jwt_granted(req, verified, now, host),
+            Err(JwtError::UnknownKid(_)) => self.wait_for_keys(ctx, caller, req, now, host),
+            Err(e) => self.jwt_refused(ctx, req, &e, now, host),
+        })
     }
 
     /// `introspection` mode, `bearer_format: "jwt"`: shape, issuer and expiry, no signature.
-    fn peek_bearer(
-        &mut self,
-        ctx: ContextId,
-        req: Pending,
-        now: u64,
-        host: &dyn Host,
-    ) -> Result<Step, Pending> {
+    fn peek_bearer(&mut self, ctx: ContextId, req: Pending, now: u64, host: &dyn Host) -> Local {
         let Credential::Bearer(token) = &req.credential else {
-            return Err(req);
+            return Local::ToIdp(req);
         };
         if self.config.bearer_format == BearerFormat::Opaque {
-            return Err(req);
+            return Local::ToIdp(req);
         }
         let skew = self.config.clock_skew_s;
         match jwt::peek(token, &self.config.issuer, now / 1000, skew) {
-            Ok(_) => Err(req),
+            Ok(_) => Local::ToIdp(req),
             Err(e) => {
                 log::debug!(
                     "[{ctx}] not a JWT access token of this issuer: {}",
                     e.describe()
                 );
                 let denial = Denial::InvalidToken;
-                Ok(refuse(ctx, None, denial, DenyReason::Malformed, host))
+                Local::Decided(refuse(ctx, None, denial, DenyReason::Malformed, host))
             }
         }
     }

@@ -10,6 +10,7 @@
 
 use super::admission::{call_class, Facts};
 use super::answer::endpoint_of;
+use super::bearer::Local;
 use super::slots::Update;
 use super::{
     ContextId, Deferred, Gate, Host, NotSent, Parked, Pending, Purpose, Resume, Stage, Step,
@@ -150,8 +151,8 @@ impl Gate {
             );
         }
         let mut req = match self.check_bearer_locally(ctx, caller, req, now, host) {
-            Ok(step) => return step,
-            Err(req) => req,
+            Local::Decided(step) => return step,
+            Local::ToIdp(req) => req,
         };
         let decided = self.decide(&req, now, host);
         if !matches!(decided.next, Move::Cached(..)) {
