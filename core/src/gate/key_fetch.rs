@@ -10,7 +10,7 @@
 
 use super::keys::{Adopted, KeysRecord, Why};
 use super::slots::{update, Update};
-use super::{ContextId, Deferred, Gate, Host, Parked, Purpose, Sent, Step};
+use super::{ContextId, Deferred, Gate, Host, NotSent, Parked, Purpose, Sent, Step};
 use crate::budget::CallClass;
 use crate::cache::NotWritten;
 use crate::metrics::{CallResult, Counter, IdpEndpoint};
@@ -80,16 +80,26 @@ impl Gate {
     /// for it, so it sends its own (without the lease, as a Basic request there makes its own
     /// call). Never for an unknown `kid`: that stays once per 30 s.
     pub(super) fn fetch_own_keys(&mut self, caller: ContextId, now: u64, host: &dyn Host) -> Fetch {
-        match self.discovery.endpoints().jwks_path.clone() {
-            Some(path)
-                if self
-                    .admission
-                    .call_place_left(CallClass::Refresh, now, host) =>
-            {
-                self.send_fetch(caller, &path, Why::NoKeys, false, now, host)
-            }
-            _ => Fetch::NotNow,
+        // One such fetch per worker at a time, until its answer or its deadline (a request that
+        // goes away takes its call's answer with it, not the call): a flood of first requests
+        // must not become a flood of key set fetches.
+        if now < self.own_fetch_until_ms {
+            return Fetch::NotNow;
         }
+        let Some(path) = self.discovery.endpoints().jwks_path.clone() else {
+            return Fetch::NotNow;
+        };
+        if !self
+            .admission
+            .call_place_left(CallClass::Unknown, now, host)
+        {
+            return Fetch::NotNow;
+        }
+        let fetch = self.send_fetch(caller, &path, Why::NoKeys, false, now, host);
+        if fetch == Fetch::Sent {
+            self.own_fetch_until_ms = now + self.lease_ms();
+        }
+        fetch
     }
 
     /// The root sends a fetch whose lease was taken earlier (by a request that could not own
@@ -120,21 +130,35 @@ impl Gate {
         host: &dyn Host,
     ) -> Fetch {
         let request = okta::jwks_request(&self.config, path);
-        let purpose = (Purpose::Keys { why, leased }, CallClass::Refresh);
+        // A request's own fetch without the lease (`OwnRequestOnly`, no keys yet) is no more
+        // than any unknown credential's call: it may not take the refresh reserve.
+        let class = if leased {
+            CallClass::Refresh
+        } else {
+            CallClass::Unknown
+        };
+        let purpose = (Purpose::Keys { why, leased }, class);
         match self.send(caller, &request, purpose, now, host) {
             Ok(_) => Fetch::Sent,
-            Err(_) => {
+            Err(not_sent) => {
                 host.count(Counter::IdpCall(
                     IdpEndpoint::Discovery,
                     CallResult::Failure,
                 ));
-                self.warn(
-                    now,
-                    format_args!("[{caller}] the key set fetch could not be sent (is idp_upstream a known cluster with a healthy host?)"),
-                );
-                // The proxy's refusal completes the attempt.
-                if leased {
-                    self.end_keys_lease(why, now, host);
+                match not_sent {
+                    // No place in flight: nothing was tried, so nothing counts.
+                    NotSent::AtCap if leased => self.release_keys_lease(host),
+                    NotSent::AtCap => {}
+                    // The proxy's refusal completes the attempt.
+                    NotSent::Refused => {
+                        self.warn(
+                            now,
+                            format_args!("[{caller}] the key set fetch could not be sent (is idp_upstream a known cluster with a healthy host?)"),
+                        );
+                        if leased {
+                            self.end_keys_lease(why, now, host);
+                        }
+                    }
                 }
                 Fetch::NotNow
             }
@@ -148,11 +172,22 @@ impl Gate {
     }
 
     /// The shared record (an empty one when there is none yet).
-    fn keys_record(&self, host: &dyn Host) -> KeysRecord {
+    pub(super) fn keys_record(&self, host: &dyn Host) -> KeysRecord {
         self.keys_record_name()
             .and_then(|name| host.shared_get(&name))
             .and_then(|(bytes, _)| KeysRecord::decode(&bytes))
             .unwrap_or_default()
+    }
+
+    /// Ends this worker's lease on the key set record with nothing tried.
+    fn release_keys_lease(&self, host: &dyn Host) {
+        let Some(name) = self.keys_record_name() else {
+            return;
+        };
+        update(host, &name, |bytes| {
+            let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
+            Ok(record.released().encode())
+        });
     }
 
     /// Ends this worker's lease on the key set record after a fetch for `why`, sent at
@@ -198,6 +233,9 @@ impl Gate {
         now: u64,
         host: &dyn Host,
     ) -> Vec<(ContextId, Step)> {
+        if !leased {
+            self.own_fetch_until_ms = 0;
+        }
         let sent = Sent {
             endpoint: IdpEndpoint::Discovery,
             at_ms: sent_ms,
@@ -216,8 +254,13 @@ impl Gate {
                 if let Some(name) = self.keys_record_name() {
                     update(host, &name, |bytes| {
                         let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
-                        let record = record.fetched(answer.body, now);
-                        Ok(record.attempted(why, sent_ms).encode())
+                        let mut fetched = record.fetched(answer.body, now);
+                        if !leased {
+                            // Another worker's lease (a refresh in flight) is not this
+                            // fetch's to end.
+                            fetched.lease_until_ms = record.lease_until_ms;
+                        }
+                        Ok(fetched.attempted(why, sent_ms).encode())
                     });
                 }
                 self.keys.install(set, now);

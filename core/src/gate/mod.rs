@@ -140,6 +140,9 @@ pub struct Gate {
     /// The root context: log lines that belong to no request, and tick-driven calls.
     root: ContextId,
     resume: Resume,
+    /// Until when this worker's own key set fetch without the lease may be out
+    /// (`OwnRequestOnly`, no keys yet): one at a time.
+    own_fetch_until_ms: u64,
     /// When this configuration next announces its bound of calls in flight to the org.
     next_announce_ms: u64,
     last_warn_ms: u64,
@@ -189,6 +192,7 @@ impl Gate {
             local,
             root,
             resume,
+            own_fetch_until_ms: 0,
             next_announce_ms: 0,
             last_warn_ms: 0,
         };

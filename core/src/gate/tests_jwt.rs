@@ -530,6 +530,74 @@ cas_test! {
     }
 }
 
+cas_test! {
+    /// ngx_wasm_module, no key set yet, another fetch out: a request's own fetch without the
+    /// lease is one per worker until its answer or deadline (also when its request goes away),
+    /// and its answer leaves the other worker's lease alone.
+    fn with_own_request_only_own_fetches_are_one_at_a_time_and_leave_the_lease(cas) {
+        let host = FakeHost::at(cas, T0);
+        let mut a = solo_gate(&host, SOLO_BEARER);
+        let mut b = solo_gate(&host, SOLO_BEARER);
+        assert_eq!(ask(&mut a, &host, 10, &valid(&host, "a")), Step::Wait, "a's leased fetch");
+        let leased = host.last_call().0;
+        assert_eq!(ask(&mut b, &host, 20, &valid(&host, "b")), Step::Wait, "b's own fetch");
+        let own = host.last_call().0;
+        for ctx in 21..30 {
+            assert_eq!(status(&ask(&mut b, &host, ctx, &valid(&host, "c"))), 503);
+        }
+        assert_eq!(host.call_count(), 2, "one own fetch per worker");
+        // The own fetch answers: the set is shared, and a's lease stays a's.
+        let headers = vec![(":status".to_string(), "200".to_string())];
+        let body = published();
+        let ok = IdpAnswer {
+            status: Some(200),
+            headers: &headers,
+            body: body.as_bytes(),
+        };
+        assert_eq!(numbered_statuses(&deliver(&mut b, &host, 20, own, ok)), vec![(20, 200)]);
+        assert!(a.keys_record(&host).in_flight(host.now()), "a's lease was not released");
+        answer(&mut a, &host, leased, 200, &published());
+        assert!(!a.keys_record(&host).in_flight(host.now()));
+        // A lost own fetch still holds its worker's turn until its deadline.
+        let host = FakeHost::at(cas, T0);
+        let mut a = solo_gate(&host, SOLO_BEARER);
+        let mut b = solo_gate(&host, SOLO_BEARER);
+        ask(&mut a, &host, 10, &valid(&host, "a"));
+        assert_eq!(ask(&mut b, &host, 20, &valid(&host, "b")), Step::Wait);
+        b.on_request_gone(ContextId(20), host.now(), &host);
+        assert_eq!(status(&ask(&mut b, &host, 21, &valid(&host, "c"))), 503);
+        assert_eq!(host.call_count(), 2);
+    }
+}
+
+cas_test! {
+    /// A key set fetch that finds no place among the calls in flight tried nothing: it does
+    /// not count toward the once-per-30-s rule.
+    fn a_fetch_that_found_no_place_is_no_attempt(cas) {
+        let host = FakeHost::at(cas, T0);
+        let mut g = warmed(&host, "jwt");
+        let unknown = |host: &FakeHost, kid: &str| bearer_signed(kid, "2", &claims(host.now(), kid));
+        assert_eq!(ask(&mut g, &host, 10, &unknown(&host, "k8")), Step::Wait);
+        // Before the root's tick, other workers fill every place.
+        let full = (0..64).fold(crate::inflight::InFlight::default(), |r, i| {
+            r.try_take(host.now(), host.now() + 4_000 + i, 64, crate::budget::CallClass::Refresh)
+                .unwrap_or(r)
+        });
+        let name = crate::cache::Names::stable("https://o.okta.com/oauth2/default").in_flight();
+        overwrite(&host, &name, &full.encode());
+        let calls = host.call_count();
+        tick(&mut g, &host);
+        assert_eq!(host.call_count(), calls, "no place: not sent");
+        // The places free up: the next unknown kid may fetch at once.
+        host.advance(5_000);
+        let steps = tick(&mut g, &host);
+        assert!(steps.iter().all(|(_, s)| status(s) == 401));
+        assert_eq!(ask(&mut g, &host, 11, &unknown(&host, "k9")), Step::Wait);
+        tick(&mut g, &host);
+        assert_eq!(host.call_count(), calls + 1, "not held back 30 s");
+    }
+}
+
 const SOLO_BEARER: &[u8] =
     br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["bearer"],
     "audience":"api://default","scopes":["api:read"],"cache_slots":8,
