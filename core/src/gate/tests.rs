@@ -1016,6 +1016,57 @@ cas_test! {
     }
 }
 
+cas_test! {
+    /// Decide, then act: the failure throttle's turn is taken only once the lease is won, and
+    /// after the budget's call. A lost race for the lease decides again without having spent
+    /// the turn, so an allowed probe stays allowed; and when the budget then refuses, the turn
+    /// is still there.
+    fn a_lost_lease_race_keeps_an_allowed_probe_and_a_budget_refusal_spends_no_turn(cas) {
+        let host = FakeHost::at(cas, T0);
+        // 20 calls a minute (16 for unknown credentials), paced: one unknown call a second.
+        let extra = r#","cache_ttl_s":1,"max_client_failures":5,"client_failure_window_s":60,"idp_calls_per_minute":20"#;
+        let mut g = gate(&host, extra);
+        for i in 0..5 {
+            host.advance(1_000);
+            assert_eq!(ask(&mut g, &host, 10 + i, &basic("live", &format!("bad{i}"))), Step::Wait);
+            answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
+        }
+        // Throttled: one unverified secret per turn (every 12 s), the others wait for theirs.
+        host.advance(1_000);
+        assert_eq!(ask(&mut g, &host, 19, &basic("live", "bad5")), Step::Wait, "a turn");
+        answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
+        host.advance(1_000);
+        assert_eq!(status(&ask(&mut g, &host, 20, &basic("live", "bad6"))), 503);
+        host.advance(12_000);
+        // The turn is due. Another worker writes the cache set between this request's read and
+        // its lease: the race is lost once, the decision made again, and the probe goes out.
+        host.lose_next_write_to("okta-dcr-auth/set/");
+        assert_eq!(ask(&mut g, &host, 21, &basic("live", "good")), Step::Wait);
+        answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
+        // The next turn is due. Right after this request's lease is written, another worker of
+        // the same route takes this second's last budget call: the budget refuses this one.
+        host.advance(12_000);
+        let mut other = gate(&host, extra);
+        host.after_next_write_to("okta-dcr-auth/set/", move |h| {
+            while other
+                .admission
+                .take_budget(IdpEndpoint::Token, crate::budget::CallClass::Unknown, h.now(), h)
+                .is_ok()
+            {}
+        });
+        let calls = host.call_count();
+        assert!(matches!(
+            ask(&mut g, &host, 22, &basic("live", "guess")),
+            Step::Unavailable { .. }
+        ));
+        assert_eq!(host.call_count(), calls, "no call: the budget refused");
+        // The turn was not spent: a second later (budget back), the same turn lets one through.
+        host.advance(1_000);
+        assert_eq!(ask(&mut g, &host, 23, &basic("live", "guess2")), Step::Wait);
+        assert_eq!(host.call_count(), calls + 1);
+    }
+}
+
 #[test]
 fn the_fake_host_models_both_hosts_cas() {
     let ngx = FakeHost::at(CasModel::CreateOnly, T0);
