@@ -274,13 +274,3 @@ pub fn close_connection_after_request() -> bool {
 pub fn set_effective_context(ctx: u32) -> bool {
     unsafe { proxy_set_effective_context(ctx) == STATUS_OK }
 }
-
-/// Whether the host is ngx_wasm_module, whose set_effective_context accepts any id and does
-/// nothing; Envoy refuses an id that names no context and changes nothing. So the probe has no
-/// effect on either.
-pub fn lenient_host() -> bool {
-    thread_local! {
-        static LENIENT: std::cell::OnceCell<bool> = const { std::cell::OnceCell::new() };
-    }
-    LENIENT.with(|l| *l.get_or_init(|| set_effective_context(u32::MAX)))
-}

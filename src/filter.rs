@@ -37,7 +37,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
     proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
-        Box::new(Root { id, plugin: None, ticking: false })
+        Box::new(Root { id, plugin: None, ticking: false, host: None })
     });
 }}
 
@@ -45,6 +45,7 @@ proxy_wasm::main! {{
 /// metrics.
 struct Plugin {
     gate: RefCell<Gate>,
+    host: HostKind,
     replies: Replies,
     metrics: Metrics,
 }
@@ -101,6 +102,50 @@ struct Root {
     id: u32,
     plugin: Option<Rc<Plugin>>,
     ticking: bool,
+    /// Which host this is, found once per VM.
+    host: Option<HostKind>,
+}
+
+/// The two hosts, which differ in what a callback may act on (and in a few ABI details).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostKind {
+    Envoy,
+    /// ngx_wasm_module: `set_effective_context` accepts any id and does nothing, so a request
+    /// can only be answered from its own callbacks; a request may pause only when it is its
+    /// connection's first (see `abi::first_request_on_connection`).
+    NgxWasmModule,
+}
+
+impl HostKind {
+    /// Envoy refuses to switch to a context that does not exist (and changes nothing);
+    /// ngx_wasm_module accepts anything. Called once per VM, in the root context.
+    fn detect(root: u32) -> HostKind {
+        let accepts_anything = abi::set_effective_context(u32::MAX);
+        abi::set_effective_context(root);
+        if accepts_anything {
+            HostKind::NgxWasmModule
+        } else {
+            HostKind::Envoy
+        }
+    }
+
+    fn resume(self) -> Resume {
+        match self {
+            HostKind::Envoy => Resume::AnyRequest,
+            HostKind::NgxWasmModule => Resume::OwnRequestOnly,
+        }
+    }
+
+    fn is_ngx(self) -> bool {
+        self == HostKind::NgxWasmModule
+    }
+}
+
+impl Root {
+    fn host(&mut self) -> HostKind {
+        let id = self.id;
+        *self.host.get_or_insert_with(|| HostKind::detect(id))
+    }
 }
 
 impl Context for Root {
@@ -128,6 +173,7 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _size: usize) -> bool {
+        self.host();
         log::info!("[{}] okta-dcr-auth {VERSION} starting", self.id);
         true
     }
@@ -143,11 +189,12 @@ impl RootContext for Root {
                 log::error!("[{}] okta-dcr-auth: configuration refused: {e}", self.id);
                 // ngx_wasm_module ends the worker on false and starts no other: the whole server
                 // then hangs. There, stay up unconfigured: this route answers 503.
-                return abi::lenient_host();
+                return self.host().is_ngx();
             }
         };
         let metrics = Metrics::define();
-        let resume = host_resume(self.id);
+        let host = self.host();
+        let resume = host.resume();
         // The host's log level is not read: ngx_wasm_module declares `proxy_get_log_level`
         // with another signature than Envoy, and a module importing it does not load there.
         if resume == Resume::OwnRequestOnly {
@@ -169,6 +216,7 @@ impl RootContext for Root {
         }
         self.plugin = Some(Rc::new(Plugin {
             gate: RefCell::new(gate),
+            host,
             replies,
             metrics,
         }));
@@ -207,6 +255,7 @@ impl RootContext for Root {
         Some(Box::new(Request {
             id,
             plugin: self.plugin.clone(),
+            host: self.host.unwrap_or(HostKind::Envoy),
             parked: false,
         }))
     }
@@ -220,6 +269,7 @@ struct Request {
     id: u32,
     /// `None` when the configuration was refused: every request is then answered 503.
     plugin: Option<Rc<Plugin>>,
+    host: HostKind,
     parked: bool,
 }
 
@@ -250,19 +300,6 @@ impl Context for Request {
     }
 }
 
-/// Envoy refuses to switch to a context that does not exist; ngx_wasm_module's
-/// `set_effective_context` accepts anything and does nothing, so there a request can only be
-/// answered from its own callbacks.
-fn host_resume(root: u32) -> Resume {
-    let accepts_anything = abi::set_effective_context(u32::MAX);
-    abi::set_effective_context(root);
-    if accepts_anything {
-        Resume::OwnRequestOnly
-    } else {
-        Resume::AnyRequest
-    }
-}
-
 /// Wall-clock time, ms since the epoch; read once per host event.
 fn now_ms() -> u64 {
     hostcalls::get_current_time()
@@ -276,7 +313,7 @@ impl HttpContext for Request {
         // ngx_wasm_module: one request per connection through this filter, so that every
         // request that must wait for the IdP is the first on its connection (see
         // `abi::first_request_on_connection`).
-        if abi::lenient_host() && !abi::close_connection_after_request() {
+        if self.host.is_ngx() && !abi::close_connection_after_request() {
             log::debug!("[{}] the host kept the connection open", self.id);
         }
         // All headers in one host call: every spelling of our identity headers must be found and
@@ -298,7 +335,7 @@ impl HttpContext for Request {
         }
         let scrubbed = abi::scrub_request_headers(&spoofed, &[IDENTITY_HEADER, SCOPE_HEADER]);
         let Some(plugin) = &self.plugin else {
-            send_reply(&LocalReply::not_configured(), None);
+            send_reply(self.host, &LocalReply::not_configured(), None);
             return Action::Pause;
         };
         if !scrubbed {
@@ -308,14 +345,18 @@ impl HttpContext for Request {
                 "[{}] request refused: identity headers the host cannot remove",
                 self.id
             );
-            send_reply(plugin.replies.get(Denial::UnremovableHeaders), None);
+            send_reply(
+                self.host,
+                plugin.replies.get(Denial::UnremovableHeaders),
+                None,
+            );
             return Action::Pause;
         }
         let host = HostCalls(&plugin.metrics);
         // ngx_wasm_module: only a connection's first request may wait for an IdP answer (see
         // `abi::first_request_on_connection`); the gate answers the others at once, and the
         // root makes the call they need, so that their retry finds the verdict.
-        let can_wait = !abi::lenient_host() || abi::first_request_on_connection();
+        let can_wait = !self.host.is_ngx() || abi::first_request_on_connection();
         let step = plugin.gate.borrow_mut().on_request_with(
             ContextId(self.id),
             &authorization,
@@ -330,7 +371,7 @@ impl HttpContext for Request {
                 }
                 send_unavailable(plugin, 1, true);
             }
-            Step::Deny(denial) => send_reply(plugin.replies.get(denial), None),
+            Step::Deny(denial) => send_reply(self.host, plugin.replies.get(denial), None),
             Step::Unavailable { retry_after_s } => send_unavailable(plugin, retry_after_s, true),
             // The gate never parks a request that may not wait; should it, the request must not
             // go on (nginx could forward it before its answer).
@@ -395,7 +436,7 @@ fn deliver(plugin: &Rc<Plugin>, caller: u32, token: u32, header_count: usize, bo
         now_ms(),
         &host,
     );
-    let bodyless = body_size == 0 && abi::lenient_host();
+    let bodyless = body_size == 0 && plugin.host.is_ngx();
     apply_elsewhere(plugin, steps, bodyless);
 }
 
@@ -413,7 +454,9 @@ fn apply_elsewhere(plugin: &Plugin, steps: Vec<(ContextId, Step)>, bodyless: boo
                     send_unavailable(plugin, 1, !bodyless);
                 }
             }
-            Step::Deny(denial) => send_reply_with(plugin.replies.get(denial), None, !bodyless),
+            Step::Deny(denial) => {
+                send_reply_with(plugin.host, plugin.replies.get(denial), None, !bodyless)
+            }
             Step::Unavailable { retry_after_s } => {
                 send_unavailable(plugin, retry_after_s, !bodyless)
             }
@@ -443,17 +486,18 @@ fn apply_forward(forward: &Forward, sent: Option<&[&str]>) -> bool {
 fn send_unavailable(plugin: &Plugin, retry_after_s: u64, with_body: bool) {
     let seconds = retry_after_s.to_string();
     send_reply_with(
+        plugin.host,
         plugin.replies.get(Denial::IdpUnavailable),
         Some(&seconds),
         with_body,
     );
 }
 
-fn send_reply(reply: &LocalReply, retry_after: Option<&str>) {
-    send_reply_with(reply, retry_after, true);
+fn send_reply(host: HostKind, reply: &LocalReply, retry_after: Option<&str>) {
+    send_reply_with(host, reply, retry_after, true);
 }
 
-fn send_reply_with(reply: &LocalReply, retry_after: Option<&str>, with_body: bool) {
+fn send_reply_with(host: HostKind, reply: &LocalReply, retry_after: Option<&str>, with_body: bool) {
     let body = if with_body {
         reply.body.as_bytes()
     } else {
@@ -464,7 +508,7 @@ fn send_reply_with(reply: &LocalReply, retry_after: Option<&str>, with_body: boo
         headers.push(("content-type", "application/json"));
     }
     let joined;
-    if reply.challenges.len() > 1 && abi::lenient_host() {
+    if reply.challenges.len() > 1 && host.is_ngx() {
         joined = reply.challenges.join(", ");
         headers.push(("www-authenticate", &joined));
     } else {
