@@ -316,23 +316,8 @@ impl HttpContext for Request {
         if self.host.is_ngx() && !abi::close_connection_after_request() {
             log::debug!("[{}] the host kept the connection open", self.id);
         }
-        // All headers in one host call: every spelling of our identity headers must be found and
-        // removed, and every `Authorization` seen (Envoy folds repeats into one value, joined
-        // by commas; a host that does not would hand over several).
         let headers = abi::request_headers();
-        let mut authorization: Vec<&[u8]> = Vec::new();
-        let mut spoofed: Vec<&str> = Vec::new();
-        for (name, value) in &headers {
-            if name.eq_ignore_ascii_case(b"authorization") {
-                authorization.push(value);
-            } else if let Some(name) = std::str::from_utf8(name)
-                .ok()
-                .filter(|n| is_identity_header(n))
-            {
-                // Identity header spellings are ASCII: a name that is not UTF-8 is none of them.
-                spoofed.push(name);
-            }
-        }
+        let (authorization, spoofed) = credentials_and_spoofed(&headers);
         let scrubbed = abi::scrub_request_headers(&spoofed, &[IDENTITY_HEADER, SCOPE_HEADER]);
         let Some(plugin) = &self.plugin else {
             send_reply(self.host, &LocalReply::not_configured(), None);
@@ -380,6 +365,27 @@ impl HttpContext for Request {
         }
         Action::Pause
     }
+}
+
+/// Every `Authorization` value of a request and the names of the identity headers the client
+/// sent, from all its headers read in one host call: every spelling of our identity headers must
+/// be found and removed, and every `Authorization` seen (Envoy folds repeats into one value,
+/// joined by commas; a host that does not would hand over several).
+fn credentials_and_spoofed(headers: &[abi::HeaderPair]) -> (Vec<&[u8]>, Vec<&str>) {
+    let mut authorization: Vec<&[u8]> = Vec::new();
+    let mut spoofed: Vec<&str> = Vec::new();
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case(b"authorization") {
+            authorization.push(value);
+        } else if let Some(name) = std::str::from_utf8(name)
+            .ok()
+            .filter(|n| is_identity_header(n))
+        {
+            // Identity header spellings are ASCII: a name that is not UTF-8 is none of them.
+            spoofed.push(name);
+        }
+    }
+    (authorization, spoofed)
 }
 
 /// A backstop: ngx_wasm_module could forward a request waiting on a reused connection upstream

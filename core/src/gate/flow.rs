@@ -284,21 +284,8 @@ impl Gate {
         };
         let endpoint = endpoint_of(&req.credential);
         let class = call_class(&req.key, seen, now);
-        if let Err(retry_after_s) = self.admission.take_budget(endpoint, class, now, host) {
-            // No call: whoever waits on this lease gives up now too.
-            self.slots.release(host, &req.key, Some(now));
-            let why = "call budget spent (idp_calls_per_minute): no call";
-            self.warn(now, format_args!("[{ctx}] {} {why}", endpoint.name()));
-            return self.no_verdict(ctx, &req, Some(seen), Some(retry_after_s), now, host);
-        }
-        if class == CallClass::Unknown {
-            let turn = self
-                .admission
-                .throttle_turn(&req.credential, now, host, true);
-            if let Err(retry_after_s) = turn {
-                self.slots.release(host, &req.key, Some(now));
-                return self.no_verdict(ctx, &req, Some(seen), Some(retry_after_s), now, host);
-            }
+        if let Err(refused) = self.take_admission(ctx, &req, seen, class, now, host) {
+            return refused;
         }
         if !req.can_wait {
             // The root makes the call at its next tick, so that it outlives this request: the
@@ -341,6 +328,37 @@ impl Gate {
                 self.no_verdict(ctx, &req, Some(seen), Some(1), now, host)
             }
         }
+    }
+
+    /// Takes the budget's call, then (for an unknown credential) the failure throttle's turn,
+    /// for a request whose lease is won; on a refusal, the lease goes (and whoever waits on it
+    /// gives up too) and the request's step is the `Err`.
+    fn take_admission(
+        &mut self,
+        ctx: ContextId,
+        req: &Pending,
+        seen: &CacheEntry,
+        class: CallClass,
+        now: u64,
+        host: &dyn Host,
+    ) -> Result<(), Step> {
+        let endpoint = endpoint_of(&req.credential);
+        if let Err(retry_after_s) = self.admission.take_budget(endpoint, class, now, host) {
+            self.slots.release(host, &req.key, Some(now));
+            let why = "call budget spent (idp_calls_per_minute): no call";
+            self.warn(now, format_args!("[{ctx}] {} {why}", endpoint.name()));
+            return Err(self.no_verdict(ctx, req, Some(seen), Some(retry_after_s), now, host));
+        }
+        if class == CallClass::Unknown {
+            let turn = self
+                .admission
+                .throttle_turn(&req.credential, now, host, true);
+            if let Err(retry_after_s) = turn {
+                self.slots.release(host, &req.key, Some(now));
+                return Err(self.no_verdict(ctx, req, Some(seen), Some(retry_after_s), now, host));
+            }
+        }
+        Ok(())
     }
 
     /// The gateway has its bound of calls in flight out: no verdict now.

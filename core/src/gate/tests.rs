@@ -1046,7 +1046,7 @@ cas_test! {
         // The next turn is due. Right after this request's lease is written, another worker of
         // the same route takes this second's last budget call: the budget refuses this one.
         host.advance(12_000);
-        let mut other = gate(&host, extra);
+        let other = gate(&host, extra);
         host.after_next_write_to("okta-dcr-auth/set/", move |h| {
             while other
                 .admission
