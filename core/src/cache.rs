@@ -2,40 +2,15 @@
 //! its entry may live, and the bytes of an entry. Shared data never evicts, so the table is
 //! fixed. An entry carries the full key hash, so a collision is a miss, never a wrong hit.
 //!
-//! Two layouts live here while the gate moves from one to the other:
-//! - today's, direct-mapped: `cache_slots` slots per configuration ([`CacheKey::slot`],
-//!   [`Names::new`]), each holding one entry; whatever comes next for the slot replaces it;
-//! - the set-associative one: `cache_slots / WAYS` sets ([`set_of`], [`sets_for`]), one
-//!   shared-data key per set holding [`WAYS`] entries ([`CacheSet`]), and an eviction order
-//!   ([`choose_way`]) under which a positive verdict inside its lifetime plus
-//!   `stale_if_error` is never replaced by a lease, a negative verdict or an unknown
-//!   credential, so a flood of bogus credentials cannot take it away. Its names
-//!   ([`Names::stable`]) carry no configuration digest: a new configuration version overwrites
-//!   the old version's table instead of growing a new one beside it.
-//!
-//! Why the direct-mapped table lost valid verdicts to even a small flood (issue 11, finding 3):
-//! - a bogus credential whose key maps to a valid client's slot writes its lease there as
-//!   `CacheEntry::empty(bogus)`: the lease path keeps an entry only when it is the same key's,
-//!   so the verdict is dropped before the bogus call is even answered (and stays dropped if that
-//!   call fails), then the bogus negative verdict takes the slot;
-//! - so each distinct bogus credential is one independent chance per valid client:
-//!   `1 - (1 - 1/slots)^n` is 13.6% for 2,400 bogus credentials and 16,384 slots, 95% for 48,000
-//!   (3 of 50 clients left, as measured); a run that checks k clients loses at least one with
-//!   `1 - 0.864^k`: 52% for five. Measured in real Envoy (2 workers, 2,400 sequential bogus
-//!   Basic credentials, then a 503 outage): 51 of 300 clients lost (17%), and 11 of 20 runs of
-//!   five clients lost at least one; the gate driven by a fake host gives the same figures. So
-//!   "about half of the runs" is what collisions alone give when a run checks several clients:
-//!   within one table nothing else evicts;
-//! - nothing shows or repairs the loss while the IdP works: each worker serves the client from
-//!   its per-worker copy (`local`), which keeps the shared entry's expiry and never
-//!   reads the slot again before then; and when that copy was cleared with the rest of the full
-//!   per-worker cache (before `local` kept negative copies apart), the client's next request
-//!   found the slot taken and had to call the IdP, which a flood against a rate-limited IdP
-//!   has pushed into 429s and the quota guard's pause;
-//! - every shared-data name carries the configuration digest, so any configuration change (a
-//!   reload, an xDS push) moves all workers to a new, empty table: every stale verdict of the
-//!   old one is out of reach at once (and its memory is never freed). A run that changes the
-//!   configuration between filling the cache and the outage loses all of them.
+//! The table is set-associative: `cache_slots / WAYS` sets ([`set_of`], [`sets_for`]), one
+//! shared-data key per set holding [`WAYS`] entries ([`CacheSet`]), and an eviction order
+//! ([`choose_way`]) under which a positive verdict inside its lifetime plus `stale_if_error` is
+//! never replaced by a lease, a negative verdict or an unknown credential: a flood of bogus
+//! credentials cannot take it away (with one entry per key, each bogus credential would be one
+//! more chance to land on a valid client's place). The table's names ([`Names`]) carry no
+//! configuration digest: cache keys hash the digest, so versions never answer for each other,
+//! and a new configuration version takes the old one's places instead of growing a new table
+//! beside it.
 
 use sha2::{Digest, Sha256};
 
@@ -81,70 +56,45 @@ impl CacheKey {
     }
 }
 
-/// Names of the filter's shared-data keys.
-///
-/// [`Names::new`] is today's layout: everything under a prefix of the configuration digest,
-/// `okta-dcr-auth/<digest>/<slot>` plus a constant few (`/discovery`, `/slots`,
-/// `/guard/<endpoint>`), so each configuration version creates a full table of its own and
-/// never frees the old one.
-///
-/// [`Names::stable`] is the layout that does not grow with configuration versions:
+/// Names of the filter's shared-data keys, in a layout that does not grow with configuration
+/// versions:
 /// - the cache table is the gateway's, not a version's: `okta-dcr-auth/set/<n>` and its
-///   readiness marker `okta-dcr-auth/sets` (see [`sets_to_create`]). Cache keys already hash
-///   the configuration digest, so versions never answer for each other; a new version's entries
-///   take the old version's places under the eviction order, and the old entries age out;
-/// - what belongs to an issuer is named by a hash of it: `okta-dcr-auth/i/<issuer>/discovery`;
+///   readiness marker `okta-dcr-auth/sets` (see [`sets_to_create`]);
+/// - what belongs to an issuer is named by a hash of it: `okta-dcr-auth/i/<issuer>/discovery`
+///   and `.../jwks/<path>`;
 /// - what belongs to an Okta org (its rate limits) by a hash of the issuer's origin:
-///   `okta-dcr-auth/o/<origin>/guard/<endpoint>` and `.../budget/<endpoint>`;
+///   `okta-dcr-auth/o/<origin>/guard/<endpoint>`, `.../budget/<endpoint>/<slot>` and
+///   `.../inflight`;
 /// - the failure throttle is the gateway's: `okta-dcr-auth/throttle/<n>`.
 ///
-/// The number of keys is then bounded by the largest `cache_slots` ever configured, plus a few
-/// per distinct issuer, whatever the number of versions.
+/// The number of keys is bounded by the largest `cache_slots` ever configured, plus a few per
+/// distinct issuer and org, whatever the number of versions.
 #[derive(Debug, Clone)]
 pub struct Names {
-    /// Prefix of the cache's keys (slots or sets).
+    /// Prefix of the cache's sets.
     table: String,
-    /// Prefix of the per-configuration (legacy) or per-issuer names.
+    /// Prefix of the per-issuer names.
     issuer: String,
-    /// Prefix of the per-org names (guard, budget).
+    /// Prefix of the per-org names (guard, budget, calls in flight).
     org: String,
-    stable: bool,
 }
 
 const NAMESPACE: &str = "okta-dcr-auth/";
 
 impl Names {
-    /// Today's layout: every name under a prefix of the configuration digest.
-    pub fn new(config_digest: &[u8; 32]) -> Names {
-        let prefix = format!("{NAMESPACE}{}/", hex(&config_digest[..8]));
-        Names {
-            table: prefix.clone(),
-            issuer: prefix.clone(),
-            org: prefix,
-            stable: false,
-        }
-    }
-
-    /// The layout that does not grow with configuration versions (see the type's doc).
-    /// `issuer` as configured (`https://dev-123.okta.com/oauth2/default`).
+    /// The names for `issuer` as configured (`https://dev-123.okta.com/oauth2/default`).
     pub fn stable(issuer: &str) -> Names {
         let issuer = issuer.trim_end_matches('/');
         Names {
             table: format!("{NAMESPACE}set/"),
             issuer: format!("{NAMESPACE}i/{}/", short_hash(issuer)),
             org: format!("{NAMESPACE}o/{}/", short_hash(origin_of(issuer))),
-            stable: true,
         }
     }
 
-    /// A cache slot (direct-mapped) or, with [`Names::stable`], a cache set.
-    pub fn slot(&self, slot: u32) -> String {
-        format!("{}{slot}", self.table)
-    }
-
-    /// The cache set `set` ([`Names::stable`]'s table).
+    /// The cache set `set`.
     pub fn set(&self, set: u32) -> String {
-        self.slot(set)
+        format!("{}{set}", self.table)
     }
 
     pub fn discovery(&self) -> String {
@@ -158,14 +108,10 @@ impl Names {
         format!("{}jwks/{}", self.issuer, short_hash(jwks_path))
     }
 
-    /// Present once every slot exists, so that later workers skip creating them. With
-    /// [`Names::stable`]: `okta-dcr-auth/sets`, holding how many sets exist ([`sets_to_create`]).
+    /// Present once every set exists, so that later workers skip creating them:
+    /// `okta-dcr-auth/sets`, holding how many sets exist ([`sets_to_create`]).
     pub fn slots_ready(&self) -> String {
-        if self.stable {
-            format!("{NAMESPACE}sets")
-        } else {
-            format!("{}slots", self.issuer)
-        }
+        format!("{NAMESPACE}sets")
     }
 
     /// Until when (ms since epoch) no worker calls this IdP endpoint: its quota guard.
@@ -1045,7 +991,7 @@ mod tests {
         assert_eq!(choose(&ways, Incoming::Lease), Choice::Replace(1));
     }
 
-    /// The promise of issue 11: after a flood of ten times the table's size in distinct bogus
+    /// The eviction promise: after a flood of ten times the table's size in distinct bogus
     /// credentials, every valid client inside its lifetime plus stale_if_error is still there.
     #[test]
     fn a_flood_of_bogus_credentials_never_evicts_a_live_positive_verdict() {
@@ -1187,18 +1133,6 @@ mod tests {
         assert_ne!(
             v1.guard(ep),
             v1.guard(crate::metrics::IdpEndpoint::Introspection)
-        );
-        // today's layout is unchanged
-        let legacy = Names::new(&[0xab; 32]);
-        assert_eq!(legacy.slot(5), "okta-dcr-auth/abababababababab/5");
-        assert_eq!(
-            legacy.guard(ep),
-            "okta-dcr-auth/abababababababab/guard/token"
-        );
-        assert_eq!(legacy.slots_ready(), "okta-dcr-auth/abababababababab/slots");
-        assert_eq!(
-            legacy.discovery(),
-            "okta-dcr-auth/abababababababab/discovery"
         );
         assert_eq!(origin_of("http://127.0.0.1:9/x/y"), "http://127.0.0.1:9");
         assert_eq!(origin_of("https://h"), "https://h");

@@ -1199,7 +1199,7 @@ cas_test! {
 }
 
 cas_test! {
-    /// Issue 18, finding 4: the bound is the gateway's (all workers together), so that a fleet can
+    /// The bound is the gateway's (all workers together), so that a fleet can
     /// be sized against Okta's concurrent-request limit.
     fn calls_in_flight_are_capped_per_gateway_across_workers(cas) {
         let host = FakeHost::at(cas, T0);
@@ -1234,7 +1234,7 @@ cas_test! {
 }
 
 cas_test! {
-    /// Issue 18, finding 3: each route configuration has its own budget. A flood on a route with a
+    /// Each route configuration has its own budget. A flood on a route with a
     /// large budget spends nothing of another route's smaller one, nor its refresh reserve.
     fn a_flood_on_one_route_never_spends_another_routes_budget(cas) {
         let host = FakeHost::at(cas, T0);

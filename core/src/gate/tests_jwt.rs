@@ -285,7 +285,7 @@ cas_test! {
 }
 
 cas_test! {
-    /// The attack of issue 18 (finding 2): unknown-`kid` tokens whose clients hang up at once, in a
+    /// Unknown-`kid` tokens whose clients hang up at once, in a
     /// loop. The fetches they cause complete (the root owns them), so a key published since is
     /// taken up by the next permitted refresh, and the hourly refresh is not held back.
     fn clients_that_hang_up_cannot_hold_back_a_key_set_refresh(cas) {
