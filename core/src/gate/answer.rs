@@ -4,7 +4,7 @@
 //! in `admission`). An `invalid_client` counts against its client id (the failure throttle).
 
 use super::{deny_reason, refuse, ContextId, Gate, Host, Resume, Sent, Step};
-use crate::cache::{CacheEntry, CacheKey, Cached};
+use crate::cache::{CacheKey, Cached};
 use crate::credentials::Credential;
 use crate::local::Copy;
 use crate::metrics::IdpEndpoint;
@@ -118,7 +118,8 @@ impl Gate {
             Outcome::Failed(failure) => {
                 let why = failure.describe();
                 let leader = sent.by;
-                self.warn(now, format_args!("[{leader}] IdP call failed: {why}"));
+                self.warnings
+                    .warn(now, format_args!("[{leader}] IdP call failed: {why}"));
                 self.slots.release(host, &key, Some(now));
                 self.note_failure(failure, sent, now, host);
                 return Err(failure);
@@ -126,32 +127,8 @@ impl Gate {
         };
         self.health
             .heard_from(sent.endpoint, matches!(verdict, Cached::Allow(_)), now);
-        let stored = self.store(key, now, expires, verdict.clone(), host);
+        let stored = self.slots.keep(host, key, now, expires, verdict.clone());
         Ok((verdict, stored.then_some(expires)))
-    }
-
-    /// Caches a verdict for every worker; whether it was written (a worker-local copy is kept
-    /// only of what shared data holds).
-    pub(super) fn store(
-        &mut self,
-        key: CacheKey,
-        now: u64,
-        expires_at_ms: u64,
-        verdict: Cached,
-        host: &dyn Host,
-    ) -> bool {
-        if expires_at_ms <= now {
-            // Nothing to keep (a zero TTL): just let followers go.
-            self.slots.release(host, &key, None);
-            return false;
-        }
-        let entry = CacheEntry {
-            decided_at_ms: now,
-            expires_at_ms,
-            verdict: Some(verdict),
-            ..CacheEntry::empty(key)
-        };
-        self.slots.store(host, &entry, now)
     }
 }
 

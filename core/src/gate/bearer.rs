@@ -10,7 +10,6 @@ use super::{deny_reason, refuse, ContextId, Gate, Host, Parked, Pending, Resume,
 use crate::cache::{CacheKey, Cached, Freshness};
 use crate::config::{BearerFormat, BearerValidation};
 use crate::credentials::Credential;
-use crate::jwks::KeySet;
 use crate::jwt::{self, JwtError, Verified};
 use crate::local::Copy;
 use crate::metrics::DenyReason;
@@ -115,19 +114,11 @@ impl Gate {
     /// `jwt::verify` with this worker's set; on an unknown `kid`, once more with a newer set
     /// another worker fetched, if there is one.
     fn verify(&mut self, token: &str, now: u64, host: &dyn Host) -> Result<Verified, JwtError> {
-        let first = self.verify_with_current_keys(token, now);
+        let first = self.keys.verify(token, self.config.jwt.as_ref(), now);
         if matches!(first, Err(JwtError::UnknownKid(_))) && self.adopt_shared_keys(now, host) {
-            return self.verify_with_current_keys(token, now);
+            return self.keys.verify(token, self.config.jwt.as_ref(), now);
         }
         first
-    }
-
-    fn verify_with_current_keys(&self, token: &str, now: u64) -> Result<Verified, JwtError> {
-        let Some(policy) = self.config.jwt.as_ref() else {
-            return Err(JwtError::Invalid("not in a jwt mode"));
-        };
-        let empty = KeySet::default();
-        jwt::verify(token, self.keys.set().unwrap_or(&empty), policy, now / 1000)
     }
 
     /// A verified token: cached for every worker until the earlier of its `exp` and
@@ -158,7 +149,7 @@ impl Gate {
     /// Stores a verdict for every worker and, when shared data holds it, a local copy.
     fn keep(&mut self, req: &Pending, verdict: Cached, now: u64, expires: u64, host: &dyn Host) {
         let key: CacheKey = req.key;
-        if self.store(key, now, expires, verdict.clone(), host) {
+        if self.slots.keep(host, key, now, expires, verdict.clone()) {
             let copy = Copy {
                 verdict,
                 scheme: req.credential.scheme(),
@@ -191,7 +182,7 @@ impl Gate {
         } else {
             Why::UnknownKid
         };
-        let deadline_ms = req.arrived_ms + self.lease_ms();
+        let deadline_ms = req.arrived_ms + self.lease_ms;
         req.stage = Stage::KeysAwaited;
         let own_only = self.resume == Resume::OwnRequestOnly;
         // A request sends the fetch itself only where it can wait for nothing else.
@@ -222,7 +213,7 @@ impl Gate {
         now: u64,
         host: &dyn Host,
     ) -> Step {
-        let deadline_ms = req.arrived_ms + self.lease_ms();
+        let deadline_ms = req.arrived_ms + self.lease_ms;
         let retry_at = self.discovery.retry_at().unwrap_or(now);
         let own_only = self.resume == Resume::OwnRequestOnly;
         if retry_at > deadline_ms || (own_only && retry_at > now) {
@@ -256,7 +247,7 @@ impl Gate {
         host: &dyn Host,
     ) -> Step {
         if self.keys.set().is_none() {
-            self.warn(
+            self.warnings.warn(
                 now,
                 format_args!("[{ctx}] no key set from the issuer yet: Bearer tokens get 503"),
             );

@@ -11,13 +11,14 @@
 use super::admission::{call_class, Facts};
 use super::answer::endpoint_of;
 use super::bearer::Local;
+use super::discovery::Discovery;
 use super::slots::Update;
 use super::{
     ContextId, Deferred, Gate, Host, NotSent, Parked, Pending, Purpose, Resume, Stage, Step,
-    LEASE_MARGIN_MS,
 };
 use crate::budget::CallClass;
 use crate::cache::{CacheEntry, CacheKey, Cached, Freshness};
+use crate::config::Config;
 use crate::credentials::Credential;
 use crate::local::Copy;
 use crate::okta::{self, IdpRequest};
@@ -126,10 +127,6 @@ struct Decided {
 const NOT_SENT: &str = "IdP call could not be sent (is idp_upstream a known cluster with a healthy host, or is its circuit breaker full?)";
 
 impl Gate {
-    pub(super) fn lease_ms(&self) -> u64 {
-        self.config.idp_timeout_ms + LEASE_MARGIN_MS
-    }
-
     /// Moves a request as far as it can go: cache, discovery, lease, IdP call.
     pub(super) fn advance(
         &mut self,
@@ -169,7 +166,7 @@ impl Gate {
             ready: self.discovery.is_ready(),
             retry_at: self.discovery.retry_at(),
             own_only: self.resume == Resume::OwnRequestOnly,
-            lease_ms: self.lease_ms(),
+            lease_ms: self.lease_ms,
         };
         let endpoint = endpoint_of(&req.credential);
         let mut facts: Option<Facts> = None;
@@ -204,7 +201,7 @@ impl Gate {
         now: u64,
         host: &dyn Host,
     ) -> Step {
-        let deadline_ms = req.deadline_ms(self.lease_ms());
+        let deadline_ms = req.deadline_ms(self.lease_ms);
         let lost = update == Update::Lost;
         match next {
             // A request that may not wait gets its answer now; a call it needs is the root's.
@@ -278,7 +275,7 @@ impl Gate {
         now: u64,
         host: &dyn Host,
     ) -> Step {
-        let Some(request) = self.idp_request(&req.credential) else {
+        let Some(request) = idp_request(&self.config, &self.discovery, &req.credential) else {
             self.slots.release(host, &req.key, None);
             return self.no_verdict(ctx, &req, Some(seen), None, now, host);
         };
@@ -305,7 +302,7 @@ impl Gate {
         };
         match self.send(caller, &request, (purpose, class), now, host) {
             Ok(call) => {
-                let lease_until_ms = now + self.lease_ms();
+                let lease_until_ms = now + self.lease_ms;
                 self.park(
                     ctx,
                     Parked::Leader {
@@ -323,7 +320,7 @@ impl Gate {
                 // The proxy's own refusal (its circuit breaker full): calls already queued there
                 // may time out without Okta being at fault (`guard::silence_explained`).
                 self.health.proxy_refused(endpoint, now);
-                self.warn(now, format_args!("[{ctx}] {NOT_SENT}"));
+                self.warnings.warn(now, format_args!("[{ctx}] {NOT_SENT}"));
                 self.slots.release(host, &req.key, Some(now));
                 self.no_verdict(ctx, &req, Some(seen), Some(1), now, host)
             }
@@ -346,7 +343,8 @@ impl Gate {
         if let Err(retry_after_s) = self.admission.take_budget(endpoint, class, now, host) {
             self.slots.release(host, &req.key, Some(now));
             let why = "call budget spent (idp_calls_per_minute): no call";
-            self.warn(now, format_args!("[{ctx}] {} {why}", endpoint.name()));
+            self.warnings
+                .warn(now, format_args!("[{ctx}] {} {why}", endpoint.name()));
             return Err(self.no_verdict(ctx, req, Some(seen), Some(retry_after_s), now, host));
         }
         if class == CallClass::Unknown {
@@ -372,7 +370,7 @@ impl Gate {
     ) -> Step {
         let cap = self.config.max_idp_calls_in_flight;
         let why = "IdP calls in flight on this gateway (max_idp_calls_in_flight): no new call";
-        self.warn(now, format_args!("[{ctx}] {cap} {why}"));
+        self.warnings.warn(now, format_args!("[{ctx}] {cap} {why}"));
         self.no_verdict(ctx, req, Some(seen), Some(1), now, host)
     }
 
@@ -385,7 +383,7 @@ impl Gate {
         host: &dyn Host,
     ) {
         let root = self.root;
-        let Some(request) = self.idp_request(&credential) else {
+        let Some(request) = idp_request(&self.config, &self.discovery, &credential) else {
             self.slots.release(host, &key, None);
             return;
         };
@@ -400,23 +398,28 @@ impl Gate {
             Err(NotSent::AtCap) => self.slots.release(host, &key, None),
             Err(NotSent::Refused) => {
                 self.health.proxy_refused(endpoint, now);
-                self.warn(now, format_args!("[{root}] {NOT_SENT}"));
+                self.warnings.warn(now, format_args!("[{root}] {NOT_SENT}"));
                 self.slots.release(host, &key, Some(now));
             }
         }
     }
+}
 
-    fn idp_request(&self, credential: &Credential) -> Option<IdpRequest> {
-        let endpoints = self.discovery.endpoints();
-        match credential {
-            Credential::Basic(client) => {
-                let path = endpoints.token_path.as_deref()?;
-                Some(okta::token_request(&self.config, path, client))
-            }
-            Credential::Bearer(token) => {
-                let path = endpoints.introspection_path.as_deref()?;
-                Some(okta::introspection_request(&self.config, path, token))
-            }
+/// The IdP call that gives a verdict on `credential`, once its endpoint is known.
+fn idp_request(
+    config: &Config,
+    discovery: &Discovery,
+    credential: &Credential,
+) -> Option<IdpRequest> {
+    let endpoints = discovery.endpoints();
+    match credential {
+        Credential::Basic(client) => {
+            let path = endpoints.token_path.as_deref()?;
+            Some(okta::token_request(config, path, client))
+        }
+        Credential::Bearer(token) => {
+            let path = endpoints.introspection_path.as_deref()?;
+            Some(okta::introspection_request(config, path, token))
         }
     }
 }

@@ -52,7 +52,7 @@ impl Gate {
         {
             return Fetch::NotNow;
         }
-        let until = now + self.lease_ms();
+        let until = now + self.lease_ms;
         let mut in_flight = false;
         let written = update(host, &self.names.jwks(&path), |bytes| {
             let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
@@ -97,7 +97,7 @@ impl Gate {
         }
         let fetch = self.send_fetch(caller, &path, Why::NoKeys, false, now, host);
         if fetch == Fetch::Sent {
-            self.own_fetch_until_ms = now + self.lease_ms();
+            self.own_fetch_until_ms = now + self.lease_ms;
         }
         fetch
     }
@@ -111,7 +111,7 @@ impl Gate {
         ) else {
             return;
         };
-        let until = now + self.lease_ms();
+        let until = now + self.lease_ms;
         update(host, &name, |bytes| {
             let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
             Ok(record.leased(until).encode())
@@ -151,7 +151,7 @@ impl Gate {
                     NotSent::AtCap => {}
                     // The proxy's refusal completes the attempt.
                     NotSent::Refused => {
-                        self.warn(
+                        self.warnings.warn(
                             now,
                             format_args!("[{caller}] the key set fetch could not be sent (is idp_upstream a known cluster with a healthy host?)"),
                         );
@@ -214,7 +214,7 @@ impl Gate {
             Adopted::Unchanged => false,
             Adopted::Unusable(e) => {
                 let root = self.root;
-                self.warn(
+                self.warnings.warn(
                     now,
                     format_args!("[{root}] the shared key set is unusable: {}", e.describe()),
                 );
@@ -267,7 +267,7 @@ impl Gate {
             }
             Err(e) => {
                 let root = self.root;
-                self.warn(
+                self.warnings.warn(
                     now,
                     format_args!(
                         "[{root}] key set fetch failed: {}; the last good set stays in use",

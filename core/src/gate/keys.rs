@@ -17,6 +17,7 @@
 //! serving.
 
 use crate::jwks::{JwksError, KeySet};
+use crate::jwt::{self, JwtError, JwtPolicy, Verified};
 
 /// An unknown `kid` refreshes the set at most this often, all workers together.
 pub const REFRESH_INTERVAL_MS: u64 = 30_000;
@@ -187,6 +188,26 @@ impl Keys {
             }
             Err(e) => Adopted::Unusable(e),
         }
+    }
+
+    /// Verifies `token` with this worker's set (an empty one before any was fetched) under
+    /// `policy` (`None`: not a `jwt` mode, nothing passes).
+    pub fn verify(
+        &self,
+        token: &str,
+        policy: Option<&JwtPolicy>,
+        now_ms: u64,
+    ) -> Result<Verified, JwtError> {
+        let Some(policy) = policy else {
+            return Err(JwtError::Invalid("not in a jwt mode"));
+        };
+        let empty = KeySet::default();
+        jwt::verify(
+            token,
+            self.set.as_ref().unwrap_or(&empty),
+            policy,
+            now_ms / 1000,
+        )
     }
 
     /// The set this worker just fetched (and shared).

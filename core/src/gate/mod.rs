@@ -44,7 +44,7 @@ use keys::Keys;
 use requests::{Parked, Paused, Pending, Stage};
 use slots::{overwrite, Slots};
 pub use slots::{SharedData, SharedError};
-use steps::{deny_reason, refuse};
+use steps::{deny_reason, refuse, Warnings};
 
 /// The host as the gate needs it: shared data, IdP calls, metrics. No clock: every event
 /// carries its time.
@@ -145,7 +145,9 @@ pub struct Gate {
     own_fetch_until_ms: u64,
     /// When this configuration next announces its bound of calls in flight to the org.
     next_announce_ms: u64,
-    last_warn_ms: u64,
+    warnings: Warnings,
+    /// How long a call may take before its lease (and its place in flight) ends.
+    lease_ms: u64,
 }
 
 /// A call that got its answer: where it went, when it was sent (what the quota guard needs of a
@@ -174,11 +176,8 @@ impl Gate {
         );
         let capacity = LOCAL_CACHE_ENTRIES.min(config.cache_slots as usize);
         let local = LocalCache::new(capacity, seed);
-        let admission = Admission::new(
-            &config,
-            names.clone(),
-            config.idp_timeout_ms + LEASE_MARGIN_MS,
-        );
+        let config_lease_ms = config.idp_timeout_ms + LEASE_MARGIN_MS;
+        let admission = Admission::new(&config, names.clone(), config_lease_ms);
         let mut gate = Gate {
             config,
             names,
@@ -194,7 +193,8 @@ impl Gate {
             resume,
             own_fetch_until_ms: 0,
             next_announce_ms: 0,
-            last_warn_ms: 0,
+            warnings: Warnings::default(),
+            lease_ms: config_lease_ms,
         };
         gate.announce_bound(now, host);
         if !gate.discovery.is_ready() {
@@ -350,7 +350,7 @@ impl Gate {
                     return Vec::new();
                 }
             }
-            Next::Retry { in_ms, why } => self.discovery_failed(in_ms, &why),
+            Next::Retry { in_ms, why } => discovery_failed(self.root, in_ms, &why),
         }
         // Requests parked for discovery go on now, or fail if the retry is too late. With
         // `OwnRequestOnly`, only the request that made this call can be answered from here.
@@ -380,13 +380,6 @@ impl Gate {
             }
         }
         steps
-    }
-
-    fn discovery_failed(&self, in_ms: u64, why: &str) {
-        log::warn!(
-            "[{}] discovery at the issuer failed: {why}; retrying in {in_ms} ms",
-            self.root
-        );
     }
 
     /// Sends `request` to the IdP on behalf of `caller`, if the gateway has a place among its
@@ -437,7 +430,7 @@ impl Gate {
                 ));
                 let why = "the call could not be sent (is idp_upstream a known cluster with a healthy host?)";
                 if let Next::Retry { in_ms, why } = self.discovery.failed(now, why) {
-                    self.discovery_failed(in_ms, &why);
+                    discovery_failed(self.root, in_ms, &why);
                 }
             }
         }
@@ -451,3 +444,7 @@ impl Gate {
 
 #[cfg(test)]
 mod tests;
+
+fn discovery_failed(root: ContextId, in_ms: u64, why: &str) {
+    log::warn!("[{root}] discovery at the issuer failed: {why}; retrying in {in_ms} ms");
+}

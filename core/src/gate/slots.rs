@@ -10,7 +10,7 @@
 //! the same on both.
 
 use crate::cache::{
-    set_of, sets_for, sets_marker, sets_to_create, CacheEntry, CacheKey, CacheSet, Names,
+    set_of, sets_for, sets_marker, sets_to_create, CacheEntry, CacheKey, CacheSet, Cached, Names,
     NotWritten,
 };
 
@@ -143,6 +143,30 @@ impl Slots {
         update(shared, &self.name(key), |bytes| {
             CacheSet::with_lease(bytes, key, until_ms, now_ms, stale, &mut decide)
         })
+    }
+
+    /// Caches a verdict for every worker, decided now, until `expires_at_ms`; whether it was
+    /// written (a worker-local copy is kept only of what shared data holds). With nothing to
+    /// keep (a zero TTL), it only lets followers go.
+    pub fn keep<S: SharedData + ?Sized>(
+        &self,
+        shared: &S,
+        key: CacheKey,
+        now_ms: u64,
+        expires_at_ms: u64,
+        verdict: Cached,
+    ) -> bool {
+        if expires_at_ms <= now_ms {
+            self.release(shared, &key, None);
+            return false;
+        }
+        let entry = CacheEntry {
+            decided_at_ms: now_ms,
+            expires_at_ms,
+            verdict: Some(verdict),
+            ..CacheEntry::empty(key)
+        };
+        self.store(shared, &entry, now_ms)
     }
 
     /// Writes a verdict, unless the cache already holds a newer one for the same key (an older,

@@ -82,11 +82,19 @@ impl Gate {
             (step, None) => step,
         }
     }
+}
 
-    /// Logs IdP trouble at warn at most once per `WARN_INTERVAL_MS`, at debug otherwise.
-    pub(super) fn warn(&mut self, now: u64, message: std::fmt::Arguments<'_>) {
-        if now >= self.last_warn_ms + WARN_INTERVAL_MS || self.last_warn_ms == 0 {
-            self.last_warn_ms = now;
+/// IdP trouble logged at warn at most once per `WARN_INTERVAL_MS` per worker, at debug otherwise:
+/// a failing Okta must not flood the log.
+#[derive(Debug, Default)]
+pub(super) struct Warnings {
+    last_ms: u64,
+}
+
+impl Warnings {
+    pub fn warn(&mut self, now: u64, message: std::fmt::Arguments<'_>) {
+        if now >= self.last_ms + WARN_INTERVAL_MS || self.last_ms == 0 {
+            self.last_ms = now;
             log::warn!("{message}");
         } else {
             log::debug!("{message}");

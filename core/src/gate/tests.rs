@@ -581,14 +581,15 @@ cas_test! {
         let host = FakeHost::at(cas, T0);
         let mut g = gate(&host, "");
         let key = CacheKey([5; 32]);
-        g.store(
+        g.slots.keep(
+            &host,
             key,
             T0 + 10,
             T0 + 100_000,
             Cached::Deny(Denial::InvalidClient),
-            &host,
         );
-        g.store(
+        g.slots.keep(
+            &host,
             key,
             T0 + 5,
             T0 + 100_000,
@@ -597,7 +598,6 @@ cas_test! {
                 scope: String::new(),
                 access_token: None,
             }),
-            &host,
         );
         let entry = g.slots.read(&host, &key);
         assert_eq!(entry.verdict, Some(Cached::Deny(Denial::InvalidClient)));
