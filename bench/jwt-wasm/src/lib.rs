@@ -120,8 +120,11 @@ mod candidate {
         }
     }
 
+    /// The parsed key, the signing input, the signature.
+    type State = (lib::Key, Vec<u8>, Vec<u8>);
+
     thread_local! {
-        static STATE: RefCell<Option<(lib::Key, Vec<u8>, Vec<u8>)>> = const { RefCell::new(None) };
+        static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
     }
 
     /// The buffer holds four fields, each a 4-byte little-endian length and its bytes: the
