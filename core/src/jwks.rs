@@ -1,8 +1,10 @@
 //! The issuer's signing keys: a JWKS document (RFC 7517) read into a [`KeySet`], the JWS
 //! algorithms the filter accepts ([`Alg`]), and the signature check of one key. Pure: the glue
 //! fetches the document, this module only reads it. Every big-number and signature operation is
-//! RustCrypto's `rsa` crate (PKCS#1 v1.5 verification, key checks); nothing of it is written
-//! here.
+//! *ring*'s (BoringSSL's RSA PKCS#1 v1.5 verification, its key checks included); nothing of it is
+//! written here. The key's components are checked here only against the bounds *ring* applies
+//! on every verification (size, an odd modulus, an odd exponent from 3 to 2^33 - 1), so that a
+//! key *ring* would refuse is skipped when the set is read rather than failing every token.
 //!
 //! A key set is read strictly but forgivingly: the document must be a JSON object with a `keys`
 //! array within the limits below, and each key that cannot be used for verifying signatures
@@ -12,10 +14,11 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use rsa::BoxedUint;
-use rsa::Pkcs1v15Sign;
+use ring::signature::{
+    RsaParameters, RsaPublicKeyComponents, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_2048_8192_SHA384,
+    RSA_PKCS1_2048_8192_SHA512,
+};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use crate::verdict::header_safe;
 
@@ -72,7 +75,26 @@ pub struct Jwk {
 
 #[derive(Clone)]
 enum PublicKey {
-    Rsa(rsa::PublicKey),
+    /// Big-endian, no leading zero octet. *ring* has no parsed RSA public key for
+    /// verification: each check reads these and computes the modulus' Montgomery constants
+    /// (about a quarter of its cost, bench/RESULTS.md).
+    Rsa(RsaPublicKeyComponents<Vec<u8>>),
+}
+
+/// *ring*'s RS256/384/512: PKCS#1 v1.5 with a modulus of 2048 to 8192 bits (this module accepts
+/// up to [`RSA_BITS`]).
+fn rsa_parameters(alg: Alg) -> &'static RsaParameters {
+    match alg {
+        Alg::RS256 => &RSA_PKCS1_2048_8192_SHA256,
+        Alg::RS384 => &RSA_PKCS1_2048_8192_SHA384,
+        Alg::RS512 => &RSA_PKCS1_2048_8192_SHA512,
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Signature checks made on this thread (tests: which refusals come before any).
+    pub(crate) static SIGNATURE_CHECKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 impl Jwk {
@@ -102,24 +124,10 @@ impl Jwk {
         if !self.allows(alg) {
             return false;
         }
+        #[cfg(test)]
+        SIGNATURE_CHECKS.with(|c| c.set(c.get() + 1));
         match &self.key {
-            PublicKey::Rsa(key) => {
-                let (scheme, hashed) = match alg {
-                    Alg::RS256 => (
-                        Pkcs1v15Sign::new::<Sha256>(),
-                        Sha256::digest(message).to_vec(),
-                    ),
-                    Alg::RS384 => (
-                        Pkcs1v15Sign::new::<Sha384>(),
-                        Sha384::digest(message).to_vec(),
-                    ),
-                    Alg::RS512 => (
-                        Pkcs1v15Sign::new::<Sha512>(),
-                        Sha512::digest(message).to_vec(),
-                    ),
-                };
-                key.verify(scheme, &hashed, signature).is_ok()
-            }
+            PublicKey::Rsa(key) => key.verify(rsa_parameters(alg), message, signature).is_ok(),
         }
     }
 }
@@ -251,20 +259,21 @@ fn read_key(jwk: &Map<String, Value>) -> Option<Jwk> {
     Some(jwk)
 }
 
-/// RFC 7518 6.3.1: `n` and `e`, base64url big-endian unsigned integers.
-fn read_rsa(jwk: &Map<String, Value>) -> Option<rsa::PublicKey> {
-    let number = |name: &str| -> Option<BoxedUint> {
+/// RFC 7518 6.3.1: `n` and `e`, base64url big-endian unsigned integers, within the bounds
+/// *ring* checks again on every verification.
+fn read_rsa(jwk: &Map<String, Value>) -> Option<RsaPublicKeyComponents<Vec<u8>>> {
+    let number = |name: &str| -> Option<Vec<u8>> {
         let bytes = URL_SAFE_NO_PAD.decode(jwk.get(name)?.as_str()?).ok()?;
         // RFC 7518 says no leading zero octets; some publishers add one anyway.
         let start = bytes.iter().position(|&b| b != 0)?;
-        let bytes = &bytes[start..];
-        if bytes.len() > RSA_BITS.end() / 8 {
-            return None;
-        }
-        Some(BoxedUint::from_be_slice_vartime(bytes))
+        Some(bytes[start..].to_vec())
     };
     let (n, e) = (number("n")?, number("e")?);
-    rsa::PublicKey::new_with_size_limits(n, e, RSA_BITS).ok()
+    let bits = |x: &[u8]| x.len() * 8 - x[0].leading_zeros() as usize;
+    let odd = |x: &[u8]| x.last().is_some_and(|b| b & 1 == 1);
+    // e: odd, 3 ..= 2^33 - 1 (what *ring* and BoringSSL accept).
+    let e_ok = odd(&e) && bits(&e) <= 33 && (e.len() > 1 || e[0] >= 3);
+    (RSA_BITS.contains(&bits(&n)) && odd(&n) && e_ok).then_some(RsaPublicKeyComponents { n, e })
 }
 
 #[cfg(test)]
@@ -336,6 +345,73 @@ pub(crate) mod tests {
         assert!(set.get("k2").unwrap().allows(Alg::RS512));
         assert!(set.get("enc").is_none());
         assert!(!format!("{:?}", set).contains(&n_2048));
+    }
+
+    /// Keys at the bounds of what is read (sizes, parity, exponents): ring would refuse the
+    /// others on every check; they are skipped when the set is read.
+    #[test]
+    fn rsa_components_at_the_bounds() {
+        let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+        let odd = |mut n: Vec<u8>| {
+            *n.last_mut().unwrap() |= 1;
+            n
+        };
+        let n_2048 = n_of(&dev_key("1"));
+        let mut even = URL_SAFE_NO_PAD.decode(&n_2048).unwrap();
+        *even.last_mut().unwrap() &= 0xfe;
+        let with_e = |kid: &str, n: &str, e: &str| jwk_json(kid, n, "").replace("AQAB", e);
+        let cases = [
+            // (kid, n, e, accepted)
+            ("dev", n_2048.clone(), "AQAB", true),
+            (
+                "leading-zero",
+                b64(&[&[0u8][..], &URL_SAFE_NO_PAD.decode(&n_2048).unwrap()].concat()),
+                "AQAB",
+                true,
+            ),
+            (
+                "2048-min",
+                b64(&odd([&[0x80u8][..], &[0u8; 255]].concat())),
+                "AQAB",
+                true,
+            ),
+            (
+                "2047",
+                b64(&[&[0x7fu8][..], &[0xffu8; 255]].concat()),
+                "AQAB",
+                false,
+            ),
+            ("4096-max", b64(&[0xffu8; 512]), "AQAB", true),
+            (
+                "4097",
+                b64(&[&[1u8][..], &[0xffu8; 512]].concat()),
+                "AQAB",
+                false,
+            ),
+            ("even", b64(&even), "AQAB", false),
+            ("zero", b64(&[0u8; 256]), "AQAB", false),
+            ("empty-n", String::new(), "AQAB", false),
+            ("e3", n_2048.clone(), "Aw", true),
+            ("e5", n_2048.clone(), "BQ", true),
+            (
+                "e2^33-1",
+                n_2048.clone(),
+                &b64(&[1, 0xff, 0xff, 0xff, 0xff]),
+                true,
+            ),
+            ("e-leading-zero", n_2048.clone(), "AAEAAQ", true),
+            ("e0", n_2048.clone(), "AA", false),
+            ("e1", n_2048.clone(), "AQ", false),
+            ("e2", n_2048.clone(), "Ag", false),
+            ("e4", n_2048.clone(), "BA", false),
+            ("e2^33+1", n_2048.clone(), &b64(&[2, 0, 0, 0, 1]), false),
+            ("e-huge", n_2048.clone(), &n_2048, false),
+            ("e-empty", n_2048.clone(), "", false),
+        ];
+        for (kid, n, e, accepted) in cases {
+            let body = doc(&[with_e(kid, &n, e)]);
+            assert_eq!(KeySet::parse(&body).is_ok(), accepted, "{kid}");
+        }
     }
 
     #[test]
