@@ -84,7 +84,10 @@ fn forged(stack: &Stack, header: &str, signature: &str, t: usize, i: usize) -> S
         "aud": "api://default", "iat": now, "exp": now + 3600, "cid": TOKEN_CLIENT,
         "scp": [SCOPE], "sub": TOKEN_CLIENT, "app_id": TOKEN_CLIENT,
     });
-    format!("{header}.{}.{signature}", b64(claims.to_string().as_bytes()))
+    format!(
+        "{header}.{}.{signature}",
+        b64(claims.to_string().as_bytes())
+    )
 }
 
 #[test]
@@ -108,7 +111,11 @@ fn a_forged_token_flood_is_all_401_while_valid_clients_all_pass() {
         s.signing = Signing::UnpublishedKey;
         stack.idp.mint_token(s)
     };
-    let signature = unpublished.split('.').nth(2).unwrap_or_default().to_string();
+    let signature = unpublished
+        .split('.')
+        .nth(2)
+        .unwrap_or_default()
+        .to_string();
     let one = forged(&stack, &header, &signature, 9, 9);
     let r = stack.get("/", &[("authorization", &format!("Bearer {one}"))]);
     assert_local_reply(&r, 401);
