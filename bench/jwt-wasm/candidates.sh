@@ -2,9 +2,10 @@
 # The RSA libraries considered for the filter's RS256 check, side by side under V8 (node):
 # bench/jwt-wasm built once per candidate feature (and once as the filter's own jwt::verify),
 # copied to target/jwt-wasm/, then timed by run.mjs in interleaved rounds (ROUNDS, default 7).
-# ring's C parts need clang for wasm32 (Debian's `clang`; `make setup` installs it).
+# ring's C parts need clang for wasm32 (Debian's `clang`: `make clang` installs it).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+command -v clang >/dev/null 2>&1 || make -s clang
 out=target/jwt-wasm
 mkdir -p "$out"
 build() { # name, cargo args...

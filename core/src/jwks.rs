@@ -1,10 +1,8 @@
 //! The issuer's signing keys: a JWKS document (RFC 7517) read into a [`KeySet`], the JWS
 //! algorithms the filter accepts ([`Alg`]), and the signature check of one key. Pure: the glue
 //! fetches the document, this module only reads it. Every big-number and signature operation is
-//! *ring*'s (BoringSSL's RSA PKCS#1 v1.5 verification, its key checks included); nothing of it is
-//! written here. The key's components are checked here only against the bounds *ring* applies
-//! on every verification (size, an odd modulus, an odd exponent from 3 to 2^33 - 1), so that a
-//! key *ring* would refuse is skipped when the set is read rather than failing every token.
+//! RustCrypto's `rsa` crate (PKCS#1 v1.5 verification, key checks); nothing of it is written
+//! here.
 //!
 //! A key set is read strictly but forgivingly: the document must be a JSON object with a `keys`
 //! array within the limits below, and each key that cannot be used for verifying signatures
@@ -14,11 +12,10 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use ring::signature::{
-    RsaParameters, RsaPublicKeyComponents, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_2048_8192_SHA384,
-    RSA_PKCS1_2048_8192_SHA512,
-};
+use rsa::BoxedUint;
+use rsa::Pkcs1v15Sign;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use crate::verdict::header_safe;
 
@@ -75,20 +72,8 @@ pub struct Jwk {
 
 #[derive(Clone)]
 enum PublicKey {
-    /// Big-endian, no leading zero octet. *ring* has no parsed RSA public key for
-    /// verification: each check reads these and computes the modulus' Montgomery constants
-    /// (about a quarter of its cost, bench/RESULTS.md).
-    Rsa(RsaPublicKeyComponents<Vec<u8>>),
-}
-
-/// *ring*'s RS256/384/512: PKCS#1 v1.5 with a modulus of 2048 to 8192 bits (this module accepts
-/// up to [`RSA_BITS`]).
-fn rsa_parameters(alg: Alg) -> &'static RsaParameters {
-    match alg {
-        Alg::RS256 => &RSA_PKCS1_2048_8192_SHA256,
-        Alg::RS384 => &RSA_PKCS1_2048_8192_SHA384,
-        Alg::RS512 => &RSA_PKCS1_2048_8192_SHA512,
-    }
+    /// With its Montgomery parameters, computed once when the set is read.
+    Rsa(rsa::PublicKey),
 }
 
 #[cfg(test)]
@@ -127,7 +112,23 @@ impl Jwk {
         #[cfg(test)]
         SIGNATURE_CHECKS.with(|c| c.set(c.get() + 1));
         match &self.key {
-            PublicKey::Rsa(key) => key.verify(rsa_parameters(alg), message, signature).is_ok(),
+            PublicKey::Rsa(key) => {
+                let (scheme, hashed) = match alg {
+                    Alg::RS256 => (
+                        Pkcs1v15Sign::new::<Sha256>(),
+                        Sha256::digest(message).to_vec(),
+                    ),
+                    Alg::RS384 => (
+                        Pkcs1v15Sign::new::<Sha384>(),
+                        Sha384::digest(message).to_vec(),
+                    ),
+                    Alg::RS512 => (
+                        Pkcs1v15Sign::new::<Sha512>(),
+                        Sha512::digest(message).to_vec(),
+                    ),
+                };
+                key.verify(scheme, &hashed, signature).is_ok()
+            }
         }
     }
 }
@@ -259,21 +260,20 @@ fn read_key(jwk: &Map<String, Value>) -> Option<Jwk> {
     Some(jwk)
 }
 
-/// RFC 7518 6.3.1: `n` and `e`, base64url big-endian unsigned integers, within the bounds
-/// *ring* checks again on every verification.
-fn read_rsa(jwk: &Map<String, Value>) -> Option<RsaPublicKeyComponents<Vec<u8>>> {
-    let number = |name: &str| -> Option<Vec<u8>> {
+/// RFC 7518 6.3.1: `n` and `e`, base64url big-endian unsigned integers.
+fn read_rsa(jwk: &Map<String, Value>) -> Option<rsa::PublicKey> {
+    let number = |name: &str| -> Option<BoxedUint> {
         let bytes = URL_SAFE_NO_PAD.decode(jwk.get(name)?.as_str()?).ok()?;
         // RFC 7518 says no leading zero octets; some publishers add one anyway.
         let start = bytes.iter().position(|&b| b != 0)?;
-        Some(bytes[start..].to_vec())
+        let bytes = &bytes[start..];
+        if bytes.len() > RSA_BITS.end() / 8 {
+            return None;
+        }
+        Some(BoxedUint::from_be_slice_vartime(bytes))
     };
     let (n, e) = (number("n")?, number("e")?);
-    let bits = |x: &[u8]| x.len() * 8 - x[0].leading_zeros() as usize;
-    let odd = |x: &[u8]| x.last().is_some_and(|b| b & 1 == 1);
-    // e: odd, 3 ..= 2^33 - 1 (what *ring* and BoringSSL accept).
-    let e_ok = odd(&e) && bits(&e) <= 33 && (e.len() > 1 || e[0] >= 3);
-    (RSA_BITS.contains(&bits(&n)) && odd(&n) && e_ok).then_some(RsaPublicKeyComponents { n, e })
+    rsa::PublicKey::new_with_size_limits(n, e, RSA_BITS).ok()
 }
 
 #[cfg(test)]
@@ -347,8 +347,8 @@ pub(crate) mod tests {
         assert!(!format!("{:?}", set).contains(&n_2048));
     }
 
-    /// Keys at the bounds of what is read (sizes, parity, exponents): ring would refuse the
-    /// others on every check; they are skipped when the set is read.
+    /// Keys at the bounds of what is read (sizes, parity, exponents): `rsa` refuses the others
+    /// when the set is read, and they are skipped.
     #[test]
     fn rsa_components_at_the_bounds() {
         let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
