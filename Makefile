@@ -31,7 +31,7 @@ export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 NODE_TOOLS    := .tools/node
 NODE_STAMP    := $(NODE_TOOLS)/.installed
 
-.PHONY: help setup envoy wasm oci skopeo devidp fmt-check clippy unit validate integration kong-engine integration-ngx test run bench clean distclean
+.PHONY: help setup envoy wasm oci skopeo clang devidp fmt-check clippy unit validate integration kong-engine integration-ngx test run bench clean distclean
 
 help: ## list the targets
 	@echo "okta-dcr-auth: make TARGET"
@@ -66,6 +66,13 @@ wasm: $(WASM_STD) ## build the filter: target/wasm32-wasip1/release/okta_dcr_aut
 
 oci: wasm ## OCI image layouts of the filter, without Docker: target/oci/compat and target/oci/artifact (scripts/oci.py)
 	$(PYTHON) scripts/oci.py build
+
+# Debian's clang, for bench/jwt-wasm/candidates.sh only (not the filter): ring, one of the RSA
+# candidates, compiles its C parts for wasm32 with clang, which cc-rs picks by itself for wasm
+# targets (no CC_wasm32_wasip1 needed). Rust links with its own rust-lld, and binutils' ar
+# archives the objects: no lld or llvm needed.
+clang: ## install Debian's clang (apt), which bench/jwt-wasm/candidates.sh needs for ring
+	@command -v clang >/dev/null 2>&1 || apt-get install -y clang || { apt-get update && apt-get install -y clang; }
 
 # Debian's skopeo, for the OCI checks of `make validate`.
 skopeo:

@@ -1426,6 +1426,10 @@ def write_results(ctx):
     a("")
     a("`bench/run.sh` installs `wrk` (apt-get, on Debian) when missing, builds the filter, the empty filter, the "
       "dev IdP (with its `authz` subcommand) and bench-pacer, then runs `bench/bench.py`.")
+    candidates = ROOT / "bench" / "rsa-candidates.md"
+    if candidates.exists():
+        a("")
+        L.extend(candidates.read_text().rstrip("\n").split("\n"))
     (ROOT / "bench" / "RESULTS.md").write_text("\n".join(L) + "\n")
 
 

@@ -72,7 +72,14 @@ pub struct Jwk {
 
 #[derive(Clone)]
 enum PublicKey {
+    /// With its Montgomery parameters, computed once when the set is read.
     Rsa(rsa::PublicKey),
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Signature checks made on this thread (tests: which refusals come before any).
+    pub(crate) static SIGNATURE_CHECKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 impl Jwk {
@@ -102,6 +109,8 @@ impl Jwk {
         if !self.allows(alg) {
             return false;
         }
+        #[cfg(test)]
+        SIGNATURE_CHECKS.with(|c| c.set(c.get() + 1));
         match &self.key {
             PublicKey::Rsa(key) => {
                 let (scheme, hashed) = match alg {
@@ -336,6 +345,73 @@ pub(crate) mod tests {
         assert!(set.get("k2").unwrap().allows(Alg::RS512));
         assert!(set.get("enc").is_none());
         assert!(!format!("{:?}", set).contains(&n_2048));
+    }
+
+    /// Keys at the bounds of what is read (sizes, parity, exponents): `rsa` refuses the others
+    /// when the set is read, and they are skipped.
+    #[test]
+    fn rsa_components_at_the_bounds() {
+        let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+        let odd = |mut n: Vec<u8>| {
+            *n.last_mut().unwrap() |= 1;
+            n
+        };
+        let n_2048 = n_of(&dev_key("1"));
+        let mut even = URL_SAFE_NO_PAD.decode(&n_2048).unwrap();
+        *even.last_mut().unwrap() &= 0xfe;
+        let with_e = |kid: &str, n: &str, e: &str| jwk_json(kid, n, "").replace("AQAB", e);
+        let cases = [
+            // (kid, n, e, accepted)
+            ("dev", n_2048.clone(), "AQAB", true),
+            (
+                "leading-zero",
+                b64(&[&[0u8][..], &URL_SAFE_NO_PAD.decode(&n_2048).unwrap()].concat()),
+                "AQAB",
+                true,
+            ),
+            (
+                "2048-min",
+                b64(&odd([&[0x80u8][..], &[0u8; 255]].concat())),
+                "AQAB",
+                true,
+            ),
+            (
+                "2047",
+                b64(&[&[0x7fu8][..], &[0xffu8; 255]].concat()),
+                "AQAB",
+                false,
+            ),
+            ("4096-max", b64(&[0xffu8; 512]), "AQAB", true),
+            (
+                "4097",
+                b64(&[&[1u8][..], &[0xffu8; 512]].concat()),
+                "AQAB",
+                false,
+            ),
+            ("even", b64(&even), "AQAB", false),
+            ("zero", b64(&[0u8; 256]), "AQAB", false),
+            ("empty-n", String::new(), "AQAB", false),
+            ("e3", n_2048.clone(), "Aw", true),
+            ("e5", n_2048.clone(), "BQ", true),
+            (
+                "e2^33-1",
+                n_2048.clone(),
+                &b64(&[1, 0xff, 0xff, 0xff, 0xff]),
+                true,
+            ),
+            ("e-leading-zero", n_2048.clone(), "AAEAAQ", true),
+            ("e0", n_2048.clone(), "AA", false),
+            ("e1", n_2048.clone(), "AQ", false),
+            ("e2", n_2048.clone(), "Ag", false),
+            ("e4", n_2048.clone(), "BA", false),
+            ("e2^33+1", n_2048.clone(), &b64(&[2, 0, 0, 0, 1]), false),
+            ("e-huge", n_2048.clone(), &n_2048, false),
+            ("e-empty", n_2048.clone(), "", false),
+        ];
+        for (kid, n, e, accepted) in cases {
+            let body = doc(&[with_e(kid, &n, e)]);
+            assert_eq!(KeySet::parse(&body).is_ok(), accepted, "{kid}");
+        }
     }
 
     #[test]

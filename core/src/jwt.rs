@@ -132,9 +132,12 @@ pub fn peek(token: &str, issuer: &str, now_s: u64, skew_s: u64) -> Result<Peeked
     })
 }
 
-/// The whole check. Everything that needs no key comes first, so that a token that could never
-/// pass does not make the caller fetch keys; the scope comes after the signature, so that a
-/// forged token is a 401, never a 403.
+/// The whole check. Everything that can refuse a token without a signature check comes first
+/// (shape, `crit`, `alg`, `kid`, `iss`, `aud`, `exp`/`nbf`/`iat`, a malformed scope claim, the
+/// identity claim, a `kid` the set has and a key that allows the `alg`), so that a token that
+/// could never pass neither makes the caller fetch keys nor costs a signature check. Only the
+/// missing-scope verdict comes after the signature: a forged token is a 401, never a 403, so a
+/// token whose only fault is a missing scope costs a check too (as does one whose claims pass).
 pub fn verify(
     token: &str,
     keys: &KeySet,
@@ -158,16 +161,18 @@ pub fn verify(
             return Err(JwtError::Invalid(reason));
         }
     }
+    let scope = granted_scope(&jws.claims)?;
+    let identity = identity(&jws.claims, &policy.app_claim)?;
     let key = keys
         .get(kid)
         .ok_or_else(|| JwtError::UnknownKid(kid.to_string()))?;
     if !key.allows(alg) {
         return Err(JwtError::Invalid("alg does not match the key"));
     }
+    // The one expensive step.
     if !key.verifies(alg, jws.signing_input.as_bytes(), &jws.signature) {
         return Err(JwtError::Invalid("bad signature"));
     }
-    let scope = granted_scope(&jws.claims)?;
     if !policy
         .scopes
         .iter()
@@ -176,7 +181,7 @@ pub fn verify(
         return Err(JwtError::InsufficientScope);
     }
     Ok(Verified {
-        identity: identity(&jws.claims, &policy.app_claim)?,
+        identity,
         scope,
         exp,
     })

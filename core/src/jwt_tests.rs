@@ -587,3 +587,143 @@ fn empty_key_set_tells_whether_a_fetch_could_help() {
         ));
     }
 }
+
+/// The signature checks `verify` makes for `token` (counted by `Jwk::verifies` on this thread).
+fn signature_checks(token: &str, keys: &KeySet) -> (Result<Verified, JwtError>, u64) {
+    let before = crate::jwks::SIGNATURE_CHECKS.with(|c| c.get());
+    let result = verify(token, keys, &policy(), NOW);
+    (
+        result,
+        crate::jwks::SIGNATURE_CHECKS.with(|c| c.get()) - before,
+    )
+}
+
+#[test]
+fn cheap_refusals_come_before_the_signature_check() {
+    let keys = key_set();
+    let forger = dev_key("unpublished");
+    // Forged (a published kid, another key) and failing a check that needs no signature: each
+    // is refused without one, whatever the failing claim or header.
+    let mut refused = Vec::new();
+    for c in [
+        json!({"iss": "https://evil.example.com/oauth2/default"}),
+        json!({"iss": null}),
+        json!({"aud": "api://other"}),
+        json!({"aud": null}),
+        json!({"exp": NOW - 3600}),
+        json!({"exp": null}),
+        json!({"exp": "tomorrow"}),
+        json!({"nbf": NOW + 3600}),
+        json!({"iat": NOW + 3600}),
+        json!({"scp": ["api:read", 1]}),
+        json!({"scp": {"api:read": true}}),
+        json!({"app_id": null, "cid": null, "client_id": null}),
+        json!({"app_id": "a\nb"}),
+    ] {
+        refused.push(sign(&header("k1"), &claims_with(c), &forger));
+    }
+    for h in [
+        json!({"alg": "RS256"}),
+        json!({"alg": "RS256", "kid": ""}),
+        json!({"alg": "RS512", "kid": "k1"}),
+        json!({"alg": "RS384", "kid": "k2"}),
+        json!({"alg": "RS256", "kid": "k1", "crit": ["exp"]}),
+        json!({"alg": "RS256", "kid": "k9"}),
+    ] {
+        refused.push(sign(&h, &claims(), &forger));
+    }
+    let genuine = token(&claims());
+    let parts: Vec<&str> = genuine.split('.').collect();
+    for (header, signature) in [
+        (b64(&json!({"alg": "none", "kid": "k1"})), "AA"),
+        (b64(&json!({"alg": "HS256", "kid": "k1"})), parts[2]),
+    ] {
+        refused.push(format!("{header}.{}.{signature}", parts[1]));
+    }
+    refused.push(format!("{}.{}", parts[0], parts[1]));
+    refused.push(format!("{}.{}.{}", parts[0], "e30", parts[2]));
+    for t in &refused {
+        let (result, checks) = signature_checks(t, &keys);
+        assert!(result.is_err(), "{t}");
+        assert_eq!(checks, 0, "a signature check for {result:?}");
+    }
+    // A forged token whose claims would pass costs exactly one check, and so does a genuine one.
+    let forged = sign(&header("k1"), &claims(), &forger);
+    assert_eq!(
+        signature_checks(&forged, &keys),
+        (Err(JwtError::Invalid("bad signature")), 1)
+    );
+    assert!(matches!(signature_checks(&genuine, &keys), (Ok(_), 1)));
+    // Only a missing scope is decided after the signature (401 when forged, 403 when genuine).
+    let no_scope = claims_with(json!({"scp": ["api:write"]}));
+    assert_eq!(
+        signature_checks(&sign(&header("k1"), &no_scope, &forger), &keys),
+        (Err(JwtError::Invalid("bad signature")), 1)
+    );
+    assert_eq!(
+        signature_checks(&token(&no_scope), &keys),
+        (Err(JwtError::InsufficientScope), 1)
+    );
+}
+
+/// The signature check attacked at its bounds: lengths, values at and above the modulus, a
+/// key with exponent 3, a 4096-bit key given a 2048-bit signature and the other way round.
+#[test]
+fn signature_values_at_the_bounds() {
+    let e3 = dev_key("e3");
+    let body = crate::jwks::tests::doc(&[
+        jwk("k1", &dev_key("1"), r#","alg":"RS256""#),
+        jwk("k4096", &dev_key("4096"), ""),
+        crate::jwks::tests::jwk_json("e3", &n_of(&e3), "").replace("AQAB", "Aw"),
+    ]);
+    let keys = KeySet::parse(&body).unwrap().0;
+    let run = |t: &str| verify(t, &keys, &policy(), NOW);
+    // Exponent 3 verifies genuine tokens and refuses forged ones.
+    assert!(run(&sign(&header("e3"), &claims(), &e3)).is_ok());
+    assert_eq!(
+        run(&sign(&header("e3"), &claims(), &dev_key("1"))),
+        Err(JwtError::Invalid("bad signature"))
+    );
+    let genuine = token(&claims());
+    let parts: Vec<&str> = genuine.split('.').collect();
+    let n = URL_SAFE_NO_PAD.decode(n_of(&dev_key("1"))).unwrap();
+    let sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
+    let mut n_plus_1 = n.clone();
+    *n_plus_1.last_mut().unwrap() = n_plus_1.last().unwrap().wrapping_add(1);
+    let one = [&[0u8; 255][..], &[1u8][..]].concat();
+    let big_sig = URL_SAFE_NO_PAD
+        .decode(
+            sign(&header("k4096"), &claims(), &dev_key("4096"))
+                .split('.')
+                .nth(2)
+                .unwrap(),
+        )
+        .unwrap();
+    for bad in [
+        n.clone(),                               // the modulus itself
+        n_plus_1,                                // above the modulus
+        vec![0xff; 256],                         // the largest 256-byte value
+        vec![0; 256],                            // zero
+        one,                                     // one: 1^e = 1
+        [&n[..255], &[n[255] - 1][..]].concat(), // n - 1: (n-1)^e = n-1 with e odd
+        [&[0u8][..], &sig[..]].concat(),         // 257 bytes, same value
+        sig[1..].to_vec(),                       // 255 bytes
+        [&sig[..], &sig[..]].concat(),           // 512 bytes
+        big_sig.clone(),                         // a 4096-bit key's signature
+        vec![0; 1],
+    ] {
+        let t = format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(&bad));
+        assert_eq!(run(&t), Err(JwtError::Invalid("bad signature")));
+    }
+    // A 2048-bit signature for the 4096-bit key.
+    let h = b64(&header("k4096"));
+    let t = format!("{h}.{}.{}", parts[1], parts[2]);
+    assert_eq!(run(&t), Err(JwtError::Invalid("bad signature")));
+    let t = format!(
+        "{h}.{}.{}",
+        parts[1],
+        URL_SAFE_NO_PAD.encode([&[0u8; 256][..], &sig[..]].concat())
+    );
+    assert_eq!(run(&t), Err(JwtError::Invalid("bad signature")));
+    assert!(run(&genuine).is_ok());
+}
