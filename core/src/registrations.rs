@@ -297,6 +297,17 @@ impl Registrations {
         if body.len() > MAX_DOCUMENT_BYTES {
             return Err(DocumentError::TooLarge { bytes: body.len() });
         }
+        // JSON is UTF-8 (RFC 8259); serde_json does not check the strings it skips.
+        if let Err(e) = std::str::from_utf8(body) {
+            let before = body.get(..e.valid_up_to()).unwrap_or_default();
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+            return Err(DocumentError::Malformed {
+                line,
+                column,
+                what: "not UTF-8",
+            });
+        }
         let mut builder = Builder::new(product, body.len());
         let mut de = serde_json::Deserializer::from_slice(body);
         DocumentSeed(&mut builder)
@@ -623,10 +634,10 @@ impl<'p> Builder<'p> {
         };
         let mut standing = Some(NotApproved::Unregistered);
         let mut seen = false;
-        for reg in app
+        for Object(reg) in app
             .registrations
             .iter()
-            .filter(|r| r.product.0 == self.product)
+            .filter(|r| r.0.product.0 == self.product)
         {
             let this = match Status::parse(&reg.status.0) {
                 Status::Approved => None,
@@ -709,7 +720,27 @@ struct Application<'a> {
     #[serde(borrow, default)]
     developer_id: Option<Text<'a>>,
     #[serde(borrow, default)]
-    registrations: Vec<Registration<'a>>,
+    registrations: Vec<Object<Registration<'a>>>,
+}
+
+/// A struct read from a JSON object only: serde's derive also takes an array of the fields in
+/// order (`["0oaA"]` would be an application), which is no shape of this document.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Object<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -771,7 +802,7 @@ impl<'de> Visitor<'de> for ApplicationsSeed<'_, '_> {
         f.write_str("an array of applications")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(app) = seq.next_element::<Application<'de>>()? {
+        while let Some(Object(app)) = seq.next_element::<Object<Application<'de>>>()? {
             self.0.add(app);
         }
         Ok(())

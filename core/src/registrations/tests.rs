@@ -163,6 +163,8 @@ fn a_malformed_document_is_refused_without_echoing_values() {
         "null",
         r#"{"applications":{}}"#,
         r#"{"applications":[1]}"#,
+        r#"{"applications":[["0oaA"]]}"#,
+        r#"{"applications":[{"client_id":"a","registrations":[["p","approved"]]}]}"#,
         r#"{"applications":["secret-looking-value"]}"#,
         r#"{"applications":[{"client_id":5}]}"#,
         r#"{"applications":[{"client_id":"a","registrations":{}}]}"#,
@@ -184,6 +186,16 @@ fn a_malformed_document_is_refused_without_echoing_values() {
         assert!(!text.contains("trailing"), "{text}");
     }
     assert!(Registrations::parse(b"{\"applications\":[{\"client_id\":\"a\xff\"}]}", "p").is_err());
+    // Even in a field that is skipped.
+    let e = Registrations::parse(b"{\"applications\":[],\n \"note\":\"\xff\"}", "p").unwrap_err();
+    assert_eq!(
+        e,
+        DocumentError::Malformed {
+            line: 2,
+            column: 10,
+            what: "not UTF-8"
+        }
+    );
     let e = Registrations::parse(br#"{"x":1}"#, "p").unwrap_err();
     assert!(
         e.describe().contains("`applications` array is missing"),
