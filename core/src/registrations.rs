@@ -408,10 +408,7 @@ impl Registrations {
             };
             let mask = self.table.len() - 1;
             let mut slot = self.slot_of(id);
-            loop {
-                let Some(&held) = self.table.get(slot) else {
-                    break;
-                };
+            while let Some(&held) = self.table.get(slot) {
                 if held == 0 {
                     if let Some(s) = self.table.get_mut(slot) {
                         *s = u32::try_from(i + 1).unwrap_or(0);

@@ -205,9 +205,12 @@ fn no_content() -> Resp {
     response(StatusCode::NO_CONTENT, None, "")
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(req: &Req) -> Result<T, Resp> {
-    serde_json::from_slice(req.body.as_deref().unwrap_or_default())
-        .map_err(|_| bad_request("invalid JSON body (see the portal module's table)"))
+fn parse<T: for<'de> Deserialize<'de>>(req: &Req) -> Result<T, Box<Resp>> {
+    serde_json::from_slice(req.body.as_deref().unwrap_or_default()).map_err(|_| {
+        Box::new(bad_request(
+            "invalid JSON body (see the portal module's table)",
+        ))
+    })
 }
 
 fn query_param(req: &Req, name: &str) -> Option<String> {
@@ -240,7 +243,7 @@ pub(super) fn admin(shared: &Shared, req: &Req) -> Option<Resp> {
                     &json!({ "client_id": r.client_id, "product": r.product, "status": status }),
                 )
             }
-            Err(resp) => resp,
+            Err(resp) => *resp,
         },
         ("/_dev/registrations", &Method::DELETE) => {
             match (query_param(req, "client_id"), query_param(req, "product")) {
@@ -294,7 +297,7 @@ pub(super) fn admin(shared: &Shared, req: &Req) -> Option<Resp> {
                         )
                     }
                 }
-                Err(resp) => resp,
+                Err(resp) => *resp,
             }
         }
         ("/_dev/applications", &Method::POST) => match parse::<ApplicationDto>(req) {
@@ -315,7 +318,7 @@ pub(super) fn admin(shared: &Shared, req: &Req) -> Option<Resp> {
                 shared.lock().portal.add_application(app);
                 json_response(StatusCode::CREATED, &out)
             }
-            Err(resp) => resp,
+            Err(resp) => *resp,
         },
         ("/_dev/applications", _) => method_not_allowed("POST"),
         (p, m) if p.starts_with("/_dev/applications/") => {
