@@ -146,7 +146,7 @@ distclean: clean ## also remove .venv
 # fuzz/target/corpus/<target>; an input that fails is saved under fuzz/artifacts/<target>/.
 
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := authorization form_decode okta_answers cache_entry config jwt
+FUZZ_TARGETS := authorization form_decode okta_answers cache_entry config jwt registrations
 
 .PHONY: fuzz fuzz-smoke
 

@@ -18,7 +18,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MetricType, Status};
 
 use crate::abi;
-use okta_dcr_auth_core::config::Config;
+use okta_dcr_auth_core::config::{Config, ConfigError};
 use okta_dcr_auth_core::gate::{
     CallToken, ContextId, DispatchError, Gate, Host, Resume, SharedData, SharedError, Step, TICK_MS,
 };
@@ -183,7 +183,15 @@ impl RootContext for Root {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let config = match Config::from_json_with_env(&bytes, &abi::env_var) {
+        // Registrations are parsed but not yet enforced by the gate: a configuration that asks
+        // for them is refused, never run without the check it asks for.
+        let parsed = Config::from_json_with_env(&bytes, &abi::env_var).and_then(|config| {
+            match config.registrations {
+                Some(_) => Err(ConfigError::not_yet_enforced("product")),
+                None => Ok(config),
+            }
+        });
+        let config = match parsed {
             Ok(config) => config,
             Err(e) => {
                 log::error!("[{}] okta-dcr-auth: configuration refused: {e}", self.id);

@@ -757,6 +757,66 @@ fn the_kong_schema_refuses_what_the_filter_refuses() {
             "allow_raw_basic as a string",
             serde_json::json!({ "allow_raw_basic": "yes" }),
         ),
+        (
+            "product without a document",
+            serde_json::json!({ "product": "payments-v1" }),
+        ),
+        (
+            "product with both documents",
+            serde_json::json!({ "product": "p", "registrations": { "applications": [] }, "registrations_uri": "https://portal.example.com/r" }),
+        ),
+        (
+            "registrations without product",
+            serde_json::json!({ "registrations": { "applications": [] } }),
+        ),
+        (
+            "registrations_uri without product",
+            serde_json::json!({ "registrations_uri": "https://portal.example.com/r" }),
+        ),
+        (
+            "registrations_upstream without product",
+            serde_json::json!({ "registrations_upstream": "portal:443" }),
+        ),
+        (
+            "registrations_authority with an inline document",
+            serde_json::json!({ "product": "p", "registrations": { "applications": [] }, "registrations_authority": "portal" }),
+        ),
+        (
+            "empty product",
+            serde_json::json!({ "product": "", "registrations": { "applications": [] } }),
+        ),
+        (
+            "product with a control character",
+            serde_json::json!({ "product": "p\u{1}", "registrations": { "applications": [] } }),
+        ),
+        (
+            "registrations without applications",
+            serde_json::json!({ "product": "p", "registrations": { "apps": [] } }),
+        ),
+        (
+            "registrations with a numeric client id",
+            serde_json::json!({ "product": "p", "registrations": { "applications": [{ "client_id": 5 }] } }),
+        ),
+        (
+            "a registration without status",
+            serde_json::json!({ "product": "p", "registrations": { "applications": [{ "client_id": "a", "registrations": [{ "product": "p" }] }] } }),
+        ),
+        (
+            "registrations_uri over http, not loopback",
+            serde_json::json!({ "product": "p", "registrations_uri": "http://portal.example.com/r" }),
+        ),
+        (
+            "zero registrations_refresh_s",
+            serde_json::json!({ "product": "p", "registrations_uri": "https://portal.example.com/r", "registrations_refresh_s": 0 }),
+        ),
+        (
+            "registrations_refresh_s over an hour",
+            serde_json::json!({ "product": "p", "registrations_uri": "https://portal.example.com/r", "registrations_refresh_s": 3601 }),
+        ),
+        (
+            "registrations_max_age_s over 30 days",
+            serde_json::json!({ "product": "p", "registrations_uri": "https://portal.example.com/r", "registrations_max_age_s": 2_592_001 }),
+        ),
     ];
     let mut wrong = Vec::new();
     for (what, changes) in refused {
@@ -777,6 +837,22 @@ fn the_kong_schema_refuses_what_the_filter_refuses() {
     let loopback = with(serde_json::json!({ "issuer": "http://127.0.0.1:9001/oauth2/default" }));
     assert!(Config::from_json(&loopback).is_ok());
     assert_eq!(schema_errors(&loopback), None);
+    // Registrations: inline, and fetched with every field.
+    for changes in [
+        serde_json::json!({ "product": "payments-v1", "registrations": { "applications": [
+            { "client_id": "0oaA", "application_id": "app-1", "developer_id": null, "name": "A", "extra": 1,
+              "registrations": [{ "product": "payments-v1", "status": "approved" }] },
+            { "client_id": "0oaB", "registrations": [{ "product": "payments-v1", "status": "suspended" }] }
+        ] } }),
+        serde_json::json!({ "product": "p", "registrations_uri": "https://portal.example.com/v1/registrations.json",
+            "registrations_upstream": "portal.example.com:443", "registrations_authority": "portal.example.com",
+            "registrations_refresh_s": 30, "registrations_max_age_s": 3600 }),
+        serde_json::json!({ "product": "p", "registrations_uri": "http://127.0.0.1:9001/_portal/registrations" }),
+    ] {
+        let bytes = with(changes.clone());
+        assert!(Config::from_json(&bytes).is_ok(), "{changes}");
+        assert_eq!(schema_errors(&bytes), None, "{changes}");
+    }
     assert!(wrong.is_empty(), "\n  {}", wrong.join("\n  "));
 }
 

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use crate::credentials::{Accepted, Scheme};
 use crate::jwks::Alg;
 use crate::jwt::JwtPolicy;
+use crate::registrations::{Registrations, MAX_ID_LEN};
 use crate::url::HttpUrl;
 use crate::verdict::ReplyTerms;
 
@@ -21,6 +22,9 @@ const MAX_CALLS_PER_MINUTE: u32 = 100_000;
 const MAX_CLIENT_FAILURES: u32 = 1_000;
 const MAX_FAILURE_WINDOW_S: u64 = 3_600;
 const MAX_CLOCK_SKEW_S: u64 = 300;
+const MAX_REGISTRATIONS_REFRESH_S: u64 = 3_600;
+/// 30 days: past that a last good copy is not "recent" by any measure.
+const MAX_REGISTRATIONS_MAX_AGE_S: u64 = 2_592_000;
 
 /// How a Bearer token is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -116,6 +120,29 @@ pub struct RawConfig {
     pub clock_skew_s: u64,
     #[serde(default = "default_bearer_format")]
     pub bearer_format: BearerFormat,
+    /// The API product (version) this filter instance guards; registrations apply when set.
+    #[serde(default)]
+    pub product: Option<String>,
+    /// The registrations document, inline (kept as written, parsed by `registrations`).
+    #[serde(default)]
+    pub registrations: Option<Box<serde_json::value::RawValue>>,
+    #[serde(default)]
+    pub registrations_uri: Option<String>,
+    #[serde(default)]
+    pub registrations_upstream: Option<String>,
+    #[serde(default)]
+    pub registrations_authority: Option<String>,
+    #[serde(default = "default_registrations_refresh_s")]
+    pub registrations_refresh_s: u64,
+    #[serde(default = "default_registrations_max_age_s")]
+    pub registrations_max_age_s: u64,
+}
+
+fn default_registrations_refresh_s() -> u64 {
+    10
+}
+fn default_registrations_max_age_s() -> u64 {
+    86_400
 }
 
 fn default_bearer_validation() -> BearerValidation {
@@ -181,6 +208,17 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
+impl ConfigError {
+    /// A field this version of the filter parses but does not enforce yet: a configuration
+    /// that sets it is refused rather than run without what it asks for.
+    pub fn not_yet_enforced(field: &str) -> ConfigError {
+        refuse(
+            field,
+            "is not enforced by this version of the filter yet (registrations): the configuration is refused rather than run without the check",
+        )
+    }
+}
+
 fn refuse(field: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         field: field.to_string(),
@@ -239,9 +277,47 @@ pub struct Config {
     /// What a token must satisfy locally: `Some` exactly when Bearer tokens are accepted and
     /// `bearer_validation` includes `jwt`.
     pub jwt: Option<JwtPolicy>,
+    /// Registrations (`product` set): only apps with an approved registration pass.
+    pub registrations: Option<RegistrationsConfig>,
     /// SHA-256 of the configuration as given: it scopes every cache key and shared-data name,
     /// so a verdict reached under one configuration never answers under another.
     pub digest: [u8; 32],
+}
+
+/// What `product` and the `registrations*` fields say.
+#[derive(Debug, Clone)]
+pub struct RegistrationsConfig {
+    /// Compared byte for byte with each registration's `product`.
+    pub product: String,
+    pub source: RegistrationsSource,
+    /// `registrations_refresh_s`: how often a fetched document is revalidated (the revocation
+    /// bound). Unused for an inline document.
+    pub refresh_ms: u64,
+    /// `registrations_max_age_s`: how long after its last confirmation a fetched document
+    /// still answers while its source fails (then 503). Unused for an inline document.
+    pub max_age_ms: u64,
+}
+
+/// Where the registrations document comes from.
+#[derive(Debug, Clone)]
+pub enum RegistrationsSource {
+    /// `registrations`: parsed at start for `product`.
+    Inline(std::sync::Arc<Registrations>),
+    /// `registrations_uri`, fetched by one worker for the gateway.
+    Fetched(RegistrationsEndpoint),
+}
+
+/// How the document at `registrations_uri` is fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationsEndpoint {
+    /// `:scheme` (`https`, or `http` for a loopback host).
+    pub https: bool,
+    /// `:path`.
+    pub path: String,
+    /// `registrations_upstream` (default `idp_upstream`): the cluster, or Kong's `host:port`.
+    pub upstream: String,
+    /// `registrations_authority` (default: the URI's `host[:port]`).
+    pub authority: String,
 }
 
 impl Config {
@@ -410,6 +486,7 @@ impl RawConfig {
         self.check_limits()?;
         check_realm(&self.realm)?;
         let jwt = self.check_jwt(accepted, &issuer)?;
+        let registrations = self.check_registrations()?;
         Ok(Config {
             issuer,
             issuer_url,
@@ -436,7 +513,121 @@ impl RawConfig {
             bearer_format: self.bearer_format,
             clock_skew_s: self.clock_skew_s,
             jwt,
+            registrations,
             digest,
+        })
+    }
+
+    /// `product` and the registrations fields: with `product`, exactly one of `registrations`
+    /// and `registrations_uri`; without it, neither (nor the fetch's upstream and authority).
+    fn check_registrations(&self) -> Result<Option<RegistrationsConfig>, ConfigError> {
+        let between = |field: &str, value: u64, low: u64, high: u64| {
+            if (low..=high).contains(&value) {
+                Ok(())
+            } else {
+                Err(refuse(field, format!("must be between {low} and {high}")))
+            }
+        };
+        between(
+            "registrations_refresh_s",
+            self.registrations_refresh_s,
+            1,
+            MAX_REGISTRATIONS_REFRESH_S,
+        )?;
+        between(
+            "registrations_max_age_s",
+            self.registrations_max_age_s,
+            self.registrations_refresh_s,
+            MAX_REGISTRATIONS_MAX_AGE_S,
+        )?;
+        let Some(product) = &self.product else {
+            for (field, set) in [
+                ("registrations", self.registrations.is_some()),
+                ("registrations_uri", self.registrations_uri.is_some()),
+                (
+                    "registrations_upstream",
+                    self.registrations_upstream.is_some(),
+                ),
+                (
+                    "registrations_authority",
+                    self.registrations_authority.is_some(),
+                ),
+            ] {
+                if set {
+                    return Err(refuse(field, "needs product (the API product it is for)"));
+                }
+            }
+            return Ok(None);
+        };
+        if product.is_empty() || product.len() > MAX_ID_LEN || has_control(product) {
+            return Err(refuse(
+                "product",
+                format!("must be 1 to {MAX_ID_LEN} bytes without control characters"),
+            ));
+        }
+        let source = match (&self.registrations, &self.registrations_uri) {
+            (Some(_), Some(_)) => {
+                return Err(refuse(
+                    "registrations_uri",
+                    "and registrations are both set: set one",
+                ))
+            }
+            (None, None) => {
+                return Err(refuse(
+                    "registrations",
+                    "or registrations_uri is required when product is set",
+                ))
+            }
+            (Some(doc), None) => {
+                for (field, set) in [
+                    (
+                        "registrations_upstream",
+                        self.registrations_upstream.is_some(),
+                    ),
+                    (
+                        "registrations_authority",
+                        self.registrations_authority.is_some(),
+                    ),
+                ] {
+                    if set {
+                        return Err(refuse(field, "applies to registrations_uri only"));
+                    }
+                }
+                let parsed = Registrations::parse(doc.get().as_bytes(), product)
+                    .map_err(|e| refuse("registrations", e.describe()))?;
+                RegistrationsSource::Inline(std::sync::Arc::new(parsed))
+            }
+            (None, Some(uri)) => RegistrationsSource::Fetched(self.check_registrations_uri(uri)?),
+        };
+        Ok(Some(RegistrationsConfig {
+            product: product.clone(),
+            source,
+            refresh_ms: self.registrations_refresh_s * 1000,
+            max_age_ms: self.registrations_max_age_s * 1000,
+        }))
+    }
+
+    fn check_registrations_uri(&self, uri: &str) -> Result<RegistrationsEndpoint, ConfigError> {
+        let url = checked_url("registrations_uri", uri)?;
+        let upstream = match &self.registrations_upstream {
+            Some(u) if u.trim().is_empty() || has_control(u) => {
+                return Err(refuse("registrations_upstream", "must not be empty"))
+            }
+            Some(u) => u.clone(),
+            None => self.idp_upstream.clone(),
+        };
+        let authority = match &self.registrations_authority {
+            Some(a) if !is_authority(a) => {
+                return Err(refuse("registrations_authority", "must be a host[:port]"))
+            }
+            Some(a) => a.clone(),
+            None => url.authority.clone(),
+        };
+        Ok(RegistrationsEndpoint {
+            https: url.https,
+            path: url.path,
+            upstream,
+            authority,
         })
     }
 
@@ -492,9 +683,7 @@ impl RawConfig {
             return Err(refuse("idp_upstream", "must not be empty"));
         }
         match &self.idp_authority {
-            Some(a) if a.is_empty() || a.bytes().any(|b| b <= b' ' || b == b'/' || b == 0x7f) => {
-                Err(refuse("idp_authority", "must be a host[:port]"))
-            }
+            Some(a) if !is_authority(a) => Err(refuse("idp_authority", "must be a host[:port]")),
             Some(a) => Ok(a.clone()),
             None => Ok(issuer_url.authority.clone()),
         }
@@ -732,6 +921,11 @@ fn endpoint_path(field: &str, value: Option<&str>) -> Result<Option<String>, Con
 /// RFC 6749 appendix A.4: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
 fn is_scope_char(b: u8) -> bool {
     b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)
+}
+
+/// What an `:authority` may be: non-empty, no whitespace, control characters or `/`.
+fn is_authority(a: &str) -> bool {
+    !a.is_empty() && !a.bytes().any(|b| b <= b' ' || b == b'/' || b == 0x7f)
 }
 
 fn has_control(s: &str) -> bool {
@@ -1053,6 +1247,212 @@ mod tests {
             .decode(v.strip_prefix("Basic ").unwrap())
             .unwrap();
         assert_eq!(decoded, b"id:a%3Ab%2Bc+%25%2F");
+    }
+
+    const REG_BASE: &str =
+        r#""issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["basic"]"#;
+
+    fn with_reg(extra: &str) -> Result<Config, ConfigError> {
+        Config::from_json(format!("{{{REG_BASE},{extra}}}").as_bytes())
+    }
+
+    #[test]
+    fn without_product_there_are_no_registrations() {
+        let c = Config::from_json(MINIMAL.as_bytes()).unwrap();
+        assert!(c.registrations.is_none());
+        // The timings have defaults (Kong's schema may fill them in): accepted, unused.
+        assert!(with_reg(r#""registrations_refresh_s":30"#)
+            .unwrap()
+            .registrations
+            .is_none());
+        for (extra, field) in [
+            (r#""registrations":{"applications":[]}"#, "registrations"),
+            (
+                r#""registrations_uri":"https://portal.example.com/r.json""#,
+                "registrations_uri",
+            ),
+            (
+                r#""registrations_upstream":"portal""#,
+                "registrations_upstream",
+            ),
+            (
+                r#""registrations_authority":"portal""#,
+                "registrations_authority",
+            ),
+        ] {
+            let e = with_reg(extra).unwrap_err();
+            assert_eq!(e.field, field, "{extra}");
+            assert!(e.reason.contains("needs product"), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_inline_document_is_parsed_for_the_product() {
+        let c = with_reg(
+            r#""product":"payments-v1","registrations":{"applications":[
+                {"client_id":"0oaA","application_id":"app-1","registrations":[{"product":"payments-v1","status":"approved"}]},
+                {"client_id":"0oaB","registrations":[{"product":"payments-v1","status":"pending"}]}]}"#,
+        )
+        .unwrap();
+        let r = c.registrations.unwrap();
+        assert_eq!(r.product, "payments-v1");
+        assert_eq!((r.refresh_ms, r.max_age_ms), (10_000, 86_400_000));
+        let RegistrationsSource::Inline(doc) = r.source else {
+            panic!("inline expected");
+        };
+        assert!(matches!(
+            doc.lookup("0oaA"),
+            crate::registrations::Standing::Approved(ctx) if ctx.application_id == Some("app-1")
+        ));
+        assert!(matches!(
+            doc.lookup("0oaB"),
+            crate::registrations::Standing::NotApproved(_)
+        ));
+        assert_eq!(doc.lookup("0oaC"), crate::registrations::Standing::Unknown);
+    }
+
+    #[test]
+    fn a_fetched_document_has_its_endpoint() {
+        let c = with_reg(
+            r#""product":"p","registrations_uri":"https://portal.example.com:8443/v1/registrations.json","registrations_refresh_s":5,"registrations_max_age_s":600"#,
+        )
+        .unwrap();
+        let r = c.registrations.unwrap();
+        assert_eq!((r.refresh_ms, r.max_age_ms), (5_000, 600_000));
+        let RegistrationsSource::Fetched(ep) = r.source else {
+            panic!("fetched expected");
+        };
+        assert_eq!(
+            ep,
+            RegistrationsEndpoint {
+                https: true,
+                path: "/v1/registrations.json".into(),
+                upstream: "okta".into(),
+                authority: "portal.example.com:8443".into(),
+            }
+        );
+        let c = with_reg(
+            r#""product":"p","registrations_uri":"http://127.0.0.1:9001/_portal/registrations","registrations_upstream":"portal","registrations_authority":"portal.internal""#,
+        )
+        .unwrap();
+        let Some(RegistrationsConfig {
+            source: RegistrationsSource::Fetched(ep),
+            ..
+        }) = c.registrations
+        else {
+            panic!("fetched expected");
+        };
+        assert!(!ep.https);
+        assert_eq!(
+            (ep.upstream.as_str(), ep.authority.as_str()),
+            ("portal", "portal.internal")
+        );
+    }
+
+    #[test]
+    fn each_bad_registrations_field_is_named() {
+        let uri = r#""registrations_uri":"https://portal.example.com/r""#;
+        for (extra, field, says) in [
+            (r#""product":"p""#.to_string(), "registrations", "required"),
+            (
+                format!(r#""product":"p",{uri},"registrations":{{"applications":[]}}"#),
+                "registrations_uri",
+                "set one",
+            ),
+            (format!(r#""product":"",{uri}"#), "product", "without control"),
+            (format!(r#""product":"a\u0001",{uri}"#), "product", "1 to 256"),
+            (
+                format!(r#""product":"{}",{uri}"#, "p".repeat(257)),
+                "product",
+                "256",
+            ),
+            (format!(r#""product":5,{uri}"#), "product", "wrong type"),
+            (
+                r#""product":"p","registrations_uri":"http://portal.example.com/r""#.into(),
+                "registrations_uri",
+                "https",
+            ),
+            (
+                r#""product":"p","registrations_uri":"https://portal.example.com/r?x=1""#.into(),
+                "registrations_uri",
+                "query",
+            ),
+            (
+                r#""product":"p","registrations_uri":"portal/r""#.into(),
+                "registrations_uri",
+                "URL",
+            ),
+            (
+                format!(r#""product":"p",{uri},"registrations_upstream":" ""#),
+                "registrations_upstream",
+                "empty",
+            ),
+            (
+                format!(r#""product":"p",{uri},"registrations_authority":"a/b""#),
+                "registrations_authority",
+                "host",
+            ),
+            (
+                format!(r#""product":"p",{uri},"registrations_refresh_s":0"#),
+                "registrations_refresh_s",
+                "between 1 and 3600",
+            ),
+            (
+                format!(r#""product":"p",{uri},"registrations_refresh_s":3601"#),
+                "registrations_refresh_s",
+                "3600",
+            ),
+            (
+                format!(r#""product":"p",{uri},"registrations_refresh_s":-1"#),
+                "registrations_refresh_s",
+                "wrong type",
+            ),
+            (
+                format!(r#""product":"p",{uri},"registrations_refresh_s":60,"registrations_max_age_s":59"#),
+                "registrations_max_age_s",
+                "between 60 and 2592000",
+            ),
+            (
+                format!(r#""product":"p",{uri},"registrations_max_age_s":2592001"#),
+                "registrations_max_age_s",
+                "2592000",
+            ),
+            (
+                r#""product":"p","registrations":{"applications":[]},"registrations_upstream":"x""#.into(),
+                "registrations_upstream",
+                "registrations_uri only",
+            ),
+            (
+                r#""product":"p","registrations":{"applications":[]},"registrations_authority":"x""#.into(),
+                "registrations_authority",
+                "registrations_uri only",
+            ),
+            (
+                r#""product":"p","registrations":{"apps":[]}"#.into(),
+                "registrations",
+                "`applications` array is missing",
+            ),
+            (
+                r#""product":"p","registrations":{"applications":[{"client_id":"sekret-client-value","registrations":{"product":"p"}}]}"#.into(),
+                "registrations",
+                "wrong type",
+            ),
+            (
+                r#""product":"p","registrations":[]"#.into(),
+                "registrations",
+                "wrong type",
+            ),
+            (
+                r#""product":"p","registrations":"{\"applications\":[]}""#.into(),
+                "registrations",
+                "wrong type",
+            ),
+        ] {
+            let e = with_reg(&extra).unwrap_err();
+            assert_eq!(e.field, field, "{extra}: {e}");
+            assert!(e.reason.contains(says), "{extra}: {e}");
+            assert!(!e.to_string().contains("sekret"), "{e}");
+        }
     }
 
     #[test]

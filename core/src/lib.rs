@@ -6,6 +6,8 @@
 //! - [`config`]: the plugin configuration and its checks;
 //! - [`credentials`]: reading `Authorization` (Basic client credentials, Bearer tokens);
 //! - [`okta`]: the requests to Okta and how its answers are read;
+//! - [`registrations`]: which apps hold an approved registration for the product, and the
+//!   revalidation rules of the shared document;
 //! - [`verdict`]: grants, denials and the reply for each;
 //! - [`jwt`], [`jwks`]: Bearer JWT access tokens checked locally against the issuer's key set;
 //! - [`upstream`]: what an allowed request carries upstream, and which client headers go;
@@ -32,6 +34,7 @@ pub mod jwt;
 pub mod local;
 pub mod metrics;
 pub mod okta;
+pub mod registrations;
 pub mod throttle;
 pub mod upstream;
 pub mod url;

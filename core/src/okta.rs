@@ -5,8 +5,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::{client_secret_basic, Config, Endpoints};
+use crate::config::{client_secret_basic, Config, Endpoints, RegistrationsEndpoint};
 use crate::credentials::ClientCredentials;
+use crate::registrations::{DocumentError, Registrations};
 use crate::verdict::{header_safe, Denial, Grant};
 
 /// One HTTP call to the IdP, exactly as the host will send it.
@@ -274,6 +275,91 @@ pub fn read_jwks(
         return Err(JwksAnswerError::Failed(failure_of(answer, now_s)));
     }
     crate::jwks::KeySet::parse(answer.body).map_err(JwksAnswerError::Unusable)
+}
+
+// ---- the registrations document (`registrations_uri`) ----
+
+/// `GET` of the registrations document, conditional on the `ETag` of the copy in use. It goes
+/// to `registrations_upstream` with `registrations_authority`, not to the IdP.
+pub fn registrations_request(
+    endpoint: &RegistrationsEndpoint,
+    if_none_match: Option<&str>,
+) -> IdpRequest {
+    let scheme = if endpoint.https { "https" } else { "http" };
+    let mut headers = vec![
+        (":method", "GET".to_string()),
+        (":scheme", scheme.to_string()),
+        (":path", endpoint.path.clone()),
+        (":authority", endpoint.authority.clone()),
+        ("user-agent", USER_AGENT.to_string()),
+        ("accept", "application/json".to_string()),
+    ];
+    if let Some(etag) = if_none_match.filter(|e| crate::registrations::record::etag_ok(e)) {
+        headers.push(("if-none-match", etag.to_string()));
+    }
+    IdpRequest {
+        method: "GET",
+        path: endpoint.path.clone(),
+        headers,
+        body: Vec::new(),
+    }
+}
+
+/// A registrations answer that is a document, or says the copy in use is current.
+#[derive(Debug)]
+pub enum RegistrationsAnswer {
+    /// 200: the document, parsed for the product, and its `ETag` (if it sent a usable one).
+    Modified {
+        registrations: Registrations,
+        etag: Option<String>,
+    },
+    /// 304: the copy in use is current.
+    NotModified,
+}
+
+/// Why a registrations answer is no document. Either way the last good copy stays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrationsAnswerError {
+    /// No answer, an error status, a status other than 200 and 304.
+    Failed(IdpFailure),
+    /// A 200 whose body is refused: too large, malformed.
+    Unusable(DocumentError),
+}
+
+impl RegistrationsAnswerError {
+    pub fn describe(&self) -> String {
+        match self {
+            RegistrationsAnswerError::Failed(f) => f.describe(),
+            RegistrationsAnswerError::Unusable(e) => format!("the document {}", e.describe()),
+        }
+    }
+}
+
+/// Reads the answer to [`registrations_request`] for `product`. The glue should not read a
+/// body larger than [`crate::registrations::MAX_DOCUMENT_BYTES`] at all (the host says the
+/// size first); the parser refuses one anyway.
+pub fn read_registrations(
+    answer: IdpAnswer<'_>,
+    product: &str,
+    now_s: u64,
+) -> Result<RegistrationsAnswer, RegistrationsAnswerError> {
+    match answer.status {
+        Some(200) => {
+            let registrations = Registrations::parse(answer.body, product)
+                .map_err(RegistrationsAnswerError::Unusable)?;
+            let etag = answer
+                .header("etag")
+                .map(str::trim)
+                .filter(|e| crate::registrations::record::etag_ok(e))
+                .map(str::to_string);
+            Ok(RegistrationsAnswer::Modified {
+                registrations,
+                etag,
+            })
+        }
+        Some(304) => Ok(RegistrationsAnswer::NotModified),
+        _ => Err(RegistrationsAnswerError::Failed(failure_of(answer, now_s))),
+    }
 }
 
 // ---- client credentials (Basic path) ----
@@ -993,6 +1079,102 @@ mod tests {
                 NOW
             ),
             Err(DiscoveryError::Failed(IdpFailure::Unreadable))
+        );
+    }
+
+    fn endpoint() -> RegistrationsEndpoint {
+        RegistrationsEndpoint {
+            https: true,
+            path: "/v1/registrations.json".into(),
+            upstream: "portal".into(),
+            authority: "portal.example.com".into(),
+        }
+    }
+
+    #[test]
+    fn the_registrations_request_is_conditional_on_the_etag() {
+        let r = registrations_request(&endpoint(), Some("\"v1\""));
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.path, "/v1/registrations.json");
+        assert_eq!(r.header(":scheme"), Some("https"));
+        assert_eq!(r.header(":authority"), Some("portal.example.com"));
+        assert_eq!(r.header(":path"), Some("/v1/registrations.json"));
+        assert_eq!(r.header("if-none-match"), Some("\"v1\""));
+        assert_eq!(r.header("user-agent"), Some(USER_AGENT));
+        assert!(r.body.is_empty());
+        let first = registrations_request(&endpoint(), None);
+        assert_eq!(first.header("if-none-match"), None);
+        let odd = registrations_request(&endpoint(), Some("a\r\nx-injected: 1"));
+        assert_eq!(odd.header("if-none-match"), None);
+        let plain = registrations_request(
+            &RegistrationsEndpoint {
+                https: false,
+                ..endpoint()
+            },
+            None,
+        );
+        assert_eq!(plain.header(":scheme"), Some("http"));
+    }
+
+    #[test]
+    fn registrations_answers_are_read() {
+        let doc = r#"{"applications":[{"client_id":"0oaA","registrations":[{"product":"p","status":"approved"}]}]}"#;
+        let etag = [("ETag".to_string(), " \"v2\" ".to_string())];
+        match read_registrations(answer(Some(200), &etag, doc), "p", NOW) {
+            Ok(RegistrationsAnswer::Modified {
+                registrations,
+                etag,
+            }) => {
+                assert_eq!(etag.as_deref(), Some("\"v2\""));
+                assert!(matches!(
+                    registrations.lookup("0oaA"),
+                    crate::registrations::Standing::Approved(_)
+                ));
+            }
+            other => panic!("{other:?}"),
+        }
+        match read_registrations(answer(Some(200), &[], doc), "p", NOW) {
+            Ok(RegistrationsAnswer::Modified { etag, .. }) => assert_eq!(etag, None),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            read_registrations(answer(Some(304), &etag, ""), "p", NOW),
+            Ok(RegistrationsAnswer::NotModified)
+        ));
+        for (status, body, want) in [
+            (
+                None,
+                "",
+                RegistrationsAnswerError::Failed(IdpFailure::NoAnswer),
+            ),
+            (
+                Some(500),
+                "",
+                RegistrationsAnswerError::Failed(IdpFailure::ServerError(500)),
+            ),
+            (
+                Some(404),
+                "",
+                RegistrationsAnswerError::Failed(IdpFailure::UnexpectedStatus(404)),
+            ),
+            (
+                Some(204),
+                "",
+                RegistrationsAnswerError::Failed(IdpFailure::Unreadable),
+            ),
+        ] {
+            assert_eq!(
+                read_registrations(answer(status, &[], body), "p", NOW).unwrap_err(),
+                want
+            );
+        }
+        let e = read_registrations(answer(Some(200), &[], "<html>"), "p", NOW).unwrap_err();
+        assert!(matches!(e, RegistrationsAnswerError::Unusable(_)), "{e:?}");
+        assert!(e.describe().contains("not valid JSON"), "{}", e.describe());
+        let local = [("x-envoy-overloaded".to_string(), "true".to_string())];
+        assert_eq!(
+            read_registrations(answer(Some(503), &local, ""), "p", NOW).unwrap_err(),
+            RegistrationsAnswerError::Failed(IdpFailure::Local(LocalCause::Overloaded))
         );
     }
 }

@@ -24,6 +24,7 @@ const LAYERS: &[&[&str]] = &[
         "inflight",
         "jwks",
         "jwt",
+        "registrations",
     ],
     // configuration
     &["config"],

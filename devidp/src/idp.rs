@@ -17,12 +17,17 @@ use crate::keys::{self, KeyRing, Signing};
 use crate::serve::{self, ResetConnection, Resp, ServerThread};
 
 mod admin;
+mod portal;
 mod ratelimit;
 use crate::util::{
     self, client_auth, is_form, json_response, method_not_allowed, no_store, not_found,
     oauth_error, okta_error, param, parse_form, response, ClientAuth,
 };
+pub use portal::Application;
 pub use ratelimit::RateLimit;
+
+/// Where the registrations document is served (the Dev Portal side, not Okta's).
+pub const REGISTRATIONS_PATH: &str = "/_portal/registrations";
 
 /// The path of the authorization server; the issuer is `http://HOST:PORT` followed by it.
 pub const AUTH_SERVER_PATH: &str = "/oauth2/default";
@@ -44,15 +49,19 @@ pub enum Endpoint {
     Introspect,
     /// `/v1/keys`.
     Keys,
+    /// `/_portal/registrations`: the registrations document (the portal's, not Okta's: it is
+    /// outside the concurrency limit and the latency).
+    Registrations,
 }
 
 impl Endpoint {
     /// Every endpoint, in the order of the admin API's listings.
-    pub const ALL: [Endpoint; 4] = [
+    pub const ALL: [Endpoint; 5] = [
         Endpoint::Discovery,
         Endpoint::Token,
         Endpoint::Introspect,
         Endpoint::Keys,
+        Endpoint::Registrations,
     ];
 
     fn index(self) -> usize {
@@ -61,6 +70,7 @@ impl Endpoint {
             Endpoint::Token => 1,
             Endpoint::Introspect => 2,
             Endpoint::Keys => 3,
+            Endpoint::Registrations => 4,
         }
     }
 
@@ -71,6 +81,7 @@ impl Endpoint {
             Endpoint::Token => "token",
             Endpoint::Introspect => "introspect",
             Endpoint::Keys => "keys",
+            Endpoint::Registrations => "registrations",
         }
     }
 
@@ -133,6 +144,9 @@ pub enum FaultAnswer {
     },
     /// Close the TCP connection (with a RST) without any HTTP answer.
     ResetConnection,
+    /// The usual answer with its body padded with spaces to at least `bytes` (a JSON document
+    /// stays valid JSON): a document too large to be read.
+    Padded { bytes: usize },
 }
 
 /// One request received at `/v1/token`, decoded (RFC 6749 2.3.1). Fields the request did not
@@ -231,9 +245,9 @@ struct IssuedToken {
 struct State {
     clients: HashMap<String, Client>,
     faults: HashMap<Endpoint, Fault>,
-    calls: [u64; 4],
+    calls: [u64; Endpoint::ALL.len()],
     /// Answers given (after any fault's delay): calls whose caller stayed for them.
-    answered: [u64; 4],
+    answered: [u64; Endpoint::ALL.len()],
     token_requests: VecDeque<TokenRequestRecord>,
     tokens: HashMap<String, IssuedToken>,
     introspections: HashMap<String, u64>,
@@ -242,6 +256,7 @@ struct State {
     /// How long every answer of an Okta endpoint takes (before any fault's own delay).
     latency: Duration,
     keys: KeyRing,
+    portal: portal::Portal,
 }
 
 impl State {
@@ -249,8 +264,8 @@ impl State {
         State {
             clients: HashMap::new(),
             faults: HashMap::new(),
-            calls: [0; 4],
-            answered: [0; 4],
+            calls: [0; Endpoint::ALL.len()],
+            answered: [0; Endpoint::ALL.len()],
             token_requests: VecDeque::new(),
             tokens: HashMap::new(),
             introspections: HashMap::new(),
@@ -258,6 +273,7 @@ impl State {
             concurrency: ratelimit::Concurrency::default(),
             latency: Duration::ZERO,
             keys: KeyRing::new(),
+            portal: portal::Portal::default(),
         }
     }
 }
@@ -558,16 +574,115 @@ impl IdpHandle {
     /// Clients, tokens, faults and limits (and their counts of 429s) stay.
     pub fn reset_counters(&self) {
         let mut state = self.shared.lock();
-        state.calls = [0; 4];
-        state.answered = [0; 4];
+        state.calls = [0; Endpoint::ALL.len()];
+        state.answered = [0; Endpoint::ALL.len()];
         state.token_requests.clear();
         state.introspections.clear();
         state.concurrency.reset_max();
+        state.portal.not_modified = 0;
     }
 
     /// The registered clients.
     pub fn clients(&self) -> Vec<Client> {
         self.shared.lock().clients.values().cloned().collect()
+    }
+
+    // ---- the Dev Portal: applications and their registrations ----
+
+    /// `http://HOST:PORT/_portal/registrations`: the registrations document.
+    pub fn registrations_uri(&self) -> String {
+        let issuer = self.issuer();
+        let origin = issuer.strip_suffix(AUTH_SERVER_PATH).unwrap_or(&issuer);
+        format!("{origin}{REGISTRATIONS_PATH}")
+    }
+
+    /// Adds (or replaces, keeping its registrations) a portal application.
+    pub fn add_application(&self, app: Application) {
+        self.shared.lock().portal.add_application(app);
+    }
+
+    /// Removes an application and its registrations; false if unknown.
+    pub fn remove_application(&self, client_id: &str) -> bool {
+        self.shared.lock().portal.remove_application(client_id)
+    }
+
+    /// The app registers for `product` (status `pending`, as in the portal); the application is
+    /// created (with a generated `application_id`) if unknown.
+    pub fn register(&self, client_id: &str, product: &str) {
+        self.set_registration(client_id, product, "pending");
+    }
+
+    /// Sets a registration's status, any string (`approved`, `pending`, `revoked`, `rejected`,
+    /// or one the filter does not know), creating the registration and application if needed.
+    pub fn set_registration(&self, client_id: &str, product: &str, status: &str) {
+        self.shared
+            .lock()
+            .portal
+            .set_registration(client_id, product, status);
+    }
+
+    /// An admin approves an existing registration; false without one.
+    pub fn approve(&self, client_id: &str, product: &str) -> bool {
+        self.shared
+            .lock()
+            .portal
+            .change_status(client_id, product, "approved")
+    }
+
+    /// An admin revokes an existing registration; false without one.
+    pub fn revoke_registration(&self, client_id: &str, product: &str) -> bool {
+        self.shared
+            .lock()
+            .portal
+            .change_status(client_id, product, "revoked")
+    }
+
+    /// An admin rejects an existing registration; false without one.
+    pub fn reject(&self, client_id: &str, product: &str) -> bool {
+        self.shared
+            .lock()
+            .portal
+            .change_status(client_id, product, "rejected")
+    }
+
+    /// Deletes a registration (the app stays, known but unregistered); false without one.
+    pub fn remove_registration(&self, client_id: &str, product: &str) -> bool {
+        self.shared
+            .lock()
+            .portal
+            .remove_registration(client_id, product)
+    }
+
+    /// A registration's status, if there is one.
+    pub fn registration_status(&self, client_id: &str, product: &str) -> Option<String> {
+        self.shared.lock().portal.status(client_id, product)
+    }
+
+    /// The generated registrations document.
+    pub fn registrations_document(&self) -> Value {
+        self.shared.lock().portal.document()
+    }
+
+    /// The `ETag` the document is served with now.
+    pub fn registrations_etag(&self) -> String {
+        self.shared.lock().portal.body_and_etag().1
+    }
+
+    /// Serves exactly these bytes instead of the generated document (a large, odd or
+    /// malformed one); `None`: the generated document again.
+    pub fn set_registrations_body(&self, body: Option<Vec<u8>>) {
+        self.shared.lock().portal.set_raw(body);
+    }
+
+    /// Requests received at `/_portal/registrations`: [`IdpHandle::calls`] of
+    /// [`Endpoint::Registrations`].
+    pub fn registrations_fetches(&self) -> u64 {
+        self.calls(Endpoint::Registrations)
+    }
+
+    /// 304s answered at `/_portal/registrations` since start or the last reset.
+    pub fn registrations_not_modified(&self) -> u64 {
+        self.shared.lock().portal.not_modified
     }
 }
 
@@ -597,6 +712,7 @@ enum Route {
     Introspect,
     Keys,
     Revoke,
+    Registrations,
     Admin,
     NotFound,
 }
@@ -604,6 +720,9 @@ enum Route {
 fn route(path: &str) -> Route {
     if path.starts_with("/_dev/") {
         return Route::Admin;
+    }
+    if path == REGISTRATIONS_PATH {
+        return Route::Registrations;
     }
     let rest = path.strip_prefix(AUTH_SERVER_PATH).unwrap_or(path);
     match rest {
@@ -642,15 +761,17 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Res
         Route::Token => Some(Endpoint::Token),
         Route::Introspect => Some(Endpoint::Introspect),
         Route::Keys => Some(Endpoint::Keys),
+        Route::Registrations => Some(Endpoint::Registrations),
         Route::Revoke | Route::Admin | Route::NotFound => None,
     };
+    let okta = route != Route::Registrations;
     let mut fault = None;
     let mut limit = None;
     let mut latency = Duration::ZERO;
     let mut over_concurrency = false;
     // Held until the answer is ready: the request is in progress for the concurrency limit.
     let mut _in_progress = None;
-    if endpoint.is_some() || route == Route::Revoke {
+    if (endpoint.is_some() && okta) || route == Route::Revoke {
         let mut state = shared.lock();
         if state.concurrency.admit() {
             _in_progress = Some(InProgress(shared.clone()));
@@ -682,7 +803,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Res
                     }
                 }
             }
-            Endpoint::Discovery | Endpoint::Keys => {}
+            Endpoint::Discovery | Endpoint::Keys | Endpoint::Registrations => {}
         }
         fault = state.faults.get(&ep).cloned();
     }
@@ -696,6 +817,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Res
         count_answer(&shared, endpoint);
         return Ok(resp);
     }
+    let mut pad_to = None;
     if let (Some(ep), Some(fault)) = (endpoint, fault) {
         if !fault.delay.is_zero() {
             // Dropped here (never counted as answered) when the caller hangs up meanwhile.
@@ -703,6 +825,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Res
         }
         match fault.answer {
             FaultAnswer::Normal => {}
+            FaultAnswer::Padded { bytes } => pad_to = Some(bytes),
             FaultAnswer::ResetConnection => return Err(ResetConnection),
             answer => {
                 count_answer(&shared, endpoint);
@@ -717,12 +840,33 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Res
         Route::Introspect => introspect(&shared, &req),
         Route::Keys => jwks(&shared, &req),
         Route::Revoke => revoke(&shared, &req),
+        Route::Registrations => portal::serve(&shared, &req),
         Route::Admin => admin::handle(&shared, &req),
         Route::NotFound => not_found(&req.path),
     };
-    util::set_header(&mut resp, "x-okta-request-id", &util::random_id(27));
+    if let Some(bytes) = pad_to {
+        resp = padded(resp, bytes).await;
+    }
+    if okta {
+        util::set_header(&mut resp, "x-okta-request-id", &util::random_id(27));
+    }
     ratelimit::annotate(&mut resp, limit.as_ref());
     Ok(resp)
+}
+
+/// `resp` with its body padded with spaces to at least `bytes`.
+async fn padded(resp: Resp, bytes: usize) -> Resp {
+    use http_body_util::BodyExt as _;
+    let (mut parts, body) = resp.into_parts();
+    let mut body = match body.collect().await {
+        Ok(collected) => collected.to_bytes().to_vec(),
+        Err(never) => match never {},
+    };
+    if body.len() < bytes {
+        body.resize(bytes, b' ');
+    }
+    parts.headers.remove(hyper::header::CONTENT_LENGTH);
+    hyper::Response::from_parts(parts, http_body_util::Full::new(body.into()))
 }
 
 /// A request in progress, for the concurrent-request limit: released when dropped, once its
@@ -776,7 +920,7 @@ fn introspected_token(req: &Req) -> Option<String> {
 
 fn fault_answer(ep: Endpoint, answer: &FaultAnswer) -> Resp {
     match answer {
-        FaultAnswer::Normal | FaultAnswer::ResetConnection => {
+        FaultAnswer::Normal | FaultAnswer::ResetConnection | FaultAnswer::Padded { .. } => {
             // Handled by the caller; answer something sane anyway.
             okta_error(
                 StatusCode::INTERNAL_SERVER_ERROR,

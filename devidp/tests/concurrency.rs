@@ -108,6 +108,7 @@ fn call(idp: &IdpHandle, ep: Endpoint, token: &str) -> Answer {
                 .get(format!("{iss}/.well-known/oauth-authorization-server"))
                 .call(),
         ),
+        Endpoint::Registrations => to_answer(agent().get(idp.registrations_uri()).call()),
     }
 }
 

@@ -86,6 +86,7 @@ fn vocabulary() -> &'static str {
         [
             include_str!("../../core/src/config.rs"),
             include_str!("../../core/src/url.rs"),
+            include_str!("../../core/src/registrations.rs"),
             &serde.join("\n"),
         ]
         .join("\n")

@@ -11,18 +11,20 @@ pub mod config;
 pub mod form_decode;
 pub mod jwt;
 pub mod okta_answers;
+pub mod registrations;
 
 /// A target's property check: panics when a property fails.
 pub type Check = fn(&[u8]);
 
 /// The targets, by name, as `cargo fuzz list` prints them.
-pub const TARGETS: [(&str, Check); 6] = [
+pub const TARGETS: [(&str, Check); 7] = [
     ("authorization", authorization::check),
     ("form_decode", form_decode::check),
     ("okta_answers", okta_answers::check),
     ("cache_entry", cache_entry::check),
     ("config", config::check),
     ("jwt", jwt::check),
+    ("registrations", registrations::check),
 ];
 
 /// Whether to check `property`. `FUZZ_IGNORE=a,b` (never set by `make fuzz`) skips the named

@@ -209,3 +209,14 @@ fn an_introspection_secret_from_a_missing_environment_variable_is_refused() {
     );
     assert!(failure.log.contains("OKTA_SECRET_NOBODY_SET"));
 }
+
+/// Registrations are parsed but not yet enforced: a configuration with a `product` is refused at
+/// start (on ngx_wasm_module the route answers 503), never run without the check it asks for.
+#[test]
+fn a_configuration_asking_for_registrations_is_refused_until_they_are_enforced() {
+    let failure = refused(filter_config(json!({
+        "product": "payments-v1",
+        "registrations": { "applications": [] },
+    })));
+    assert!(failure.log.contains("field `product`"), "{}", failure.log);
+}

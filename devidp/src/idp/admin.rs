@@ -6,7 +6,7 @@
 //! | `POST /_dev/clients` | `{"id","secret","scopes":[..]}` | 201 `{"id","scopes"}` |
 //! | `GET /_dev/clients` | | 200 `[{"id","scopes"}]` |
 //! | `DELETE /_dev/clients/{id}` | | 204 |
-//! | `GET /_dev/stats` | | 200 `{"discovery","token","introspect","keys","token_requests"}` |
+//! | `GET /_dev/stats` | | 200 `{"discovery","token","introspect","keys","registrations","token_requests"}` |
 //! | `POST /_dev/fault` | see [`FaultDto`] | 204 |
 //! | `DELETE /_dev/fault[?endpoint=token]` | | 204 (all endpoints without `endpoint`) |
 //! | `POST /_dev/tokens` | a [`TokenSpec`](super::TokenSpec) as JSON, see [`TokenSpecDto`] | 200 `{"access_token","token_type","expires_in"}` |
@@ -21,6 +21,7 @@
 //! | `GET`, `POST`, `DELETE /_dev/concurrency` | see the `ratelimit` module | |
 //! | `POST /_dev/latency` | `{"ms":150}` | 204: every Okta endpoint answers that much later (`IdpHandle::set_latency`) |
 //! | `DELETE /_dev/latency` | | 204 (no latency) |
+//! | `/_dev/registrations…`, `/_dev/applications…` | | the Dev Portal: see the `portal` module |
 //! | `GET /_dev/latency` | | 200 `{"ms"}` |
 
 use std::time::Duration;
@@ -47,7 +48,9 @@ struct ClientDto {
 ///
 /// `answer` is one of `normal` (default), `status` (needs `status`), `garbage`, `html`,
 /// `empty_ok`, `rate_limited` (`reset_in_secs`, default 60), `custom` (`status`, `content_type`
-/// default `application/json`, `body`, `headers` as `[[name, value], ..]`), `reset_connection`.
+/// default `application/json`, `body`, `headers` as `[[name, value], ..]`), `reset_connection`,
+/// `padded` (`bytes`: the usual answer padded with spaces to that size). `endpoint` is one of
+/// `discovery`, `token`, `introspect`, `keys`, `registrations`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FaultDto {
@@ -66,6 +69,8 @@ struct FaultDto {
     body: Option<String>,
     #[serde(default)]
     headers: Vec<(String, String)>,
+    #[serde(default)]
+    bytes: Option<usize>,
 }
 
 /// `POST /_dev/tokens`: the fields of [`TokenSpec`]; only `client_id` is required. Defaults are
@@ -155,6 +160,9 @@ fn parse<T: for<'de> Deserialize<'de>>(req: &Req) -> Result<T, Box<Resp>> {
 }
 
 pub(super) fn handle(shared: &Shared, req: &Req) -> Resp {
+    if let Some(resp) = super::portal::admin(shared, req) {
+        return resp;
+    }
     let path = req.path.as_str();
     match (path, &req.method) {
         ("/_dev/clients", &Method::POST) => match parse::<ClientDto>(req) {
@@ -297,11 +305,12 @@ pub(super) fn handle(shared: &Shared, req: &Req) -> Resp {
         ("/_dev/revoke", _) => method_not_allowed("POST"),
         ("/_dev/reset", &Method::POST) => {
             let mut state = shared.lock();
-            state.calls = [0; 4];
-            state.answered = [0; 4];
+            state.calls = [0; Endpoint::ALL.len()];
+            state.answered = [0; Endpoint::ALL.len()];
             state.token_requests.clear();
             state.introspections.clear();
             state.concurrency.reset_max();
+            state.portal.not_modified = 0;
             no_content()
         }
         ("/_dev/reset", _) => method_not_allowed("POST"),
@@ -330,7 +339,7 @@ pub(super) fn handle(shared: &Shared, req: &Req) -> Resp {
 fn fault_from(dto: FaultDto) -> Result<(Endpoint, Fault), Box<Resp>> {
     let Some(ep) = Endpoint::from_name(&dto.endpoint) else {
         return Err(Box::new(bad_request(
-            "'endpoint' must be one of discovery, token, introspect, keys",
+            "'endpoint' must be one of discovery, token, introspect, keys, registrations",
         )));
     };
     let answer = match dto.answer.as_deref().unwrap_or("normal") {
@@ -357,8 +366,12 @@ fn fault_from(dto: FaultDto) -> Result<(Endpoint, Fault), Box<Resp>> {
             _ => return Err(Box::new(bad_request("answer 'custom' needs 'status' (100-999)"))),
         },
         "reset_connection" => FaultAnswer::ResetConnection,
+        "padded" => match dto.bytes {
+            Some(bytes) if bytes <= 256 * 1024 * 1024 => FaultAnswer::Padded { bytes },
+            _ => return Err(Box::new(bad_request("answer 'padded' needs 'bytes' (at most 268435456)"))),
+        },
         _ => return Err(Box::new(bad_request(
-            "'answer' must be one of normal, status, garbage, html, empty_ok, rate_limited, custom, reset_connection",
+            "'answer' must be one of normal, status, garbage, html, empty_ok, rate_limited, custom, reset_connection, padded",
         ))),
     };
     Ok((

@@ -92,7 +92,7 @@ pub(super) struct Decision {
 /// Every endpoint's limit (none by default).
 #[derive(Debug, Default)]
 pub(super) struct Limits {
-    windows: [Option<Window>; 4],
+    windows: [Option<Window>; Endpoint::ALL.len()],
 }
 
 impl Limits {
