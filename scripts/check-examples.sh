@@ -3,7 +3,7 @@
 # - docker-compose.yml: `docker-compose config -q` (Debian's docker-compose package), which
 #   validates the file against the Compose schema, with every profile's services. Skipped, with a
 #   message, when docker-compose is not installed.
-# The filter configurations inside envoy/, kong/, the compose setup and the README are parsed by
+# The filter configurations inside envoy/, kong/, the compose setup, the README and docs/ are parsed by
 # the filter's own code in `cargo test --test examples`; Envoy's files pass `envoy --mode validate`
 # in scripts/validate.sh.
 set -euo pipefail

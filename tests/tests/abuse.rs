@@ -80,7 +80,7 @@ fn bad_secrets_never_lock_out_a_live_client() {
 fn a_flood_of_bogus_credentials_then_an_outage_keeps_every_valid_client() {
     // Room for the valid clients: with 20 of them in 64 sets, no set of 4 ways has to hold more
     // than 4 of them but once in about 1,000 runs (a set that must is simply too small, and
-    // then one valid verdict replaces another: the README says to grow cache_slots).
+    // then one valid verdict replaces another: docs/operations.md says to grow cache_slots).
     let slots = 256;
     let stack = flood_stack(json!({
         "cache_slots": slots,

@@ -1,7 +1,7 @@
 //! A fleet (issue 18, finding 4): three Envoy nodes, each its own process with 2 workers, in
 //! front of one Okta org (one dev IdP) with Okta's Integrator Free limits: 300 calls a minute
 //! per endpoint and 35 requests in progress at once for the whole org, every answer 150 ms away.
-//! Each node is sized by the README's rule for a share of 0.8 of Okta's limits over 3 nodes:
+//! Each node is sized by the rule of docs/operations.md, "Sizing a fleet" for a share of 0.8 of Okta's limits over 3 nodes:
 //! `idp_calls_per_minute` = floor(0.8 × 300 / 3) = 80 and `max_idp_calls_in_flight` =
 //! floor(0.8 × 35 / 3) = 9 (for the whole node, all its workers). Known apps call every node
 //! all along, and their verdicts expire during the run, so they refresh; meanwhile an anonymous
@@ -37,14 +37,14 @@ const OKTA_LATENCY: Duration = Duration::from_millis(150);
 const NODES: usize = 3;
 const SHARE_PERCENT: u32 = 80;
 
-/// The README's sizing rule: each node gets floor(share × limit / nodes).
+/// The sizing rule of docs/operations.md: each node gets floor(share × limit / nodes).
 fn per_node(limit: u32) -> u32 {
     limit * SHARE_PERCENT / 100 / NODES as u32
 }
 
 /// Known apps per node, and how long their verdicts live: refreshes cost apps × 60 / ttl calls
 /// a minute per node (15), within the 20% of the node's budget reserved for refreshes
-/// (ceil(0.2 × 80) = 16), as the README's sizing says they must be to be never refused.
+/// (ceil(0.2 × 80) = 16), as docs/operations.md's sizing says they must be to be never refused.
 const KNOWN_APPS_PER_NODE: usize = 3;
 const CACHE_TTL_S: u64 = 12;
 /// The flood, and the known apps' traffic alongside it.
@@ -249,7 +249,7 @@ fn a_fleet_sized_by_the_readme_never_makes_okta_answer_429_and_keeps_known_apps_
         })
         .collect();
     // Every known app is known to its node before the flood (a new app during a flood may be
-    // told to come back later: README, "New apps during a flood").
+    // told to come back later: docs/operations.md, "New apps during a flood").
     for (stack, apps) in stacks.iter().zip(&apps) {
         for app in apps {
             let r = stack.get("/", &[("authorization", &app.basic())]);

@@ -17,7 +17,7 @@ use serde_json::json;
 const CONCURRENT: usize = 1_100;
 /// How slow the healthy IdP answers.
 const IDP_LATENCY: Duration = Duration::from_millis(2_500);
-/// Envoy's resident set may grow this much while the burst is held (stated in the README).
+/// Envoy's resident set may grow this much while the burst is held (stated in docs/operations.md).
 const RSS_BOUND_MIB: u64 = 48;
 
 /// Sends one request per thread, `CONCURRENT` of them released together, each with a distinct
@@ -133,7 +133,7 @@ fn calls_past_the_circuit_breaker_to_a_slow_idp_never_pause_it() {
     if envoy_only("the okta cluster's circuit breaker") {
         return;
     }
-    // A filter cap above the breaker (a configuration the README advises against): Envoy
+    // A filter cap above the breaker (a configuration docs/operations.md advises against): Envoy
     // refuses the calls past it itself, and those answers are not Okta's. The timeout leaves
     // room for a call queued behind one whole IdP answer (2 x 2.5 s), so that every call that
     // Envoy sent is answered.

@@ -43,7 +43,7 @@ const MAX_PAUSE: Duration = Duration::from_millis(10_000 + IDP_TIMEOUT_MS);
 /// The longest a request may wait for a verdict once calls are allowed again (a lease: the
 /// timeout and 1 s), and a second for the answer to travel.
 const SETTLE: Duration = Duration::from_millis(2 * IDP_TIMEOUT_MS + 2000);
-/// The filter's IdP call budget per endpoint: sized for the soak's clients as the README's
+/// The filter's IdP call budget per endpoint: sized for the soak's clients as docs/operations.md's
 /// fleet sizing says (16 credentials per endpoint refreshed every 2 s: 480 calls a minute, within
 /// the 20% reserved for refreshes).
 const BUDGET: u64 = 3_000;
