@@ -350,7 +350,7 @@ impl HttpContext for Request {
         // `abi::first_request_on_connection`); the gate answers the others at once, and the
         // root makes the call they need, so that their retry finds the verdict.
         let can_wait = !self.host.is_ngx() || abi::first_request_on_connection();
-        let step = plugin.gate.borrow_mut().on_request_with(
+        let step = plugin.gate.borrow_mut().on_request(
             ContextId(self.id),
             &authorization,
             can_wait,

@@ -152,12 +152,20 @@ fn benches(c: &mut Criterion) {
         let set = set_of(&key, sets_for(config.cache_slots));
         let set_name = Names::stable(&config.issuer).set(set);
         host.shared_set(&set_name, slot, 0).unwrap();
-        match gate.on_request(ContextId(2), &[value.as_bytes()], NOW_MS, &host) {
+        match gate.on_request(ContextId(2), &[value.as_bytes()], true, NOW_MS, &host) {
             Step::Forward(_) => {}
             other => panic!("{name}: expected a cache hit, got {other:?}"),
         }
         g.bench_function(name, |b| {
-            b.iter(|| gate.on_request(ContextId(2), black_box(&[value.as_bytes()]), NOW_MS, &host))
+            b.iter(|| {
+                gate.on_request(
+                    ContextId(2),
+                    black_box(&[value.as_bytes()]),
+                    true,
+                    NOW_MS,
+                    &host,
+                )
+            })
         });
     }
     g.finish();

@@ -4,7 +4,7 @@
 //! in `admission`). An `invalid_client` counts against its client id (the failure throttle).
 
 use super::{deny_reason, refuse, ContextId, Gate, Host, Resume, Sent, Step};
-use crate::cache::{CacheKey, Cached};
+use crate::cache::{CacheEntry, CacheKey, Cached};
 use crate::credentials::Credential;
 use crate::local::Copy;
 use crate::metrics::IdpEndpoint;
@@ -31,7 +31,10 @@ impl Gate {
             self.admission.note_client_failure(credential, now, host);
         }
         // After a failure, what the slot still holds (a stale verdict, perhaps), read once.
-        let remaining = verdict.is_err().then(|| self.slots.read(host, &key));
+        let remaining = match verdict {
+            Err(_) => self.slots.read(host, &key),
+            Ok(_) => CacheEntry::empty(key),
+        };
         let mut steps = Vec::new();
         let own_only = self.resume == Resume::OwnRequestOnly;
         for ctx in self.paused.waiting_on(key, leader, own_only) {
@@ -52,10 +55,13 @@ impl Gate {
             }
             let step = match &verdict {
                 Ok((Cached::Allow(grant), _)) => {
-                    self.allow(req.credential.scheme(), grant.clone(), host)
+                    self.answers
+                        .allow(req.credential.scheme(), grant.clone(), host)
                 }
                 Ok((Cached::Deny(d), _)) => refuse(ctx, Some(&key), *d, deny_reason(*d), host),
-                Err(_) => self.no_verdict(ctx, &req, remaining.as_ref(), None, now, host),
+                Err(_) => self
+                    .answers
+                    .no_verdict(ctx, &req, &remaining, None, now, host),
             };
             steps.push((ctx, step));
         }

@@ -105,7 +105,10 @@ impl Gate {
                 },
             );
             let counted = req.stage.counted();
-            return Some(self.cached(ctx, scheme, &req.key, counted, verdict, host));
+            return Some(
+                self.answers
+                    .cached(ctx, scheme, &req.key, counted, verdict, host),
+            );
         }
         req.missed(host);
         None
@@ -127,7 +130,7 @@ impl Gate {
         let expires = (now + self.config.cache_ttl_ms).min(verified.exp.saturating_mul(1000));
         let grant = verified.grant();
         self.keep(&req, Cached::Allow(grant.clone()), now, expires, host);
-        self.allow(req.credential.scheme(), grant, host)
+        self.answers.allow(req.credential.scheme(), grant, host)
     }
 
     /// A definite no: cached for `negative_cache_ttl_s`, 401 or 403.
@@ -217,11 +220,25 @@ impl Gate {
         let retry_at = self.discovery.retry_at().unwrap_or(now);
         let own_only = self.resume == Resume::OwnRequestOnly;
         if retry_at > deadline_ms || (own_only && retry_at > now) {
-            return self.no_verdict(ctx, &req, None, None, now, host);
+            return self.answers.no_verdict(
+                ctx,
+                &req,
+                &self.slots.read(host, &req.key),
+                None,
+                now,
+                host,
+            );
         }
         if !req.can_wait {
             // The root's tick discovers; the retry finds the endpoints.
-            return self.no_verdict(ctx, &req, None, Some(1), now, host);
+            return self.answers.no_verdict(
+                ctx,
+                &req,
+                &self.slots.read(host, &req.key),
+                Some(1),
+                now,
+                host,
+            );
         }
         if own_only {
             self.dispatch_discovery(
@@ -231,7 +248,14 @@ impl Gate {
                 host,
             );
             if !self.discovery.in_flight() {
-                return self.no_verdict(ctx, &req, None, None, now, host);
+                return self.answers.no_verdict(
+                    ctx,
+                    &req,
+                    &self.slots.read(host, &req.key),
+                    None,
+                    now,
+                    host,
+                );
             }
         }
         self.park(ctx, Parked::Discovery { req, deadline_ms })
@@ -251,7 +275,14 @@ impl Gate {
                 now,
                 format_args!("[{ctx}] no key set from the issuer yet: Bearer tokens get 503"),
             );
-            return self.no_verdict(ctx, &req, None, Some(NO_KEYS_RETRY_AFTER_S), now, host);
+            return self.answers.no_verdict(
+                ctx,
+                &req,
+                &self.slots.read(host, &req.key),
+                Some(NO_KEYS_RETRY_AFTER_S),
+                now,
+                host,
+            );
         }
         log::debug!("[{ctx}] bearer token refused: its kid is not in the key set");
         let denial = Denial::InvalidToken;

@@ -138,7 +138,7 @@ impl Gate {
     ) -> Step {
         if let Some(copy) = self.local.get(&req.raw, now) {
             let (verdict, counted) = (copy.verdict.clone(), req.stage.counted());
-            return self.cached(
+            return self.answers.cached(
                 ctx,
                 req.credential.scheme(),
                 &req.key,
@@ -205,24 +205,25 @@ impl Gate {
         let lost = update == Update::Lost;
         match next {
             // A request that may not wait gets its answer now; a call it needs is the root's.
-            Move::Discover | Move::WaitForDiscovery | Move::Follow if !req.can_wait => {
-                self.no_verdict(ctx, &req, Some(&seen), Some(1), now, host)
-            }
-            Move::Lead { take_lease } if !req.can_wait && (!take_lease || lost) => {
-                self.no_verdict(ctx, &req, Some(&seen), Some(1), now, host)
-            }
+            Move::Discover | Move::WaitForDiscovery | Move::Follow if !req.can_wait => self
+                .answers
+                .no_verdict(ctx, &req, &seen, Some(1), now, host),
+            Move::Lead { take_lease } if !req.can_wait && (!take_lease || lost) => self
+                .answers
+                .no_verdict(ctx, &req, &seen, Some(1), now, host),
             Move::Cached(verdict, decided_at_ms, expires_at_ms) => {
                 self.copy_of_shared(ctx, &req, verdict, decided_at_ms, expires_at_ms, host)
             }
             Move::GiveUp(retry_after_s) => {
-                self.no_verdict(ctx, &req, Some(&seen), retry_after_s, now, host)
+                self.answers
+                    .no_verdict(ctx, &req, &seen, retry_after_s, now, host)
             }
             Move::AtCap => self.at_cap(ctx, &req, &seen, now, host),
             Move::Discover => {
                 let doc = okta::DiscoveryDocument::OAuthAuthorizationServer;
                 self.dispatch_discovery(caller, doc, now, host);
                 if !self.discovery.in_flight() {
-                    return self.no_verdict(ctx, &req, Some(&seen), None, now, host);
+                    return self.answers.no_verdict(ctx, &req, &seen, None, now, host);
                 }
                 self.park(ctx, Parked::Discovery { req, deadline_ms })
             }
@@ -255,7 +256,8 @@ impl Gate {
             expires_at_ms,
         };
         self.local.put(&req.raw, copy);
-        self.cached(ctx, scheme, &req.key, req.stage.counted(), verdict, host)
+        self.answers
+            .cached(ctx, scheme, &req.key, req.stage.counted(), verdict, host)
     }
 
     pub(super) fn park(&mut self, ctx: ContextId, parked: Parked) -> Step {
@@ -277,7 +279,7 @@ impl Gate {
     ) -> Step {
         let Some(request) = idp_request(&self.config, &self.discovery, &req.credential) else {
             self.slots.release(host, &req.key, None);
-            return self.no_verdict(ctx, &req, Some(seen), None, now, host);
+            return self.answers.no_verdict(ctx, &req, seen, None, now, host);
         };
         let endpoint = endpoint_of(&req.credential);
         let class = call_class(&req.key, seen, now);
@@ -293,7 +295,7 @@ impl Gate {
                 credential,
                 class,
             });
-            return self.no_verdict(ctx, &req, Some(seen), Some(1), now, host);
+            return self.answers.no_verdict(ctx, &req, seen, Some(1), now, host);
         }
         let purpose = Purpose::Verdict {
             key: req.key,
@@ -322,7 +324,7 @@ impl Gate {
                 self.health.proxy_refused(endpoint, now);
                 self.warnings.warn(now, format_args!("[{ctx}] {NOT_SENT}"));
                 self.slots.release(host, &req.key, Some(now));
-                self.no_verdict(ctx, &req, Some(seen), Some(1), now, host)
+                self.answers.no_verdict(ctx, &req, seen, Some(1), now, host)
             }
         }
     }
@@ -345,7 +347,9 @@ impl Gate {
             let why = "call budget spent (idp_calls_per_minute): no call";
             self.warnings
                 .warn(now, format_args!("[{ctx}] {} {why}", endpoint.name()));
-            return Err(self.no_verdict(ctx, req, Some(seen), Some(retry_after_s), now, host));
+            return Err(self
+                .answers
+                .no_verdict(ctx, req, seen, Some(retry_after_s), now, host));
         }
         if class == CallClass::Unknown {
             let turn = self
@@ -353,7 +357,14 @@ impl Gate {
                 .throttle_turn(&req.credential, now, host, true);
             if let Err(retry_after_s) = turn {
                 self.slots.release(host, &req.key, Some(now));
-                return Err(self.no_verdict(ctx, req, Some(seen), Some(retry_after_s), now, host));
+                return Err(self.answers.no_verdict(
+                    ctx,
+                    req,
+                    seen,
+                    Some(retry_after_s),
+                    now,
+                    host,
+                ));
             }
         }
         Ok(())
@@ -371,7 +382,7 @@ impl Gate {
         let cap = self.config.max_idp_calls_in_flight;
         let why = "IdP calls in flight on this gateway (max_idp_calls_in_flight): no new call";
         self.warnings.warn(now, format_args!("[{ctx}] {cap} {why}"));
-        self.no_verdict(ctx, req, Some(seen), Some(1), now, host)
+        self.answers.no_verdict(ctx, req, seen, Some(1), now, host)
     }
 
     /// The root sends a verdict call a request that could not wait asked for (its lease and

@@ -44,7 +44,7 @@ use keys::Keys;
 use requests::{Parked, Paused, Pending, Stage};
 use slots::{overwrite, Slots};
 pub use slots::{SharedData, SharedError};
-use steps::{deny_reason, refuse, Warnings};
+use steps::{deny_reason, refuse, Answers, Warnings};
 
 /// The host as the gate needs it: shared data, IdP calls, metrics. No clock: every event
 /// carries its time.
@@ -145,6 +145,7 @@ pub struct Gate {
     own_fetch_until_ms: u64,
     /// When this configuration next announces its bound of calls in flight to the org.
     next_announce_ms: u64,
+    answers: Answers,
     warnings: Warnings,
     /// How long a call may take before its lease (and its place in flight) ends.
     lease_ms: u64,
@@ -177,6 +178,8 @@ impl Gate {
         let capacity = LOCAL_CACHE_ENTRIES.min(config.cache_slots as usize);
         let local = LocalCache::new(capacity, seed);
         let config_lease_ms = config.idp_timeout_ms + LEASE_MARGIN_MS;
+        let (config_forward, config_stale_ms) =
+            (config.forward_access_token, config.stale_if_error_ms);
         let admission = Admission::new(&config, names.clone(), config_lease_ms);
         let mut gate = Gate {
             config,
@@ -193,6 +196,7 @@ impl Gate {
             resume,
             own_fetch_until_ms: 0,
             next_announce_ms: 0,
+            answers: Answers::new(config_forward, config_stale_ms),
             warnings: Warnings::default(),
             lease_ms: config_lease_ms,
         };
@@ -203,26 +207,10 @@ impl Gate {
         gate
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// A new request that may wait for an IdP answer. `authorization` holds every
-    /// `Authorization` value it carries.
-    pub fn on_request(
-        &mut self,
-        ctx: ContextId,
-        authorization: &[&[u8]],
-        now: u64,
-        host: &dyn Host,
-    ) -> Step {
-        self.on_request_with(ctx, authorization, true, now, host)
-    }
-
     /// A new request; `can_wait`: whether the host lets it wait for an IdP answer (when not,
     /// it gets its answer at once: a verdict, or 503 with `Retry-After` while the root asks
     /// the IdP for it).
-    pub fn on_request_with(
+    pub fn on_request(
         &mut self,
         ctx: ContextId,
         authorization: &[&[u8]],
@@ -233,7 +221,7 @@ impl Gate {
         if let [raw] = authorization {
             if let Some(copy) = self.local.get(raw, now) {
                 let (verdict, scheme, key) = (copy.verdict.clone(), copy.scheme, copy.key);
-                return self.cached(ctx, scheme, &key, false, verdict, host);
+                return self.answers.cached(ctx, scheme, &key, false, verdict, host);
             }
         }
         let credential = match parse_authorization(authorization, self.config.accepted) {

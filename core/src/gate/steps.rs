@@ -2,16 +2,32 @@
 //! debug, every grant counted, a stale verdict served when the IdP gives none, and IdP
 //! trouble logged at warn at most once per `WARN_INTERVAL_MS`.
 
-use super::{ContextId, Gate, Host, Pending, Step, WARN_INTERVAL_MS};
+use super::{ContextId, Host, Pending, Step, WARN_INTERVAL_MS};
 use crate::cache::{CacheEntry, CacheKey, Cached, Freshness};
 use crate::credentials::Scheme;
 use crate::metrics::{Counter, DenyReason};
 use crate::upstream::Forward;
 use crate::verdict::{Denial, Grant};
 
-impl Gate {
+/// How a verdict becomes a [`Step`], with what the configuration says about it: the upstream
+/// edits of a grant (`forward_access_token`), and how long an expired positive verdict may
+/// still serve while the IdP gives none (`stale_if_error_s`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Answers {
+    forward_access_token: bool,
+    stale_if_error_ms: u64,
+}
+
+impl Answers {
+    pub fn new(forward_access_token: bool, stale_if_error_ms: u64) -> Answers {
+        Answers {
+            forward_access_token,
+            stale_if_error_ms,
+        }
+    }
+
     /// Answers from a fresh cached verdict (`counted`: the lookup was already counted).
-    pub(super) fn cached(
+    pub fn cached(
         &self,
         ctx: ContextId,
         scheme: Scheme,
@@ -36,39 +52,25 @@ impl Gate {
         }
     }
 
-    pub(super) fn allow(&self, scheme: Scheme, grant: Grant, host: &dyn Host) -> Step {
+    pub fn allow(&self, scheme: Scheme, grant: Grant, host: &dyn Host) -> Step {
         // No log line: this is the hot path, and the metrics count it.
         host.count(Counter::Allowed);
-        Step::Forward(Forward::new(
-            scheme,
-            grant,
-            self.config.forward_access_token,
-        ))
+        Step::Forward(Forward::new(scheme, grant, self.forward_access_token))
     }
 
-    /// No verdict from the IdP: a recently expired positive verdict when `stale_if_error_s`
-    /// allows it, else 503 (with `Retry-After` when it is known when to come back). `seen` is
-    /// the cache entry as last read, if it was.
-    pub(super) fn no_verdict(
+    /// No verdict from the IdP: a recently expired positive verdict in `entry` (the request's
+    /// cache entry as last read) when `stale_if_error_s` allows it, else 503 (with
+    /// `Retry-After` when it is known when to come back).
+    pub fn no_verdict(
         &self,
         ctx: ContextId,
         req: &Pending,
-        seen: Option<&CacheEntry>,
+        entry: &CacheEntry,
         retry_after_s: Option<u64>,
         now: u64,
         host: &dyn Host,
     ) -> Step {
-        let read;
-        let entry = match seen {
-            Some(entry) => entry,
-            None => {
-                read = self.slots.read(host, &req.key);
-                &read
-            }
-        };
-        if let Freshness::Stale(grant) =
-            entry.freshness(&req.key, now, self.config.stale_if_error_ms)
-        {
+        if let Freshness::Stale(grant) = entry.freshness(&req.key, now, self.stale_if_error_ms) {
             host.count(Counter::CacheStale);
             log::debug!("[{ctx}] IdP unavailable: serving a stale verdict");
             return self.allow(req.credential.scheme(), grant.clone(), host);

@@ -84,7 +84,7 @@ fn basic(id: &str, secret: &str) -> Vec<u8> {
 }
 
 fn ask(g: &mut Gate, host: &FakeHost, ctx: u32, authorization: &[u8]) -> Step {
-    g.on_request(ContextId(ctx), &[authorization], host.now(), host)
+    g.on_request(ContextId(ctx), &[authorization], true, host.now(), host)
 }
 
 fn numbered(steps: Vec<(ContextId, Step)>) -> Vec<(u32, Step)> {
@@ -453,7 +453,7 @@ cas_test! {
         let host = FakeHost::at(cas, T0);
         let mut g = gate(&host, "");
         assert_eq!(
-            status(&g.on_request(ContextId(10), &[], host.now(), &host)),
+            status(&g.on_request(ContextId(10), &[], true, host.now(), &host)),
             401
         );
         assert_eq!(status(&ask(&mut g, &host, 11, b"Basic !!!")), 401);
@@ -462,6 +462,7 @@ cas_test! {
             status(&g.on_request(
                 ContextId(13),
                 &[b"Basic a:b", b"Basic a:b"],
+                true,
                 host.now(),
                 &host
             )),
@@ -523,7 +524,7 @@ cas_test! {
         let steps = answer(&mut g, &host, token, 200, &token_ok(60));
         assert_eq!((steps[0].0, status(&steps[0].1)), (10, 200));
         // another worker takes the endpoints from shared data without asking
-        let mut other = start(g.config().clone(), &host);
+        let mut other = start(g.config.clone(), &host);
         tick(&mut other, &host);
         assert_eq!(host.call_count(), 3);
     }
@@ -579,7 +580,7 @@ cas_test! {
 cas_test! {
     fn an_older_answer_never_overwrites_a_newer_verdict(cas) {
         let host = FakeHost::at(cas, T0);
-        let mut g = gate(&host, "");
+        let g = gate(&host, "");
         let key = CacheKey([5; 32]);
         g.slots.keep(
             &host,
@@ -679,7 +680,7 @@ cas_test! {
         answer(&mut g, &host, host.last_call().0, 401, INVALID_CLIENT);
         ask(&mut g, &host, 13, &basic("app", "wrong"));
         ask(&mut g, &host, 14, b"Basic !!");
-        g.on_request(ContextId(15), &[], host.now(), &host);
+        g.on_request(ContextId(15), &[], true, host.now(), &host);
         ask(&mut g, &host, 16, &basic("down", "s"));
         answer(&mut g, &host, host.last_call().0, 503, "");
         for (name, expected) in [
@@ -771,7 +772,7 @@ cas_test! {
         let app = basic("app", "s");
         for ctx in [10, 11] {
             // The second one finds the lease of the root's call: no call of its own.
-            let step = g.on_request_with(ContextId(ctx), &[&app], false, host.now(), &host);
+            let step = g.on_request(ContextId(ctx), &[&app], false, host.now(), &host);
             assert_eq!(step, Step::Unavailable { retry_after_s: 1 });
         }
         assert_eq!(host.call_count(), 0);
@@ -782,7 +783,7 @@ cas_test! {
         );
         let (call, _) = host.last_call();
         assert!(answer(&mut g, &host, call, 200, &token_ok(60)).is_empty());
-        let step = g.on_request_with(ContextId(12), &[&app], false, host.now(), &host);
+        let step = g.on_request(ContextId(12), &[&app], false, host.now(), &host);
         assert_eq!(status(&step), 200);
         assert_eq!(host.call_count(), 1);
     }

@@ -490,7 +490,7 @@ cas_test! {
         let host = FakeHost::at(cas, T0);
         let mut g = solo_gate(&host, SOLO_BEARER);
         let token = valid(&host, "a");
-        let step = g.on_request_with(ContextId(10), &[&token], false, host.now(), &host);
+        let step = g.on_request(ContextId(10), &[&token], false, host.now(), &host);
         assert_eq!(step, Step::Unavailable { retry_after_s: 1 });
         assert_eq!(
             host.call_count(),
@@ -504,11 +504,11 @@ cas_test! {
         );
         let (call, _) = host.last_call();
         answer(&mut g, &host, call, 200, &keys_body(&[("k1", "1")]));
-        let step = g.on_request_with(ContextId(11), &[&token], false, host.now(), &host);
+        let step = g.on_request(ContextId(11), &[&token], false, host.now(), &host);
         assert_eq!(status(&step), 200);
         // A new key on a reused connection: the same, within the refresh rules.
         let rotated = bearer_signed("k2", "2", &claims(host.now(), "r"));
-        let step = g.on_request_with(ContextId(12), &[&rotated], false, host.now(), &host);
+        let step = g.on_request(ContextId(12), &[&rotated], false, host.now(), &host);
         assert_eq!(step, Step::Unavailable { retry_after_s: 1 });
         tick(&mut g, &host);
         let (call, _) = host.last_call();
@@ -519,11 +519,11 @@ cas_test! {
             200,
             &keys_body(&[("k1", "1"), ("k2", "2")]),
         );
-        let step = g.on_request_with(ContextId(13), &[&rotated], false, host.now(), &host);
+        let step = g.on_request(ContextId(13), &[&rotated], false, host.now(), &host);
         assert_eq!(status(&step), 200);
         // Another unknown kid within the interval: no fetch, a plain 401.
         let unknown = bearer_signed("k9", "2", &claims(host.now(), "u"));
-        let step = g.on_request_with(ContextId(14), &[&unknown], false, host.now(), &host);
+        let step = g.on_request(ContextId(14), &[&unknown], false, host.now(), &host);
         assert_eq!(status(&step), 401);
         tick(&mut g, &host);
         assert_eq!(host.call_count(), 2);

@@ -88,11 +88,23 @@ impl Gate {
         match parked {
             Parked::Leader { req, call, .. } => {
                 self.calls.answered(call);
-                self.no_verdict(ctx, &req, None, None, now, host)
+                self.answers.no_verdict(
+                    ctx,
+                    &req,
+                    &self.slots.read(host, &req.key),
+                    None,
+                    now,
+                    host,
+                )
             }
-            Parked::Discovery { req, .. } if !ready => {
-                self.no_verdict(ctx, &req, None, None, now, host)
-            }
+            Parked::Discovery { req, .. } if !ready => self.answers.no_verdict(
+                ctx,
+                &req,
+                &self.slots.read(host, &req.key),
+                None,
+                now,
+                host,
+            ),
             Parked::Discovery { req, .. } => self.advance(ctx, self.root, req, now, host),
             Parked::Follower {
                 mut req,
