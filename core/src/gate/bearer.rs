@@ -199,9 +199,9 @@ impl Gate {
             Fetch::Sent | Fetch::InFlight if !req.can_wait => {
                 Step::Unavailable { retry_after_s: 1 }
             }
-            Fetch::Sent => self.park(ctx, Parked::Keys { req, deadline_ms }),
+            Fetch::Sent => self.paused.park(ctx, Parked::Keys { req, deadline_ms }),
             Fetch::InFlight if !own_only && now <= deadline_ms => {
-                self.park(ctx, Parked::Keys { req, deadline_ms })
+                self.paused.park(ctx, Parked::Keys { req, deadline_ms })
             }
             _ => self.without_new_keys(ctx, req, now, host),
         }
@@ -258,7 +258,8 @@ impl Gate {
                 );
             }
         }
-        self.park(ctx, Parked::Discovery { req, deadline_ms })
+        self.paused
+            .park(ctx, Parked::Discovery { req, deadline_ms })
     }
 
     /// No newer key set can come for this request: an unknown `kid` is an invalid token (not

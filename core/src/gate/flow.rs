@@ -123,6 +123,10 @@ struct Decided {
     update: Update,
 }
 
+/// Why a credential without a usable verdict gets 503 at once, for the log.
+const AT_CAP: &str =
+    "IdP calls in flight on this gateway at its bound (max_idp_calls_in_flight): no new call";
+
 /// Why an IdP call may not leave, for the log.
 const NOT_SENT: &str = "IdP call could not be sent (is idp_upstream a known cluster with a healthy host, or is its circuit breaker full?)";
 
@@ -211,58 +215,49 @@ impl Gate {
             Move::Lead { take_lease } if !req.can_wait && (!take_lease || lost) => self
                 .answers
                 .no_verdict(ctx, &req, &seen, Some(1), now, host),
+            // A fresh verdict another worker (or an earlier request) put in shared data: this
+            // worker keeps a copy, found next time by the exact `Authorization` bytes.
             Move::Cached(verdict, decided_at_ms, expires_at_ms) => {
-                self.copy_of_shared(ctx, &req, verdict, decided_at_ms, expires_at_ms, host)
+                let scheme = req.credential.scheme();
+                let copy = Copy {
+                    verdict: verdict.clone(),
+                    scheme,
+                    key: req.key,
+                    decided_at_ms,
+                    expires_at_ms,
+                };
+                self.local.put(&req.raw, copy);
+                let counted = req.stage.counted();
+                self.answers
+                    .cached(ctx, scheme, &req.key, counted, verdict, host)
             }
             Move::GiveUp(retry_after_s) => {
                 self.answers
                     .no_verdict(ctx, &req, &seen, retry_after_s, now, host)
             }
-            Move::AtCap => self.at_cap(ctx, &req, &seen, now, host),
+            Move::AtCap => {
+                self.warnings.warn(now, format_args!("[{ctx}] {AT_CAP}"));
+                self.answers
+                    .no_verdict(ctx, &req, &seen, Some(1), now, host)
+            }
             Move::Discover => {
                 let doc = okta::DiscoveryDocument::OAuthAuthorizationServer;
                 self.dispatch_discovery(caller, doc, now, host);
                 if !self.discovery.in_flight() {
                     return self.answers.no_verdict(ctx, &req, &seen, None, now, host);
                 }
-                self.park(ctx, Parked::Discovery { req, deadline_ms })
+                self.paused
+                    .park(ctx, Parked::Discovery { req, deadline_ms })
             }
-            Move::WaitForDiscovery => self.park(ctx, Parked::Discovery { req, deadline_ms }),
+            Move::WaitForDiscovery => self
+                .paused
+                .park(ctx, Parked::Discovery { req, deadline_ms }),
             // Another request's call, or the race for the lease lost every time: wait for it.
             Move::Follow | Move::Lead { .. } if next == Move::Follow || lost => {
-                self.park(ctx, Parked::Follower { req, deadline_ms })
+                self.paused.park(ctx, Parked::Follower { req, deadline_ms })
             }
             Move::Follow | Move::Lead { .. } => self.lead(ctx, caller, req, &seen, now, host),
         }
-    }
-
-    /// A fresh verdict another worker (or an earlier request) put in shared data: this worker
-    /// keeps a copy, found next time by the exact `Authorization` bytes.
-    fn copy_of_shared(
-        &mut self,
-        ctx: ContextId,
-        req: &Pending,
-        verdict: Cached,
-        decided_at_ms: u64,
-        expires_at_ms: u64,
-        host: &dyn Host,
-    ) -> Step {
-        let scheme = req.credential.scheme();
-        let copy = Copy {
-            verdict: verdict.clone(),
-            scheme,
-            key: req.key,
-            decided_at_ms,
-            expires_at_ms,
-        };
-        self.local.put(&req.raw, copy);
-        self.answers
-            .cached(ctx, scheme, &req.key, req.stage.counted(), verdict, host)
-    }
-
-    pub(super) fn park(&mut self, ctx: ContextId, parked: Parked) -> Step {
-        self.paused.park(ctx, parked);
-        Step::Wait
     }
 
     /// Sends this request's own IdP call (its lease is won) and parks it as the leader: first
@@ -305,7 +300,7 @@ impl Gate {
         match self.send(caller, &request, (purpose, class), now, host) {
             Ok(call) => {
                 let lease_until_ms = now + self.lease_ms;
-                self.park(
+                self.paused.park(
                     ctx,
                     Parked::Leader {
                         req,
@@ -316,7 +311,8 @@ impl Gate {
             }
             Err(NotSent::AtCap) => {
                 self.slots.release(host, &req.key, None);
-                self.at_cap(ctx, &req, seen, now, host)
+                self.warnings.warn(now, format_args!("[{ctx}] {AT_CAP}"));
+                self.answers.no_verdict(ctx, &req, seen, Some(1), now, host)
             }
             Err(NotSent::Refused) => {
                 // The proxy's own refusal (its circuit breaker full): calls already queued there
@@ -368,21 +364,6 @@ impl Gate {
             }
         }
         Ok(())
-    }
-
-    /// The gateway has its bound of calls in flight out: no verdict now.
-    fn at_cap(
-        &mut self,
-        ctx: ContextId,
-        req: &Pending,
-        seen: &CacheEntry,
-        now: u64,
-        host: &dyn Host,
-    ) -> Step {
-        let cap = self.config.max_idp_calls_in_flight;
-        let why = "IdP calls in flight on this gateway (max_idp_calls_in_flight): no new call";
-        self.warnings.warn(now, format_args!("[{ctx}] {cap} {why}"));
-        self.answers.no_verdict(ctx, req, seen, Some(1), now, host)
     }
 
     /// The root sends a verdict call a request that could not wait asked for (its lease and

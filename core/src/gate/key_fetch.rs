@@ -282,16 +282,7 @@ impl Gate {
                 }
             }
         }
-        self.wake_key_waiters(caller, now, host)
-    }
-
-    /// Every request waiting for keys goes on (with `OwnRequestOnly`, only `caller`'s).
-    fn wake_key_waiters(
-        &mut self,
-        caller: ContextId,
-        now: u64,
-        host: &dyn Host,
-    ) -> Vec<(ContextId, Step)> {
+        // Every request waiting for keys goes on (with `OwnRequestOnly`, only `caller`'s).
         self.resume_parked(caller, now, host, |p| matches!(p, Parked::Keys { .. }))
     }
 

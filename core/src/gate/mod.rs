@@ -200,9 +200,10 @@ impl Gate {
             warnings: Warnings::default(),
             lease_ms: config_lease_ms,
         };
-        gate.announce_bound(now, host);
+        gate.admission.announce_bound(now, host);
+        gate.next_announce_ms = now + crate::inflight::CAP_MEMORY_MS / 2;
         if !gate.discovery.is_ready() {
-            gate.adopt_shared_endpoints(now, host);
+            adopt_shared_endpoints(&mut gate.discovery, &gate.names, now, host);
         }
         gate
     }
@@ -423,11 +424,6 @@ impl Gate {
             }
         }
     }
-
-    fn adopt_shared_endpoints(&mut self, now: u64, host: &dyn Host) -> bool {
-        host.shared_get(&self.names.discovery())
-            .is_some_and(|(record, _)| self.discovery.adopt(&record, now))
-    }
 }
 
 #[cfg(test)]
@@ -435,4 +431,15 @@ mod tests;
 
 fn discovery_failed(root: ContextId, in_ms: u64, why: &str) {
     log::warn!("[{root}] discovery at the issuer failed: {why}; retrying in {in_ms} ms");
+}
+
+/// Takes the endpoints another worker discovered, if the shared record holds them.
+fn adopt_shared_endpoints(
+    discovery: &mut Discovery,
+    names: &Names,
+    now: u64,
+    host: &dyn Host,
+) -> bool {
+    host.shared_get(&names.discovery())
+        .is_some_and(|(record, _)| discovery.adopt(&record, now))
 }

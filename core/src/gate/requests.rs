@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use super::{CallToken, ContextId, Host};
+use super::{CallToken, ContextId, Host, Step};
 use crate::cache::CacheKey;
 use crate::credentials::Credential;
 use crate::metrics::Counter;
@@ -124,8 +124,10 @@ impl Paused {
         self.by_context.is_empty()
     }
 
-    pub fn park(&mut self, ctx: ContextId, parked: Parked) {
+    /// Parks a request: its step is to wait.
+    pub fn park(&mut self, ctx: ContextId, parked: Parked) -> Step {
         self.by_context.insert(ctx, parked);
+        Step::Wait
     }
 
     /// Takes a request out of the table (it goes on, or it went away).

@@ -33,9 +33,14 @@ impl Gate {
     /// keys, wakes followers and requests waiting for keys, enforces deadlines.
     pub fn on_tick(&mut self, now: u64, host: &dyn Host) -> Vec<(ContextId, Step)> {
         if now >= self.next_announce_ms {
-            self.announce_bound(now, host);
+            // Holds the org's other configurations to this one's bound of calls in flight, if it
+            // is the smallest, for the next CAP_MEMORY_MS; again in half that.
+            self.admission.announce_bound(now, host);
+            self.next_announce_ms = now + CAP_MEMORY_MS / 2;
         }
-        if self.discovery.due(now) && !self.adopt_shared_endpoints(now, host) {
+        if self.discovery.due(now)
+            && !super::adopt_shared_endpoints(&mut self.discovery, &self.names, now, host)
+        {
             let doc = DiscoveryDocument::OAuthAuthorizationServer;
             self.dispatch_discovery(self.root, doc, now, host);
         }
@@ -68,13 +73,6 @@ impl Gate {
             }
         }
         steps
-    }
-
-    /// Holds the org's other configurations to this one's bound of calls in flight, if it is
-    /// the smallest, for the next [`CAP_MEMORY_MS`]; again in half that.
-    pub(super) fn announce_bound(&mut self, now: u64, host: &dyn Host) {
-        self.admission.announce_bound(now, host);
-        self.next_announce_ms = now + CAP_MEMORY_MS / 2;
     }
 
     fn on_tick_due(
