@@ -4,7 +4,7 @@
 //! `bearer_format: "jwt"`, what cannot be a JWT access token of this issuer is refused without
 //! an IdP call. A token naming an unknown `kid` waits for the key set (`key_fetch`).
 
-use super::key_fetch::Fetch;
+use super::key_fetch::{read_keys_record, Fetch};
 use super::keys::Why;
 use super::{deny_reason, refuse, ContextId, Gate, Host, Parked, Pending, Resume, Stage, Step};
 use crate::cache::{CacheKey, Cached, Freshness};
@@ -118,7 +118,12 @@ impl Gate {
     /// another worker fetched, if there is one.
     fn verify(&mut self, token: &str, now: u64, host: &dyn Host) -> Result<Verified, JwtError> {
         let first = self.keys.verify(token, self.config.jwt.as_ref(), now);
-        if matches!(first, Err(JwtError::UnknownKid(_))) && self.adopt_shared_keys(now, host) {
+        if matches!(first, Err(JwtError::UnknownKid(_)))
+            && self.adopt_shared_keys(
+                &read_keys_record(host, self.keys_record_name().as_deref()),
+                now,
+            )
+        {
             return self.keys.verify(token, self.config.jwt.as_ref(), now);
         }
         first

@@ -147,7 +147,9 @@ impl Gate {
                 ));
                 match not_sent {
                     // No place in flight: nothing was tried, so nothing counts.
-                    NotSent::AtCap if leased => self.release_keys_lease(host),
+                    NotSent::AtCap if leased => {
+                        end_keys_lease(host, self.keys_record_name().as_deref(), None)
+                    }
                     NotSent::AtCap => {}
                     // The proxy's refusal completes the attempt.
                     NotSent::Refused => {
@@ -156,7 +158,8 @@ impl Gate {
                             format_args!("[{caller}] the key set fetch could not be sent (is idp_upstream a known cluster with a healthy host?)"),
                         );
                         if leased {
-                            self.end_keys_lease(why, now, host);
+                            let name = self.keys_record_name();
+                            end_keys_lease(host, name.as_deref(), Some((why, now)));
                         }
                     }
                 }
@@ -166,49 +169,13 @@ impl Gate {
     }
 
     /// The shared-data name of the key set's record, once its URL is known.
-    fn keys_record_name(&self) -> Option<String> {
+    pub(super) fn keys_record_name(&self) -> Option<String> {
         let path = self.discovery.endpoints().jwks_path.as_deref()?;
         Some(self.names.jwks(path))
     }
 
-    /// The shared record (an empty one when there is none yet).
-    pub(super) fn keys_record(&self, host: &dyn Host) -> KeysRecord {
-        self.keys_record_name()
-            .and_then(|name| host.shared_get(&name))
-            .and_then(|(bytes, _)| KeysRecord::decode(&bytes))
-            .unwrap_or_default()
-    }
-
-    /// Ends this worker's lease on the key set record with nothing tried.
-    fn release_keys_lease(&self, host: &dyn Host) {
-        let Some(name) = self.keys_record_name() else {
-            return;
-        };
-        update(host, &name, |bytes| {
-            let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
-            Ok(record.released().encode())
-        });
-    }
-
-    /// Ends this worker's lease on the key set record after a fetch for `why`, sent at
-    /// `sent_ms`, completed without a new set; the body stays.
-    fn end_keys_lease(&self, why: Why, sent_ms: u64, host: &dyn Host) {
-        let Some(name) = self.keys_record_name() else {
-            return;
-        };
-        update(host, &name, |bytes| {
-            let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
-            Ok(record.released().attempted(why, sent_ms).encode())
-        });
-    }
-
-    /// Takes a newer set another worker fetched, if the shared record holds one.
-    pub(super) fn adopt_shared_keys(&mut self, now: u64, host: &dyn Host) -> bool {
-        let record = self.keys_record(host);
-        self.adopt_record(&record, now)
-    }
-
-    fn adopt_record(&mut self, record: &KeysRecord, now: u64) -> bool {
+    /// Takes a newer set another worker fetched, if `record` (the shared one) holds it.
+    pub(super) fn adopt_shared_keys(&mut self, record: &KeysRecord, now: u64) -> bool {
         match self.keys.adopt(record) {
             Adopted::New { .. } => true,
             Adopted::Unchanged => false,
@@ -275,7 +242,8 @@ impl Gate {
                     ),
                 );
                 if leased {
-                    self.end_keys_lease(why, sent_ms, host);
+                    let name = self.keys_record_name();
+                    end_keys_lease(host, name.as_deref(), Some((why, sent_ms)));
                 }
                 if let JwksAnswerError::Failed(failure) = e {
                     self.note_failure(failure, sent, now, host);
@@ -295,12 +263,37 @@ impl Gate {
         if !waiting && !due {
             return false;
         }
-        let record = self.keys_record(host);
-        let newer = self.adopt_record(&record, now);
+        let record = read_keys_record(host, self.keys_record_name().as_deref());
+        let newer = self.adopt_shared_keys(&record, now);
         if due && !newer {
             self.keys.checked(now);
             self.fetch_keys(self.root, false, Why::Periodic, now, host);
         }
         waiting && (newer || !record.in_flight(now))
     }
+}
+
+/// The shared record named `name` (an empty one when there is none yet).
+pub(super) fn read_keys_record(host: &dyn Host, name: Option<&str>) -> KeysRecord {
+    name.and_then(|name| host.shared_get(name))
+        .and_then(|(bytes, _)| KeysRecord::decode(&bytes))
+        .unwrap_or_default()
+}
+
+/// Ends this worker's lease on the key set record `name`; `attempt`: the fetch it covered
+/// completed (for `why`, sent at the time given) and counts, or `None`: nothing was tried. The
+/// body stays.
+fn end_keys_lease(host: &dyn Host, name: Option<&str>, attempt: Option<(Why, u64)>) {
+    let Some(name) = name else {
+        return;
+    };
+    update(host, name, |bytes| {
+        let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
+        let released = record.released();
+        Ok(match attempt {
+            Some((why, sent_ms)) => released.attempted(why, sent_ms),
+            None => released,
+        }
+        .encode())
+    });
 }
