@@ -7,8 +7,8 @@
 use super::key_fetch::{read_keys_record, Fetch};
 use super::keys::Why;
 use super::{deny_reason, refuse, ContextId, Gate, Host, Parked, Pending, Resume, Stage, Step};
-use crate::cache::{CacheKey, Cached, Freshness};
-use crate::config::{BearerFormat, BearerValidation};
+use crate::cache::{Cached, Freshness};
+use crate::config::{BearerFormat, BearerValidation, Config};
 use crate::credentials::Credential;
 use crate::jwt::{self, JwtError, Verified};
 use crate::local::Copy;
@@ -41,7 +41,17 @@ impl Gate {
             return Local::ToIdp(req);
         }
         if self.config.jwt.is_none() {
-            return self.peek_bearer(ctx, req, now, host);
+            return match peek_refusal(&self.config, &req.credential, now) {
+                Some(e) => {
+                    log::debug!(
+                        "[{ctx}] not a JWT access token of this issuer: {}",
+                        e.describe()
+                    );
+                    let denial = Denial::InvalidToken;
+                    Local::Decided(refuse(ctx, None, denial, DenyReason::Malformed, host))
+                }
+                None => Local::ToIdp(req),
+            };
         }
         if let Some(step) = self.shared_verdict(ctx, &mut req, now, host) {
             return Local::Decided(step);
@@ -54,32 +64,10 @@ impl Gate {
                 req.stage = Stage::ToIdp;
                 return Local::ToIdp(req);
             }
-            Ok(verified) => self.jwt_granted(req, verified, now, host),
+            Ok(verified) => self.jwt_decided(ctx, req, Ok(verified), now, host),
             Err(JwtError::UnknownKid(_)) => self.wait_for_keys(ctx, caller, req, now, host),
-            Err(e) => self.jwt_refused(ctx, req, &e, now, host),
+            Err(e) => self.jwt_decided(ctx, req, Err(e), now, host),
         })
-    }
-
-    /// `introspection` mode, `bearer_format: "jwt"`: shape, issuer and expiry, no signature.
-    fn peek_bearer(&mut self, ctx: ContextId, req: Pending, now: u64, host: &dyn Host) -> Local {
-        let Credential::Bearer(token) = &req.credential else {
-            return Local::ToIdp(req);
-        };
-        if self.config.bearer_format == BearerFormat::Opaque {
-            return Local::ToIdp(req);
-        }
-        let skew = self.config.clock_skew_s;
-        match jwt::peek(token, &self.config.issuer, now / 1000, skew) {
-            Ok(_) => Local::ToIdp(req),
-            Err(e) => {
-                log::debug!(
-                    "[{ctx}] not a JWT access token of this issuer: {}",
-                    e.describe()
-                );
-                let denial = Denial::InvalidToken;
-                Local::Decided(refuse(ctx, None, denial, DenyReason::Malformed, host))
-            }
-        }
     }
 
     /// A fresh verdict in shared data (another worker, or this one earlier, decided).
@@ -129,44 +117,49 @@ impl Gate {
         first
     }
 
-    /// A verified token: cached for every worker until the earlier of its `exp` and
-    /// `cache_ttl_s`, and forwarded with the token as it came.
-    fn jwt_granted(&mut self, req: Pending, verified: Verified, now: u64, host: &dyn Host) -> Step {
-        let expires = (now + self.config.cache_ttl_ms).min(verified.exp.saturating_mul(1000));
-        let grant = verified.grant();
-        self.keep(&req, Cached::Allow(grant.clone()), now, expires, host);
-        self.answers.allow(req.credential.scheme(), grant, host)
-    }
-
-    /// A definite no: cached for `negative_cache_ttl_s`, 401 or 403.
-    fn jwt_refused(
+    /// A token decided locally: a verified one is cached for every worker until the earlier of
+    /// its `exp` and `cache_ttl_s` and forwarded as it came; a definite no is cached for
+    /// `negative_cache_ttl_s` (401 or 403). This worker keeps a copy of what shared data holds.
+    fn jwt_decided(
         &mut self,
         ctx: ContextId,
         req: Pending,
-        error: &JwtError,
+        decided: Result<Verified, JwtError>,
         now: u64,
         host: &dyn Host,
     ) -> Step {
-        log::debug!("[{ctx}] bearer token refused: {}", error.describe());
-        let denial = error.denial();
-        let expires = now + self.config.negative_cache_ttl_ms;
-        self.keep(&req, Cached::Deny(denial), now, expires, host);
-        refuse(ctx, Some(&req.key), denial, deny_reason(denial), host)
-    }
-
-    /// Stores a verdict for every worker and, when shared data holds it, a local copy.
-    fn keep(&mut self, req: &Pending, verdict: Cached, now: u64, expires: u64, host: &dyn Host) {
-        let key: CacheKey = req.key;
-        if self.slots.keep(host, key, now, expires, verdict.clone()) {
+        let (verdict, expires, step) = match decided {
+            Ok(verified) => {
+                let expires =
+                    (now + self.config.cache_ttl_ms).min(verified.exp.saturating_mul(1000));
+                let grant = verified.grant();
+                let step = self
+                    .answers
+                    .allow(req.credential.scheme(), grant.clone(), host);
+                (Cached::Allow(grant), expires, step)
+            }
+            Err(error) => {
+                log::debug!("[{ctx}] bearer token refused: {}", error.describe());
+                let denial = error.denial();
+                let step = refuse(ctx, Some(&req.key), denial, deny_reason(denial), host);
+                let expires = now + self.config.negative_cache_ttl_ms;
+                (Cached::Deny(denial), expires, step)
+            }
+        };
+        if self
+            .slots
+            .keep(host, req.key, now, expires, verdict.clone())
+        {
             let copy = Copy {
                 verdict,
                 scheme: req.credential.scheme(),
-                key,
+                key: req.key,
                 decided_at_ms: now,
                 expires_at_ms: expires,
             };
             self.local.put(&req.raw, copy);
         }
+        step
     }
 
     /// An unknown `kid` (or no key set yet): fetch the set if that is allowed now and wait for
@@ -294,4 +287,17 @@ impl Gate {
         let denial = Denial::InvalidToken;
         refuse(ctx, Some(&req.key), denial, deny_reason(denial), host)
     }
+}
+
+/// `introspection` mode, `bearer_format: "jwt"`: why `credential` cannot be a JWT access token
+/// of this issuer (shape, issuer, expiry; no signature), if it cannot; `None` for anything that
+/// goes on to the IdP.
+fn peek_refusal(config: &Config, credential: &Credential, now: u64) -> Option<JwtError> {
+    let Credential::Bearer(token) = credential else {
+        return None;
+    };
+    if config.bearer_format == BearerFormat::Opaque {
+        return None;
+    }
+    jwt::peek(token, &config.issuer, now / 1000, config.clock_skew_s).err()
 }

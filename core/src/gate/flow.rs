@@ -17,7 +17,7 @@ use super::{
     ContextId, Deferred, Gate, Host, NotSent, Parked, Pending, Purpose, Resume, Stage, Step,
 };
 use crate::budget::CallClass;
-use crate::cache::{CacheEntry, CacheKey, Cached, Freshness};
+use crate::cache::{CacheEntry, Cached, Freshness};
 use crate::config::Config;
 use crate::credentials::Credential;
 use crate::local::Copy;
@@ -128,7 +128,7 @@ const AT_CAP: &str =
     "IdP calls in flight on this gateway at its bound (max_idp_calls_in_flight): no new call";
 
 /// Why an IdP call may not leave, for the log.
-const NOT_SENT: &str = "IdP call could not be sent (is idp_upstream a known cluster with a healthy host, or is its circuit breaker full?)";
+pub(super) const NOT_SENT: &str = "IdP call could not be sent (is idp_upstream a known cluster with a healthy host, or is its circuit breaker full?)";
 
 impl Gate {
     /// Moves a request as far as it can go: cache, discovery, lease, IdP call.
@@ -365,40 +365,10 @@ impl Gate {
         }
         Ok(())
     }
-
-    /// The root sends a verdict call a request that could not wait asked for (its lease and
-    /// budget were taken then); the answer is cached for the request's retry.
-    pub(super) fn send_deferred_verdict(
-        &mut self,
-        (key, credential, class): (CacheKey, Credential, CallClass),
-        now: u64,
-        host: &dyn Host,
-    ) {
-        let root = self.root;
-        let Some(request) = idp_request(&self.config, &self.discovery, &credential) else {
-            self.slots.release(host, &key, None);
-            return;
-        };
-        let endpoint = super::answer::endpoint_of(&credential);
-        let purpose = Purpose::Verdict {
-            key,
-            credential,
-            leader: root,
-        };
-        match self.send(root, &request, (purpose, class), now, host) {
-            Ok(_) => {}
-            Err(NotSent::AtCap) => self.slots.release(host, &key, None),
-            Err(NotSent::Refused) => {
-                self.health.proxy_refused(endpoint, now);
-                self.warnings.warn(now, format_args!("[{root}] {NOT_SENT}"));
-                self.slots.release(host, &key, Some(now));
-            }
-        }
-    }
 }
 
 /// The IdP call that gives a verdict on `credential`, once its endpoint is known.
-fn idp_request(
+pub(super) fn idp_request(
     config: &Config,
     discovery: &Discovery,
     credential: &Credential,

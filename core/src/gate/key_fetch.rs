@@ -102,25 +102,7 @@ impl Gate {
         fetch
     }
 
-    /// The root sends a fetch whose lease was taken earlier (by a request that could not own
-    /// the call, or whose own call was lost with it); the lease is renewed from now.
-    pub(super) fn send_deferred_fetch(&mut self, why: Why, now: u64, host: &dyn Host) {
-        let (Some(path), Some(name)) = (
-            self.discovery.endpoints().jwks_path.clone(),
-            self.keys_record_name(),
-        ) else {
-            return;
-        };
-        let until = now + self.lease_ms;
-        update(host, &name, |bytes| {
-            let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
-            Ok(record.leased(until).encode())
-        });
-        let root = self.root;
-        self.send_fetch(root, &path, why, true, now, host);
-    }
-
-    fn send_fetch(
+    pub(super) fn send_fetch(
         &mut self,
         caller: ContextId,
         path: &str,

@@ -1,7 +1,11 @@
 //! The root context's tick: when it next has work, and what it does then (discovery retries,
 //! the key set's periodic refresh, waking followers and requests waiting for keys, deadlines).
 
-use super::{ContextId, Deferred, Gate, Host, Parked, Resume, Stage, Step};
+use super::answer::endpoint_of;
+use super::flow::{idp_request, NOT_SENT};
+use super::keys::KeysRecord;
+use super::slots::update;
+use super::{ContextId, Deferred, Gate, Host, NotSent, Parked, Purpose, Resume, Stage, Step};
 use crate::inflight::CAP_MEMORY_MS;
 use crate::okta::DiscoveryDocument;
 
@@ -45,14 +49,7 @@ impl Gate {
             self.dispatch_discovery(self.root, doc, now, host);
         }
         for call in self.calls.take_deferred() {
-            match call {
-                Deferred::Keys(why) => self.send_deferred_fetch(why, now, host),
-                Deferred::Verdict {
-                    key,
-                    credential,
-                    class,
-                } => self.send_deferred_verdict((key, credential, class), now, host),
-            }
+            self.send_deferred(call, now, host);
         }
         let own_only = self.resume == Resume::OwnRequestOnly;
         let waiting = !own_only && self.paused.any(|p| matches!(p, Parked::Keys { .. }));
@@ -73,6 +70,54 @@ impl Gate {
             }
         }
         steps
+    }
+
+    /// The root sends a call taken on for a request (its lease, and for a verdict its budget,
+    /// were taken then): a key set fetch, whose lease is renewed from now, or a verdict call,
+    /// whose answer is cached for the request's retry.
+    fn send_deferred(&mut self, call: Deferred, now: u64, host: &dyn Host) {
+        let root = self.root;
+        match call {
+            Deferred::Keys(why) => {
+                let (Some(path), Some(name)) = (
+                    self.discovery.endpoints().jwks_path.clone(),
+                    self.keys_record_name(),
+                ) else {
+                    return;
+                };
+                let until = now + self.lease_ms;
+                update(host, &name, |bytes| {
+                    let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
+                    Ok(record.leased(until).encode())
+                });
+                self.send_fetch(root, &path, why, true, now, host);
+            }
+            Deferred::Verdict {
+                key,
+                credential,
+                class,
+            } => {
+                let Some(request) = idp_request(&self.config, &self.discovery, &credential) else {
+                    self.slots.release(host, &key, None);
+                    return;
+                };
+                let endpoint = endpoint_of(&credential);
+                let purpose = Purpose::Verdict {
+                    key,
+                    credential,
+                    leader: root,
+                };
+                match self.send(root, &request, (purpose, class), now, host) {
+                    Ok(_) => {}
+                    Err(NotSent::AtCap) => self.slots.release(host, &key, None),
+                    Err(NotSent::Refused) => {
+                        self.health.proxy_refused(endpoint, now);
+                        self.warnings.warn(now, format_args!("[{root}] {NOT_SENT}"));
+                        self.slots.release(host, &key, Some(now));
+                    }
+                }
+            }
+        }
     }
 
     fn on_tick_due(
