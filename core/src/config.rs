@@ -541,7 +541,8 @@ impl RawConfig {
             MAX_REGISTRATIONS_MAX_AGE_S,
         )?;
         let Some(product) = &self.product else {
-            for (field, set) in [
+            // The registrations fields mean nothing without the product they are for.
+            let set = [
                 ("registrations", self.registrations.is_some()),
                 ("registrations_uri", self.registrations_uri.is_some()),
                 (
@@ -552,12 +553,11 @@ impl RawConfig {
                     "registrations_authority",
                     self.registrations_authority.is_some(),
                 ),
-            ] {
-                if set {
-                    return Err(refuse(field, "needs product (the API product it is for)"));
-                }
-            }
-            return Ok(None);
+            ];
+            return match set.into_iter().find(|(_, set)| *set) {
+                Some((field, _)) => Err(refuse(field, "needs product (the API product it is for)")),
+                None => Ok(None),
+            };
         };
         if product.is_empty() || product.len() > MAX_ID_LEN || has_control(product) {
             return Err(refuse(
@@ -565,7 +565,18 @@ impl RawConfig {
                 format!("must be 1 to {MAX_ID_LEN} bytes without control characters"),
             ));
         }
-        let source = match (&self.registrations, &self.registrations_uri) {
+        let source = self.registrations_source(product)?;
+        Ok(Some(RegistrationsConfig {
+            product: product.clone(),
+            source,
+            refresh_ms: self.registrations_refresh_s * 1000,
+            max_age_ms: self.registrations_max_age_s * 1000,
+        }))
+    }
+
+    /// Where the registrations document of `product` comes from: inline (parsed now), or a URL.
+    fn registrations_source(&self, product: &str) -> Result<RegistrationsSource, ConfigError> {
+        Ok(match (&self.registrations, &self.registrations_uri) {
             (Some(_), Some(_)) => {
                 return Err(refuse(
                     "registrations_uri",
@@ -579,7 +590,7 @@ impl RawConfig {
                 ))
             }
             (Some(doc), None) => {
-                for (field, set) in [
+                let uri_only = [
                     (
                         "registrations_upstream",
                         self.registrations_upstream.is_some(),
@@ -588,23 +599,16 @@ impl RawConfig {
                         "registrations_authority",
                         self.registrations_authority.is_some(),
                     ),
-                ] {
-                    if set {
-                        return Err(refuse(field, "applies to registrations_uri only"));
-                    }
+                ];
+                if let Some((field, _)) = uri_only.into_iter().find(|(_, set)| *set) {
+                    return Err(refuse(field, "applies to registrations_uri only"));
                 }
                 let parsed = Registrations::parse(doc.get().as_bytes(), product)
                     .map_err(|e| refuse("registrations", e.describe()))?;
                 RegistrationsSource::Inline(std::sync::Arc::new(parsed))
             }
             (None, Some(uri)) => RegistrationsSource::Fetched(self.check_registrations_uri(uri)?),
-        };
-        Ok(Some(RegistrationsConfig {
-            product: product.clone(),
-            source,
-            refresh_ms: self.registrations_refresh_s * 1000,
-            max_age_ms: self.registrations_max_age_s * 1000,
-        }))
+        })
     }
 
     fn check_registrations_uri(&self, uri: &str) -> Result<RegistrationsEndpoint, ConfigError> {

@@ -32,6 +32,24 @@ pub struct Copy {
     pub expires_at_ms: u64,
 }
 
+impl Copy {
+    pub fn of(
+        verdict: Cached,
+        scheme: Scheme,
+        key: CacheKey,
+        decided_at_ms: u64,
+        expires_at_ms: u64,
+    ) -> Copy {
+        Copy {
+            verdict,
+            scheme,
+            key,
+            decided_at_ms,
+            expires_at_ms,
+        }
+    }
+}
+
 type Table = HashMap<Box<[u8]>, Copy, FixedState>;
 
 #[derive(Debug)]

@@ -498,26 +498,7 @@ impl Registrations {
         let duplicates = r.u32()?;
         let dropped_context = r.u32()?;
         let n = r.u32()? as usize;
-        let mut entries = Vec::with_capacity(n.min(r.0.len() / ENTRY_BYTES));
-        for _ in 0..n {
-            let mut span = || -> Option<Span> {
-                Some(Span {
-                    start: r.u32()?,
-                    len: r.u32()?,
-                })
-            };
-            let (id, application_id, developer_id) = (span()?, span()?, span()?);
-            let standing = *r.take(1)?.first()?;
-            if standing != APPROVED && not_approved_of(standing).is_none() {
-                return None;
-            }
-            entries.push(Entry {
-                id,
-                application_id,
-                developer_id,
-                standing,
-            });
-        }
+        let entries = read_entries(&mut r, n)?;
         let arena_len = r.u32()? as usize;
         let arena = String::from_utf8(r.take(arena_len)?.to_vec()).ok()?;
         if !r.0.is_empty() {
@@ -535,16 +516,8 @@ impl Registrations {
                 ..Summary::default()
             },
         };
-        for e in &regs.entries {
-            let id = regs.text(e.id)?;
-            if !valid_client_id(id) {
-                return None;
-            }
-            for span in [e.application_id, e.developer_id] {
-                if span.len != 0 && !regs.text(span).is_some_and(header_value_ok) {
-                    return None;
-                }
-            }
+        if !regs.entries.iter().all(|e| regs.entry_is_canonical(e)) {
+            return None;
         }
         // A canonical value has no duplicate ids (encode keeps one entry per id).
         if regs.index() != 0 {
@@ -553,6 +526,43 @@ impl Registrations {
         regs.summary.duplicates = duplicates;
         Some((generation, regs))
     }
+}
+
+impl Registrations {
+    /// Whether an entry read back from the compact form holds what `encode` writes: a valid
+    /// client id and header-safe context.
+    fn entry_is_canonical(&self, e: &Entry) -> bool {
+        let id_ok = self.text(e.id).is_some_and(valid_client_id);
+        id_ok
+            && [e.application_id, e.developer_id]
+                .into_iter()
+                .all(|span| span.len == 0 || self.text(span).is_some_and(header_value_ok))
+    }
+}
+
+/// The compact form's `n` entries.
+fn read_entries(r: &mut Reader<'_>, n: usize) -> Option<Vec<Entry>> {
+    let mut entries = Vec::with_capacity(n.min(r.0.len() / ENTRY_BYTES));
+    for _ in 0..n {
+        let mut span = || -> Option<Span> {
+            Some(Span {
+                start: r.u32()?,
+                len: r.u32()?,
+            })
+        };
+        let (id, application_id, developer_id) = (span()?, span()?, span()?);
+        let standing = *r.take(1)?.first()?;
+        if standing != APPROVED && not_approved_of(standing).is_none() {
+            return None;
+        }
+        entries.push(Entry {
+            id,
+            application_id,
+            developer_id,
+            standing,
+        });
+    }
+    Some(entries)
 }
 
 struct Reader<'a>(&'a [u8]);

@@ -198,6 +198,28 @@ impl Admission {
         Err(retry_after_s)
     }
 
+    /// Takes what a call needs once the request's lease is won: the budget's call, then, for an
+    /// unknown credential, the failure throttle's turn (so that a budget refusal spends no turn).
+    /// `Err((seconds, why))`: no call, come back in that many seconds; `why` is for the log when
+    /// it is worth a warning (a spent budget; a throttled client id is no news).
+    pub fn take_call(
+        &self,
+        endpoint: IdpEndpoint,
+        class: CallClass,
+        credential: &Credential,
+        now: u64,
+        host: &dyn Host,
+    ) -> Result<(), (u64, Option<&'static str>)> {
+        let budget = "call budget spent (idp_calls_per_minute): no call";
+        self.take_budget(endpoint, class, now, host)
+            .map_err(|seconds| (seconds, Some(budget)))?;
+        if class == CallClass::Unknown {
+            self.throttle_turn(credential, now, host, true)
+                .map_err(|seconds| (seconds, None))?;
+        }
+        Ok(())
+    }
+
     /// The failure throttle, for a Basic credential about to go to Okta: `Err(seconds)` when
     /// its client id had `max_client_failures` `invalid_client` answers within the window and
     /// this is not its turn (one unverified secret per `window / max_client_failures` still

@@ -4,7 +4,7 @@
 //! `bearer_format: "jwt"`, what cannot be a JWT access token of this issuer is refused without
 //! an IdP call. A token naming an unknown `kid` waits for the key set (`key_fetch`).
 
-use super::key_fetch::{read_keys_record, Fetch};
+use super::key_fetch::{keys_record_name, read_keys_record, Fetch};
 use super::keys::Why;
 use super::{deny_reason, refuse, ContextId, Gate, Host, Parked, Pending, Resume, Stage, Step};
 use crate::cache::{Cached, Freshness};
@@ -59,7 +59,22 @@ impl Gate {
         let Credential::Bearer(token) = &req.credential else {
             return Local::ToIdp(req);
         };
-        Local::Decided(match self.verify(&token.clone(), now, host) {
+        // With this worker's set; on an unknown `kid`, once more with a newer set another worker
+        // fetched, if there is one.
+        let token = token.clone();
+        let policy = self.config.jwt.as_ref();
+        let mut verified = self.keys.verify(&token, policy, now);
+        if matches!(verified, Err(JwtError::UnknownKid(_))) {
+            let name = keys_record_name(&self.discovery, &self.names);
+            let record = read_keys_record(host, name.as_deref());
+            if self
+                .keys
+                .adopt_shared(&record, &mut self.warnings, self.root, now)
+            {
+                verified = self.keys.verify(&token, self.config.jwt.as_ref(), now);
+            }
+        }
+        Local::Decided(match verified {
             Ok(_) if self.config.bearer_validation == BearerValidation::JwtThenIntrospection => {
                 req.stage = Stage::ToIdp;
                 return Local::ToIdp(req);
@@ -100,21 +115,6 @@ impl Gate {
         }
         req.missed(host);
         None
-    }
-
-    /// `jwt::verify` with this worker's set; on an unknown `kid`, once more with a newer set
-    /// another worker fetched, if there is one.
-    fn verify(&mut self, token: &str, now: u64, host: &dyn Host) -> Result<Verified, JwtError> {
-        let first = self.keys.verify(token, self.config.jwt.as_ref(), now);
-        if matches!(first, Err(JwtError::UnknownKid(_)))
-            && self.adopt_shared_keys(
-                &read_keys_record(host, self.keys_record_name().as_deref()),
-                now,
-            )
-        {
-            return self.keys.verify(token, self.config.jwt.as_ref(), now);
-        }
-        first
     }
 
     /// A token decided locally: a verified one is cached for every worker until the earlier of

@@ -51,6 +51,26 @@ pub(super) struct Call {
     pub owner: ContextId,
 }
 
+impl Purpose {
+    pub fn verdict(key: CacheKey, credential: Credential, leader: ContextId) -> Purpose {
+        Purpose::Verdict {
+            key,
+            credential,
+            leader,
+        }
+    }
+}
+
+impl Deferred {
+    pub fn verdict(key: CacheKey, credential: Credential, class: CallClass) -> Deferred {
+        Deferred::Verdict {
+            key,
+            credential,
+            class,
+        }
+    }
+}
+
 /// The calls out, and those deferred to the root's next tick.
 #[derive(Debug, Default)]
 pub(super) struct Calls {

@@ -207,51 +207,41 @@ impl Gate {
     ) -> Step {
         let deadline_ms = req.deadline_ms(self.lease_ms);
         let lost = update == Update::Lost;
+        let answers = self.answers;
         match next {
             // A request that may not wait gets its answer now; a call it needs is the root's.
-            Move::Discover | Move::WaitForDiscovery | Move::Follow if !req.can_wait => self
-                .answers
-                .no_verdict(ctx, &req, &seen, Some(1), now, host),
-            Move::Lead { take_lease } if !req.can_wait && (!take_lease || lost) => self
-                .answers
-                .no_verdict(ctx, &req, &seen, Some(1), now, host),
+            Move::Discover | Move::WaitForDiscovery | Move::Follow | Move::Lead { .. }
+                if !req.can_wait && (!matches!(next, Move::Lead { take_lease: true }) || lost) =>
+            {
+                answers.no_verdict(ctx, &req, &seen, Some(1), now, host)
+            }
             // A fresh verdict another worker (or an earlier request) put in shared data: this
             // worker keeps a copy, found next time by the exact `Authorization` bytes.
-            Move::Cached(verdict, decided_at_ms, expires_at_ms) => {
+            Move::Cached(verdict, decided, expires) => {
                 let scheme = req.credential.scheme();
-                let copy = Copy {
-                    verdict: verdict.clone(),
-                    scheme,
-                    key: req.key,
-                    decided_at_ms,
-                    expires_at_ms,
-                };
+                let copy = Copy::of(verdict.clone(), scheme, req.key, decided, expires);
                 self.local.put(&req.raw, copy);
                 let counted = req.stage.counted();
-                self.answers
-                    .cached(ctx, scheme, &req.key, counted, verdict, host)
+                answers.cached(ctx, scheme, &req.key, counted, verdict, host)
             }
-            Move::GiveUp(retry_after_s) => {
-                self.answers
-                    .no_verdict(ctx, &req, &seen, retry_after_s, now, host)
-            }
+            Move::GiveUp(retry) => answers.no_verdict(ctx, &req, &seen, retry, now, host),
             Move::AtCap => {
                 self.warnings.warn(now, format_args!("[{ctx}] {AT_CAP}"));
-                self.answers
-                    .no_verdict(ctx, &req, &seen, Some(1), now, host)
+                answers.no_verdict(ctx, &req, &seen, Some(1), now, host)
             }
             Move::Discover => {
                 let doc = okta::DiscoveryDocument::OAuthAuthorizationServer;
                 self.dispatch_discovery(caller, doc, now, host);
                 if !self.discovery.in_flight() {
-                    return self.answers.no_verdict(ctx, &req, &seen, None, now, host);
+                    return answers.no_verdict(ctx, &req, &seen, None, now, host);
                 }
                 self.paused
                     .park(ctx, Parked::Discovery { req, deadline_ms })
             }
-            Move::WaitForDiscovery => self
-                .paused
-                .park(ctx, Parked::Discovery { req, deadline_ms }),
+            Move::WaitForDiscovery => {
+                let discovery = Parked::Discovery { req, deadline_ms };
+                self.paused.park(ctx, discovery)
+            }
             // Another request's call, or the race for the lease lost every time: wait for it.
             Move::Follow | Move::Lead { .. } if next == Move::Follow || lost => {
                 self.paused.park(ctx, Parked::Follower { req, deadline_ms })
@@ -278,92 +268,49 @@ impl Gate {
         };
         let endpoint = endpoint_of(&req.credential);
         let class = call_class(&req.key, seen, now);
-        if let Err(refused) = self.take_admission(ctx, &req, seen, class, now, host) {
-            return refused;
+        let taken = self
+            .admission
+            .take_call(endpoint, class, &req.credential, now, host);
+        if let Err((retry_after_s, why)) = taken {
+            // No call: whoever waits on this lease gives up now too.
+            self.slots.release(host, &req.key, Some(now));
+            if let Some(why) = why {
+                self.warnings
+                    .warn(now, format_args!("[{ctx}] {} {why}", endpoint.name()));
+            }
+            return self
+                .answers
+                .no_verdict(ctx, &req, seen, Some(retry_after_s), now, host);
         }
         if !req.can_wait {
             // The root makes the call at its next tick, so that it outlives this request: the
             // verdict is there for its retry (`Retry-After: 1`).
-            let credential = req.credential.clone();
-            self.calls.defer(Deferred::Verdict {
-                key: req.key,
-                credential,
-                class,
-            });
+            let call = Deferred::verdict(req.key, req.credential.clone(), class);
+            self.calls.defer(call);
             return self.answers.no_verdict(ctx, &req, seen, Some(1), now, host);
         }
-        let purpose = Purpose::Verdict {
-            key: req.key,
-            credential: req.credential.clone(),
-            leader: ctx,
-        };
-        match self.send(caller, &request, (purpose, class), now, host) {
+        let purpose = Purpose::verdict(req.key, req.credential.clone(), ctx);
+        let (failed_at, why) = match self.send(caller, &request, (purpose, class), now, host) {
             Ok(call) => {
                 let lease_until_ms = now + self.lease_ms;
-                self.paused.park(
-                    ctx,
-                    Parked::Leader {
-                        req,
-                        call,
-                        lease_until_ms,
-                    },
-                )
+                let leader = Parked::Leader {
+                    req,
+                    call,
+                    lease_until_ms,
+                };
+                return self.paused.park(ctx, leader);
             }
-            Err(NotSent::AtCap) => {
-                self.slots.release(host, &req.key, None);
-                self.warnings.warn(now, format_args!("[{ctx}] {AT_CAP}"));
-                self.answers.no_verdict(ctx, &req, seen, Some(1), now, host)
-            }
+            Err(NotSent::AtCap) => (None, AT_CAP),
             Err(NotSent::Refused) => {
                 // The proxy's own refusal (its circuit breaker full): calls already queued there
                 // may time out without Okta being at fault (`guard::silence_explained`).
                 self.health.proxy_refused(endpoint, now);
-                self.warnings.warn(now, format_args!("[{ctx}] {NOT_SENT}"));
-                self.slots.release(host, &req.key, Some(now));
-                self.answers.no_verdict(ctx, &req, seen, Some(1), now, host)
+                (Some(now), NOT_SENT)
             }
-        }
-    }
-
-    /// Takes the budget's call, then (for an unknown credential) the failure throttle's turn,
-    /// for a request whose lease is won; on a refusal, the lease goes (and whoever waits on it
-    /// gives up too) and the request's step is the `Err`.
-    fn take_admission(
-        &mut self,
-        ctx: ContextId,
-        req: &Pending,
-        seen: &CacheEntry,
-        class: CallClass,
-        now: u64,
-        host: &dyn Host,
-    ) -> Result<(), Step> {
-        let endpoint = endpoint_of(&req.credential);
-        if let Err(retry_after_s) = self.admission.take_budget(endpoint, class, now, host) {
-            self.slots.release(host, &req.key, Some(now));
-            let why = "call budget spent (idp_calls_per_minute): no call";
-            self.warnings
-                .warn(now, format_args!("[{ctx}] {} {why}", endpoint.name()));
-            return Err(self
-                .answers
-                .no_verdict(ctx, req, seen, Some(retry_after_s), now, host));
-        }
-        if class == CallClass::Unknown {
-            let turn = self
-                .admission
-                .throttle_turn(&req.credential, now, host, true);
-            if let Err(retry_after_s) = turn {
-                self.slots.release(host, &req.key, Some(now));
-                return Err(self.answers.no_verdict(
-                    ctx,
-                    req,
-                    seen,
-                    Some(retry_after_s),
-                    now,
-                    host,
-                ));
-            }
-        }
-        Ok(())
+        };
+        self.slots.release(host, &req.key, failed_at);
+        self.warnings.warn(now, format_args!("[{ctx}] {why}"));
+        self.answers.no_verdict(ctx, &req, seen, Some(1), now, host)
     }
 }
 

@@ -8,11 +8,12 @@
 //! every refresh by hanging up. Only a request that can wait for nothing but its own call
 //! (`OwnRequestOnly`) sends its own; if it goes away, the root sends the fetch again.
 
-use super::keys::{Adopted, KeysRecord, Why};
+use super::discovery::Discovery;
+use super::keys::{KeysRecord, Why};
 use super::slots::{update, Update};
 use super::{ContextId, Deferred, Gate, Host, NotSent, Parked, Purpose, Sent, Step};
 use crate::budget::CallClass;
-use crate::cache::NotWritten;
+use crate::cache::{Names, NotWritten};
 use crate::metrics::{CallResult, Counter, IdpEndpoint};
 use crate::okta::{self, IdpAnswer, JwksAnswerError};
 
@@ -129,9 +130,11 @@ impl Gate {
                 ));
                 match not_sent {
                     // No place in flight: nothing was tried, so nothing counts.
-                    NotSent::AtCap if leased => {
-                        end_keys_lease(host, self.keys_record_name().as_deref(), None)
-                    }
+                    NotSent::AtCap if leased => end_keys_lease(
+                        host,
+                        keys_record_name(&self.discovery, &self.names).as_deref(),
+                        None,
+                    ),
                     NotSent::AtCap => {}
                     // The proxy's refusal completes the attempt.
                     NotSent::Refused => {
@@ -140,34 +143,12 @@ impl Gate {
                             format_args!("[{caller}] the key set fetch could not be sent (is idp_upstream a known cluster with a healthy host?)"),
                         );
                         if leased {
-                            let name = self.keys_record_name();
+                            let name = keys_record_name(&self.discovery, &self.names);
                             end_keys_lease(host, name.as_deref(), Some((why, now)));
                         }
                     }
                 }
                 Fetch::NotNow
-            }
-        }
-    }
-
-    /// The shared-data name of the key set's record, once its URL is known.
-    pub(super) fn keys_record_name(&self) -> Option<String> {
-        let path = self.discovery.endpoints().jwks_path.as_deref()?;
-        Some(self.names.jwks(path))
-    }
-
-    /// Takes a newer set another worker fetched, if `record` (the shared one) holds it.
-    pub(super) fn adopt_shared_keys(&mut self, record: &KeysRecord, now: u64) -> bool {
-        match self.keys.adopt(record) {
-            Adopted::New { .. } => true,
-            Adopted::Unchanged => false,
-            Adopted::Unusable(e) => {
-                let root = self.root;
-                self.warnings.warn(
-                    now,
-                    format_args!("[{root}] the shared key set is unusable: {}", e.describe()),
-                );
-                false
             }
         }
     }
@@ -200,7 +181,7 @@ impl Gate {
                     );
                 }
                 log::info!("[{}] key set fetched: {} key(s)", self.root, set.len());
-                if let Some(name) = self.keys_record_name() {
+                if let Some(name) = keys_record_name(&self.discovery, &self.names) {
                     update(host, &name, |bytes| {
                         let record = bytes.and_then(KeysRecord::decode).unwrap_or_default();
                         let mut fetched = record.fetched(answer.body, now);
@@ -215,16 +196,12 @@ impl Gate {
                 self.keys.install(set, now);
             }
             Err(e) => {
-                let root = self.root;
-                self.warnings.warn(
-                    now,
-                    format_args!(
-                        "[{root}] key set fetch failed: {}; the last good set stays in use",
-                        e.describe()
-                    ),
-                );
+                let (root, why_failed) = (self.root, e.describe());
+                let keeps = "the last good set stays in use";
+                let message = format_args!("[{root}] key set fetch failed: {why_failed}; {keeps}");
+                self.warnings.warn(now, message);
                 if leased {
-                    let name = self.keys_record_name();
+                    let name = keys_record_name(&self.discovery, &self.names);
                     end_keys_lease(host, name.as_deref(), Some((why, sent_ms)));
                 }
                 if let JwksAnswerError::Failed(failure) = e {
@@ -245,8 +222,13 @@ impl Gate {
         if !waiting && !due {
             return false;
         }
-        let record = read_keys_record(host, self.keys_record_name().as_deref());
-        let newer = self.adopt_shared_keys(&record, now);
+        let record = read_keys_record(
+            host,
+            keys_record_name(&self.discovery, &self.names).as_deref(),
+        );
+        let newer = self
+            .keys
+            .adopt_shared(&record, &mut self.warnings, self.root, now);
         if due && !newer {
             self.keys.checked(now);
             self.fetch_keys(self.root, false, Why::Periodic, now, host);
@@ -278,4 +260,10 @@ fn end_keys_lease(host: &dyn Host, name: Option<&str>, attempt: Option<(Why, u64
         }
         .encode())
     });
+}
+
+/// The shared-data name of the key set's record, once its URL is known.
+pub(super) fn keys_record_name(discovery: &Discovery, names: &Names) -> Option<String> {
+    let path = discovery.endpoints().jwks_path.as_deref()?;
+    Some(names.jwks(path))
 }

@@ -210,6 +210,30 @@ impl Keys {
         )
     }
 
+    /// Takes a newer set another worker fetched, if `record` (the shared one) holds it; a body
+    /// that is no usable set is warned about (`root` names the worker) and this worker keeps its
+    /// own.
+    pub(crate) fn adopt_shared(
+        &mut self,
+        record: &KeysRecord,
+        warnings: &mut super::steps::Warnings,
+        root: super::ContextId,
+        now_ms: u64,
+    ) -> bool {
+        match self.adopt(record) {
+            Adopted::New { .. } => true,
+            Adopted::Unchanged => false,
+            Adopted::Unusable(e) => {
+                let why = e.describe();
+                warnings.warn(
+                    now_ms,
+                    format_args!("[{root}] the shared key set is unusable: {why}"),
+                );
+                false
+            }
+        }
+    }
+
     /// The set this worker just fetched (and shared).
     pub fn install(&mut self, set: KeySet, fetched_at_ms: u64) {
         self.set = Some(set);

@@ -555,9 +555,9 @@ cas_test! {
             body: body.as_bytes(),
         };
         assert_eq!(numbered_statuses(&deliver(&mut b, &host, 20, own, ok)), vec![(20, 200)]);
-        assert!(super::key_fetch::read_keys_record(&host, a.keys_record_name().as_deref()).in_flight(host.now()), "a's lease was not released");
+        assert!(super::key_fetch::read_keys_record(&host, super::key_fetch::keys_record_name(&a.discovery, &a.names).as_deref()).in_flight(host.now()), "a's lease was not released");
         answer(&mut a, &host, leased, 200, &published());
-        assert!(!super::key_fetch::read_keys_record(&host, a.keys_record_name().as_deref()).in_flight(host.now()));
+        assert!(!super::key_fetch::read_keys_record(&host, super::key_fetch::keys_record_name(&a.discovery, &a.names).as_deref()).in_flight(host.now()));
         // A lost own fetch still holds its worker's turn until its deadline.
         let host = FakeHost::at(cas, T0);
         let mut a = solo_gate(&host, SOLO_BEARER);

@@ -3,6 +3,7 @@
 
 use super::answer::endpoint_of;
 use super::flow::{idp_request, NOT_SENT};
+use super::key_fetch::keys_record_name;
 use super::keys::KeysRecord;
 use super::slots::update;
 use super::{ContextId, Deferred, Gate, Host, NotSent, Parked, Purpose, Resume, Stage, Step};
@@ -81,7 +82,7 @@ impl Gate {
             Deferred::Keys(why) => {
                 let (Some(path), Some(name)) = (
                     self.discovery.endpoints().jwks_path.clone(),
-                    self.keys_record_name(),
+                    keys_record_name(&self.discovery, &self.names),
                 ) else {
                     return;
                 };
