@@ -5,8 +5,8 @@
 //! time in one shared-data record per endpoint ([`encode`]/[`decode`], `cache::Names::guard`)
 //! and raises it with compare-and-swap.
 //!
-//! The rules are `gate::guard`'s (and before it `Gate::note_failure`'s), in one pure function
-//! that also keeps the count, plus:
+//! The rules live in one pure function ([`pause_until`]) that also keeps the count, with a
+//! worker's state in [`EndpointHealth`], plus:
 //! - one place, [`classify`], says which failures are Okta's trouble; an answer the local proxy
 //!   made itself for its own reasons ([`IdpFailure::Local`]: circuit breaker overflow, no
 //!   healthy host) is not: it neither counts toward a pause nor resets the count. A connection
