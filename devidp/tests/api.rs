@@ -2,9 +2,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+use common::*;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -16,52 +19,8 @@ use serde_json::{json, Value};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into()
-}
-
-fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
-    let mut resp = result.expect("HTTP exchange");
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
-    let body = resp.body_mut().read_to_string().unwrap_or_default();
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
 fn get(url: &str) -> Answer {
-    answer(agent().get(url).call())
+    to_answer(agent().get(url).call())
 }
 
 fn post_form(url: &str, authorization: Option<&str>, body: &str) -> Answer {
@@ -69,23 +28,15 @@ fn post_form(url: &str, authorization: Option<&str>, body: &str) -> Answer {
     if let Some(a) = authorization {
         req = req.header("authorization", a);
     }
-    answer(req.send(body))
+    to_answer(req.send(body))
 }
 
 fn post_json(url: &str, body: &Value) -> Answer {
-    answer(
+    to_answer(
         agent()
             .post(url)
             .content_type("application/json")
             .send(body.to_string()),
-    )
-}
-
-fn basic(id: &str, secret: &str) -> String {
-    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    format!(
-        "Basic {}",
-        STANDARD.encode(format!("{}:{}", enc(id), enc(secret)))
     )
 }
 
@@ -95,13 +46,6 @@ fn token_url(idp: &IdpHandle) -> String {
 
 fn introspect_url(idp: &IdpHandle) -> String {
     format!("{}/v1/introspect", idp.issuer())
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 fn jwt_part(token: &str, i: usize) -> Value {
@@ -327,7 +271,7 @@ fn grant_type_method_and_content_type() {
         "grant_type=client_credentials&grant_type=client_credentials",
     );
     assert_oauth_error(&a, 400, "invalid_request");
-    let a = answer(
+    let a = to_answer(
         agent()
             .post(&token_url(&idp))
             .header("authorization", &auth)
@@ -339,7 +283,7 @@ fn grant_type_method_and_content_type() {
     assert_eq!(a.status, 405);
     assert_eq!(a.json()["errorCode"], "E0000022");
     // Content type parameters are fine.
-    let a = answer(
+    let a = to_answer(
         agent()
             .post(&token_url(&idp))
             .header("authorization", &auth)
@@ -905,7 +849,7 @@ fn admin_api() {
         client_credentials(&idp, Some(&auth), Some("s1")).status,
         429
     );
-    let a = answer(
+    let a = to_answer(
         agent()
             .delete(&format!("{base}/_dev/fault?endpoint=token"))
             .call(),
@@ -919,7 +863,7 @@ fn admin_api() {
         &format!("{base}/_dev/fault"),
         &json!({"endpoint": "keys", "answer": "garbage"}),
     );
-    answer(agent().delete(&format!("{base}/_dev/fault")).call());
+    to_answer(agent().delete(&format!("{base}/_dev/fault")).call());
     assert_eq!(get(&format!("{}/v1/keys", idp.issuer())).json(), idp.jwks());
 
     let stats = get(&format!("{base}/_dev/stats")).json();
@@ -954,7 +898,7 @@ fn admin_api() {
     );
     assert_eq!(introspected.json(), json!({"active": false}));
 
-    let a = answer(agent().post(&format!("{base}/_dev/reset")).send_empty());
+    let a = to_answer(agent().post(&format!("{base}/_dev/reset")).send_empty());
     assert_eq!(a.status, 204);
     assert_eq!(get(&format!("{base}/_dev/stats")).json()["token"], 0);
 
@@ -967,7 +911,7 @@ fn admin_api() {
         let a = post_json(&format!("{base}/_dev/fault"), &bad);
         assert_eq!(a.status, 400, "{bad}");
     }
-    let a = answer(
+    let a = to_answer(
         agent()
             .post(&format!("{base}/_dev/clients"))
             .content_type("application/json")
@@ -975,7 +919,7 @@ fn admin_api() {
     );
     assert_eq!(a.status, 400);
 
-    let a = answer(
+    let a = to_answer(
         agent()
             .delete(&format!("{base}/_dev/clients/0oaAdmin"))
             .call(),
@@ -997,7 +941,7 @@ fn one_keep_alive_connection_serves_many_requests() {
     let idp = idp_with_client();
     let agent = agent();
     for _ in 0..3 {
-        let a = answer(
+        let a = to_answer(
             agent
                 .post(&token_url(&idp))
                 .header("authorization", &basic("0oaApp", "s3cret"))
@@ -1005,7 +949,7 @@ fn one_keep_alive_connection_serves_many_requests() {
                 .send("grant_type=client_credentials&scope=api%3Aread"),
         );
         assert_eq!(a.status, 200);
-        let a = answer(agent.get(&format!("{}/v1/keys", idp.issuer())).call());
+        let a = to_answer(agent.get(&format!("{}/v1/keys", idp.issuer())).call());
         assert_eq!(a.status, 200);
     }
     // Two requests pipelined on one raw connection.
@@ -1044,7 +988,7 @@ fn dropping_the_handle_stops_the_server() {
 fn echo_records_every_request() {
     let echo = EchoHandle::spawn("127.0.0.1:0").unwrap();
     let url = format!("http://{}/some/path?q=1", echo.addr());
-    let a = answer(
+    let a = to_answer(
         agent()
             .post(&url)
             .header("X-Multi", "one")
@@ -1152,7 +1096,7 @@ fn key_rotation_publishes_then_switches_then_retires() {
 
     // The same through the admin API.
     let base = format!("http://{}", idp.addr());
-    let post = |path: &str| answer(agent().post(&format!("{base}{path}")).send_empty());
+    let post = |path: &str| to_answer(agent().post(&format!("{base}{path}")).send_empty());
     let a = post("/_dev/keys/publish");
     assert_eq!(a.status, 200);
     let fourth = a.json()["kid"].as_str().unwrap().to_string();

@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+use common::*;
+
 use std::time::{Duration, Instant};
 
 use okta_dcr_auth_core::registrations::{
@@ -15,62 +18,18 @@ use okta_dev_idp::{
 };
 use serde_json::{json, Value};
 
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into()
-}
-
-fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
-    let mut resp = result.expect("HTTP exchange");
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(256 * 1024 * 1024)
-        .read_to_vec()
-        .unwrap_or_default();
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
 fn fetch(idp: &IdpHandle, if_none_match: Option<&str>) -> Answer {
     let mut req = agent().get(idp.registrations_uri());
     if let Some(etag) = if_none_match {
         req = req.header("if-none-match", etag);
     }
-    answer(req.call())
+    to_answer(req.call())
 }
 
 fn admin(idp: &IdpHandle, method: &str, path: &str, body: Option<Value>) -> Answer {
     let url = format!("http://{}{path}", idp.addr());
     let a = agent();
-    answer(match (method, body) {
+    to_answer(match (method, body) {
         ("GET", _) => a.get(&url).call(),
         ("DELETE", _) => a.delete(&url).call(),
         ("POST", Some(b)) => a
@@ -85,7 +44,7 @@ fn admin(idp: &IdpHandle, method: &str, path: &str, body: Option<Value>) -> Answ
 fn parsed(idp: &IdpHandle, product: &str) -> Registrations {
     let a = fetch(idp, None);
     assert_eq!(a.status, 200);
-    Registrations::parse(&a.body, product).unwrap()
+    Registrations::parse(&a.bytes, product).unwrap()
 }
 
 #[test]
@@ -149,7 +108,7 @@ fn the_document_has_an_etag_and_unchanged_fetches_get_304() {
     ] {
         let again = fetch(&idp, Some(&header));
         assert_eq!(again.status, 304, "{header}");
-        assert!(again.body.is_empty());
+        assert!(again.bytes.is_empty());
         assert_eq!(again.header("etag"), Some(etag.as_str()));
     }
     assert_eq!(fetch(&idp, Some("\"stale\"")).status, 200);
@@ -163,14 +122,14 @@ fn the_document_has_an_etag_and_unchanged_fetches_get_304() {
     let new_etag = changed.header("etag").unwrap();
     assert_ne!(new_etag, etag);
     assert_eq!(
-        Registrations::parse(&changed.body, "p")
+        Registrations::parse(&changed.bytes, "p")
             .unwrap()
             .lookup("0oaA"),
         Standing::NotApproved(NotApproved::Revoked)
     );
     // Counted in /_dev/stats and reset with the other counters.
     let stats: Value =
-        serde_json::from_slice(&admin(&idp, "GET", "/_dev/stats", None).body).unwrap();
+        serde_json::from_slice(&admin(&idp, "GET", "/_dev/stats", None).bytes).unwrap();
     assert_eq!(stats["registrations"], 6);
     idp.reset_counters();
     assert_eq!(idp.calls(Endpoint::Registrations), 0);
@@ -281,7 +240,7 @@ fn a_portal_admin_registers_approves_revokes_and_rejects() {
     );
     assert_eq!(parsed(&idp, "p").lookup("0oaX"), Standing::Unknown);
     let doc: Value =
-        serde_json::from_slice(&admin(&idp, "GET", "/_dev/registrations", None).body).unwrap();
+        serde_json::from_slice(&admin(&idp, "GET", "/_dev/registrations", None).bytes).unwrap();
     assert_eq!(doc, idp.registrations_document());
     assert_eq!(doc["applications"].as_array().unwrap().len(), 1);
     // Handle methods.
@@ -313,7 +272,7 @@ fn faults_make_the_document_slow_failing_malformed_or_too_large() {
     let a = fetch(&idp, None);
     assert_eq!(a.status, 200);
     assert!(matches!(
-        Registrations::parse(&a.body, "p"),
+        Registrations::parse(&a.bytes, "p"),
         Err(DocumentError::Malformed { .. })
     ));
     // Slow.
@@ -333,9 +292,9 @@ fn faults_make_the_document_slow_failing_malformed_or_too_large() {
     );
     let a = fetch(&idp, None);
     assert_eq!(a.status, 200);
-    assert_eq!(a.body.len(), MAX_DOCUMENT_BYTES + 1);
+    assert_eq!(a.bytes.len(), MAX_DOCUMENT_BYTES + 1);
     assert_eq!(
-        Registrations::parse(&a.body, "p"),
+        Registrations::parse(&a.bytes, "p"),
         Err(DocumentError::TooLarge {
             bytes: MAX_DOCUMENT_BYTES + 1
         })
@@ -349,15 +308,15 @@ fn faults_make_the_document_slow_failing_malformed_or_too_large() {
     );
     assert_eq!(r.status, 204);
     let a = fetch(&idp, None);
-    assert_eq!(a.body.len(), 100_000);
+    assert_eq!(a.bytes.len(), 100_000);
     assert!(matches!(
-        Registrations::parse(&a.body, "p").unwrap().lookup("0oaA"),
+        Registrations::parse(&a.bytes, "p").unwrap().lookup("0oaA"),
         Standing::Approved(_)
     ));
     idp.clear_fault(Endpoint::Registrations);
     // A body served verbatim.
     idp.set_registrations_body(Some(b"{\"applications\":[{\"client_id\":5}]}".to_vec()));
-    assert!(Registrations::parse(&fetch(&idp, None).body, "p").is_err());
+    assert!(Registrations::parse(&fetch(&idp, None).bytes, "p").is_err());
     let r = admin(
         &idp,
         "PUT",
