@@ -3,9 +3,9 @@
 //! host that does things its own way, must not take the filter down. Here each returns whether
 //! the host said Ok. Signatures are proxy-wasm ABI 0.2.1, as the SDK declares them.
 //!
-//! The other host calls stay with the SDK: Envoy and ngx_wasm_module answer them only with the
-//! statuses its wrappers handle (shared data, IdP calls, metrics, time, plugin configuration),
-//! and the glue reads a call's answer only when there is one.
+//! Every host call the filter makes goes through here, statuses as numbers, except
+//! `dispatch_http_call`, which must go through the SDK so that its dispatcher knows the call's
+//! token when the answer comes (its wrapper panics only on a status neither host returns).
 
 const MAP_HTTP_REQUEST_HEADERS: u32 = 0;
 const MAP_HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
@@ -40,6 +40,37 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_define_metric(
+        metric_type: u32,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_get_header_map_pairs(
         map_type: u32,
         return_map_data: *mut *mut u8,
@@ -273,4 +304,113 @@ pub fn close_connection_after_request() -> bool {
 /// Makes `ctx` the context later host calls act on; false if the host refused.
 pub fn set_effective_context(ctx: u32) -> bool {
     unsafe { proxy_set_effective_context(ctx) == STATUS_OK }
+}
+
+const STATUS_CAS_MISMATCH: u32 = 8;
+const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
+const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
+const METRIC_COUNTER: u32 = 0;
+const METRIC_HISTOGRAM: u32 = 2;
+
+/// A buffer the host fills through the module's allocator and hands over; `None` when it has
+/// none or refused.
+fn host_bytes(fill: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    if fill(&mut data, &mut size) != STATUS_OK || data.is_null() {
+        return None;
+    }
+    // SAFETY: as in `property`: allocated by the module's `proxy_on_memory_allocate` for `size`.
+    Some(unsafe { Vec::from_raw_parts(data, size, size) })
+}
+
+/// A shared-data value and its CAS; `None` when there is none (or the host refused).
+pub fn shared_get(key: &str) -> Option<(Vec<u8>, u32)> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    let mut cas: u32 = 0;
+    let status =
+        unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+    if status != STATUS_OK {
+        return None;
+    }
+    let value = if data.is_null() {
+        Vec::new()
+    } else {
+        // SAFETY: as in `host_bytes`.
+        unsafe { Vec::from_raw_parts(data, size, size) }
+    };
+    Some((value, cas))
+}
+
+/// Why a shared-data write did not happen.
+pub enum SharedWrite {
+    /// Another write came first (the CAS did not match).
+    CasMismatch,
+    /// Anything else the host said (its memory full, ...).
+    Refused,
+}
+
+/// Writes a shared-data value if its CAS still is `cas` (0: see the hosts' rules).
+pub fn shared_set(key: &str, value: &[u8], cas: u32) -> Result<(), SharedWrite> {
+    let status =
+        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) };
+    match status {
+        STATUS_OK => Ok(()),
+        STATUS_CAS_MISMATCH => Err(SharedWrite::CasMismatch),
+        _ => Err(SharedWrite::Refused),
+    }
+}
+
+fn buffer(buffer_type: u32, max: usize) -> Vec<u8> {
+    host_bytes(|data, size| unsafe { proxy_get_buffer_bytes(buffer_type, 0, max, data, size) })
+        .unwrap_or_default()
+}
+
+/// The plugin's configuration (empty when the host has none).
+pub fn plugin_configuration() -> Vec<u8> {
+    buffer(BUFFER_PLUGIN_CONFIGURATION, usize::MAX)
+}
+
+/// An IdP call's answer body, up to `max` bytes, in the callback that delivers it.
+pub fn call_response_body(max: usize) -> Vec<u8> {
+    buffer(BUFFER_HTTP_CALL_RESPONSE_BODY, max)
+}
+
+/// Wall-clock time in ms since the epoch (0 when the host refused).
+pub fn now_ms() -> u64 {
+    let mut ns: u64 = 0;
+    if unsafe { proxy_get_current_time_nanoseconds(&mut ns) } != STATUS_OK {
+        return 0;
+    }
+    ns / 1_000_000
+}
+
+/// Asks for a tick every `ms`; false when the host refused (ngx_wasm_module sets it once).
+pub fn set_tick_period_ms(ms: u32) -> bool {
+    unsafe { proxy_set_tick_period_milliseconds(ms) == STATUS_OK }
+}
+
+fn define_metric(metric_type: u32, name: &str) -> Option<u32> {
+    let mut id: u32 = 0;
+    let status = unsafe { proxy_define_metric(metric_type, name.as_ptr(), name.len(), &mut id) };
+    (status == STATUS_OK).then_some(id)
+}
+
+pub fn define_counter(name: &str) -> Option<u32> {
+    define_metric(METRIC_COUNTER, name)
+}
+
+pub fn define_histogram(name: &str) -> Option<u32> {
+    define_metric(METRIC_HISTOGRAM, name)
+}
+
+/// Adds to a counter; a refusal is ignored (a metric never decides anything).
+pub fn increment_metric(id: u32, by: i64) {
+    unsafe { proxy_increment_metric(id, by) };
+}
+
+/// Records a histogram value; a refusal is ignored.
+pub fn record_metric(id: u32, value: u64) {
+    unsafe { proxy_record_metric(id, value) };
 }

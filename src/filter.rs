@@ -11,11 +11,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MetricType, Status};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::abi;
 use okta_dcr_auth_core::config::{Config, ConfigError};
@@ -66,13 +66,13 @@ impl Metrics {
     fn define() -> Metrics {
         let counters: Vec<Option<u32>> = Counter::all()
             .into_iter()
-            .map(|c| hostcalls::define_metric(MetricType::Counter, &c.name()).ok())
+            .map(|c| abi::define_counter(&c.name()))
             .collect();
         Metrics {
             pending: counters.iter().map(|_| Cell::new(0)).collect(),
             counters,
             batched: Cell::new(false),
-            idp_latency: hostcalls::define_metric(MetricType::Histogram, IDP_LATENCY).ok(),
+            idp_latency: abi::define_histogram(IDP_LATENCY),
         }
     }
 
@@ -83,7 +83,7 @@ impl Metrics {
                 n.set(n.get() + 1);
             }
         } else if let Some(Some(id)) = self.counters.get(i) {
-            let _ = hostcalls::increment_metric(*id, 1);
+            abi::increment_metric(*id, 1);
         }
     }
 
@@ -92,7 +92,7 @@ impl Metrics {
         for (n, id) in self.pending.iter().zip(&self.counters) {
             let moved = n.take();
             if let (true, Some(id)) = (moved > 0, id) {
-                let _ = hostcalls::increment_metric(*id, i64::try_from(moved).unwrap_or(i64::MAX));
+                abi::increment_metric(*id, i64::try_from(moved).unwrap_or(i64::MAX));
             }
         }
     }
@@ -179,10 +179,7 @@ impl RootContext for Root {
     }
 
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let bytes = abi::plugin_configuration();
         // Registrations are parsed but not yet enforced by the gate: a configuration that asks
         // for them is refused, never run without the check it asks for.
         let parsed = Config::from_json_with_env(&bytes, &abi::env_var).and_then(|config| {
@@ -230,7 +227,7 @@ impl RootContext for Root {
         }));
         // Some hosts (ngx_wasm_module) allow the tick period to be set once only.
         if !self.ticking {
-            self.ticking = hostcalls::set_tick_period(Duration::from_millis(TICK_MS)).is_ok();
+            self.ticking = abi::set_tick_period_ms(u32::try_from(TICK_MS).unwrap_or(u32::MAX));
         }
         if let Some(plugin) = &self.plugin {
             plugin.metrics.batched.set(self.ticking);
@@ -310,10 +307,7 @@ impl Context for Request {
 
 /// Wall-clock time, ms since the epoch; read once per host event.
 fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis() as u64)
+    abi::now_ms()
 }
 
 impl HttpContext for Request {
@@ -430,10 +424,7 @@ fn deliver(plugin: &Rc<Plugin>, caller: u32, token: u32, header_count: usize, bo
         .find(|(k, _)| k == ":status")
         .and_then(|(_, v)| v.parse::<u16>().ok());
     let body = if body_size > 0 && body_size <= MAX_IDP_BODY {
-        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+        abi::call_response_body(body_size)
     } else {
         Vec::new()
     };
@@ -541,18 +532,14 @@ struct HostCalls<'a>(&'a Metrics);
 
 impl SharedData for HostCalls<'_> {
     fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        match hostcalls::get_shared_data(key) {
-            Ok((value, Some(cas))) => Some((value.unwrap_or_default(), cas)),
-            _ => None,
-        }
+        abi::shared_get(key)
     }
 
     fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedError> {
-        let cas = (cas != 0).then_some(cas);
-        match hostcalls::set_shared_data(key, Some(value), cas) {
+        match abi::shared_set(key, value, cas) {
             Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(SharedError::CasMismatch),
-            Err(_) => Err(SharedError::Other),
+            Err(abi::SharedWrite::CasMismatch) => Err(SharedError::CasMismatch),
+            Err(abi::SharedWrite::Refused) => Err(SharedError::Other),
         }
     }
 }
@@ -564,7 +551,7 @@ impl Host for HostCalls<'_> {
 
     fn observe_idp_latency(&self, ms: u64) {
         if let Some(id) = self.0.idp_latency {
-            let _ = hostcalls::record_metric(id, ms);
+            abi::record_metric(id, ms);
         }
     }
 
