@@ -226,6 +226,15 @@ fn refuse(field: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// `field`'s value must lie in `low..=high`.
+fn between(field: &str, value: u64, low: u64, high: u64) -> Result<(), ConfigError> {
+    if (low..=high).contains(&value) {
+        Ok(())
+    } else {
+        Err(refuse(field, format!("must be between {low} and {high}")))
+    }
+}
+
 /// A value that must never be printed: its `Debug` says so instead.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Redacted(pub String);
@@ -521,13 +530,6 @@ impl RawConfig {
     /// `product` and the registrations fields: with `product`, exactly one of `registrations`
     /// and `registrations_uri`; without it, neither (nor the fetch's upstream and authority).
     fn check_registrations(&self) -> Result<Option<RegistrationsConfig>, ConfigError> {
-        let between = |field: &str, value: u64, low: u64, high: u64| {
-            if (low..=high).contains(&value) {
-                Ok(())
-            } else {
-                Err(refuse(field, format!("must be between {low} and {high}")))
-            }
-        };
         between(
             "registrations_refresh_s",
             self.registrations_refresh_s,
@@ -812,30 +814,13 @@ impl RawConfig {
                 return Err(refuse(field, format!("must be at most {MAX_TTL_S}")));
             }
         }
-        if self.cache_slots == 0 || self.cache_slots > MAX_SLOTS {
-            return Err(refuse(
-                "cache_slots",
-                format!("must be between 1 and {MAX_SLOTS}"),
-            ));
-        }
-        if self.idp_timeout_ms == 0 || self.idp_timeout_ms > MAX_TIMEOUT_MS {
-            return Err(refuse(
-                "idp_timeout_ms",
-                format!("must be between 1 and {MAX_TIMEOUT_MS}"),
-            ));
-        }
+        between("cache_slots", self.cache_slots.into(), 1, MAX_SLOTS.into())?;
+        between("idp_timeout_ms", self.idp_timeout_ms, 1, MAX_TIMEOUT_MS)?;
         self.check_abuse_limits()
     }
 
     /// The IdP budget, the calls-in-flight cap and the failure throttle.
     fn check_abuse_limits(&self) -> Result<(), ConfigError> {
-        let between = |field: &str, value: u64, low: u64, high: u64| {
-            if (low..=high).contains(&value) {
-                Ok(())
-            } else {
-                Err(refuse(field, format!("must be between {low} and {high}")))
-            }
-        };
         between(
             "max_idp_calls_in_flight",
             self.max_idp_calls_in_flight.into(),
