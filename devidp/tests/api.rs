@@ -464,10 +464,7 @@ fn fault_delay_comes_before_the_answer() {
 
     // A client that gives up does not stop the server; the call still counts.
     idp.set_fault(Endpoint::Token, Fault::delay(Duration::from_secs(5)));
-    let impatient: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_millis(200)))
-        .build()
-        .into();
+    let impatient = agent_with(Duration::from_millis(200));
     assert!(impatient
         .post(&token_url(&idp))
         .content_type(FORM)
@@ -486,10 +483,7 @@ fn a_call_abandoned_during_its_delay_is_received_but_not_answered() {
     let idp = idp_with_client();
     let auth = basic("0oaApp", "s3cret");
     idp.set_fault(Endpoint::Token, Fault::delay(Duration::from_millis(600)));
-    let impatient: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_millis(100)))
-        .build()
-        .into();
+    let impatient = agent_with(Duration::from_millis(100));
     assert!(impatient
         .post(&token_url(&idp))
         .content_type(FORM)
