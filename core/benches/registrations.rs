@@ -12,39 +12,17 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
+#[path = "../src/registrations/konnect_document.rs"]
+mod konnect_document;
+use konnect_document::konnect_document;
+
 use okta_dcr_auth_core::registrations::{Registrations, Standing};
 
 const APPS: usize = 100_000;
 const PRODUCT: &str = "0000000a-5b6d-4e7f-8a9b-000000000001";
 
-fn document(apps: usize) -> Vec<u8> {
-    let uuid = |kind: u32, i: usize| format!("{kind:08x}-5b6d-4e7f-8a9b-{i:012x}");
-    let mut out = String::from("{\"applications\":[");
-    for i in 0..apps {
-        if i > 0 {
-            out.push(',');
-        }
-        let status = ["approved", "pending", "revoked", "rejected"][i % 4];
-        let second = if i % 2 == 0 {
-            format!(
-                r#",{{"product":"{}","status":"approved"}}"#,
-                uuid(3, i % 50)
-            )
-        } else {
-            String::new()
-        };
-        out.push_str(&format!(
-            r#"{{"client_id":"0oa{i:017}","application_id":"{}","developer_id":"{}","name":"Application number {i}","registrations":[{{"product":"{PRODUCT}","status":"{status}"}}{second}]}}"#,
-            uuid(1, i),
-            uuid(2, i / 3),
-        ));
-    }
-    out.push_str("]}");
-    out.into_bytes()
-}
-
 fn registrations(c: &mut Criterion) {
-    let doc = document(APPS);
+    let doc = konnect_document(APPS, PRODUCT);
     let regs = Registrations::parse(&doc, PRODUCT).unwrap();
     let compact = regs.encode(1);
     println!(

@@ -1,6 +1,11 @@
 use super::record::*;
 use super::*;
 
+// The benchmark (`benches/registrations.rs`) parses the same document.
+#[path = "konnect_document.rs"]
+mod konnect_document;
+use konnect_document::konnect_document;
+
 const DOC: &str = r#"{"version": 3, "applications": [
   {"client_id": "0oa1b2c3d4EXAMPLE", "application_id": "app-123", "developer_id": "dev-9",
    "name": "Payments dashboard", "labels": {"x": 1},
@@ -274,34 +279,6 @@ fn the_compact_form_round_trips_and_refuses_foreign_bytes() {
         Standing::NotApproved(NotApproved::Ambiguous)
     );
     assert_eq!(back.len(), 1);
-}
-
-/// A realistic Konnect-shaped document: 20-character Okta client ids, UUID application,
-/// developer and product version ids, one or two registrations per app.
-pub(crate) fn konnect_document(apps: usize, product: &str) -> Vec<u8> {
-    let uuid = |kind: u32, i: usize| format!("{kind:08x}-5b6d-4e7f-8a9b-{i:012x}");
-    let mut out = String::from("{\"applications\":[");
-    for i in 0..apps {
-        if i > 0 {
-            out.push(',');
-        }
-        let status = ["approved", "pending", "revoked", "rejected"][i % 4];
-        let second = if i % 2 == 0 {
-            format!(
-                r#",{{"product":"{}","status":"approved"}}"#,
-                uuid(3, i % 50)
-            )
-        } else {
-            String::new()
-        };
-        out.push_str(&format!(
-            r#"{{"client_id":"0oa{i:017}","application_id":"{}","developer_id":"{}","name":"Application number {i}","registrations":[{{"product":"{product}","status":"{status}"}}{second}]}}"#,
-            uuid(1, i),
-            uuid(2, i / 3),
-        ));
-    }
-    out.push_str("]}");
-    out.into_bytes()
 }
 
 /// 100,000 applications: the document's size, the index's memory and the parse time (printed;
