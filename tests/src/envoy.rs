@@ -549,6 +549,12 @@ impl Envoy {
         self.listener
     }
 
+    /// `GET path` with these headers on the listener; panics when the exchange fails.
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        client::send(self.listener, "GET", path, headers, client::DEFAULT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("GET {path} through Envoy: {e}"))
+    }
+
     /// Envoy's resident set (`VmRSS`), in KiB; None when /proc cannot tell.
     pub fn rss_kib(&self) -> Option<u64> {
         let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;

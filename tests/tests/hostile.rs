@@ -1550,14 +1550,7 @@ impl PanicStack {
     }
 
     fn get(&self, headers: &[(&str, &str)]) -> Response {
-        client::send(
-            self.envoy.listener(),
-            "GET",
-            "/",
-            headers,
-            client::DEFAULT_TIMEOUT,
-        )
-        .unwrap_or_else(|e| panic!("GET through Envoy: {e}"))
+        self.envoy.get("/", headers)
     }
 
     /// Statuses of plain requests (no `x-panic`) until both answers were seen, or `max` requests.

@@ -164,14 +164,7 @@ impl RateLimited {
     }
 
     fn get(&self, headers: &[(&str, &str)]) -> Response {
-        client::send(
-            self.envoy.listener(),
-            "GET",
-            "/",
-            headers,
-            client::DEFAULT_TIMEOUT,
-        )
-        .unwrap_or_else(|e| panic!("GET through Envoy: {e}"))
+        self.envoy.get("/", headers)
     }
 
     /// A request of `app` (Basic credentials) with these extra headers.
