@@ -616,3 +616,57 @@ cas_test! {
         assert_eq!(host.last_call().1.path, "/oauth2/default/v1/other-keys");
     }
 }
+
+cas_test! {
+    /// ngx_wasm_module, no `jwks_uri`: a token's key set URL comes from discovery. A request
+    /// that may wait asks for it itself, then fetches the keys itself; one that may not wait is
+    /// answered at once; during discovery's backoff, a token gets 503 without waiting.
+    fn with_own_request_only_a_token_waits_for_its_own_discovery_first(cas) {
+        let host = FakeHost::at(cas, T0);
+        let json = br#"{"issuer":"https://o.okta.com/oauth2/default","idp_upstream":"okta","accept":["bearer"],
+            "audience":"api://default","scopes":["api:read"],"cache_slots":8}"#;
+        let mut g = solo_gate(&host, json);
+        let token = valid(&host, "a");
+        let step = g.on_request(ContextId(9), &[&token], false, host.now(), &host);
+        assert_eq!(step, Step::Unavailable { retry_after_s: 1 }, "may not wait");
+        assert_eq!(host.call_count(), 0);
+        assert_eq!(ask(&mut g, &host, 10, &token), Step::Wait);
+        let (call, request) = host.last_call();
+        assert!(request.path.ends_with("/.well-known/oauth-authorization-server"));
+        assert_eq!(host.last_caller(), ContextId(10), "its own discovery call");
+        let doc = r#"{"issuer":"https://o.okta.com/oauth2/default","token_endpoint":"https://o.okta.com/oauth2/default/v1/token","jwks_uri":"https://o.okta.com/oauth2/default/v1/keys"}"#;
+        let headers = vec![(":status".to_string(), "200".to_string())];
+        let discovered = IdpAnswer {
+            status: Some(200),
+            headers: &headers,
+            body: doc.as_bytes(),
+        };
+        let steps = deliver(&mut g, &host, 10, call, discovered);
+        assert!(steps.is_empty(), "request 10 now waits for its key set fetch");
+        assert_eq!(host.last_call().1.path, KEYS_PATH);
+        assert_eq!(host.last_caller(), ContextId(10), "its own fetch too");
+        let keys = published();
+        let fetched = IdpAnswer {
+            status: Some(200),
+            headers: &headers,
+            body: keys.as_bytes(),
+        };
+        let steps = deliver(&mut g, &host, 10, host.last_call().0, fetched);
+        assert_eq!(numbered_statuses(&steps), vec![(10, 200)]);
+
+        // another gateway whose discovery failed: within the backoff, 503 at once
+        let host = FakeHost::at(cas, T0);
+        let mut other = solo_gate(&host, json);
+        assert_eq!(ask(&mut other, &host, 20, &valid(&host, "b")), Step::Wait);
+        let failed = IdpAnswer {
+            status: Some(500),
+            headers: &[],
+            body: b"",
+        };
+        let steps = deliver(&mut other, &host, 20, host.last_call().0, failed);
+        assert_eq!(numbered_statuses(&steps), vec![(20, 503)]);
+        let calls = host.call_count();
+        assert_eq!(status(&ask(&mut other, &host, 21, &valid(&host, "c"))), 503);
+        assert_eq!(host.call_count(), calls, "no call during the backoff");
+    }
+}
