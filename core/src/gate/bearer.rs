@@ -176,7 +176,8 @@ impl Gate {
             return self.without_new_keys(ctx, req, now, host);
         }
         if !self.discovery.is_ready() {
-            return self.keys_after_discovery(ctx, caller, req, now, host);
+            // The key set's URL comes from discovery: wait for it like any other request.
+            return self.wait_for_discovery(ctx, caller, req, now, host);
         }
         let why = if self.keys.set().is_none() {
             Why::NoKeys
@@ -203,61 +204,6 @@ impl Gate {
             }
             _ => self.without_new_keys(ctx, req, now, host),
         }
-    }
-
-    /// The key set's URL comes from discovery: wait for it like any other request.
-    fn keys_after_discovery(
-        &mut self,
-        ctx: ContextId,
-        caller: ContextId,
-        req: Pending,
-        now: u64,
-        host: &dyn Host,
-    ) -> Step {
-        let deadline_ms = req.arrived_ms + self.lease_ms;
-        let retry_at = self.discovery.retry_at().unwrap_or(now);
-        let own_only = self.resume == Resume::OwnRequestOnly;
-        if retry_at > deadline_ms || (own_only && retry_at > now) {
-            return self.answers.no_verdict(
-                ctx,
-                &req,
-                &self.slots.read(host, &req.key),
-                None,
-                now,
-                host,
-            );
-        }
-        if !req.can_wait {
-            // The root's tick discovers; the retry finds the endpoints.
-            return self.answers.no_verdict(
-                ctx,
-                &req,
-                &self.slots.read(host, &req.key),
-                Some(1),
-                now,
-                host,
-            );
-        }
-        if own_only {
-            self.dispatch_discovery(
-                caller,
-                crate::okta::DiscoveryDocument::OAuthAuthorizationServer,
-                now,
-                host,
-            );
-            if !self.discovery.in_flight() {
-                return self.answers.no_verdict(
-                    ctx,
-                    &req,
-                    &self.slots.read(host, &req.key),
-                    None,
-                    now,
-                    host,
-                );
-            }
-        }
-        self.paused
-            .park(ctx, Parked::Discovery { req, deadline_ms })
     }
 
     /// No newer key set can come for this request: an unknown `kid` is an invalid token (not

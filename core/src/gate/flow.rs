@@ -63,6 +63,30 @@ struct Situation {
     lease_ms: u64,
 }
 
+impl Situation {
+    fn of(gate: &Gate) -> Situation {
+        Situation {
+            ready: gate.discovery.is_ready(),
+            retry_at: gate.discovery.retry_at(),
+            own_only: gate.resume == Resume::OwnRequestOnly,
+            lease_ms: gate.lease_ms,
+        }
+    }
+}
+
+/// Before discovery is done: give up when it cannot be done by the request's deadline (or,
+/// `OwnRequestOnly`, now), ask for it where nobody else could wake the request, or wait.
+fn while_discovering(req: &Pending, s: Situation, now: u64) -> Move {
+    let retry_at = s.retry_at.unwrap_or(now);
+    match () {
+        _ if retry_at > req.deadline_ms(s.lease_ms) || (s.own_only && retry_at > now) => {
+            Move::GiveUp(None)
+        }
+        _ if s.own_only => Move::Discover,
+        _ => Move::WaitForDiscovery,
+    }
+}
+
 /// The first part of the decision, over what the slot holds: a fresh verdict, the end of a
 /// follower's wait, discovery, another request's lease.
 fn route(req: &Pending, entry: &CacheEntry, s: Situation, now: u64) -> Route {
@@ -77,12 +101,7 @@ fn route(req: &Pending, entry: &CacheEntry, s: Situation, now: u64) -> Route {
         return Route::Move(Move::GiveUp(None));
     }
     if !s.ready {
-        let retry_at = s.retry_at.unwrap_or(now);
-        return Route::Move(match () {
-            _ if retry_at > deadline || (s.own_only && retry_at > now) => Move::GiveUp(None),
-            _ if s.own_only => Move::Discover,
-            _ => Move::WaitForDiscovery,
-        });
+        return Route::Move(while_discovering(req, s, now));
     }
     let theirs = entry.leased(&req.key, now);
     match () {
@@ -166,12 +185,7 @@ impl Gate {
     /// lost race decides again, on what the winner wrote). Admission's facts are read once, and
     /// only when the decision comes to them.
     fn decide(&self, req: &Pending, now: u64, host: &dyn Host) -> Decided {
-        let situation = Situation {
-            ready: self.discovery.is_ready(),
-            retry_at: self.discovery.retry_at(),
-            own_only: self.resume == Resume::OwnRequestOnly,
-            lease_ms: self.lease_ms,
-        };
+        let situation = Situation::of(self);
         let endpoint = endpoint_of(&req.credential);
         let mut facts: Option<Facts> = None;
         let mut next = Move::GiveUp(None);
@@ -193,6 +207,26 @@ impl Gate {
                 matches!(next, Move::Lead { take_lease: true })
             });
         Decided { next, seen, update }
+    }
+
+    /// A request that needs discovery's endpoints for something else than its own IdP call (a
+    /// Bearer token's key set): the moves [`route`] makes while discovery is not done.
+    pub(super) fn wait_for_discovery(
+        &mut self,
+        ctx: ContextId,
+        caller: ContextId,
+        req: Pending,
+        now: u64,
+        host: &dyn Host,
+    ) -> Step {
+        let next = while_discovering(&req, Situation::of(self), now);
+        let seen = self.slots.read(host, &req.key);
+        let decided = Decided {
+            next,
+            seen,
+            update: Update::Declined,
+        };
+        self.make_move(ctx, caller, req, decided, now, host)
     }
 
     /// Carries out a decision.
