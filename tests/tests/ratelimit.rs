@@ -31,6 +31,8 @@ const STATS: &str = "per_app.http_local_rate_limit";
 struct RateLimited {
     // Declared first so Envoy is gone before the servers it talks to.
     envoy: Envoy,
+    /// The shipped access log's lines, written to a file of their own (see `start`).
+    access_log: std::path::PathBuf,
     /// Kept alive for the filter's calls.
     _idp: IdpHandle,
     echo: EchoHandle,
@@ -107,6 +109,17 @@ impl RateLimited {
         let listener = named(&mut resources["listeners"], "gateway");
         listener["address"]["socket_address"]["port_value"] = json!(0);
         let hcm = &mut listener["filter_chains"][0]["filters"][0]["typed_config"];
+        // The shipped file logs to stdout, which the harness writes into the same file as
+        // Envoy's (trace) log on stderr: a line of one can land inside a line of the other. The
+        // same lines go to a file of their own here.
+        let dir = envoy::run_dir(name);
+        let access_log = dir.join("access.log");
+        let logger = &mut hcm["access_log"][0];
+        assert_eq!(logger["name"], "envoy.access_loggers.stdout", "{logger:#}");
+        logger["name"] = json!("envoy.access_loggers.file");
+        logger["typed_config"]["@type"] =
+            json!("type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog");
+        logger["typed_config"]["path"] = json!(access_log.display().to_string());
         let filters = hcm["http_filters"].as_array_mut().expect("http_filters");
         let names: Vec<&str> = filters.iter().filter_map(|f| f["name"].as_str()).collect();
         assert_eq!(
@@ -143,8 +156,7 @@ impl RateLimited {
         let a = client(APP_A, "app-A_Secret-for-ratelimit");
         let b = client(APP_B, "app-B_Secret-for-ratelimit");
         let c = client(APP_C, "app-C_Secret-for-ratelimit");
-        let dir = envoy::run_dir(name);
-        // The access log goes to stdout, which Envoy flushes every 10 s by default.
+        // Envoy flushes the access log every 10 s by default.
         let mut options = EnvoyOptions::default();
         options.extra_args.push("--file-flush-interval-msec".into());
         options.extra_args.push("50".into());
@@ -152,6 +164,7 @@ impl RateLimited {
             Envoy::start(&config, &options, &dir).unwrap_or_else(|failure| panic!("{failure}"));
         RateLimited {
             envoy,
+            access_log,
             _idp: idp,
             echo,
             a,
@@ -208,11 +221,12 @@ impl RateLimited {
 
     /// The access log's lines (JSON, on Envoy's stdout, which the harness keeps in its log).
     fn access_log(&self) -> Vec<Value> {
-        self.envoy
-            .log()
+        std::fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
             .lines()
-            .filter(|l| l.starts_with('{'))
-            .filter_map(|l| serde_json::from_str(l).ok())
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("access log line {l:?}: {e}"))
+            })
             .collect()
     }
 
@@ -233,7 +247,12 @@ impl RateLimited {
     fn assert_no_secret_logged(&self) {
         let secrets = [&self.a.secret, &self.b.secret, &self.c.secret];
         let refs: Vec<&str> = secrets.iter().map(|s| s.as_str()).collect();
-        let found = find_secrets_in_log(&self.envoy.log(), &refs);
+        let logs = format!(
+            "{}\n{}",
+            self.envoy.log(),
+            std::fs::read_to_string(&self.access_log).unwrap_or_default()
+        );
+        let found = find_secrets_in_log(&logs, &refs);
         assert!(
             found.is_empty(),
             "secrets in Envoy's log:\n{}",
