@@ -531,12 +531,12 @@ fn send_reply_with(host: HostKind, reply: &LocalReply, retry_after: Option<&str>
 struct HostCalls<'a>(&'a Metrics);
 
 impl SharedData for HostCalls<'_> {
-    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+    fn host_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
         abi::shared_get(key)
     }
 
-    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedError> {
-        match abi::shared_set(key, value, cas) {
+    fn host_set(&self, key: &str, bytes: &[u8], cas: u32) -> Result<(), SharedError> {
+        match abi::shared_set(key, bytes, cas) {
             Ok(()) => Ok(()),
             Err(abi::SharedWrite::CasMismatch) => Err(SharedError::CasMismatch),
             Err(abi::SharedWrite::Refused) => Err(SharedError::Other),

@@ -49,12 +49,12 @@ pub struct FakeHost {
 }
 
 impl SharedData for FakeHost {
-    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+    fn host_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
         self.shared_reads.set(self.shared_reads.get() + 1);
         self.data.borrow().get(key).cloned()
     }
 
-    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedError> {
+    fn host_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedError> {
         self.writes.set(self.writes.get() + 1);
         if self.take_lost_race(key) {
             // Another worker wrote first: the value stays, its CAS moves on.

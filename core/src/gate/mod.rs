@@ -18,6 +18,7 @@ mod discovery;
 #[doc(hidden)]
 pub mod fake;
 mod flow;
+pub mod frame;
 pub mod guard;
 mod key_fetch;
 mod keys;

@@ -9,17 +9,32 @@
 //! here always pass the CAS just read (0 only for a key that does not exist yet), which means
 //! the same on both.
 
+use super::frame;
 use crate::cache::{
     set_of, sets_for, sets_marker, sets_to_create, CacheEntry, CacheKey, CacheSet, Cached, Names,
     NotWritten,
 };
 
-/// Value and CAS token of a shared-data key; writes with a CAS token.
+/// Value and CAS token of a shared-data key; writes with a CAS token. A host gives its bytes
+/// (`host_get`, `host_set`); everything else reads and writes values through the provided
+/// methods, which keep them in [`frame`]s.
 pub trait SharedData {
-    /// `None` if the key does not exist.
-    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
-    /// `cas` is the token last read for the key (0 for a key that does not exist).
-    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedError>;
+    /// The host's bytes for `key` and their CAS; `None` if the key does not exist.
+    fn host_get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+    /// Writes the host's bytes if `key`'s CAS is `cas`.
+    fn host_set(&self, key: &str, bytes: &[u8], cas: u32) -> Result<(), SharedError>;
+
+    /// `key`'s value and CAS; `None` if the key does not exist. A value that never reads whole
+    /// reads as empty (see [`frame::read`]).
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        frame::read(|| self.host_get(key)).map(|r| (r.payload, r.cas))
+    }
+
+    /// `cas` is the token last read for the key (0 for a key that does not exist). A write that
+    /// replaces a value it read goes through [`update`], which keeps the frame's length.
+    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedError> {
+        self.host_set(key, &frame::seal(value, 0), cas)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,14 +70,14 @@ pub fn update<S: SharedData + ?Sized>(
     mut change: impl FnMut(Option<&[u8]>) -> Result<Vec<u8>, NotWritten>,
 ) -> Update {
     for _ in 0..CAS_TRIES {
-        let current = shared.shared_get(name);
-        let cas = current.as_ref().map_or(0, |(_, cas)| *cas);
-        let value = match change(current.as_ref().map(|(bytes, _)| bytes.as_slice())) {
+        let current = frame::read(|| shared.host_get(name));
+        let (cas, frame_len) = current.as_ref().map_or((0, 0), |r| (r.cas, r.frame_len));
+        let value = match change(current.as_ref().map(|r| r.payload.as_slice())) {
             Ok(value) => value,
             Err(NotWritten::Declined) => return Update::Declined,
             Err(NotWritten::NoRoom) => return Update::NoRoom,
         };
-        match shared.shared_set(name, &value, cas) {
+        match shared.host_set(name, &frame::seal(&value, frame_len), cas) {
             Ok(()) => return Update::Written,
             Err(SharedError::CasMismatch) => continue,
             Err(SharedError::Other) => return Update::Failed,
@@ -236,6 +251,36 @@ mod tests {
             access_token: None,
         };
         verdict(key, decided_at_ms, Cached::Allow(grant))
+    }
+
+    #[test]
+    fn a_value_keeps_its_largest_length_and_a_foreign_one_is_replaced() {
+        let shared = shared();
+        let host_len = |key: &str| shared.host_get(key).unwrap().0.len();
+        overwrite(&shared, "k", &[1u8; 300]);
+        let longest = host_len("k");
+        // Shorter values after it: the host's value keeps its length (ngx_wasm_module then
+        // overwrites its node in place instead of freeing it), the payload is the new one.
+        for n in [0, 10, 200] {
+            overwrite(&shared, "k", &vec![2u8; n]);
+            assert_eq!(host_len("k"), longest);
+            assert_eq!(shared.shared_get("k").unwrap().0, vec![2u8; n]);
+        }
+        // Bytes that are no frame (another build's, or a torn copy every time) read as empty,
+        // with their CAS, so that a write replaces them.
+        let (_, cas) = shared.host_get("k").unwrap();
+        shared.host_set("k", b"no frame", cas).unwrap();
+        let (value, cas) = shared.shared_get("k").unwrap();
+        assert!(value.is_empty());
+        assert_eq!(
+            update(&shared, "k", |bytes| {
+                assert_eq!(bytes, Some(&b""[..]));
+                Ok(b"new".to_vec())
+            }),
+            Update::Written
+        );
+        assert_eq!(shared.shared_get("k").unwrap().0, b"new");
+        assert_ne!(shared.shared_get("k").unwrap().1, cas);
     }
 
     #[test]
