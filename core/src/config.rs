@@ -19,6 +19,7 @@ const MAX_SLOTS: u32 = 262_144;
 const MAX_TIMEOUT_MS: u64 = 60_000;
 const MAX_CALLS_IN_FLIGHT: u32 = 10_000;
 const MAX_CALLS_PER_MINUTE: u32 = 100_000;
+const MAX_SIGNATURE_CHECKS_PER_S: u32 = 100_000;
 const MAX_CLIENT_FAILURES: u32 = 1_000;
 const MAX_FAILURE_WINDOW_S: u64 = 3_600;
 const MAX_CLOCK_SKEW_S: u64 = 300;
@@ -118,6 +119,8 @@ pub struct RawConfig {
     pub jwt_algorithms: Vec<String>,
     #[serde(default = "default_clock_skew_s")]
     pub clock_skew_s: u64,
+    #[serde(default = "default_max_signature_checks_per_s")]
+    pub max_signature_checks_per_s: u32,
     #[serde(default = "default_bearer_format")]
     pub bearer_format: BearerFormat,
     /// The API product (version) this filter instance guards; registrations apply when set.
@@ -153,6 +156,9 @@ fn default_jwt_algorithms() -> Vec<String> {
 }
 fn default_clock_skew_s() -> u64 {
     60
+}
+fn default_max_signature_checks_per_s() -> u32 {
+    1_000
 }
 fn default_bearer_format() -> BearerFormat {
     BearerFormat::Jwt
@@ -283,6 +289,8 @@ pub struct Config {
     pub bearer_format: BearerFormat,
     /// Leeway for `exp`, `nbf`, `iat` in local checks.
     pub clock_skew_s: u64,
+    /// Per worker: token signatures checked per second at most (`signatures::SignatureBudget`).
+    pub max_signature_checks_per_s: u32,
     /// What a token must satisfy locally: `Some` exactly when Bearer tokens are accepted and
     /// `bearer_validation` includes `jwt`.
     pub jwt: Option<JwtPolicy>,
@@ -521,6 +529,7 @@ impl RawConfig {
             bearer_validation: self.bearer_validation,
             bearer_format: self.bearer_format,
             clock_skew_s: self.clock_skew_s,
+            max_signature_checks_per_s: self.max_signature_checks_per_s,
             jwt,
             registrations,
             digest,
@@ -664,6 +673,12 @@ impl RawConfig {
                 format!("must be at most {MAX_CLOCK_SKEW_S}"),
             ));
         }
+        between(
+            "max_signature_checks_per_s",
+            self.max_signature_checks_per_s.into(),
+            1,
+            MAX_SIGNATURE_CHECKS_PER_S.into(),
+        )?;
         if !accepted.bearer || !self.bearer_validation.checks_jwt() {
             return Ok(None);
         }
@@ -1079,6 +1094,16 @@ mod tests {
             (r#""jwt_algorithms":["é"]"#, "jwt_algorithms", "RS256"),
             (r#""jwt_algorithms":[]"#, "jwt_algorithms", "at least one"),
             (r#""clock_skew_s":301"#, "clock_skew_s", "300"),
+            (
+                r#""max_signature_checks_per_s":0"#,
+                "max_signature_checks_per_s",
+                "1",
+            ),
+            (
+                r#""max_signature_checks_per_s":100001"#,
+                "max_signature_checks_per_s",
+                "100000",
+            ),
             (
                 r#""bearer_validation":"jwks""#,
                 "bearer_validation",

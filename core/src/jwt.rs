@@ -92,13 +92,16 @@ pub enum JwtError {
     Invalid(&'static str),
     /// Genuine, but without a configured scope.
     InsufficientScope,
+    /// Its signature was not checked now: the worker's bound on signature checks
+    /// (`signatures::SignatureBudget`). Nothing is decided: 503, never a cached verdict.
+    Busy,
 }
 
 impl JwtError {
     /// The reply once no refresh is due: an unknown `kid` is then an invalid token.
     pub fn denial(&self) -> Denial {
         match self {
-            JwtError::UnknownKid(_) | JwtError::Invalid(_) => Denial::InvalidToken,
+            JwtError::UnknownKid(_) | JwtError::Invalid(_) | JwtError::Busy => Denial::InvalidToken,
             JwtError::InsufficientScope => Denial::InsufficientScope,
         }
     }
@@ -109,6 +112,7 @@ impl JwtError {
             JwtError::UnknownKid(kid) => format!("unknown kid \"{kid}\""),
             JwtError::Invalid(reason) => (*reason).to_string(),
             JwtError::InsufficientScope => "a required scope is missing".to_string(),
+            JwtError::Busy => "signature checks of this worker at their bound".to_string(),
         }
     }
 }
@@ -132,18 +136,28 @@ pub fn peek(token: &str, issuer: &str, now_s: u64, skew_s: u64) -> Result<Peeked
     })
 }
 
-/// The whole check. Everything that can refuse a token without a signature check comes first
-/// (shape, `crit`, `alg`, `kid`, `iss`, `aud`, `exp`/`nbf`/`iat`, a malformed scope claim, the
-/// identity claim, a `kid` the set has and a key that allows the `alg`), so that a token that
-/// could never pass neither makes the caller fetch keys nor costs a signature check. Only the
-/// missing-scope verdict comes after the signature: a forged token is a 401, never a 403, so a
-/// token whose only fault is a missing scope costs a check too (as does one whose claims pass).
+/// The whole check: [`check`], then the signature.
 pub fn verify(
     token: &str,
     keys: &KeySet,
     policy: &JwtPolicy,
     now_s: u64,
 ) -> Result<Verified, JwtError> {
+    check(token, keys, policy, now_s)?.verify()
+}
+
+/// Everything that can refuse a token without a signature check (shape, `crit`, `alg`, `kid`,
+/// `iss`, `aud`, `exp`/`nbf`/`iat`, a malformed scope claim, the identity claim, a `kid` the set
+/// has and a key that allows the `alg`), so that a token that could never pass neither makes the
+/// caller fetch keys nor costs a signature check. What is left is [`Unverified::verify`]; the
+/// caller may refuse before it on what the token claims (the app's registration, a bound on
+/// signature checks).
+pub fn check<'a>(
+    token: &'a str,
+    keys: &'a KeySet,
+    policy: &JwtPolicy,
+    now_s: u64,
+) -> Result<Unverified<'a>, JwtError> {
     let jws = Jws::split(token)?;
     if jws.header.contains_key("crit") {
         return Err(JwtError::Invalid("crit header"));
@@ -169,22 +183,56 @@ pub fn verify(
     if !key.allows(alg) {
         return Err(JwtError::Invalid("alg does not match the key"));
     }
-    // The one expensive step.
-    if !key.verifies(alg, jws.signing_input.as_bytes(), &jws.signature) {
-        return Err(JwtError::Invalid("bad signature"));
-    }
-    if !policy
+    // Only the missing-scope verdict comes after the signature: a forged token is a 401, never
+    // a 403, so a token whose only fault is a missing scope costs a check too.
+    let has_scopes = policy
         .scopes
         .iter()
-        .all(|s| scope.split(' ').any(|g| g == s))
-    {
-        return Err(JwtError::InsufficientScope);
-    }
-    Ok(Verified {
-        identity,
-        scope,
-        exp,
+        .all(|s| scope.split(' ').any(|g| g == s));
+    Ok(Unverified {
+        key,
+        alg,
+        signing_input: jws.signing_input,
+        signature: jws.signature,
+        has_scopes,
+        claims: Verified {
+            identity,
+            scope,
+            exp,
+        },
     })
+}
+
+/// A token whose every check passed but its signature's: [`check`]'s result.
+#[derive(Debug)]
+pub struct Unverified<'a> {
+    key: &'a Jwk,
+    alg: Alg,
+    signing_input: &'a str,
+    signature: Vec<u8>,
+    has_scopes: bool,
+    claims: Verified,
+}
+
+impl Unverified<'_> {
+    /// The app the token claims to be (`app_claim`, else `cid`, else `client_id`), not verified.
+    pub fn claimed_identity(&self) -> &str {
+        &self.claims.identity
+    }
+
+    /// The one expensive step.
+    pub fn verify(self) -> Result<Verified, JwtError> {
+        if !self
+            .key
+            .verifies(self.alg, self.signing_input.as_bytes(), &self.signature)
+        {
+            return Err(JwtError::Invalid("bad signature"));
+        }
+        if !self.has_scopes {
+            return Err(JwtError::InsufficientScope);
+        }
+        Ok(self.claims)
+    }
 }
 
 /// A compact JWS taken apart; nothing checked but its shape.

@@ -35,6 +35,7 @@ pub mod local;
 pub mod metrics;
 pub mod okta;
 pub mod registrations;
+pub mod signatures;
 pub mod throttle;
 pub mod upstream;
 pub mod url;

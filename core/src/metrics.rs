@@ -12,6 +12,8 @@ pub enum DenyReason {
     Invalid,
     InsufficientScope,
     IdpUnavailable,
+    /// A token's signature not checked now: the worker's bound on signature checks.
+    Busy,
 }
 
 /// The IdP's endpoints, each with its own metrics and its own quota guard (Okta rate-limits
@@ -80,12 +82,13 @@ pub enum Counter {
     IdpCall(IdpEndpoint, CallResult),
 }
 
-const DENY_REASONS: [(DenyReason, &str); 5] = [
+const DENY_REASONS: [(DenyReason, &str); 6] = [
     (DenyReason::NoCredentials, "no_credentials"),
     (DenyReason::Malformed, "malformed"),
     (DenyReason::Invalid, "invalid"),
     (DenyReason::InsufficientScope, "insufficient_scope"),
     (DenyReason::IdpUnavailable, "idp_unavailable"),
+    (DenyReason::Busy, "signature_checks_busy"),
 ];
 const ENDPOINTS: [(IdpEndpoint, &str); 3] = [
     (IdpEndpoint::Token, "token"),
@@ -128,17 +131,19 @@ impl Counter {
     pub fn index(self) -> usize {
         let position =
             |list: &[(DenyReason, &str)], r| list.iter().position(|(x, _)| *x == r).unwrap_or(0);
+        let cache = 1 + DENY_REASONS.len();
+        let calls = cache + 4;
         match self {
             Counter::Allowed => 0,
             Counter::Denied(r) => 1 + position(&DENY_REASONS, r),
-            Counter::CacheHit => 6,
-            Counter::CacheMiss => 7,
-            Counter::CacheStale => 8,
-            Counter::CacheNegativeHit => 9,
+            Counter::CacheHit => cache,
+            Counter::CacheMiss => cache + 1,
+            Counter::CacheStale => cache + 2,
+            Counter::CacheNegativeHit => cache + 3,
             Counter::IdpCall(e, r) => {
                 let e = ENDPOINTS.iter().position(|(x, _)| *x == e).unwrap_or(0);
                 let r = RESULTS.iter().position(|(x, _)| *x == r).unwrap_or(0);
-                10 + e * RESULTS.len() + r
+                calls + e * RESULTS.len() + r
             }
         }
     }
@@ -178,7 +183,7 @@ mod tests {
     #[test]
     fn every_counter_has_its_own_index_and_name() {
         let all = Counter::all();
-        assert_eq!(all.len(), 10 + 3 * 6);
+        assert_eq!(all.len(), 11 + 3 * 6);
         for (i, c) in all.iter().enumerate() {
             assert_eq!(c.index(), i, "{c:?}");
             assert!(c.name().starts_with("okta_dcr_auth_"));

@@ -25,6 +25,7 @@ const LAYERS: &[&[&str]] = &[
         "jwks",
         "jwt",
         "registrations",
+        "signatures",
     ],
     // configuration
     &["config"],

@@ -110,6 +110,11 @@ pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// base64url without padding: a JWS segment (RFC 7515 2).
+pub fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 /// The wall clock, in seconds since the epoch (0 if it is before).
 pub fn now_s() -> u64 {
     epoch_ms() / 1000

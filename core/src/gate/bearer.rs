@@ -63,7 +63,7 @@ impl Gate {
         // fetched, if there is one.
         let token = token.clone();
         let policy = self.config.jwt.as_ref();
-        let mut verified = self.keys.verify(&token, policy, now);
+        let mut verified = self.keys.verify(&token, policy, &mut self.signatures, now);
         if matches!(verified, Err(JwtError::UnknownKid(_))) {
             let name = keys_record_name(&self.discovery, &self.names);
             let record = read_keys_record(host, name.as_deref());
@@ -71,7 +71,8 @@ impl Gate {
                 .keys
                 .adopt_shared(&record, &mut self.warnings, self.root, now)
             {
-                verified = self.keys.verify(&token, self.config.jwt.as_ref(), now);
+                let policy = self.config.jwt.as_ref();
+                verified = self.keys.verify(&token, policy, &mut self.signatures, now);
             }
         }
         Local::Decided(match verified {
@@ -81,6 +82,7 @@ impl Gate {
             }
             Ok(verified) => self.jwt_decided(ctx, req, Ok(verified), now, host),
             Err(JwtError::UnknownKid(_)) => self.wait_for_keys(ctx, caller, req, now, host),
+            Err(JwtError::Busy) => self.answers.busy(ctx, host),
             Err(e) => self.jwt_decided(ctx, req, Err(e), now, host),
         })
     }
@@ -96,6 +98,10 @@ impl Gate {
         let entry = self.slots.read(host, &req.key);
         if let Freshness::Fresh(verdict) = entry.freshness(&req.key, now, 0) {
             let verdict = verdict.clone();
+            if let Cached::Allow(grant) = &verdict {
+                // Verified by another worker (or earlier): the app is known here too.
+                self.signatures.verified(&grant.identity, now);
+            }
             let scheme = req.credential.scheme();
             self.local.put(
                 &req.raw,

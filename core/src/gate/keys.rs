@@ -18,6 +18,7 @@
 
 use crate::jwks::{JwksError, KeySet};
 use crate::jwt::{self, JwtError, JwtPolicy, Verified};
+use crate::signatures::SignatureBudget;
 
 /// An unknown `kid` refreshes the set at most this often, all workers together.
 pub const REFRESH_INTERVAL_MS: u64 = 30_000;
@@ -192,22 +193,29 @@ impl Keys {
 
     /// Verifies `token` with this worker's set (an empty one before any was fetched) under
     /// `policy` (`None`: not a `jwt` mode, nothing passes).
+    /// The signature is checked only when `signatures` admits it (else [`JwtError::Busy`]).
     pub fn verify(
         &self,
         token: &str,
         policy: Option<&JwtPolicy>,
+        signatures: &mut SignatureBudget,
         now_ms: u64,
     ) -> Result<Verified, JwtError> {
         let Some(policy) = policy else {
             return Err(JwtError::Invalid("not in a jwt mode"));
         };
         let empty = KeySet::default();
-        jwt::verify(
-            token,
-            self.set.as_ref().unwrap_or(&empty),
-            policy,
-            now_ms / 1000,
-        )
+        let set = self.set.as_ref().unwrap_or(&empty);
+        let unverified = jwt::check(token, set, policy, now_ms / 1000)?;
+        if signatures
+            .admit(unverified.claimed_identity(), now_ms)
+            .is_err()
+        {
+            return Err(JwtError::Busy);
+        }
+        let verified = unverified.verify()?;
+        signatures.verified(&verified.identity, now_ms);
+        Ok(verified)
     }
 
     /// Takes a newer set another worker fetched, if `record` (the shared one) holds it; a body

@@ -34,6 +34,7 @@ use crate::credentials::{parse_authorization, CredentialError};
 use crate::local::LocalCache;
 use crate::metrics::{CallResult, Counter, DenyReason, IdpEndpoint};
 use crate::okta::{self, DiscoveryDocument, IdpAnswer, IdpRequest};
+use crate::signatures::SignatureBudget;
 use crate::upstream::Forward;
 use crate::verdict::Denial;
 
@@ -138,6 +139,8 @@ pub struct Gate {
     paused: Paused,
     calls: Calls,
     local: LocalCache,
+    /// This worker's bound on token signature checks.
+    signatures: SignatureBudget,
     /// The root context: log lines that belong to no request, and tick-driven calls.
     root: ContextId,
     resume: Resume,
@@ -181,6 +184,7 @@ impl Gate {
         let config_lease_ms = config.idp_timeout_ms + LEASE_MARGIN_MS;
         let (config_forward, config_stale_ms) =
             (config.forward_access_token, config.stale_if_error_ms);
+        let max_signature_checks_per_s = config.max_signature_checks_per_s;
         let admission = Admission::new(&config, names.clone(), config_lease_ms);
         let mut gate = Gate {
             config,
@@ -193,6 +197,7 @@ impl Gate {
             paused: Paused::default(),
             calls: Calls::default(),
             local,
+            signatures: SignatureBudget::new(max_signature_checks_per_s),
             root,
             resume,
             own_fetch_until_ms: 0,

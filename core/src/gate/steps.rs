@@ -58,6 +58,14 @@ impl Answers {
         Step::Forward(Forward::new(scheme, grant, self.forward_access_token))
     }
 
+    /// A token whose signature this worker may not check now (`signatures::SignatureBudget`):
+    /// 503, come back in a second; nothing cached.
+    pub fn busy(&self, ctx: ContextId, host: &dyn Host) -> Step {
+        log::debug!("[{ctx}] bearer token not checked now: signature checks at their bound");
+        host.count(Counter::Denied(DenyReason::Busy));
+        Step::Unavailable { retry_after_s: 1 }
+    }
+
     /// No verdict from the IdP: a recently expired positive verdict in `entry` (the request's
     /// cache entry as last read) when `stale_if_error_s` allows it, else 503 (with
     /// `Retry-After` when it is known when to come back).

@@ -670,3 +670,36 @@ cas_test! {
         assert_eq!(host.call_count(), calls, "no call during the backoff");
     }
 }
+
+cas_test! {
+    fn forged_tokens_beyond_the_workers_signature_bound_get_503_and_spend_no_known_apps_share(cas) {
+        let host = FakeHost::at(cas, T0);
+        let mut g = jwt_gate(&host, "jwt", r#","max_signature_checks_per_s":10"#);
+        assert_eq!(ask(&mut g, &host, 2, &valid(&host, "warm")), Step::Wait);
+        answer_keys(&mut g, &host, &published());
+        host.advance(1_000);
+        // Forged tokens under the published kid, with claims that pass, each naming an app of
+        // its own: the unknown apps' half of the bound gets a check (401), the rest 503.
+        let forged = |i: u32| {
+            let mut c = claims(host.now(), &format!("f{i}"));
+            c["app_id"] = json!(format!("0oa-forged{i}"));
+            bearer_signed("k1", "unpublished", &c)
+        };
+        let statuses: Vec<u32> = (0..20)
+            .map(|i| status(&ask(&mut g, &host, 100 + i, &forged(i))))
+            .collect();
+        assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 5);
+        assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 15);
+        match ask(&mut g, &host, 200, &forged(99)) {
+            Step::Unavailable { retry_after_s } => assert_eq!(retry_after_s, 1),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(host.counter("okta_dcr_auth_requests_denied_signature_checks_busy"), 16);
+        // The known app (its first token verified above) still has its share this second.
+        assert_eq!(status(&ask(&mut g, &host, 300, &valid(&host, "new"))), 200);
+        // A token refused as busy was not decided: its retry the next second is checked (401).
+        host.advance(1_000);
+        assert_eq!(status(&ask(&mut g, &host, 400, &forged(19))), 401);
+        assert_eq!(host.call_count(), 1, "only the key set fetch");
+    }
+}
