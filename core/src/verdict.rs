@@ -62,10 +62,13 @@ pub enum Denial {
     UnremovableHeaders,
     /// The IdP could not give a verdict and no usable cached one exists.
     IdpUnavailable,
+    /// `product` set: the application holds no approved registration for this API (a Bearer
+    /// token's app, or a Basic client id in the registrations document).
+    NotRegistered,
 }
 
 impl Denial {
-    pub const ALL: [Denial; 7] = [
+    pub const ALL: [Denial; 8] = [
         Denial::NoCredentials,
         Denial::InvalidClient,
         Denial::InvalidToken,
@@ -73,6 +76,7 @@ impl Denial {
         Denial::DuplicateAuthorization,
         Denial::UnremovableHeaders,
         Denial::IdpUnavailable,
+        Denial::NotRegistered,
     ];
 
     /// A short name for logs and metrics.
@@ -85,6 +89,7 @@ impl Denial {
             Denial::DuplicateAuthorization => "duplicate_authorization",
             Denial::UnremovableHeaders => "unremovable_identity_headers",
             Denial::IdpUnavailable => "idp_unavailable",
+            Denial::NotRegistered => "not_registered",
         }
     }
 
@@ -131,6 +136,12 @@ impl Denial {
                 "x-credential-identifier or x-authenticated-scope sent by the client",
             ),
             Denial::IdpUnavailable => (503, Vec::new(), "identity provider unavailable"),
+            // Not a problem with the credential: no challenge.
+            Denial::NotRegistered => (
+                403,
+                Vec::new(),
+                "the application is not registered, or not approved, for this API",
+            ),
         };
         LocalReply {
             status,
@@ -233,6 +244,12 @@ mod tests {
         );
         let r = Denial::IdpUnavailable.reply(&c);
         assert_eq!((r.status, r.challenges.len()), (503, 0));
+        let r = Denial::NotRegistered.reply(&c);
+        assert_eq!((r.status, r.challenges.len()), (403, 0));
+        assert_eq!(
+            r.body,
+            r#"{"message":"the application is not registered, or not approved, for this API"}"#
+        );
         for d in [
             Denial::NoCredentials,
             Denial::InvalidClient,
