@@ -26,7 +26,8 @@ use okta_dcr_auth_core::gate::{
 use okta_dcr_auth_core::metrics::{Counter, Gauge, IDP_LATENCY};
 use okta_dcr_auth_core::okta::{IdpAnswer, IdpRequest};
 use okta_dcr_auth_core::upstream::{
-    is_context_header, is_identity_header, Forward, HeaderEdit, IDENTITY_HEADER, SCOPE_HEADER,
+    is_context_header, is_identity_header, Forward, HeaderEdit, APPLICATION_HEADER,
+    DEVELOPER_HEADER, IDENTITY_HEADER, SCOPE_HEADER,
 };
 use okta_dcr_auth_core::verdict::{Denial, LocalReply, Replies};
 
@@ -325,7 +326,7 @@ impl HttpContext for Request {
         let headers = abi::request_headers();
         let context = self.plugin.as_ref().is_some_and(|p| p.context_headers);
         let (authorization, spoofed) = credentials_and_spoofed(&headers, context);
-        let scrubbed = abi::scrub_request_headers(&spoofed, &[IDENTITY_HEADER, SCOPE_HEADER]);
+        let scrubbed = scrub(&spoofed);
         let Some(plugin) = &self.plugin else {
             send_reply(self.host, &LocalReply::not_configured(), None);
             return Action::Pause;
@@ -394,6 +395,19 @@ fn credentials_and_spoofed(headers: &[abi::HeaderPair], context: bool) -> (Vec<&
         }
     }
     (authorization, spoofed)
+}
+
+/// Empties the client-sent copies of our headers; false when the host could not (see
+/// `abi::scrub_request_headers`). Ours are overwritten in place later (or removed), so that
+/// nginx forwards no emptied copy next to them.
+fn scrub(spoofed: &[&str]) -> bool {
+    let ours = [
+        IDENTITY_HEADER,
+        SCOPE_HEADER,
+        APPLICATION_HEADER,
+        DEVELOPER_HEADER,
+    ];
+    abi::scrub_request_headers(spoofed, &ours)
 }
 
 /// A backstop: ngx_wasm_module could forward a request waiting on a reused connection upstream

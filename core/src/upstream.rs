@@ -49,6 +49,9 @@ pub struct Forward {
     pub application_id: Option<String>,
     /// `x-developer-id` (`product` set, the document has it).
     pub developer_id: Option<String>,
+    /// `product` set: the context headers are ours, set or removed (a client-sent copy was
+    /// emptied before the decision, and an empty header must not stay).
+    pub context: bool,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -97,6 +100,7 @@ impl Forward {
             authorization,
             application_id: None,
             developer_id: None,
+            context: false,
         }
     }
 
@@ -121,12 +125,16 @@ impl Forward {
             AuthorizationEdit::Remove => edits.push(HeaderEdit::Remove("authorization")),
             AuthorizationEdit::Set(value) => edits.push(HeaderEdit::Set("authorization", value)),
         }
-        // Client-sent copies were removed before the decision: only ours are added.
-        if let Some(id) = &self.application_id {
-            edits.push(HeaderEdit::Set(APPLICATION_HEADER, id));
-        }
-        if let Some(id) = &self.developer_id {
-            edits.push(HeaderEdit::Set(DEVELOPER_HEADER, id));
+        if self.context {
+            for (name, value) in [
+                (APPLICATION_HEADER, &self.application_id),
+                (DEVELOPER_HEADER, &self.developer_id),
+            ] {
+                edits.push(match value {
+                    Some(value) => HeaderEdit::Set(name, value),
+                    None => HeaderEdit::Remove(name),
+                });
+            }
         }
         edits
     }
@@ -202,7 +210,7 @@ mod tests {
                 "{:?}",
                 Forward::new(Scheme::Basic, grant("", Some("tok")), true)
             ),
-            "Forward { identity: \"0oaApp\", scope: \"\", authorization: Set(<redacted>), application_id: None, developer_id: None }"
+            "Forward { identity: \"0oaApp\", scope: \"\", authorization: Set(<redacted>), application_id: None, developer_id: None, context: false }"
         );
     }
 
@@ -210,12 +218,15 @@ mod tests {
     fn context_headers_go_upstream_when_known_and_every_spelling_is_spoofed() {
         let mut f = Forward::new(Scheme::Basic, grant("", None), false);
         assert_eq!(f.scheme(), Scheme::Basic);
+        assert_eq!(f.edits().len(), 3, "no context without product");
+        f.context = true;
         f.application_id = Some("app-1".into());
         assert_eq!(
             f.edits()[2..],
             [
                 HeaderEdit::Remove("authorization"),
                 HeaderEdit::Set(APPLICATION_HEADER, "app-1"),
+                HeaderEdit::Remove(DEVELOPER_HEADER),
             ]
         );
         f.developer_id = Some("dev-9".into());

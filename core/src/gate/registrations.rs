@@ -39,6 +39,9 @@ use crate::verdict::Denial;
 /// 304, and takes its turn to fetch. It adds to `registrations_refresh_s` in the revocation
 /// bound.
 pub const LOOK_MS: u64 = 100;
+/// A fetch may take this long at least (`idp_timeout_s` when longer): a large document takes
+/// longer to arrive than an Okta answer.
+pub const FETCH_TIMEOUT_MS: u64 = 10_000;
 /// The answer to a fetch whose body the host did not hand over because it is larger than
 /// [`MAX_DOCUMENT_BYTES`] carries its size in this pseudo-header (set by the glue).
 pub const BODY_SIZE: &str = ":body-size";
@@ -103,7 +106,7 @@ impl Registry {
                     endpoint: endpoint.clone(),
                     refresh_ms: regs.refresh_ms,
                     max_age_ms: regs.max_age_ms,
-                    timeout_ms: config.idp_timeout_ms,
+                    timeout_ms: config.idp_timeout_ms.max(FETCH_TIMEOUT_MS),
                     record_name: names.registrations(&key, "record"),
                     body_name: names.registrations(&key, "body"),
                     held: Held::default(),
@@ -158,6 +161,7 @@ impl Registry {
                 Found::Approved(application_id, developer_id) => {
                     forward.application_id = application_id;
                     forward.developer_id = developer_id;
+                    forward.context = true;
                 }
                 refused => return refusal(ctx, forward.scheme(), refused, host),
             }
