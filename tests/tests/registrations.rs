@@ -374,3 +374,70 @@ fn an_inline_document_is_enforced_from_the_start() {
     assert_eq!(stack.token_calls(), 1);
     assert_eq!(stack.idp.registrations_fetches(), 0, "nothing fetched");
 }
+
+/// Two APIs behind one gateway: two filter instances with their own `product`, each on its
+/// own routes, one document. App X is registered for A only, app Y for B only.
+#[test]
+fn two_products_on_one_gateway_each_let_only_their_own_apps_through() {
+    const X: &str = "0oa8regAppX";
+    const Y: &str = "0oa8regAppY";
+    let products = |product: &str| config(json!({ "product": product }));
+    let stack = Stack::builder()
+        .with_idp(|idp| {
+            portal(idp);
+            for (id, product) in [(X, "api-a"), (Y, "api-b")] {
+                idp.register_client(id, SECRET, &[SCOPE]);
+                idp.set_registration(id, product, "approved");
+            }
+            idp.set_registration(X, "api-b", "pending");
+        })
+        .route("/a", products("api-a"))
+        .route("/b", products("api-b"))
+        .start();
+    stack.track_secret(SECRET);
+    for path in ["/a", "/b"] {
+        let auth = basic_header(STRANGER, SECRET);
+        eventually(Duration::from_secs(10), path, || {
+            (stack.get(path, &[("authorization", &auth)]).status != 503).then_some(())
+        });
+    }
+    let at = |path: &str, id: &str| {
+        stack.echo.clear();
+        stack.get(path, &[("authorization", &basic_header(id, SECRET))])
+    };
+    let r = at("/a", X);
+    assert_eq!(r.status, 200, "{r:#?}");
+    let doc = stack.idp.registrations_document();
+    let app_of = |id: &str| {
+        doc["applications"]
+            .as_array()
+            .and_then(|apps| apps.iter().find(|a| a["client_id"] == id))
+            .and_then(|a| a["application_id"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        upstream_header(&stack.single_upstream_request(), "x-application-id"),
+        vec![app_of(X).as_str()]
+    );
+    assert_403(&stack, &at("/b", X), "X on B (pending)");
+    assert_eq!(at("/b", Y).status, 200);
+    assert_403(&stack, &at("/a", Y), "Y on A (not registered)");
+    // Bearer tokens the same way
+    for (id, ok_on) in [(X, "/a"), (Y, "/b")] {
+        let token = stack.mint(TokenSpec::for_client(id, &[SCOPE]));
+        for path in ["/a", "/b"] {
+            stack.echo.clear();
+            let r = stack.get(path, &[("authorization", &format!("Bearer {token}"))]);
+            if path == ok_on {
+                assert_eq!(r.status, 200, "{id} on {path}: {r:#?}");
+            } else {
+                assert_403(&stack, &r, &format!("{id} on {path}"));
+            }
+        }
+    }
+    // unknown to the portal: 401 on both; known elsewhere only: 403 on both
+    for path in ["/a", "/b"] {
+        assert_invalid_client(&stack, &at(path, STRANGER), path);
+        assert_403(&stack, &at(path, APPROVED), path);
+    }
+}
