@@ -321,7 +321,11 @@ fn refusal(ctx: ContextId, scheme: Scheme, found: Found, host: &dyn Host) -> Ste
 
 impl Fetcher {
     fn serving(&self, now: u64) -> Result<(), Unavailable> {
-        self.held.lookup("", now, self.max_age_ms).map(|_| ())
+        match self.held.registrations() {
+            _ if self.held.serves(now, self.max_age_ms) => Ok(()),
+            Some(_) => Err(Unavailable::Expired),
+            None => Err(Unavailable::NoDocument),
+        }
     }
 
     fn read_record(&self, host: &dyn Host) -> RegistrationsRecord {
@@ -460,7 +464,15 @@ impl Fetcher {
         now: u64,
         host: &dyn Host,
     ) {
-        let record = self.read_record(host).fetched(etag, sent_ms, now);
+        let current = self.read_record(host);
+        if current.generation != 0 && current.last_attempt_ms > sent_ms {
+            // A fetch sent after this one (this one outlived its lease) completed first: its
+            // document is the newer one.
+            log::debug!("[{root}] registrations fetch answered after a newer one: dropped");
+            self.catch_up(root, now, host);
+            return;
+        }
+        let record = current.fetched(etag, sent_ms, now);
         let generation = record.generation;
         let body = regs.encode(generation);
         let shared = update(host, &self.body_name, |_| Ok(body.clone()));

@@ -587,6 +587,37 @@ fn a_fetch_that_cannot_be_sent_counts_as_a_failed_attempt() {
 }
 
 #[test]
+fn a_late_answer_never_replaces_the_document_of_a_later_fetch() {
+    for cas in CASES {
+        let host = FakeHost::at(cas, T0);
+        let mut first = fetched_gate(&host);
+        let mut second = gate(&host, URI);
+        host.advance(10_000);
+        tick(&mut first, &host);
+        let (late, _) = fetch_call(&host);
+        // its lease runs out: the second worker fetches, and its answer comes first
+        host.advance(11_001);
+        tick(&mut second, &host);
+        let (token, _) = fetch_call(&host);
+        let newer = DOCUMENT.replace("0oaPending", "0oaNewer");
+        answer_with(&mut second, &host, token, Some(200), &[], &newer);
+        let generation = record(&host).generation;
+        answer_with(&mut first, &host, late, Some(200), &[], DOCUMENT);
+        assert_eq!(
+            record(&host).generation,
+            generation,
+            "the later fetch's stays"
+        );
+        let step = ask(&mut first, &host, 10, &basic("0oaPending", "s"));
+        assert_eq!(
+            step,
+            Step::Deny(Denial::InvalidClient),
+            "the newer document"
+        );
+    }
+}
+
+#[test]
 fn a_flood_of_unregistered_basic_ids_costs_no_idp_call_and_no_shared_read() {
     for cas in CASES {
         let host = FakeHost::at(cas, T0);
