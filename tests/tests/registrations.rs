@@ -441,3 +441,53 @@ fn two_products_on_one_gateway_each_let_only_their_own_apps_through() {
         assert_403(&stack, &at(path, APPROVED), path);
     }
 }
+
+/// A realistic large portal: 60,000 applications (about 17 MB of JSON) are fetched, shared with
+/// every worker and enforced, on both hosts.
+#[test]
+fn a_document_of_sixty_thousand_applications_is_fetched_and_enforced() {
+    let mut apps: Vec<Value> = (0..60_000)
+        .map(|i| {
+            json!({
+                "client_id": format!("0oa{i:017}"),
+                "application_id": format!("6f1c2d3e-4a5b-4c6d-8e9f-{i:012}"),
+                "developer_id": format!("0b1c2d3e-4a5b-4c6d-8e9f-{i:012}"),
+                "name": format!("Application number {i} of the portal"),
+                "registrations": [
+                    {"product": PRODUCT, "status": if i % 4 == 0 { "approved" } else { "pending" }},
+                    {"product": "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d", "status": "approved"},
+                ],
+            })
+        })
+        .collect();
+    apps.push(json!({"client_id": APPROVED, "application_id": "app-big",
+        "registrations": [{"product": PRODUCT, "status": "approved"}]}));
+    let body = json!({ "applications": apps }).to_string().into_bytes();
+    assert!(body.len() > 15_000_000, "{} bytes", body.len());
+    let stack = Stack::builder()
+        .with_idp(move |idp| {
+            portal(idp);
+            idp.set_registrations_body(Some(body));
+        })
+        .route("/", config(json!({ "registrations_refresh_s": 2 })))
+        .start();
+    stack.track_secret(SECRET);
+    let auth = basic_header(APPROVED, SECRET);
+    let status = eventually(Duration::from_secs(30), "the large document", || {
+        let r = stack.get("/", &[("authorization", &auth)]);
+        (r.status != 503).then_some(r.status)
+    });
+    assert_eq!(status, 200);
+    let req = stack.single_upstream_request();
+    assert_eq!(upstream_header(&req, "x-application-id"), vec!["app-big"]);
+    stack.echo.clear();
+    // every worker has it (a few requests land on each)
+    for _ in 0..6 {
+        assert_invalid_client(&stack, &basic(&stack, PENDING), "not in the large document");
+    }
+    // an unchanged large document: 304s
+    let not_modified = stack.idp.registrations_not_modified();
+    eventually(Duration::from_secs(10), "a 304", || {
+        (stack.idp.registrations_not_modified() > not_modified).then_some(())
+    });
+}

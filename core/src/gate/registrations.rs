@@ -39,7 +39,7 @@ use crate::verdict::Denial;
 /// 304, and takes its turn to fetch. It adds to `registrations_refresh_s` in the revocation
 /// bound.
 pub const LOOK_MS: u64 = 100;
-/// A fetch may take this long at least (`idp_timeout_s` when longer): a large document takes
+/// A fetch may take this long at least (`idp_timeout_ms` when longer): a large document takes
 /// longer to arrive than an Okta answer.
 pub const FETCH_TIMEOUT_MS: u64 = 10_000;
 /// The answer to a fetch whose body the host did not hand over because it is larger than
