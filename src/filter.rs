@@ -366,6 +366,9 @@ impl HttpContext for Request {
             }
             Step::Deny(denial) => send_reply(self.host, plugin.replies.get(denial), None),
             Step::Unavailable { retry_after_s } => send_unavailable(plugin, retry_after_s, true),
+            Step::NoRegistrations { retry_after_s } => {
+                no_registrations(plugin, retry_after_s, true)
+            }
             // The gate never parks a request that may not wait; should it, the request must not
             // go on (nginx could forward it before its answer).
             Step::Wait if !can_wait => refuse_on_reused_connection(plugin, self.id, &host),
@@ -494,6 +497,9 @@ fn apply_elsewhere(plugin: &Plugin, steps: Vec<(ContextId, Step)>, bodyless: boo
             Step::Unavailable { retry_after_s } => {
                 send_unavailable(plugin, retry_after_s, !bodyless)
             }
+            Step::NoRegistrations { retry_after_s } => {
+                no_registrations(plugin, retry_after_s, !bodyless)
+            }
             Step::Wait => {}
         }
     }
@@ -525,6 +531,13 @@ fn send_unavailable(plugin: &Plugin, retry_after_s: u64, with_body: bool) {
         Some(&seconds),
         with_body,
     );
+}
+
+/// 503 (`product` set): no registrations document answers.
+fn no_registrations(plugin: &Plugin, retry_after_s: u64, with_body: bool) {
+    let seconds = retry_after_s.to_string();
+    let reply = plugin.replies.get(Denial::RegistrationsUnavailable);
+    send_reply_with(plugin.host, reply, Some(&seconds), with_body);
 }
 
 fn send_reply(host: HostKind, reply: &LocalReply, retry_after: Option<&str>) {

@@ -65,10 +65,12 @@ pub enum Denial {
     /// `product` set: the application holds no approved registration for this API (a Bearer
     /// token's app, or a Basic client id in the registrations document).
     NotRegistered,
+    /// `product` set: no registrations document may answer (none yet, or too old).
+    RegistrationsUnavailable,
 }
 
 impl Denial {
-    pub const ALL: [Denial; 8] = [
+    pub const ALL: [Denial; 9] = [
         Denial::NoCredentials,
         Denial::InvalidClient,
         Denial::InvalidToken,
@@ -77,6 +79,7 @@ impl Denial {
         Denial::UnremovableHeaders,
         Denial::IdpUnavailable,
         Denial::NotRegistered,
+        Denial::RegistrationsUnavailable,
     ];
 
     /// A short name for logs and metrics.
@@ -90,6 +93,7 @@ impl Denial {
             Denial::UnremovableHeaders => "unremovable_identity_headers",
             Denial::IdpUnavailable => "idp_unavailable",
             Denial::NotRegistered => "not_registered",
+            Denial::RegistrationsUnavailable => "registrations_unavailable",
         }
     }
 
@@ -142,6 +146,7 @@ impl Denial {
                 Vec::new(),
                 "the application is not registered, or not approved, for this API",
             ),
+            Denial::RegistrationsUnavailable => (503, Vec::new(), "registrations unavailable"),
         };
         LocalReply {
             status,

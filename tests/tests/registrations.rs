@@ -314,6 +314,7 @@ fn before_the_first_document_credentials_get_503_with_retry_after() {
     for auth in [basic_header(APPROVED, SECRET), format!("Bearer {token}")] {
         let r = stack.get("/", &[("authorization", &auth)]);
         assert_local_503(&r);
+        assert_eq!(r.message(), "registrations unavailable", "{r:#?}");
         let retry: u64 = r
             .header("retry-after")
             .and_then(|v| v.parse().ok())

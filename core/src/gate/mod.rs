@@ -115,6 +115,11 @@ pub enum Step {
     Unavailable {
         retry_after_s: u64,
     },
+    /// 503 (`product` set): no registrations document may answer now (none yet, or past
+    /// `registrations_max_age_s`); come back after `retry_after_s`.
+    NoRegistrations {
+        retry_after_s: u64,
+    },
     /// Stay paused; a later event hands back this request's step.
     Wait,
 }

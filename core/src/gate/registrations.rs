@@ -288,7 +288,7 @@ fn refusal(ctx: ContextId, scheme: Scheme, found: Found, host: &dyn Host) -> Ste
         Found::Unavailable(retry_after_s) => {
             host.count(Counter::Denied(DenyReason::RegistrationsUnavailable));
             log::debug!("[{ctx}] no registrations document answers: 503");
-            Step::Unavailable { retry_after_s }
+            Step::NoRegistrations { retry_after_s }
         }
         Found::Unknown if scheme == Scheme::Basic => refuse(
             ctx,
@@ -315,7 +315,7 @@ fn refusal(ctx: ContextId, scheme: Scheme, found: Found, host: &dyn Host) -> Ste
             )
         }
         // Not a refusal: never asked for.
-        Found::Approved(..) => Step::Unavailable { retry_after_s: 1 },
+        Found::Approved(..) => Step::NoRegistrations { retry_after_s: 1 },
     }
 }
 

@@ -132,5 +132,6 @@ pub(super) fn deny_reason(denial: Denial) -> DenyReason {
         Denial::InsufficientScope => DenyReason::InsufficientScope,
         Denial::IdpUnavailable => DenyReason::IdpUnavailable,
         Denial::NotRegistered => DenyReason::NotApproved,
+        Denial::RegistrationsUnavailable => DenyReason::RegistrationsUnavailable,
     }
 }

@@ -316,9 +316,9 @@ fn before_the_first_document_credentials_get_503_and_the_root_fetches() {
         let host = FakeHost::at(cas, T0);
         let mut g = gate(&host, URI);
         let step = ask(&mut g, &host, 10, &basic("0oaApproved", "s"));
-        assert_eq!(step, Step::Unavailable { retry_after_s: 2 });
+        assert_eq!(step, Step::NoRegistrations { retry_after_s: 2 });
         let step = ask(&mut g, &host, 11, b"Bearer opaque");
-        assert_eq!(step, Step::Unavailable { retry_after_s: 2 });
+        assert_eq!(step, Step::NoRegistrations { retry_after_s: 2 });
         assert_eq!(
             ask(&mut g, &host, 12, b""),
             Step::Deny(Denial::NoCredentials)
@@ -551,7 +551,11 @@ fn past_its_maximum_age_the_last_document_answers_no_more_until_the_source_answe
         );
         host.advance(1_000);
         let step = ask(&mut g, &host, 11, &basic("0oaPending", "s"));
-        assert_eq!(step, Step::Unavailable { retry_after_s: 10 }, "past 60 s");
+        assert_eq!(
+            step,
+            Step::NoRegistrations { retry_after_s: 10 },
+            "past 60 s"
+        );
         host.advance(9_000);
         tick(&mut g, &host);
         let (token, _) = fetch_call(&host);
