@@ -158,6 +158,13 @@ for ((i = 0; i < 50; i++)); do
   [[ $probe == 000 ]] || break
   sleep 0.1
 done
+if [[ $mode == dev ]]; then
+  # The registrations document is fetched at the filter's first tick: until then, 503.
+  for ((i = 0; i < 50; i++)); do
+    [[ $(status_of -H "Authorization: Basic $DEMO_ID:$DEMO_SECRET" "http://127.0.0.1:$PORT/") == 503 ]] || break
+    sleep 0.1
+  done
+fi
 if [[ $probe != 401 ]]; then
   printf '%srun: a request without credentials got %s instead of 401: is the filter running? The end of %s:%s\n' \
     "$red" "$probe" "$RUN_DIR/envoy.log" "$off" >&2
@@ -184,6 +191,17 @@ if [[ $mode == dev ]]; then
   say "${dim}# 200: a token from the IdP (client credentials), then Bearer${off}"
   say "TOKEN=\$(curl -s -u $id:$secret -d grant_type=client_credentials -d scope=$DEMO_SCOPE $ISSUER/v1/token | sed -n 's/.*\"access_token\" *: *\"\\([^\"]*\\)\".*/\\1/p')"
   say "curl -i $gateway/ -H \"Authorization: Bearer \$TOKEN\""
+  say
+  say "${bold}Two APIs${off} (docs/registrations.md): / is product payments-v1, /orders is orders-v2;"
+  say "the demo app is approved for payments-v1 and its orders-v2 registration is pending."
+  say "${dim}# 200 on payments-v1, with x-application-id${off}"
+  say "curl -i $gateway/payments -H \"Authorization: Basic $id:$secret\""
+  say "${dim}# 403: not approved for orders-v2${off}"
+  say "curl -i $gateway/orders -H \"Authorization: Basic $id:$secret\""
+  say "${dim}# approve it, as a portal admin would; within 5 s (registrations_refresh_s) the 403 above is a 200${off}"
+  say "curl -X POST $IDP_ADDR/_dev/registrations/approve -d '{\"client_id\":\"$id\",\"product\":\"orders-v2\"}'"
+  say "${dim}# and revoke it again${off}"
+  say "curl -X POST $IDP_ADDR/_dev/registrations/revoke -d '{\"client_id\":\"$id\",\"product\":\"orders-v2\"}'"
 else
   say "${bold}okta-dcr-auth is running${off}: Envoy on $gateway -> echo API on $ECHO_ADDR,"
   say "credentials checked at $ISSUER (config: $config)."

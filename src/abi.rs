@@ -310,6 +310,7 @@ const STATUS_CAS_MISMATCH: u32 = 8;
 const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
 const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 const METRIC_COUNTER: u32 = 0;
+const METRIC_GAUGE: u32 = 1;
 const METRIC_HISTOGRAM: u32 = 2;
 
 /// A buffer the host fills through the module's allocator and hands over; `None` when it has
@@ -401,6 +402,10 @@ pub fn define_counter(name: &str) -> Option<u32> {
     define_metric(METRIC_COUNTER, name)
 }
 
+pub fn define_gauge(name: &str) -> Option<u32> {
+    define_metric(METRIC_GAUGE, name)
+}
+
 pub fn define_histogram(name: &str) -> Option<u32> {
     define_metric(METRIC_HISTOGRAM, name)
 }
@@ -410,7 +415,7 @@ pub fn increment_metric(id: u32, by: i64) {
     unsafe { proxy_increment_metric(id, by) };
 }
 
-/// Records a histogram value; a refusal is ignored.
+/// Records a histogram value, or sets a gauge; a refusal is ignored.
 pub fn record_metric(id: u32, value: u64) {
     unsafe { proxy_record_metric(id, value) };
 }

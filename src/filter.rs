@@ -18,14 +18,16 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::abi;
-use okta_dcr_auth_core::config::{Config, ConfigError};
+use okta_dcr_auth_core::config::Config;
+use okta_dcr_auth_core::gate::registrations::BODY_SIZE;
 use okta_dcr_auth_core::gate::{
     CallToken, ContextId, DispatchError, Gate, Host, Resume, SharedData, SharedError, Step, TICK_MS,
 };
-use okta_dcr_auth_core::metrics::{Counter, IDP_LATENCY};
+use okta_dcr_auth_core::metrics::{Counter, Gauge, IDP_LATENCY};
 use okta_dcr_auth_core::okta::{IdpAnswer, IdpRequest};
 use okta_dcr_auth_core::upstream::{
-    is_identity_header, Forward, HeaderEdit, IDENTITY_HEADER, SCOPE_HEADER,
+    is_context_header, is_identity_header, Forward, HeaderEdit, APPLICATION_HEADER,
+    DEVELOPER_HEADER, IDENTITY_HEADER, SCOPE_HEADER,
 };
 use okta_dcr_auth_core::verdict::{Denial, LocalReply, Replies};
 
@@ -48,6 +50,9 @@ struct Plugin {
     host: HostKind,
     replies: Replies,
     metrics: Metrics,
+    /// `product` is set: the application context headers are the filter's, and client-sent
+    /// copies are removed.
+    context_headers: bool,
 }
 
 /// Host metric ids, by `Counter::index`. A metric the host refused to define is skipped.
@@ -60,6 +65,8 @@ struct Metrics {
     pending: Vec<Cell<u64>>,
     batched: Cell<bool>,
     idp_latency: Option<u32>,
+    /// By `Gauge::index`.
+    gauges: Vec<Option<u32>>,
 }
 
 impl Metrics {
@@ -73,6 +80,10 @@ impl Metrics {
             counters,
             batched: Cell::new(false),
             idp_latency: abi::define_histogram(IDP_LATENCY),
+            gauges: Gauge::ALL
+                .into_iter()
+                .map(|g| abi::define_gauge(g.name()))
+                .collect(),
         }
     }
 
@@ -180,15 +191,7 @@ impl RootContext for Root {
 
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = abi::plugin_configuration();
-        // Registrations are parsed but not yet enforced by the gate: a configuration that asks
-        // for them is refused, never run without the check it asks for.
-        let parsed = Config::from_json_with_env(&bytes, &abi::env_var).and_then(|config| {
-            match config.registrations {
-                Some(_) => Err(ConfigError::not_yet_enforced("product")),
-                None => Ok(config),
-            }
-        });
-        let config = match parsed {
+        let config = match Config::from_json_with_env(&bytes, &abi::env_var) {
             Ok(config) => config,
             Err(e) => {
                 log::error!("[{}] okta-dcr-auth: configuration refused: {e}", self.id);
@@ -209,6 +212,7 @@ impl RootContext for Root {
             );
         }
         let replies = Replies::new(&config.reply_terms());
+        let context_headers = config.registrations.is_some();
         let gate = Gate::new(
             config,
             ContextId(self.id),
@@ -224,6 +228,7 @@ impl RootContext for Root {
             host,
             replies,
             metrics,
+            context_headers,
         }));
         // Some hosts (ngx_wasm_module) allow the tick period to be set once only.
         if !self.ticking {
@@ -319,8 +324,9 @@ impl HttpContext for Request {
             log::debug!("[{}] the host kept the connection open", self.id);
         }
         let headers = abi::request_headers();
-        let (authorization, spoofed) = credentials_and_spoofed(&headers);
-        let scrubbed = abi::scrub_request_headers(&spoofed, &[IDENTITY_HEADER, SCOPE_HEADER]);
+        let context = self.plugin.as_ref().is_some_and(|p| p.context_headers);
+        let (authorization, spoofed) = credentials_and_spoofed(&headers, context);
+        let scrubbed = scrub(&spoofed);
         let Some(plugin) = &self.plugin else {
             send_reply(self.host, &LocalReply::not_configured(), None);
             return Action::Pause;
@@ -360,6 +366,9 @@ impl HttpContext for Request {
             }
             Step::Deny(denial) => send_reply(self.host, plugin.replies.get(denial), None),
             Step::Unavailable { retry_after_s } => send_unavailable(plugin, retry_after_s, true),
+            Step::NoRegistrations { retry_after_s } => {
+                no_registrations(plugin, retry_after_s, true)
+            }
             // The gate never parks a request that may not wait; should it, the request must not
             // go on (nginx could forward it before its answer).
             Step::Wait if !can_wait => refuse_on_reused_connection(plugin, self.id, &host),
@@ -369,11 +378,12 @@ impl HttpContext for Request {
     }
 }
 
-/// Every `Authorization` value of a request and the names of the identity headers the client
-/// sent, from all its headers read in one host call: every spelling of our identity headers must
-/// be found and removed, and every `Authorization` seen (Envoy folds repeats into one value,
-/// joined by commas; a host that does not would hand over several).
-fn credentials_and_spoofed(headers: &[abi::HeaderPair]) -> (Vec<&[u8]>, Vec<&str>) {
+/// Every `Authorization` value of a request and the names of the identity headers (and, with
+/// `context`, the application context headers) the client sent, from all its headers read in
+/// one host call: every spelling of our headers must be found and removed, and every
+/// `Authorization` seen (Envoy folds repeats into one value, joined by commas; a host that does
+/// not would hand over several).
+fn credentials_and_spoofed(headers: &[abi::HeaderPair], context: bool) -> (Vec<&[u8]>, Vec<&str>) {
     let mut authorization: Vec<&[u8]> = Vec::new();
     let mut spoofed: Vec<&str> = Vec::new();
     for (name, value) in headers {
@@ -381,13 +391,26 @@ fn credentials_and_spoofed(headers: &[abi::HeaderPair]) -> (Vec<&[u8]>, Vec<&str
             authorization.push(value);
         } else if let Some(name) = std::str::from_utf8(name)
             .ok()
-            .filter(|n| is_identity_header(n))
+            .filter(|n| is_identity_header(n) || (context && is_context_header(n)))
         {
             // Identity header spellings are ASCII: a name that is not UTF-8 is none of them.
             spoofed.push(name);
         }
     }
     (authorization, spoofed)
+}
+
+/// Empties the client-sent copies of our headers; false when the host could not (see
+/// `abi::scrub_request_headers`). Ours are overwritten in place later (or removed), so that
+/// nginx forwards no emptied copy next to them.
+fn scrub(spoofed: &[&str]) -> bool {
+    let ours = [
+        IDENTITY_HEADER,
+        SCOPE_HEADER,
+        APPLICATION_HEADER,
+        DEVELOPER_HEADER,
+    ];
+    abi::scrub_request_headers(spoofed, &ours)
 }
 
 /// A backstop: ngx_wasm_module could forward a request waiting on a reused connection upstream
@@ -423,10 +446,19 @@ fn deliver(plugin: &Rc<Plugin>, caller: u32, token: u32, header_count: usize, bo
         .iter()
         .find(|(k, _)| k == ":status")
         .and_then(|(_, v)| v.parse::<u16>().ok());
-    let body = if body_size > 0 && body_size <= MAX_IDP_BODY {
-        abi::call_response_body(body_size)
-    } else {
-        Vec::new()
+    // A registrations fetch may bring a larger body; one over its cap is not read, and its size
+    // is handed over instead.
+    let limit = plugin.gate.borrow().answer_limit(CallToken(token));
+    let mut headers = headers;
+    let body = match limit {
+        _ if body_size == 0 => Vec::new(),
+        Some(limit) if body_size > limit => {
+            headers.push((BODY_SIZE.to_string(), body_size.to_string()));
+            Vec::new()
+        }
+        Some(_) => abi::call_response_body(body_size),
+        None if body_size <= MAX_IDP_BODY => abi::call_response_body(body_size),
+        None => Vec::new(),
     };
     let answer = IdpAnswer {
         status,
@@ -465,6 +497,9 @@ fn apply_elsewhere(plugin: &Plugin, steps: Vec<(ContextId, Step)>, bodyless: boo
             Step::Unavailable { retry_after_s } => {
                 send_unavailable(plugin, retry_after_s, !bodyless)
             }
+            Step::NoRegistrations { retry_after_s } => {
+                no_registrations(plugin, retry_after_s, !bodyless)
+            }
             Step::Wait => {}
         }
     }
@@ -496,6 +531,13 @@ fn send_unavailable(plugin: &Plugin, retry_after_s: u64, with_body: bool) {
         Some(&seconds),
         with_body,
     );
+}
+
+/// 503 (`product` set): no registrations document answers.
+fn no_registrations(plugin: &Plugin, retry_after_s: u64, with_body: bool) {
+    let seconds = retry_after_s.to_string();
+    let reply = plugin.replies.get(Denial::RegistrationsUnavailable);
+    send_reply_with(plugin.host, reply, Some(&seconds), with_body);
 }
 
 fn send_reply(host: HostKind, reply: &LocalReply, retry_after: Option<&str>) {
@@ -552,6 +594,12 @@ impl Host for HostCalls<'_> {
     fn observe_idp_latency(&self, ms: u64) {
         if let Some(id) = self.0.idp_latency {
             abi::record_metric(id, ms);
+        }
+    }
+
+    fn gauge(&self, gauge: Gauge, value: u64) {
+        if let Some(Some(id)) = self.0.gauges.get(gauge.index()) {
+            abi::record_metric(*id, value);
         }
     }
 

@@ -130,6 +130,13 @@ impl Names {
         format!("{}inflight", self.org)
     }
 
+    /// The shared record (`registrations::record::RegistrationsRecord`, `part` `record`) and
+    /// document (`part` `body`) of the registrations at `source` (URL and product): per source,
+    /// so that configurations of one product and document share one fetch.
+    pub fn registrations(&self, source: &str, part: &str) -> String {
+        format!("{NAMESPACE}reg/{}/{part}", short_hash(source))
+    }
+
     /// A failure-throttle slot (`throttle::FailureRecord::encode`).
     pub fn throttle(&self, slot: u32) -> String {
         format!("{NAMESPACE}throttle/{slot}")

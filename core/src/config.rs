@@ -214,17 +214,6 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
-impl ConfigError {
-    /// A field this version of the filter parses but does not enforce yet: a configuration
-    /// that sets it is refused rather than run without what it asks for.
-    pub fn not_yet_enforced(field: &str) -> ConfigError {
-        refuse(
-            field,
-            "is not enforced by this version of the filter yet (registrations): the configuration is refused rather than run without the check",
-        )
-    }
-}
-
 fn refuse(field: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         field: field.to_string(),

@@ -12,6 +12,14 @@ pub enum DenyReason {
     Invalid,
     InsufficientScope,
     IdpUnavailable,
+    /// `product` set: a Basic client id, or a Bearer token's app, not in the registrations
+    /// document (Basic: no IdP call).
+    Unregistered,
+    /// `product` set: an app in the document without an approved registration for it.
+    NotApproved,
+    /// `product` set: no registrations document may answer (none fetched yet, or past
+    /// `registrations_max_age_s`).
+    RegistrationsUnavailable,
     /// A token's signature not checked now: the worker's bound on signature checks.
     Busy,
 }
@@ -80,14 +88,70 @@ pub enum Counter {
     CacheStale,
     CacheNegativeHit,
     IdpCall(IdpEndpoint, CallResult),
+    /// A fetch of `registrations_uri` ended so.
+    Registrations(RegistrationsFetch),
 }
 
-const DENY_REASONS: [(DenyReason, &str); 6] = [
+/// How a fetch of `registrations_uri` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrationsFetch {
+    /// A 200 with a usable document (a new one in use).
+    Fetched,
+    /// A 304: the document in use is confirmed.
+    NotModified,
+    /// No answer, an error status, or a document refused (malformed, too large).
+    Failed,
+}
+
+/// Values the filter sets rather than counts (per host: the last worker's value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gauge {
+    /// Seconds since the registrations document in use was last confirmed (a 200 or a 304).
+    RegistrationsAgeS,
+    /// Bytes of the last registrations document read (its JSON).
+    RegistrationsBytes,
+    /// Applications in the registrations document in use.
+    RegistrationsApplications,
+}
+
+impl Gauge {
+    pub const ALL: [Gauge; 3] = [
+        Gauge::RegistrationsAgeS,
+        Gauge::RegistrationsBytes,
+        Gauge::RegistrationsApplications,
+    ];
+
+    pub fn index(self) -> usize {
+        Gauge::ALL.iter().position(|g| *g == self).unwrap_or(0)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Gauge::RegistrationsAgeS => "okta_dcr_auth_registrations_age_s",
+            Gauge::RegistrationsBytes => "okta_dcr_auth_registrations_bytes",
+            Gauge::RegistrationsApplications => "okta_dcr_auth_registrations_applications",
+        }
+    }
+}
+
+const FETCHES: [(RegistrationsFetch, &str); 3] = [
+    (RegistrationsFetch::Fetched, "fetched"),
+    (RegistrationsFetch::NotModified, "not_modified"),
+    (RegistrationsFetch::Failed, "failed"),
+];
+
+const DENY_REASONS: [(DenyReason, &str); 9] = [
     (DenyReason::NoCredentials, "no_credentials"),
     (DenyReason::Malformed, "malformed"),
     (DenyReason::Invalid, "invalid"),
     (DenyReason::InsufficientScope, "insufficient_scope"),
     (DenyReason::IdpUnavailable, "idp_unavailable"),
+    (DenyReason::Unregistered, "unregistered"),
+    (DenyReason::NotApproved, "not_approved"),
+    (
+        DenyReason::RegistrationsUnavailable,
+        "registrations_unavailable",
+    ),
     (DenyReason::Busy, "signature_checks_busy"),
 ];
 const ENDPOINTS: [(IdpEndpoint, &str); 3] = [
@@ -125,6 +189,7 @@ impl Counter {
                     .map(|(result, _)| Counter::IdpCall(endpoint, *result)),
             );
         }
+        all.extend(FETCHES.iter().map(|(f, _)| Counter::Registrations(*f)));
         all
     }
 
@@ -144,6 +209,10 @@ impl Counter {
                 let e = ENDPOINTS.iter().position(|(x, _)| *x == e).unwrap_or(0);
                 let r = RESULTS.iter().position(|(x, _)| *x == r).unwrap_or(0);
                 calls + e * RESULTS.len() + r
+            }
+            Counter::Registrations(f) => {
+                let f = FETCHES.iter().position(|(x, _)| *x == f).unwrap_or(0);
+                calls + ENDPOINTS.len() * RESULTS.len() + f
             }
         }
     }
@@ -172,6 +241,13 @@ impl Counter {
                     .map_or("", |(_, n)| *n);
                 format!("okta_dcr_auth_idp_{e}_{r}")
             }
+            Counter::Registrations(f) => {
+                let f = FETCHES
+                    .iter()
+                    .find(|(x, _)| *x == f)
+                    .map_or("", |(_, n)| *n);
+                format!("okta_dcr_auth_registrations_{f}")
+            }
         }
     }
 }
@@ -183,7 +259,7 @@ mod tests {
     #[test]
     fn every_counter_has_its_own_index_and_name() {
         let all = Counter::all();
-        assert_eq!(all.len(), 11 + 3 * 6);
+        assert_eq!(all.len(), 14 + 3 * 6 + 3);
         for (i, c) in all.iter().enumerate() {
             assert_eq!(c.index(), i, "{c:?}");
             assert!(c.name().starts_with("okta_dcr_auth_"));
@@ -196,6 +272,14 @@ mod tests {
             Counter::IdpCall(IdpEndpoint::Introspection, CallResult::RateLimited).name(),
             "okta_dcr_auth_idp_introspect_429"
         );
+        assert_eq!(
+            Counter::Registrations(RegistrationsFetch::NotModified).name(),
+            "okta_dcr_auth_registrations_not_modified"
+        );
+        for (i, g) in Gauge::ALL.iter().enumerate() {
+            assert_eq!(g.index(), i);
+            assert!(!names.iter().any(|n| n == g.name()));
+        }
     }
 
     #[test]

@@ -9,17 +9,34 @@ use crate::verdict::Grant;
 pub const IDENTITY_HEADER: &str = "x-credential-identifier";
 /// The granted scopes, space-separated.
 pub const SCOPE_HEADER: &str = "x-authenticated-scope";
+/// `product` set: the portal's id of the approved app (the registrations document's
+/// `application_id`), when the document has it.
+pub const APPLICATION_HEADER: &str = "x-application-id";
+/// `product` set: the portal's id of the app's developer (`developer_id`), when the document
+/// has it.
+pub const DEVELOPER_HEADER: &str = "x-developer-id";
+/// The application context headers: set only with `product`, and then removed from what the
+/// client sent like the identity headers.
+pub const CONTEXT_HEADERS: [&str; 2] = [APPLICATION_HEADER, DEVELOPER_HEADER];
 
-/// Client-sent headers that would pass for ours: any case, and `_` or `.` for `-` (some
-/// upstreams and frameworks read them as the same name).
+/// Whether a client-sent header name is a spelling of `ours`: any case, and `_` or `.` for
+/// `-` (some upstreams and frameworks read them as the same name).
+fn spells(name: &str, ours: &str) -> bool {
+    name.len() == ours.len()
+        && name
+            .bytes()
+            .zip(ours.bytes())
+            .all(|(a, b)| a.to_ascii_lowercase() == b || (b == b'-' && (a == b'_' || a == b'.')))
+}
+
+/// Client-sent headers that would pass for ours (see [`spells`]).
 pub fn is_identity_header(name: &str) -> bool {
-    let matches = |ours: &str| {
-        name.len() == ours.len()
-            && name.bytes().zip(ours.bytes()).all(|(a, b)| {
-                a.to_ascii_lowercase() == b || (b == b'-' && (a == b'_' || a == b'.'))
-            })
-    };
-    matches(IDENTITY_HEADER) || matches(SCOPE_HEADER)
+    spells(name, IDENTITY_HEADER) || spells(name, SCOPE_HEADER)
+}
+
+/// Client-sent headers that would pass for the application context (see [`spells`]).
+pub fn is_context_header(name: &str) -> bool {
+    CONTEXT_HEADERS.iter().any(|ours| spells(name, ours))
 }
 
 /// An allowed request's upstream edits.
@@ -28,6 +45,13 @@ pub struct Forward {
     pub identity: String,
     pub scope: String,
     pub authorization: AuthorizationEdit,
+    /// `x-application-id` (`product` set, the document has it).
+    pub application_id: Option<String>,
+    /// `x-developer-id` (`product` set, the document has it).
+    pub developer_id: Option<String>,
+    /// `product` set: the context headers are ours, set or removed (a client-sent copy was
+    /// emptied before the decision, and an empty header must not stay).
+    pub context: bool,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -74,6 +98,17 @@ impl Forward {
             identity: grant.identity,
             scope: grant.scope,
             authorization,
+            application_id: None,
+            developer_id: None,
+            context: false,
+        }
+    }
+
+    /// The credential's scheme, as its `Authorization` edit tells.
+    pub fn scheme(&self) -> Scheme {
+        match self.authorization {
+            AuthorizationEdit::Keep => Scheme::Bearer,
+            _ => Scheme::Basic,
         }
     }
 
@@ -89,6 +124,17 @@ impl Forward {
             AuthorizationEdit::Keep => {}
             AuthorizationEdit::Remove => edits.push(HeaderEdit::Remove("authorization")),
             AuthorizationEdit::Set(value) => edits.push(HeaderEdit::Set("authorization", value)),
+        }
+        if self.context {
+            for (name, value) in [
+                (APPLICATION_HEADER, &self.application_id),
+                (DEVELOPER_HEADER, &self.developer_id),
+            ] {
+                edits.push(match value {
+                    Some(value) => HeaderEdit::Set(name, value),
+                    None => HeaderEdit::Remove(name),
+                });
+            }
         }
         edits
     }
@@ -164,7 +210,49 @@ mod tests {
                 "{:?}",
                 Forward::new(Scheme::Basic, grant("", Some("tok")), true)
             ),
-            "Forward { identity: \"0oaApp\", scope: \"\", authorization: Set(<redacted>) }"
+            "Forward { identity: \"0oaApp\", scope: \"\", authorization: Set(<redacted>), application_id: None, developer_id: None, context: false }"
         );
+    }
+
+    #[test]
+    fn context_headers_go_upstream_when_known_and_every_spelling_is_spoofed() {
+        let mut f = Forward::new(Scheme::Basic, grant("", None), false);
+        assert_eq!(f.scheme(), Scheme::Basic);
+        assert_eq!(f.edits().len(), 3, "no context without product");
+        f.context = true;
+        f.application_id = Some("app-1".into());
+        assert_eq!(
+            f.edits()[2..],
+            [
+                HeaderEdit::Remove("authorization"),
+                HeaderEdit::Set(APPLICATION_HEADER, "app-1"),
+                HeaderEdit::Remove(DEVELOPER_HEADER),
+            ]
+        );
+        f.developer_id = Some("dev-9".into());
+        assert_eq!(
+            f.edits().last(),
+            Some(&HeaderEdit::Set(DEVELOPER_HEADER, "dev-9"))
+        );
+        assert_eq!(
+            Forward::new(Scheme::Bearer, grant("", None), true).scheme(),
+            Scheme::Bearer
+        );
+        for name in [
+            "x-application-id",
+            "X-Application-ID",
+            "x_application_id",
+            "x.developer.id",
+        ] {
+            assert!(is_context_header(name), "{name}");
+            assert!(!is_identity_header(name), "{name}");
+        }
+        for name in [
+            "x-application-ids",
+            "x-application",
+            "x-credential-identifier",
+        ] {
+            assert!(!is_context_header(name), "{name}");
+        }
     }
 }

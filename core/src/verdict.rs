@@ -62,10 +62,15 @@ pub enum Denial {
     UnremovableHeaders,
     /// The IdP could not give a verdict and no usable cached one exists.
     IdpUnavailable,
+    /// `product` set: the application holds no approved registration for this API (a Bearer
+    /// token's app, or a Basic client id in the registrations document).
+    NotRegistered,
+    /// `product` set: no registrations document may answer (none yet, or too old).
+    RegistrationsUnavailable,
 }
 
 impl Denial {
-    pub const ALL: [Denial; 7] = [
+    pub const ALL: [Denial; 9] = [
         Denial::NoCredentials,
         Denial::InvalidClient,
         Denial::InvalidToken,
@@ -73,6 +78,8 @@ impl Denial {
         Denial::DuplicateAuthorization,
         Denial::UnremovableHeaders,
         Denial::IdpUnavailable,
+        Denial::NotRegistered,
+        Denial::RegistrationsUnavailable,
     ];
 
     /// A short name for logs and metrics.
@@ -85,6 +92,8 @@ impl Denial {
             Denial::DuplicateAuthorization => "duplicate_authorization",
             Denial::UnremovableHeaders => "unremovable_identity_headers",
             Denial::IdpUnavailable => "idp_unavailable",
+            Denial::NotRegistered => "not_registered",
+            Denial::RegistrationsUnavailable => "registrations_unavailable",
         }
     }
 
@@ -131,6 +140,13 @@ impl Denial {
                 "x-credential-identifier or x-authenticated-scope sent by the client",
             ),
             Denial::IdpUnavailable => (503, Vec::new(), "identity provider unavailable"),
+            // Not a problem with the credential: no challenge.
+            Denial::NotRegistered => (
+                403,
+                Vec::new(),
+                "the application is not registered, or not approved, for this API",
+            ),
+            Denial::RegistrationsUnavailable => (503, Vec::new(), "registrations unavailable"),
         };
         LocalReply {
             status,
@@ -233,6 +249,12 @@ mod tests {
         );
         let r = Denial::IdpUnavailable.reply(&c);
         assert_eq!((r.status, r.challenges.len()), (503, 0));
+        let r = Denial::NotRegistered.reply(&c);
+        assert_eq!((r.status, r.challenges.len()), (403, 0));
+        assert_eq!(
+            r.body,
+            r#"{"message":"the application is not registered, or not approved, for this API"}"#
+        );
         for d in [
             Denial::NoCredentials,
             Denial::InvalidClient,

@@ -207,9 +207,8 @@ pub fn write_listener(path: &Path, routes: &[RouteSpec], wasm: Option<&Path>) {
 }
 
 /// The filters of every filtered route: each route gets its own filter instance (its own plugin
-/// configuration, the same VM). Envoy 1.40 cannot enable a default-disabled filter per route
-/// without a route-specific config (which the wasm filter has none of), so every instance is in
-/// the chain and each route disables the instances that are not its own.
+/// configuration, the same VM), disabled on the connection manager and enabled by its route
+/// only (see [`render_routes`]): the pattern `envoy/dev.yaml` ships and Envoy Gateway generates.
 fn render_http_filters(routes: &[RouteSpec], wasm: Option<&Path>) -> Vec<Value> {
     let wasm = wasm.map(|p| p.display().to_string()).unwrap_or_default();
     let mut http_filters = Vec::new();
@@ -219,6 +218,7 @@ fn render_http_filters(routes: &[RouteSpec], wasm: Option<&Path>) -> Vec<Value> 
         };
         http_filters.push(json!({
             "name": filter_name(i),
+            "disabled": true,
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                 "config": {
@@ -247,31 +247,26 @@ fn render_http_filters(routes: &[RouteSpec], wasm: Option<&Path>) -> Vec<Value> 
     http_filters
 }
 
+/// The routes, each enabling its own filter instance, if it has one. Envoy 1.40 refuses an empty
+/// `FilterConfig` (`Empty route/virtual host per filter configuration`), and the wasm filter has
+/// no per-route configuration: an optional, empty one enables it.
 fn render_routes(routes: &[RouteSpec]) -> Vec<Value> {
     routes
         .iter()
         .enumerate()
-        .map(|(j, route)| {
+        .map(|(i, route)| {
             let mut r = json!({
                 "match": { "prefix": route.prefix },
                 "route": { "cluster": "upstream", "timeout": "10s" },
             });
-            let others: serde_json::Map<String, Value> = routes
-                .iter()
-                .enumerate()
-                .filter(|(i, other)| *i != j && other.filter_config.is_some())
-                .map(|(i, _)| {
-                    (
-                        filter_name(i),
-                        json!({
-                            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
-                            "disabled": true,
-                        }),
-                    )
-                })
-                .collect();
-            if !others.is_empty() {
-                r["typed_per_filter_config"] = Value::Object(others);
+            if route.filter_config.is_some() {
+                r["typed_per_filter_config"] = json!({
+                    filter_name(i): {
+                        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                        "is_optional": true,
+                        "config": { "@type": "type.googleapis.com/google.protobuf.Empty" },
+                    },
+                });
             }
             r
         })

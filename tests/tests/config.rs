@@ -210,13 +210,24 @@ fn an_introspection_secret_from_a_missing_environment_variable_is_refused() {
     assert!(failure.log.contains("OKTA_SECRET_NOBODY_SET"));
 }
 
-/// Registrations are parsed but not yet enforced: a configuration with a `product` is refused at
-/// start (on ngx_wasm_module the route answers 503), never run without the check it asks for.
+/// A registrations configuration that cannot work is refused at start, naming the field: a
+/// `product` without a document, and an inline document that is not one (the line says where,
+/// never what).
 #[test]
-fn a_configuration_asking_for_registrations_is_refused_until_they_are_enforced() {
+fn a_registrations_configuration_that_cannot_work_is_refused() {
+    let failure = refused(filter_config(json!({ "product": "payments-v1" })));
+    assert!(
+        failure.log.contains("field `registrations`"),
+        "{}",
+        failure.log
+    );
     let failure = refused(filter_config(json!({
         "product": "payments-v1",
-        "registrations": { "applications": [] },
+        "registrations": { "applications": [{ "client_id": 5, "secret-marker": "x" }] },
     })));
-    assert!(failure.log.contains("field `product`"), "{}", failure.log);
+    assert!(
+        failure.log.contains("field `registrations`"),
+        "{}",
+        failure.log
+    );
 }

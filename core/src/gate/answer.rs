@@ -3,6 +3,8 @@
 //! releases the lease, falls back to a stale verdict, and may pause calls (the quota guard,
 //! in `admission`). An `invalid_client` counts against its client id (the failure throttle).
 
+use super::admission::Admission;
+use super::guard::EndpointHealth;
 use super::{deny_reason, refuse, ContextId, Gate, Host, Resume, Sent, Step};
 use crate::cache::{CacheEntry, CacheKey, Cached};
 use crate::credentials::Credential;
@@ -68,34 +70,6 @@ impl Gate {
         steps
     }
 
-    /// A failed call may pause its endpoint for every worker: a 429 until Okta's reset,
-    /// repeated 5xx or silence briefly, longer while it goes on (the quota guard, `guard`).
-    pub(super) fn note_failure(
-        &mut self,
-        failure: IdpFailure,
-        sent: Sent,
-        now: u64,
-        host: &dyn Host,
-    ) {
-        let endpoint = sent.endpoint;
-        let current = self.admission.pause_until(endpoint, host);
-        let pause = self
-            .health
-            .note_failure(endpoint, failure, sent.at_ms, current, now);
-        if let Some(until) = pause {
-            // A line of its own, not folded into the rate-limited failure warnings: operators
-            // need to see a pause, and there is at most one per pause.
-            log::warn!(
-                "[{}] pausing {} calls for {} ms: {}",
-                self.root,
-                endpoint.name(),
-                until - now,
-                failure.describe()
-            );
-            self.admission.pause(endpoint, until, host);
-        }
-    }
-
     /// Records what an answer decided: a verdict is cached, a failure releases the lease and
     /// may pause calls.
     fn settle(
@@ -127,7 +101,16 @@ impl Gate {
                 self.warnings
                     .warn(now, format_args!("[{leader}] IdP call failed: {why}"));
                 self.slots.release(host, &key, Some(now));
-                self.note_failure(failure, sent, now, host);
+                let root = self.root;
+                note_failure(
+                    root,
+                    &self.admission,
+                    &mut self.health,
+                    failure,
+                    sent,
+                    now,
+                    host,
+                );
                 return Err(failure);
             }
         };
@@ -135,6 +118,33 @@ impl Gate {
             .heard_from(sent.endpoint, matches!(verdict, Cached::Allow(_)), now);
         let stored = self.slots.keep(host, key, now, expires, verdict.clone());
         Ok((verdict, stored.then_some(expires)))
+    }
+}
+
+/// A failed call may pause its endpoint for every worker: a 429 until Okta's reset,
+/// repeated 5xx or silence briefly, longer while it goes on (the quota guard, `guard`).
+pub(super) fn note_failure(
+    root: ContextId,
+    admission: &Admission,
+    health: &mut EndpointHealth,
+    failure: IdpFailure,
+    sent: Sent,
+    now: u64,
+    host: &dyn Host,
+) {
+    let endpoint = sent.endpoint;
+    let current = admission.pause_until(endpoint, host);
+    let pause = health.note_failure(endpoint, failure, sent.at_ms, current, now);
+    if let Some(until) = pause {
+        // A line of its own, not folded into the rate-limited failure warnings: operators
+        // need to see a pause, and there is at most one per pause.
+        log::warn!(
+            "[{root}] pausing {} calls for {} ms: {}",
+            endpoint.name(),
+            until - now,
+            failure.describe()
+        );
+        admission.pause(endpoint, until, host);
     }
 }
 

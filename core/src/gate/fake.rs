@@ -40,6 +40,7 @@ pub struct FakeHost {
     /// Shared-data reads so far.
     pub shared_reads: Cell<usize>,
     counters: RefCell<HashMap<String, u64>>,
+    gauges: RefCell<HashMap<&'static str, u64>>,
     pub latencies: RefCell<Vec<u64>>,
     /// Writes so far (won or lost).
     pub writes: Cell<usize>,
@@ -116,6 +117,10 @@ impl Host for FakeHost {
     fn observe_idp_latency(&self, ms: u64) {
         self.latencies.borrow_mut().push(ms);
     }
+
+    fn gauge(&self, gauge: crate::metrics::Gauge, value: u64) {
+        self.gauges.borrow_mut().insert(gauge.name(), value);
+    }
 }
 
 impl FakeHost {
@@ -133,6 +138,7 @@ impl FakeHost {
             shared_reads: Cell::new(0),
             writes: Cell::new(0),
             counters: RefCell::default(),
+            gauges: RefCell::default(),
             latencies: RefCell::default(),
             lose_next: RefCell::default(),
             after_write: RefCell::default(),
@@ -149,6 +155,11 @@ impl FakeHost {
 
     pub fn counter(&self, name: &str) -> u64 {
         self.counters.borrow().get(name).copied().unwrap_or(0)
+    }
+
+    /// A gauge's last value, `None` when it was never set.
+    pub fn gauge_value(&self, gauge: crate::metrics::Gauge) -> Option<u64> {
+        self.gauges.borrow().get(gauge.name()).copied()
     }
 
     pub fn call_count(&self) -> usize {

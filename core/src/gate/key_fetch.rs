@@ -8,6 +8,7 @@
 //! every refresh by hanging up. Only a request that can wait for nothing but its own call
 //! (`OwnRequestOnly`) sends its own; if it goes away, the root sends the fetch again.
 
+use super::answer::note_failure;
 use super::discovery::Discovery;
 use super::keys::{KeysRecord, Why};
 use super::slots::{update, Update};
@@ -205,7 +206,8 @@ impl Gate {
                     end_keys_lease(host, name.as_deref(), Some((why, sent_ms)));
                 }
                 if let JwksAnswerError::Failed(failure) = e {
-                    self.note_failure(failure, sent, now, host);
+                    let (admission, health) = (&self.admission, &mut self.health);
+                    note_failure(self.root, admission, health, failure, sent, now, host);
                 }
             }
         }

@@ -22,6 +22,7 @@ pub mod frame;
 pub mod guard;
 mod key_fetch;
 mod keys;
+pub mod registrations;
 mod requests;
 pub mod slots;
 mod steps;
@@ -32,7 +33,7 @@ use crate::cache::{CacheKey, Names};
 use crate::config::Config;
 use crate::credentials::{parse_authorization, CredentialError};
 use crate::local::LocalCache;
-use crate::metrics::{CallResult, Counter, DenyReason, IdpEndpoint};
+use crate::metrics::{CallResult, Counter, DenyReason, Gauge, IdpEndpoint};
 use crate::okta::{self, DiscoveryDocument, IdpAnswer, IdpRequest};
 use crate::signatures::SignatureBudget;
 use crate::upstream::Forward;
@@ -43,6 +44,7 @@ use calls::{Call, Calls, Deferred, Purpose};
 use discovery::{Discovery, Next};
 use guard::EndpointHealth;
 use keys::Keys;
+use registrations::Registry;
 use requests::{Parked, Paused, Pending, Stage};
 use slots::{overwrite, Slots};
 pub use slots::{SharedData, SharedError};
@@ -64,6 +66,8 @@ pub trait Host: SharedData {
     fn count(&self, counter: Counter);
     /// Records how long an IdP call took.
     fn observe_idp_latency(&self, ms: u64);
+    /// Sets a gauge (a host without gauges ignores it).
+    fn gauge(&self, _gauge: Gauge, _value: u64) {}
 }
 
 /// The host refused to send an IdP call (unknown upstream, no memory, ...).
@@ -113,6 +117,11 @@ pub enum Step {
     Unavailable {
         retry_after_s: u64,
     },
+    /// 503 (`product` set): no registrations document may answer now (none yet, or past
+    /// `registrations_max_age_s`); come back after `retry_after_s`.
+    NoRegistrations {
+        retry_after_s: u64,
+    },
     /// Stay paused; a later event hands back this request's step.
     Wait,
 }
@@ -134,6 +143,8 @@ pub struct Gate {
     discovery: Discovery,
     /// This worker's copy of the issuer's key set (`jwt` modes).
     keys: Keys,
+    /// Registrations (`product` set): who may pass, and this worker's copy of the document.
+    registry: Registry,
     admission: Admission,
     health: EndpointHealth,
     paused: Paused,
@@ -186,12 +197,14 @@ impl Gate {
             (config.forward_access_token, config.stale_if_error_ms);
         let max_signature_checks_per_s = config.max_signature_checks_per_s;
         let admission = Admission::new(&config, names.clone(), config_lease_ms);
+        let registry = Registry::new(&config, &names, root, host);
         let mut gate = Gate {
             config,
             names,
             slots,
             discovery,
             keys: Keys::default(),
+            registry,
             admission,
             health: EndpointHealth::default(),
             paused: Paused::default(),
@@ -228,7 +241,8 @@ impl Gate {
         if let [raw] = authorization {
             if let Some(copy) = self.local.get(raw, now) {
                 let (verdict, scheme, key) = (copy.verdict.clone(), copy.scheme, copy.key);
-                return self.answers.cached(ctx, scheme, &key, false, verdict, host);
+                let step = self.answers.cached(ctx, scheme, &key, false, verdict, host);
+                return self.registry.settle(ctx, step, now, host);
             }
         }
         let credential = match parse_authorization(authorization, self.config.accepted) {
@@ -249,6 +263,9 @@ impl Gate {
                 return refuse(ctx, None, denial, reason, host);
             }
         };
+        if let Some(step) = self.registry.precheck(ctx, &credential, now, host) {
+            return step;
+        }
         let req = Pending {
             raw: authorization.first().copied().unwrap_or_default().into(),
             key: CacheKey::new(&self.config.digest, &credential),
@@ -257,7 +274,8 @@ impl Gate {
             stage: Stage::Arrived,
             can_wait,
         };
-        self.advance(ctx, ctx, req, now, host)
+        let step = self.advance(ctx, ctx, req, now, host);
+        self.registry.settle(ctx, step, now, host)
     }
 
     /// An IdP answer arrived, in the context `caller` (the context now active).
@@ -269,6 +287,9 @@ impl Gate {
         now: u64,
         host: &dyn Host,
     ) -> Vec<(ContextId, Step)> {
+        if self.registry.on_answer(token, answer, now, host) {
+            return Vec::new();
+        }
         let Some(call) = self.calls.answered(token) else {
             return Vec::new();
         };
@@ -282,7 +303,7 @@ impl Gate {
         let result = CallResult::of(answer.status, elapsed, self.config.idp_timeout_ms);
         host.count(Counter::IdpCall(endpoint, result));
         host.observe_idp_latency(elapsed);
-        match call.purpose {
+        let steps = match call.purpose {
             Purpose::Discovery(doc) => self.on_discovery_answer(caller, doc, answer, now, host),
             Purpose::Keys { why, leased } => {
                 let sent = (why, leased, call.started_ms);
@@ -300,7 +321,14 @@ impl Gate {
                 };
                 self.on_verdict_answer(key, &credential, answer, sent, now, host)
             }
-        }
+        };
+        self.registry.settle_all(steps, now, host)
+    }
+
+    /// The most bytes of `token`'s answer body to read: a registrations document's cap for
+    /// its fetch, `None` for an IdP call (the glue's own bound).
+    pub fn answer_limit(&self, token: CallToken) -> Option<usize> {
+        self.registry.answer_limit(token)
     }
 
     /// The request is gone (client hung up, stream reset). A call it owned is lost with it

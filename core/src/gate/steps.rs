@@ -52,9 +52,10 @@ impl Answers {
         }
     }
 
-    pub fn allow(&self, scheme: Scheme, grant: Grant, host: &dyn Host) -> Step {
+    /// A grant's step; counted as allowed when it leaves the gate (`Registry::settle`), where
+    /// registrations may still refuse it.
+    pub fn allow(&self, scheme: Scheme, grant: Grant, _host: &dyn Host) -> Step {
         // No log line: this is the hot path, and the metrics count it.
-        host.count(Counter::Allowed);
         Step::Forward(Forward::new(scheme, grant, self.forward_access_token))
     }
 
@@ -138,5 +139,7 @@ pub(super) fn deny_reason(denial: Denial) -> DenyReason {
         Denial::InvalidClient | Denial::InvalidToken => DenyReason::Invalid,
         Denial::InsufficientScope => DenyReason::InsufficientScope,
         Denial::IdpUnavailable => DenyReason::IdpUnavailable,
+        Denial::NotRegistered => DenyReason::NotApproved,
+        Denial::RegistrationsUnavailable => DenyReason::RegistrationsUnavailable,
     }
 }

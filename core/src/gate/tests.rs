@@ -134,7 +134,7 @@ fn status(step: &Step) -> u32 {
     match step {
         Step::Forward(_) => 200,
         Step::Deny(denial) => denial.reply(&config("").reply_terms()).status,
-        Step::Unavailable { .. } => 503,
+        Step::Unavailable { .. } | Step::NoRegistrations { .. } => 503,
         Step::Wait => 0,
     }
 }

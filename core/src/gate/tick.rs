@@ -21,7 +21,8 @@ impl Gate {
             .and_then(|_| self.keys.refresh_due_at());
         let deferred = self.calls.has_deferred().then_some(0);
         let announce = Some(self.next_announce_ms);
-        let root_work = [discovery, keys, deferred, announce]
+        let registrations = self.registry.next_deadline();
+        let root_work = [discovery, keys, deferred, announce, registrations]
             .into_iter()
             .flatten()
             .min();
@@ -52,6 +53,7 @@ impl Gate {
         for call in self.calls.take_deferred() {
             self.send_deferred(call, now, host);
         }
+        self.registry.on_tick(now, host);
         let own_only = self.resume == Resume::OwnRequestOnly;
         let waiting = !own_only && self.paused.any(|p| matches!(p, Parked::Keys { .. }));
         let keys_moved = self.tick_keys(waiting, now, host);
@@ -70,7 +72,7 @@ impl Gate {
                 steps.push((ctx, step));
             }
         }
-        steps
+        self.registry.settle_all(steps, now, host)
     }
 
     /// The root sends a call taken on for a request (its lease, and for a verdict its budget,

@@ -274,6 +274,12 @@ impl Held {
         self.registrations.as_ref()
     }
 
+    /// Whether this worker's copy may answer now: there is one, confirmed at most `max_age_ms`
+    /// ago (no lookup).
+    pub fn serves(&self, now_ms: u64, max_age_ms: u64) -> bool {
+        self.registrations.is_some() && now_ms.saturating_sub(self.validated_at_ms) <= max_age_ms
+    }
+
     /// The standing of `client_id`, when this worker's copy may answer (see
     /// [`RegistrationsRecord::serves`]).
     pub fn lookup(
