@@ -333,8 +333,11 @@ def okta_config_json(idp, extra=None):
         "audience": AUDIENCE,
         # Warm runs stay warm for the whole bench (the default, 300 s, would refresh mid-run).
         "cache_ttl_s": 3600,
-        # A benchmark's load is not an attack: the IdP call budget must not be what is measured.
+        # A benchmark's load is not an attack: the IdP call budget must not be what is measured,
+        # nor the bound on signature checks (the cold phase sends thousands of new tokens of one
+        # app a second; its forged flood is then the cost of a check, the bound's worst case).
         "idp_calls_per_minute": 100000,
+        "max_signature_checks_per_s": 100000,
     }
     cfg.update(extra or {})
     return json.dumps(cfg, separators=(",", ":"))
@@ -847,6 +850,18 @@ def jwt_cold_phase(idp, envoys):
                 lat.append(dt)
             out[label] = {"cpu_us_per_req": (cpu_ns(env.pid) - c0) / n / 1000,
                           "p50_us": pct(lat, 50) * 1e6, "p99_us": pct(lat, 99) * 1e6}
+        for label, seq in [("forged", forged_tokens(tokens[0], n)), ("garbage", garbage_tokens(n))]:
+            statuses, lat = {}, []
+            c0 = cpu_ns(env.pid)
+            for tok in seq:
+                st, dt = c.get({"authorization": "Bearer " + tok})
+                if st == 200:
+                    raise SystemExit(f"bench: cold JWT {col}: a {label} token got 200")
+                statuses[st] = statuses.get(st, 0) + 1
+                lat.append(dt)
+            out[label] = {"cpu_us_per_req": (cpu_ns(env.pid) - c0) / n / 1000,
+                          "p50_us": pct(lat, 50) * 1e6, "p99_us": pct(lat, 99) * 1e6, "statuses": statuses}
+            log(f"cold JWT {col}: {out[label]['cpu_us_per_req']:.1f} us of Envoy CPU per {label} token, {statuses}")
         c.close()
         warm = (out["warm"]["cpu_us_per_req"] + out["warm_after"]["cpu_us_per_req"]) / 2
         out["added_cpu_us_per_new_token"] = out["cold"]["cpu_us_per_req"] - warm
@@ -856,6 +871,28 @@ def jwt_cold_phase(idp, envoys):
     stats = idp.stats()
     res["idp_calls"] = {k: stats[k] for k in ("token", "introspect", "discovery", "keys") if k in stats}
     return res
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def forged_tokens(genuine, n):
+    """`n` forgeries of `genuine`: its header (published kid) and its signature (below the
+    modulus: a full check before the padding fails) over new claims that pass every other check
+    (a unique jti, each naming an app of its own), as a flood would send them."""
+    header, payload, signature = genuine.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    out = []
+    for i in range(n):
+        c = dict(claims, jti=f"AT.forged.{i}", app_id=f"0oaForged{i}", cid=f"0oaForged{i}")
+        out.append(f"{header}.{b64url(json.dumps(c).encode())}.{signature}")
+    return out
+
+
+def garbage_tokens(n):
+    """`n` distinct tokens of a JWT's shape that are no JWT (refused by their shape)."""
+    return [f"garbage{i}.notjson.sig" for i in range(n)]
 
 
 # The empty filter's probe modes (bench/empty-filter): `read` is the empty filter itself, and
@@ -1175,6 +1212,7 @@ def write_results(ctx):
     a("")
     for title, section in [("Goals (issue 14: hot path at the host's floor, ahead of the peers)", 14),
                            ("Goals (issue 12: Bearer tokens verified locally)", 12),
+                           ("Goals (issue 21: a new token's check, and a forged-token flood)", 21),
                            ("Goals (issue 5)", 5)]:
         a(f"## {title}")
         a("")
@@ -1249,7 +1287,7 @@ def write_results(ctx):
         a("| config | " + " | ".join(f"r{i + 1}" for i in range(ROUNDS)) +
           " | median rps | vs none | vs empty | Envoy CPU us/req | added CPU us/req vs empty | CPU ratio vs empty |")
         a("|---|" + "---|" * ROUNDS + "---|---|---|---|---|---|")
-        for col in COLUMNS:
+        for col in [c for c in COLUMNS if c in tp[s]]:
             d = tp[s][col]
             a(f"| {col} | " + " | ".join(fmt(x) for x in d["rps"]) +
               f" | {fmt(d['median_rps'])} | {d['median_ratio_vs_none']:.3f} | {d['median_ratio_vs_empty']:.3f} | "
@@ -1354,6 +1392,22 @@ def write_results(ctx):
               f"{d['cold']['p50_us']:.0f} / {d['cold']['p99_us']:.0f} | {d['warm']['p50_us']:.0f} / {d['warm']['p99_us']:.0f} |")
         a("")
         a(f"- IdP calls during the phase (dev IdP `/_dev/stats`): {jc['idp_calls']}.")
+        if "forged" in jc["okta_bearer_jwt"]:
+            a("")
+            a(f"Then {jc['n']} forged tokens (a genuine token's header and signature over new claims that pass "
+              f"every other check, each naming an app of its own) and {jc['n']} garbage tokens, in sequence on the "
+              f"same connection: what a flood of each costs per request, every forgery checked (the bench raises "
+              f"`max_signature_checks_per_s` to 100000). By default okta-dcr-auth checks at most 1000 a second per "
+              f"worker, half of them for apps it has not verified a token of, and answers 503 beyond, which costs "
+              f"about what a garbage token does: `tests/tests/jwt_flood.rs` measures that flood.")
+            a("")
+            a("| | forged: Envoy CPU us/req | answers | garbage: Envoy CPU us/req | forged / garbage |")
+            a("|---|---|---|---|---|")
+            for col in ["okta_bearer_jwt", "jwt_authn"]:
+                d = jc[col]
+                f, g = d["forged"], d["garbage"]
+                a(f"| {col} | {f['cpu_us_per_req']:.1f} | {f['statuses']} | {g['cpu_us_per_req']:.1f} | "
+                  f"**{f['cpu_us_per_req'] / max(g['cpu_us_per_req'], 0.001):.1f}×** |")
         a("")
     pr = ctx.get("probes")
     if pr:
@@ -1437,6 +1491,8 @@ def peers_table(ctx, a):
     """The peers side by side: what a user would deploy instead, against the empty filter."""
     tp, lat, rates = ctx["throughput"], ctx["latency"], ctx["rates"]
     order = ["none", "empty", "basic_auth", "ext_authz"] + (["jwt_authn"] if JWT else []) + OKTA_COLUMNS
+    # A run with BENCH_JWT=0 has no JWT columns, even when its cold JWT phase was measured again.
+    order = [c for c in order if all(c in tp[s] for s in SETS)]
     a("## Peers")
     a("")
     a("Medians over the rounds. Throughput: wrk, closed loop, per round against the same round's empty "
@@ -1579,6 +1635,8 @@ def jwt_goals(ctx):
         return []
     tp, out = ctx["throughput"], []
     for s in SETS:
+        if "okta_bearer_jwt" not in tp[s]:
+            continue  # a run with BENCH_JWT=0, its cold JWT phase measured again since
         j, b = tp[s]["okta_bearer_jwt"], tp[s]["okta_bearer"]
         d = j["median_cpu_us_per_req"] - b["median_cpu_us_per_req"]
         out.append(goal(12, f"warm Bearer-JWT within noise (±0.5 us/req of Envoy CPU) of the introspection "
@@ -1592,12 +1650,23 @@ def jwt_goals(ctx):
         for limit, label in [(300, ""), (100, "(stretch) ")]:
             out.append(goal(12, f"{label}cold Bearer-JWT: signature check ≤ {limit} us of Envoy CPU per new token",
                             f"+{v:.0f} us (jwt_authn: +{peer:.0f} us)", v <= limit))
+        out.append(goal(21, "cold RS256 check at jwt_authn's cost (same run)",
+                        f"+{v:.0f} us vs jwt_authn +{peer:.0f} us", v <= peer))
+        out.append(goal(21, "(stretch) cold RS256 check ≤ 40 us of Envoy CPU", f"+{v:.0f} us", v <= 40))
+        f, g = jc["okta_bearer_jwt"].get("forged"), jc["okta_bearer_jwt"].get("garbage")
+        if f and g:
+            ratio = f["cpu_us_per_req"] / max(g["cpu_us_per_req"], 0.001)
+            for limit, label in [(3, ""), (2, "(stretch) ")]:
+                out.append(goal(21, f"{label}a forged-token flood costs ≤ {limit}× a garbage-token flood (Envoy CPU per request)",
+                                f"{f['cpu_us_per_req']:.1f} vs {g['cpu_us_per_req']:.1f} us/req: {ratio:.1f}× "
+                                f"(answers {f['statuses']})", ratio <= limit))
         calls = jc["idp_calls"]
         out.append(goal(12, "zero IdP calls per new JWT",
                         f"{calls} for {jc['n']} new tokens on each of 2 Envoys",
                         calls.get("token", 0) == 0 and calls.get("introspect", 0) == 0))
     w = ctx.get("wasm_again", ctx["wasm"])
     out.append(goal(12, ".wasm ≤ 600 KB", f"{w['okta']:,} bytes (commit {w['commit']})", w["okta"] <= 600_000))
+    out.append(goal(21, "(stretch) .wasm ≤ 500 KB", f"{w['okta']:,} bytes (commit {w['commit']})", w["okta"] <= 500_000))
     return out
 
 
@@ -1654,6 +1723,9 @@ def again(phases):
         raise SystemExit(f"bench: --again takes some of {','.join(AGAIN)}, not {','.join(unknown) or 'nothing'}")
     prepare([ENVOY, DEVIDP, BUILT_OKTA_WASM, BUILT_EMPTY_WASM])
     ctx = json.loads((OUT / "results.json").read_text())
+    # The tables show the columns the stored run measured (a BENCH_JWT=0 run has no JWT ones).
+    global COLUMNS
+    COLUMNS = [c for c in COLUMNS if all(c in ctx["throughput"][s] for s in SETS)]
     # JSON made the load shares (25, 50) strings.
     for s in SETS:
         ctx["rates"][s] = {int(k): v for k, v in ctx["rates"][s].items()}
@@ -1667,10 +1739,10 @@ def again(phases):
         upstream, upstream_port = start_upstream(idp.port)
         token = idp.mint(expires_in_secs=7200)
         if "jwt_cold" in phases:
-            global COLUMNS
-            COLUMNS = ["okta_bearer_jwt", "jwt_authn"]
+            columns, COLUMNS = COLUMNS, ["okta_bearer_jwt", "jwt_authn"]
             envoys, _ = start_envoys(idp, upstream_port, None)
             ctx["jwt_cold"] = jwt_cold_phase(idp, envoys)
+            COLUMNS = columns
             for e in envoys.values():
                 e.proc.stop()
         if "probes" in phases:
