@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use okta_dcr_auth_tests::client::KeepAlive;
+use okta_dcr_auth_tests::client;
 use okta_dcr_auth_tests::*;
 use serde_json::json;
 
-const FLOODERS: u64 = 12;
+const FLOODERS: usize = 12;
 
 /// How long the flood lasts: the race is ngx_wasm_module's (Envoy copies a value under its
 /// lock), so Envoy gets a shorter run of the same flood.
@@ -43,26 +43,20 @@ fn values_rewritten_by_every_worker_never_corrupt_a_reader() {
     let app = stack.client("0oa9raceApp", "race-Secret_1q", &[SCOPE]);
     let stop = AtomicBool::new(false);
     let (known, flood) = std::thread::scope(|s| {
-        let flooders: Vec<_> = (0..FLOODERS)
-            .map(|t| {
-                let (stack, stop) = (&stack, &stop);
-                s.spawn(move || {
-                    let mut conn = KeepAlive::new(stack.listener());
-                    let mut statuses = BTreeMap::new();
-                    let mut i = 0u64;
-                    while !stop.load(Ordering::SeqCst) {
-                        // Client ids of every length: the sets' values change length too.
-                        let id = format!("0oa9race{t}x{}{i}", "y".repeat((i % 40) as usize));
-                        let status = conn
-                            .get("/x", &basic_header(&id, "bogus-Secret_1"))
-                            .unwrap_or(0);
-                        *statuses.entry(status).or_insert(0u64) += 1;
-                        i += 1;
-                    }
-                    statuses
-                })
-            })
-            .collect();
+        let flood = s.spawn(|| {
+            client::flood(
+                stack.listener(),
+                FLOODERS,
+                |_| !stop.load(Ordering::SeqCst),
+                // Client ids of every length: the sets' values change length too.
+                |t, i| {
+                    basic_header(
+                        &format!("0oa9race{t}x{}{i}", "y".repeat(i % 40)),
+                        "bogus-Secret_1",
+                    )
+                },
+            )
+        });
         let mut known = BTreeMap::new();
         let until = Instant::now() + flood_for();
         while Instant::now() < until {
@@ -71,13 +65,7 @@ fn values_rewritten_by_every_worker_never_corrupt_a_reader() {
             std::thread::sleep(Duration::from_millis(20));
         }
         stop.store(true, Ordering::SeqCst);
-        let mut flood = BTreeMap::new();
-        for f in flooders {
-            for (status, n) in f.join().unwrap_or_default() {
-                *flood.entry(status).or_insert(0u64) += n;
-            }
-        }
-        (known, flood)
+        (known, flood.join().unwrap_or_default())
     });
     let calls = stack.token_calls();
     eprintln!("known app: {known:?}; flood: {flood:?}; {calls} token calls");
