@@ -290,6 +290,29 @@ fn a_failing_malformed_or_oversized_document_keeps_the_last_good_copy() {
         stack.idp.clear_faults();
         stack.idp.set_registrations_body(None);
     }
+    // A slow source: while its fetch is out, requests are answered from the last good copy at
+    // once, not held until it answers.
+    stack
+        .idp
+        .set_fault(Endpoint::Registrations, delay(Duration::from_secs(3)));
+    let fetches = stack.idp.registrations_fetches();
+    eventually(Duration::from_secs(30), "a slow fetch", || {
+        (stack.idp.registrations_fetches() > fetches).then_some(())
+    });
+    let asked = std::time::Instant::now();
+    stack.echo.clear();
+    assert_403(&stack, &basic(&stack, PENDING), "slow");
+    assert_eq!(
+        basic(&stack, APPROVED).status,
+        200,
+        "slow: the last good copy"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "held by the slow fetch: {:?}",
+        asked.elapsed()
+    );
+    stack.idp.clear_faults();
     if !on_ngx() {
         let failed = stack.filter_counter("registrations_failed");
         assert!(failed >= 4, "{failed} failed fetches counted");

@@ -365,7 +365,24 @@ impl Fetcher {
         if let Some(age) = record.age_ms(now) {
             host.gauge(Gauge::RegistrationsAgeS, age / 1000);
         }
-        if self.call.is_some() || !record.may_fetch(now, self.refresh_ms) {
+        if let Some((_, sent_ms)) = self.call {
+            if now < sent_ms + self.timeout_ms + LEASE_MARGIN_MS {
+                return;
+            }
+            // Its answer never came (ngx_wasm_module reports no answer for a call it could not
+            // read to the end, e.g. a document over its socket buffers): a failed attempt, so
+            // that this worker fetches again. A late answer is then no longer this call's.
+            self.call = None;
+            self.failed(
+                root,
+                "no answer within the fetch's timeout",
+                sent_ms,
+                now,
+                host,
+            );
+            return;
+        }
+        if !record.may_fetch(now, self.refresh_ms) {
             return;
         }
         let until = now + self.timeout_ms + LEASE_MARGIN_MS;

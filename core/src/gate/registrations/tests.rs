@@ -591,6 +591,46 @@ fn a_fetch_that_cannot_be_sent_counts_as_a_failed_attempt() {
 }
 
 #[test]
+fn a_fetch_whose_answer_never_comes_is_given_up_and_the_worker_fetches_again() {
+    for cas in CASES {
+        let host = FakeHost::at(cas, T0);
+        // Every worker's fetch gets lost in turn (the host never reports its answer).
+        let mut workers = [fetched_gate(&host), gate(&host, URI)];
+        let calls = host.call_count();
+        host.advance(10_000);
+        for _ in 0..20 {
+            for g in workers.iter_mut() {
+                tick(g, &host);
+            }
+            host.advance(LOOK_MS * 10);
+        }
+        let lost = host.call_count() - calls;
+        assert!(lost >= 2, "{lost} fetches");
+        // Then the source answers again: a new fetch goes out, and a revocation is seen.
+        host.advance(12_000);
+        let before = host.call_count();
+        for g in workers.iter_mut() {
+            tick(g, &host);
+        }
+        assert_eq!(host.call_count(), before + 1, "{cas:?}: a new fetch");
+        let (token, _) = fetch_call(&host);
+        let revoked = DOCUMENT.replace(r#""client_id":"0oaApproved""#, r#""client_id":"0oaGone""#);
+        let owner = workers
+            .iter_mut()
+            .position(|g| g.answer_limit(CallToken(token)).is_some())
+            .expect("a worker sent it");
+        answer_with(&mut workers[owner], &host, token, Some(200), &[], &revoked);
+        for g in workers.iter_mut() {
+            host.advance(LOOK_MS);
+            tick(g, &host);
+            let step = ask(g, &host, 10, &basic("0oaApproved", "s"));
+            assert_eq!(step, Step::Deny(Denial::InvalidClient), "{cas:?}");
+        }
+        assert!(host.counter(&Counter::Registrations(RegistrationsFetch::Failed).name()) >= 1);
+    }
+}
+
+#[test]
 fn a_late_answer_never_replaces_the_document_of_a_later_fetch() {
     for cas in CASES {
         let host = FakeHost::at(cas, T0);
