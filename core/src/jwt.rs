@@ -367,16 +367,28 @@ fn granted_scope(claims: &Map<String, Value>) -> Result<String, JwtError> {
 }
 
 fn identity(claims: &Map<String, Value>, app_claim: &str) -> Result<String, JwtError> {
-    let identity = [app_claim, "cid", "client_id"].iter().find_map(|c| {
-        claims
-            .get(*c)
-            .and_then(Value::as_str)
-            .filter(|v| !v.is_empty())
-    });
-    match identity {
-        Some(id) if header_safe(id) => Ok(id.to_string()),
-        Some(_) => Err(JwtError::Invalid("identity claim not header-safe")),
-        None => Err(JwtError::Invalid("no identity claim")),
+    identity_claim(claims, app_claim)
+        .map(str::to_string)
+        .map_err(JwtError::Invalid)
+}
+
+/// Which app a token (or an introspection answer) names: the first of `app_claim`, `cid`,
+/// `client_id` that is present (not absent, not `null`). A present claim decides, and must be a
+/// non-empty, header-safe string: an app claim of another type (`["0oaA"]`, `5`, `""`) is
+/// refused, never skipped for `cid`, so that a token cannot name one app and be taken for
+/// another.
+pub fn identity_claim<'a>(
+    claims: &'a Map<String, Value>,
+    app_claim: &str,
+) -> Result<&'a str, &'static str> {
+    let present = [app_claim, "cid", "client_id"]
+        .iter()
+        .find_map(|c| claims.get(*c).filter(|v| !v.is_null()));
+    match present {
+        Some(Value::String(id)) if !id.is_empty() && header_safe(id) => Ok(id),
+        Some(Value::String(id)) if !id.is_empty() => Err("identity claim not header-safe"),
+        Some(_) => Err("identity claim not a non-empty string"),
+        None => Err("no identity claim"),
     }
 }
 

@@ -145,11 +145,26 @@ fn identity_claim_order_and_configured_claim() {
     let t = token(&claims_with(json!({"app_id": null})));
     assert_eq!(check(&t).unwrap().identity, "0oa-client");
     let t = token(&claims_with(
-        json!({"app_id": "", "cid": null, "client_id": "0oa-c2"}),
+        json!({"app_id": null, "cid": null, "client_id": "0oa-c2"}),
     ));
     assert_eq!(check(&t).unwrap().identity, "0oa-c2");
-    let t = token(&claims_with(json!({"app_id": 7})));
-    assert_eq!(check(&t).unwrap().identity, "0oa-client");
+    // A present app claim decides: one that is no non-empty string is refused, not skipped for
+    // `cid` (an app claim naming one app, `cid` another, must never pass as the other).
+    for odd in [
+        json!(""),
+        json!(7),
+        json!(["0oa-client"]),
+        json!({"id": "0oa-client"}),
+    ] {
+        let t = token(&claims_with(json!({ "app_id": odd })));
+        assert_eq!(
+            invalid(&t),
+            "identity claim not a non-empty string",
+            "{odd}"
+        );
+    }
+    let t = token(&claims_with(json!({"app_id": null, "cid": ""})));
+    assert_eq!(invalid(&t), "identity claim not a non-empty string");
     let t = token(&claims_with(json!({"app_id": null, "cid": null})));
     assert_eq!(invalid(&t), "no identity claim");
     let t = token(&claims_with(json!({"app_id": "evil\r\nx-admin: 1"})));

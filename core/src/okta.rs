@@ -550,15 +550,7 @@ pub fn identity_of<'a>(
     claims: &'a serde_json::Map<String, Value>,
     app_claim: &str,
 ) -> Option<&'a str> {
-    [app_claim, "cid", "client_id"]
-        .iter()
-        .find_map(|c| {
-            claims
-                .get(*c)
-                .and_then(Value::as_str)
-                .filter(|v| !v.is_empty())
-        })
-        .filter(|id| header_safe(id))
+    crate::jwt::identity_claim(claims, app_claim).ok()
 }
 
 fn failure_of(answer: IdpAnswer<'_>, now_s: u64) -> IdpFailure {

@@ -462,7 +462,8 @@ impl Fetcher {
             }
             None => self.failed(
                 root,
-                "no answer (timeout or connection failure)",
+                "no answer (a timeout, a connection failure, or a document larger than the host \
+                 hands over: about 32 MiB on Envoy 1.40)",
                 sent_ms,
                 now,
                 host,
