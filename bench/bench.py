@@ -1120,10 +1120,10 @@ def registrations_phase(idp, upstream_port):
     Envoys whose filter configurations differ only in `product` + `registrations_uri` (+ the
     refresh period): `reg2` (--concurrency 2, both cores, registrations_refresh_s REG_REFRESH_S)
     and `off2` (the same without registrations); `reg1` and `off1` (--concurrency 1, the server
-    core, default refresh); `warm` (--concurrency 1, the server core): one VM, three listeners,
-    `off` (no registrations), `reg` (the document) and `regn` (the same applications without
-    application and developer ids, from a second dev IdP: the lookups without the two context
-    headers upstream).
+    core, default refresh); `warm` (--concurrency 1, the server core): one VM, four listeners,
+    `off` (no registrations), `reg` (the document), `regn` (the same applications without
+    application and developer ids, from a second dev IdP: the lookup without the two context
+    headers upstream) and `off_b` (exactly `off`: the noise floor).
       1. parse: REG_SWAPS times a changed document is served; Envoy CPU per thread from the
          PUT until every thread is idle again, minus each thread's idle rate measured just
          before; the thread that fetched (and parsed) is the one of the filter's `registrations
@@ -1132,7 +1132,7 @@ def registrations_phase(idp, upstream_port):
          large one is in use; the gauges; the compact form's size (native bench);
       3. refresh, nothing changed: reg2 and off2 idle over the same windows, Envoy CPU, the dev
          IdP's GETs and 304s, the filter's fetch counters;
-      4. warm path: `warm`'s three listeners in turn, many short rounds, one keep-alive
+      4. warm path: `warm`'s four listeners in turn, many short rounds, one keep-alive
          connection (wrk -c1), then CONNECTIONS, the same approved Basic credential, Envoy CPU
          per request."""
     doc_a = konnect_document(REG_APPS, REG_PRODUCT)
@@ -1154,7 +1154,7 @@ def registrations_phase(idp, upstream_port):
         "reg1": [("direct", okta_config_json(idp, reg_extra))],
         "off1": [("direct", base_json)],
         "warm": [("off", base_json), ("reg", okta_config_json(idp, reg_extra)),
-                 ("regn", okta_config_json(idp, plain_extra))],
+                 ("regn", okta_config_json(idp, plain_extra)), ("off_b", base_json)],
     }
     workers = {"reg2": 2, "off2": 2, "reg1": 1, "off1": 1, "warm": 1}
     envs = {}
@@ -1163,7 +1163,8 @@ def registrations_phase(idp, upstream_port):
            "load_at_start": open("/proc/loadavg").read().split()[:3]}
     basic = "Basic " + b64(f"{cid}:{secret}")
     try:
-        for name, ls in listeners.items():
+        def start(name):
+            ls = listeners[name]
             ports = free_ports(len(ls) + 1)
             cfg = envoy_config(ports[0], [listener(l, p, DIRECT, http_filters("okta", j))
                                           for (l, j), p in zip(ls, ports[1:])],
@@ -1171,8 +1172,13 @@ def registrations_phase(idp, upstream_port):
             envs[name] = Envoy(f"reg-{name}", cfg, concurrency=workers[name],
                                cpu=f"{CLIENT_CPU},{SERVER_CPU}" if workers[name] == 2 else SERVER_CPU,
                                extra_args=("--component-log-level", "wasm:info"))
+
+        # `warm` starts after the refresh windows, `reg1` stops before them: the dev IdP's GETs
+        # there are reg2's alone.
+        for name in ("reg2", "off2", "reg1", "off1"):
+            start(name)
         # The small generated document in use: the bench's client is unknown there (401).
-        for name, l in [("reg2", "direct"), ("reg1", "direct"), ("warm", "reg")]:
+        for name, l in [("reg2", "direct"), ("reg1", "direct")]:
             port = envs[name].ports[l]
             wait_until(f"registrations {name}/{l}: the first document in use", lambda: http_request(
                 "GET", port, "/", headers={"authorization": basic})[0] == 401, 30, envs[name].proc)
@@ -1196,9 +1202,8 @@ def registrations_phase(idp, upstream_port):
             c1, w1 = thread_cpu_ns(reg2.pid), time.monotonic()
             idle = {t: (ns - c0.get(t, ("", 0))[1]) / (w1 - w0) for t, (_, ns) in c1.items()}
             n_lines = len(fetched_lines(reg2))
-            for name in ("reg1", "warm"):
-                s1 = reg_stats(envs[name])
-                answers_at_last_put[name] = s1["registrations_fetched"] + s1["registrations_not_modified"]
+            s1 = reg_stats(envs["reg1"])
+            answers_at_last_put["reg1"] = s1["registrations_fetched"] + s1["registrations_not_modified"]
             t0, w0 = thread_cpu_ns(reg2.pid), time.monotonic()
             idp.serve_document(doc)
             wait_until(f"registrations swap {i + 1}: reg2 fetched the document",
@@ -1239,9 +1244,9 @@ def registrations_phase(idp, upstream_port):
         res["median_adopter_ms"] = med(res["adopter_ms"])
         res["median_total_ms"] = med(res["total_ms"])
 
-        # reg1 and warm (refresh 10 s) hold the last document before they are measured: an
+        # reg1 (refresh 10 s) holds the last document before they are measured: an
         # answer (200 or 304) to a fetch after the last change.
-        for name in ("reg1", "warm"):
+        for name in ("reg1",):
             def caught_up(name=name):
                 s1 = reg_stats(envs[name])
                 return s1["registrations_fetched"] + s1["registrations_not_modified"] > answers_at_last_put[name]
@@ -1252,6 +1257,8 @@ def registrations_phase(idp, upstream_port):
         res["rss_added_mib"] = {k: (a[k] - b[k]) / 1024 for k in mem_names}
         res["rss_first_added_mib"] = (res["rss_first_kib"]["reg2"] - b["reg2"]) / 1024
         res["gauges"] = reg_stats(reg2)
+        for name in ("reg1", "off1"):
+            envs.pop(name).proc.stop()
         log(f"registrations memory: RSS added {', '.join(f'{k} {v:+.1f}' for k, v in res['rss_added_mib'].items())} MiB; "
             f"gauges {res['gauges']}")
 
@@ -1301,8 +1308,13 @@ def registrations_phase(idp, upstream_port):
         res["gets_allowed"] = sum(x["gets_allowed"] for x in idle_runs)
 
         # 4. the warm path, registrations on vs off, in one Envoy (one VM, one worker).
+        start("warm")
         warm_env = envs["warm"]
-        for l in ("off", "reg", "regn"):
+        for l in ("off", "reg", "regn", "off_b"):
+            port = warm_env.ports[l]
+            # `reg` and `regn`: 503 until their document is in use, then 200.
+            wait_until(f"registrations warm/{l} answers 200", lambda: http_request(
+                "GET", port, "/", headers={"authorization": basic})[0] == 200, 30, warm_env.proc)
             st = http_request("GET", warm_env.ports[l], "/", headers={"authorization": basic})[0]
             if st != 200:
                 raise SystemExit(f"bench: registrations warm/{l}: the approved app got {st}")
@@ -1317,7 +1329,8 @@ def registrations_phase(idp, upstream_port):
         res["enforced"] = checks
         # One keep-alive connection (each request wakes Envoy on its own), and CONNECTIONS of
         # them (closed loop, as the throughput phase: Envoy's per-wake-up cost shared).
-        names = ["off", "reg", "regn"]
+        # `off_b`: a second listener exactly like `off`: how far two identical ones differ.
+        names = ["off", "reg", "regn", "off_b"]
         warm = {c: {n: [] for n in names} for c in (1, CONNECTIONS)}
 
         def idle_rate(seconds=3.0):
@@ -1332,7 +1345,7 @@ def registrations_phase(idp, upstream_port):
         w_before = warm_env.stats()
         for r in range(REG_WARM_ROUNDS):
             for conns in warm:
-                for name in names[r % 3:] + names[:r % 3]:
+                for name in names[r % len(names):] + names[:r % len(names)]:
                     c0, t0 = cpu_ns(warm_env.pid), time.monotonic()
                     argv = ["taskset", "-c", CLIENT_CPU, WRK, "-t1", f"-c{conns}", f"-d{REG_WARM_SECONDS}s",
                             "-H", f"Authorization: {basic}", f"http://127.0.0.1:{warm_env.ports[name]}/"]
@@ -1371,7 +1384,7 @@ def registrations_phase(idp, upstream_port):
                 1 for n in names for x in w[n] if x.get("stalled"))}
             for n in names:
                 d[f"median_{n}_us"] = med([w[n][i]["cpu_us_per_req"] for i in ok])
-            for n in ("reg", "regn"):
+            for n in ("reg", "regn", "off_b"):
                 per_round = [w[n][i]["cpu_us_per_req"] - w["off"][i]["cpu_us_per_req"] for i in ok]
                 d[f"{n}_added_us"] = med(per_round)
                 d[f"{n}_added_per_round_us"] = per_round
@@ -1410,7 +1423,8 @@ def registration_goals(r):
                  f"of the same without ({c} keep-alive connection{'s' if c != '1' else ''})",
              f"{w['reg_added_us']:+.2f} us/req ({w['median_reg_us']:.2f} vs {w['median_off_us']:.2f}; per-round "
              f"differences' IQR {w['reg_added_iqr_us'][0]:+.2f} to {w['reg_added_iqr_us'][1]:+.2f}); "
-             f"the lookups alone (no context ids): {w['regn_added_us']:+.2f}",
+             f"the lookup alone (no context ids): {w['regn_added_us']:+.2f}"
+             + (f"; two identical listeners: {w['off_b_added_us']:+.2f}" if "off_b_added_us" in w else ""),
              w["reg_added_us"] <= 0.3)
         for c, w in r["warm"].items()
     ]
@@ -1442,9 +1456,11 @@ def registrations_lines(r, again_note=None):
     a("")
     a(f"**Parse and adoption** (`reg2`, {r['swaps']} changed documents served one after the other). Envoy CPU "
       "from the moment the dev IdP serves the new document until every thread is idle again, minus each "
-      "thread's idle rate measured over the 2 s before; the fetching worker is the thread of the filter's "
-      "`registrations document fetched` log line (it receives the 30 MB answer, parses it, writes the compact "
-      "form to shared data), the other threads adopt the compact form (no JSON parse). Milliseconds:")
+      "thread's idle rate measured over the 2 s before. The fetching thread is the one of the filter's "
+      "`registrations document fetched` log line (it receives the 30 MB answer, copies it into its VM, parses "
+      "it, writes the compact form to shared data); the other threads with a VM (the other worker and Envoy's "
+      "main thread, whose root context ticks and fetches like a worker's) adopt the compact form (no JSON "
+      "parse). Milliseconds:")
     a("")
     a("| swap | fetching thread | fetch + parse + share, ms | other threads (adopting), ms | Envoy total, ms | Envoy RSS after, MiB |")
     a("|---|---|---|---|---|---|")
@@ -1453,12 +1469,14 @@ def registrations_lines(r, again_note=None):
         a(f"| {i + 1} | {s['fetcher']} | {s['fetcher_ms']:.0f} | {others} | {s['total_ms']:.0f} | "
           f"{s['rss_kib'] / 1024:.0f} |")
     a("")
-    a(f"Medians: the fetching worker **{r['median_fetcher_ms']:.0f} ms**, each adopting worker "
+    a(f"Medians: the fetching thread **{r['median_fetcher_ms']:.0f} ms**, each adopting thread "
       f"**{r['median_adopter_ms']:.0f} ms**, Envoy in all {r['median_total_ms']:.0f} ms per changed document.")
     a("")
     b, af, add = r["rss_before_kib"], r["rss_after_kib"], r["rss_added_mib"]
     a("**Memory** (VmRSS). Before: the dev IdP's small generated document in use; after: the "
-      f"{r['apps']:,}-application document in use (after {r['swaps']} changes for `reg2`, one or more for `reg1`).")
+      f"{r['apps']:,}-application document in use (after {r['swaps']} changes for `reg2`, one or more for `reg1`). "
+      "Every thread with a VM holds a copy: `--concurrency 2` is three copies (two workers and the main thread), "
+      "`--concurrency 1` two.")
     a("")
     a("| Envoy | workers | before (MiB) | after (MiB) | added (MiB) |")
     a("|---|---|---|---|---|")
@@ -1492,7 +1510,7 @@ def registrations_lines(r, again_note=None):
       f"same {len(r['refresh_runs'])} windows of {r['refresh_runs'][0]['seconds']:.0f} s): Envoy CPU "
       f"{r['median_reg_idle_ms_per_s']:.2f} ms/s with registrations, {r['median_off_idle_ms_per_s']:.2f} ms/s "
       f"without: **{r['median_added_ms_per_period']:+.2f} ms per period** for the gateway (the fetch, "
-      f"its 304, each worker's look at the shared record every 0.1 s). Dev IdP: {t['idp_gets']} GETs, "
+      f"its 304, each VM's look at the shared record every 0.1 s: 30 looks a second with three VMs). Dev IdP: {t['idp_gets']} GETs, "
       f"{t['idp_304s']} of them 304; filter: {t['filter_not_modified']} counted 304s, {t['filter_fetched']} "
       f"documents fetched (parsed), {t['filter_failed']} failures: {r['gets_per_period']:.2f} GETs per period "
       f"(a period is {r['refresh_s']} s plus up to one 0.1 s look; the GETs are counted from just before to "
@@ -1501,24 +1519,28 @@ def registrations_lines(r, again_note=None):
           f"{x['reg_cpu_ms_per_s']:.2f} vs {x['off_cpu_ms_per_s']:.2f} ms/s, {x['idp_gets']} GETs in "
           f"{x['gets_interval_s']:.2f} s" for x in r["refresh_runs"]) + ".")
     a("")
-    a(f"**Warm path**: one Envoy (`--concurrency 1`, the server core, one VM) with three listeners whose filter "
+    a(f"**Warm path**: one Envoy (`--concurrency 1`, the server core, one VM) with listeners whose filter "
       f"configurations differ only in `product` + `registrations_uri`: `off` (no registrations), `reg` (the "
       f"document above: refuses a pending app with {r['enforced']['pending']}, an unknown one with "
       f"{r['enforced']['unknown']}) and `regn` (the same applications without `application_id` and "
-      f"`developer_id`, from a second dev IdP). The same cached Basic credential of an approved app; "
-      f"{r['warm_rounds']} rounds, each running the three in turn (rotating order) for {r['warm_seconds']} s with "
+      f"`developer_id`, from a second dev IdP), and `off_b`, exactly `off`. The same cached Basic credential of an "
+      f"approved app; {r['warm_rounds']} rounds, each running them in turn (rotating order) for {r['warm_seconds']} s with "
       f"`wrk -t1 -c1` (one keep-alive connection: every request wakes Envoy on its own), then with "
       f"`-c{CONNECTIONS}` (as in the throughput tables). Envoy CPU per request, without Envoy's idle background "
       f"(measured before the runs, {r['warm_idle_cpu_ms_per_s'][0]:.1f} ms/s; {r['warm_idle_cpu_ms_per_s'][1]:.1f} "
       "after), medians; the differences are per round against `off`, then their median (and their interquartile "
       "range: what the noise allows to tell):")
     a("")
-    a("| connections | `off`, us/req | `reg`, us/req | `reg` added (IQR) | `regn`, us/req | `regn` added (IQR) |")
-    a("|---|---|---|---|---|---|")
+    a("| connections | `off`, us/req | `reg`, us/req | `reg` added (IQR) | `regn`, us/req | `regn` added (IQR) | "
+      "`off_b` (= `off`) added (IQR) | rounds |")
+    a("|---|---|---|---|---|---|---|---|")
     for c, w in r["warm"].items():
+        ob = (f"{w['off_b_added_us']:+.2f} ({w['off_b_added_iqr_us'][0]:+.2f} to {w['off_b_added_iqr_us'][1]:+.2f})"
+              if "off_b_added_us" in w else "-")
         a(f"| {c} | {w['median_off_us']:.2f} | {w['median_reg_us']:.2f} | **{w['reg_added_us']:+.2f}** "
           f"({w['reg_added_iqr_us'][0]:+.2f} to {w['reg_added_iqr_us'][1]:+.2f}) | {w['median_regn_us']:.2f} | "
-          f"**{w['regn_added_us']:+.2f}** ({w['regn_added_iqr_us'][0]:+.2f} to {w['regn_added_iqr_us'][1]:+.2f}) |")
+          f"**{w['regn_added_us']:+.2f}** ({w['regn_added_iqr_us'][0]:+.2f} to {w['regn_added_iqr_us'][1]:+.2f}) | "
+          f"{ob} | {w.get('rounds_used', '-')} |")
     a("")
     stalls = {c: w["stalled_runs"] for c, w in r["warm"].items() if w["stalled_runs"]}
     if stalls:
@@ -1527,10 +1549,12 @@ def registrations_lines(r, again_note=None):
         a("")
     a("With `reg`, the approved app's requests go upstream with `x-application-id` and `x-developer-id` (the "
       "document has both): two header additions (host calls) that the request without registrations does not "
-      "make, besides the two lookups (one before the cache, one as the grant leaves). `regn` makes the lookups "
-      "only. Requests per run (medians): " + "; ".join(
+      "make, besides the lookup (a warm request is answered from the worker's local copy; the registrations "
+      "are looked up as the grant leaves). `regn` makes the lookup only. `off_b` is a fourth listener "
+      "exactly like `off`: its difference is what two identical configurations differ by in this run, the "
+      "noise floor. Requests per run (medians): " + "; ".join(
           f"{c} connection(s) " + ", ".join(f"{n} {med([x['requests'] for x in w['runs'][n]]):,.0f}"
-                                           for n in ("off", "reg", "regn"))
+                                           for n in w["runs"])
           for c, w in r["warm"].items())
       + f". Filter counters over the warm runs (every request a cache hit, no IdP call): "
       f"{r.get('warm_filter_counters')}.")
