@@ -1562,13 +1562,15 @@ def registrations_lines(r, again_note=None):
     return L
 
 
-def splice_section(text, lines, heading="## Registrations at scale", before="## Machine and versions"):
+def splice_section(text, lines, heading="## Registrations at scale",
+                   before=("## Host calls in one warm request", "## Reproduce")):
     """`text` (bench/RESULTS.md) with the section starting with `heading` replaced by `lines`
-    (inserted before `before` when absent)."""
+    (when absent, inserted where a full run puts it: before the first heading of `before`
+    found)."""
     rows = text.rstrip("\n").split("\n")
     start = next((i for i, l in enumerate(rows) if l.startswith(heading)), None)
     if start is None:
-        at = next((i for i, l in enumerate(rows) if l.startswith(before)), len(rows))
+        at = next((i for b in before for i, l in enumerate(rows) if l.startswith(b)), len(rows))
         rows[at:at] = lines
     else:
         end = next((i for i in range(start + 1, len(rows)) if rows[i].startswith("## ")), len(rows))
@@ -2018,6 +2020,7 @@ def write_results(ctx):
     a("make bench BENCH_ROUNDS=5 BENCH_SECONDS=5   # shorter")
     a("make bench BENCH_JWT=0                     # without jwt_authn, okta_bearer_jwt and the cold JWT phase")
     a("python3 bench/bench.py --validate           # render every Envoy configuration, envoy --mode validate")
+    a("python3 bench/bench.py --again registrations   # the registrations phase alone: its section only")
     a("```")
     a("")
     a("`bench/run.sh` installs `wrk` (apt-get, on Debian) when missing, builds the filter, the empty filter, the "
