@@ -130,7 +130,7 @@ test: fmt-check clippy unit wasm validate integration integration-ngx ## all of 
 run: wasm devidp $(ENVOY_STAMP) ## Envoy with the filter on localhost:PORT, the dev IdP (or OKTA_ISSUER's org), an echo API; Ctrl-C stops
 	ENVOY=$(ENVOY) DEVIDP=$(DEVIDP) scripts/run.sh
 
-bench: wasm devidp $(ENVOY_STAMP) ## benchmark vs no filter, an empty wasm filter, basic_auth, ext_authz, jwt_authn: bench/RESULTS.md (BENCH_ROUNDS, BENCH_SECONDS, BENCH_JWT; ~25 min)
+bench: wasm devidp $(ENVOY_STAMP) ## benchmark vs no filter, an empty wasm filter, basic_auth, ext_authz, jwt_authn; registrations at 100,000 apps: bench/RESULTS.md (BENCH_ROUNDS, BENCH_SECONDS, BENCH_JWT; ~33 min)
 	ENVOY=$(ENVOY) DEVIDP=$(DEVIDP) bench/run.sh
 
 clean: ## remove build output and make run's logs

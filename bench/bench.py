@@ -26,7 +26,14 @@ Then: the cold path against the dev IdP with a fixed delay, the cold JWT path (E
 never-seen token, okta_bearer_jwt and jwt_authn, against the same token repeated), Envoy's RSS
 with a full cache, the
 host calls of one request (Envoy's wasm trace log), and the core's per-request work natively
-(criterion). Writes bench/RESULTS.md and bench/out/results.json.
+(criterion). Then registrations at scale (`registrations_phase`): a document of 100,000
+Konnect-shaped applications at `registrations_uri`, its parse and adoption per Envoy thread, the
+memory it takes, the cost of a refresh when nothing changed, and the warm path with registrations
+on and off. Writes bench/RESULTS.md and bench/out/results.json.
+
+`bench.py --again PHASES` measures `probes` and/or `jwt_cold` again and rewrites bench/RESULTS.md
+from the last full run's results; `--again registrations` (alone) measures that phase again and
+replaces only its section of bench/RESULTS.md.
 
 `bench.py --validate` only renders every Envoy configuration (the BENCH_JWT ones too) into
 bench/out/configs/ and checks each with `envoy --mode validate`; it starts nothing else.
@@ -92,6 +99,21 @@ COLD_BURST_WIDTH = 4
 IDP_DELAY_MS = int(os.environ.get("BENCH_IDP_DELAY_MS", "20"))
 CACHE_SLOTS = 16384  # the filter's default `cache_slots`
 SKIP_CRITERION = os.environ.get("BENCH_SKIP_CRITERION") == "1"
+
+# The registrations phase: a Konnect-shaped document of this many applications (a quarter of
+# them approved for REG_PRODUCT), served by the dev IdP, revalidated every REG_REFRESH_S by the
+# Envoy whose refreshes are measured.
+REG_APPS = int(os.environ.get("BENCH_REG_APPS", "100000"))
+REG_PRODUCT = "0000000a-5b6d-4e7f-8a9b-000000000001"
+REG_REFRESH_S = 1
+# Documents swapped in, one after the other (each is fetched, parsed once, adopted by the others).
+REG_SWAPS = max(3, ROUNDS)
+# The warm path: this many rounds, each running every configuration for this many seconds.
+REG_WARM_ROUNDS = int(os.environ.get("BENCH_REG_WARM_ROUNDS", str(4 * ROUNDS)))
+REG_WARM_SECONDS = 2
+# Application 0 of the document: approved for REG_PRODUCT; application 1: pending.
+REG_APPROVED = ("0oa00000000000000000", "reg-Secret_approved-0")
+REG_PENDING = "0oa00000000000000001"
 
 DEMO_ID = "0oa6demoDcrClient4kong"
 DEMO_SECRET = "demo-Secret_4kong-DCR"
@@ -205,6 +227,20 @@ def cpu_ns(pid):
     return total
 
 
+def thread_cpu_ns(pid):
+    """CPU time of each thread of `pid`: {tid: (name, ns)} (schedstat)."""
+    out = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                out[int(task)] = (name, int(f.read().split()[0]))
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
 def core_busy_ns(cpu):
     """Time core `cpu` spent busy, ns (/proc/stat: all but idle and iowait)."""
     with open("/proc/stat") as f:
@@ -279,10 +315,10 @@ class Client:
 # --- the dev IdP -----------------------------------------------------------------------------
 
 class Idp:
-    def __init__(self, port):
+    def __init__(self, port, name="idp"):
         self.port = port
         self.issuer = f"http://127.0.0.1:{port}/oauth2/default"
-        self.proc = Proc("idp", [str(DEVIDP), "idp", "--listen", f"127.0.0.1:{port}", "--demo"], cpu=CLIENT_CPU)
+        self.proc = Proc(name, [str(DEVIDP), "idp", "--listen", f"127.0.0.1:{port}", "--demo"], cpu=CLIENT_CPU)
         wait_until("dev IdP", lambda: http_request(
             "GET", port, "/oauth2/default/.well-known/oauth-authorization-server")[0] == 200, 20, self.proc)
         self.admin = Client(port)
@@ -315,6 +351,21 @@ class Idp:
 
     def reset(self):
         self._admin("POST", "/_dev/reset")
+
+    def serve_document(self, body):
+        """Serves these bytes at /_portal/registrations (None: the generated document again)."""
+        if body is None:
+            self._admin("DELETE", "/_dev/registrations/document")
+            return
+        self.admin.conn.request("PUT", "/_dev/registrations/document", body=body)
+        r = self.admin.conn.getresponse()
+        data = r.read()
+        if r.status != 204:
+            raise SystemExit(f"bench: dev IdP PUT /_dev/registrations/document: {r.status} {data[:200]!r}")
+
+    @property
+    def registrations_uri(self):
+        return f"http://127.0.0.1:{self.port}/_portal/registrations"
 
 
 # --- Envoy configurations --------------------------------------------------------------------
@@ -470,10 +521,11 @@ DIRECT = {"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}
 TO_UPSTREAM = {"route": {"cluster": "upstream"}}
 
 
-def envoy_config(admin_port, listeners, idp_port, upstream_port, authz_port=None):
+def envoy_config(admin_port, listeners, idp_port, upstream_port, authz_port=None, extra_clusters=()):
     clusters = [cluster("okta", idp_port), cluster("upstream", upstream_port)]
     if authz_port is not None:
         clusters.append(cluster("authz", authz_port))
+    clusters += [cluster(name, port) for name, port in extra_clusters]
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {
@@ -1023,6 +1075,546 @@ def memory_phase(idp, upstream_port):
     return res
 
 
+def konnect_document(apps, product, context=True):
+    """The document core/src/registrations/konnect_document.rs makes (the native bench's and the
+    unit tests'), byte for byte: 20-character Okta client ids, UUID application, developer and
+    product ids, a name, one or two registrations per app; app i is approved, pending, revoked,
+    rejected for `product` as i % 4 is 0, 1, 2, 3. Without `context`: no application_id and
+    developer_id (nothing to send upstream besides the identity)."""
+    def uuid(kind, i):
+        return f"{kind:08x}-5b6d-4e7f-8a9b-{i:012x}"
+    parts = []
+    for i in range(apps):
+        status = ("approved", "pending", "revoked", "rejected")[i % 4]
+        second = f',{{"product":"{uuid(3, i % 50)}","status":"approved"}}' if i % 2 == 0 else ""
+        ids = f'"application_id":"{uuid(1, i)}","developer_id":"{uuid(2, i // 3)}",' if context else ""
+        parts.append(
+            f'{{"client_id":"0oa{i:017}",{ids}'
+            f'"name":"Application number {i}","registrations":[{{"product":"{product}","status":"{status}"}}{second}]}}')
+    return ('{"applications":[' + ",".join(parts) + "]}").encode()
+
+
+FETCHED_LINE = re.compile(r"^\[([^\]]+)\]\[(\d+)\]\[info\].*registrations document fetched: (\d+) application")
+
+
+def fetched_lines(env):
+    """The filter's `registrations document fetched` log lines (Envoy with wasm:info): (time, tid,
+    applications) each, the thread being the worker that fetched and parsed."""
+    out = []
+    for line in env.proc.log_path.read_text(errors="replace").splitlines():
+        m = FETCHED_LINE.search(line)
+        if m:
+            out.append((m.group(1), int(m.group(2)), int(m.group(3))))
+    return out
+
+
+def reg_stats(env):
+    st = env.stats()
+    k = "wasmcustom.okta_dcr_auth_"
+    return {n: st.get(k + n, 0) for n in (
+        "registrations_fetched", "registrations_not_modified", "registrations_failed",
+        "registrations_bytes", "registrations_applications", "registrations_age_s",
+        "requests_denied_unregistered", "requests_denied_not_approved",
+        "requests_denied_registrations_unavailable")}
+
+
+def wait_quiet(pid, floor_ns_per_s, least_s, timeout_s=30, step_s=0.25):
+    """Waits until no thread of `pid` used more than its idle rate (+2 ms) over the last step,
+    and at least `least_s`; returns the per-thread CPU then."""
+    t_end = time.monotonic() + timeout_s
+    t_least = time.monotonic() + least_s
+    prev = thread_cpu_ns(pid)
+    while time.monotonic() < t_end:
+        time.sleep(step_s)
+        cur = thread_cpu_ns(pid)
+        busy = [t for t, (_, ns) in cur.items()
+                if ns - prev.get(t, ("", 0))[1] > floor_ns_per_s.get(t, 0) * step_s + 2e6]
+        prev = cur
+        if not busy and time.monotonic() >= t_least:
+            return cur
+    return prev
+
+
+def registrations_native_sizes():
+    """The compact shared form's size, from the native bench (it prints the sizes once)."""
+    if SKIP_CRITERION:
+        return None
+    argv = ["cargo", "bench", "-q", "-p", "okta-dcr-auth-core", "--bench", "registrations", "--", "--list"]
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    m = re.search(r"registrations: (\d+) apps, document (\d+) bytes, index (\d+) bytes in memory, "
+                  r"compact shared form (\d+) bytes", out.stdout)
+    if not m:
+        log(f"registrations: no sizes from `{' '.join(argv)}`: {out.stderr.strip()[-300:]}")
+        return None
+    return {"argv": argv, "apps": int(m.group(1)), "document_bytes": int(m.group(2)),
+            "index_bytes": int(m.group(3)), "compact_bytes": int(m.group(4))}
+
+
+def registrations_phase(idp, upstream_port):
+    """Registrations at scale in real Envoy (V8): a Konnect-shaped document of REG_APPS
+    applications served by the dev IdP (`registrations_uri`).
+
+    Envoys whose filter configurations differ only in `product` + `registrations_uri` (+ the
+    refresh period): `reg2` (--concurrency 2, both cores, registrations_refresh_s REG_REFRESH_S)
+    and `off2` (the same without registrations); `reg1` and `off1` (--concurrency 1, the server
+    core, default refresh); `warm` (--concurrency 1, the server core): one VM, four listeners,
+    `off` (no registrations), `reg` (the document), `regn` (the same applications without
+    application and developer ids, from a second dev IdP: the lookup without the two context
+    headers upstream) and `off_b` (exactly `off`: the noise floor).
+      1. parse: REG_SWAPS times a changed document is served; Envoy CPU per thread from the
+         PUT until every thread is idle again, minus each thread's idle rate measured just
+         before; the thread that fetched (and parsed) is the one of the filter's `registrations
+         document fetched` log line, the other threads with a VM adopt the compact form;
+      2. memory: VmRSS before (the dev IdP's small generated document in use) and after the
+         large one is in use; the gauges; the compact form's size (native bench);
+      3. refresh, nothing changed: reg2 and off2 idle over the same windows, Envoy CPU, the dev
+         IdP's GETs and 304s, the filter's fetch counters;
+      4. warm path: `warm`'s four listeners in turn, many short rounds, one keep-alive
+         connection (wrk -c1), then CONNECTIONS, the same approved Basic credential, Envoy CPU
+         per request."""
+    doc_a = konnect_document(REG_APPS, REG_PRODUCT)
+    # One approval more (application 1): a changed document of the same shape.
+    doc_b = doc_a.replace(b'"status":"pending"', b'"status":"approved"', 1)
+    cid, secret = REG_APPROVED
+    idp.register(cid, secret)
+    idp.serve_document(None)
+    plain_port, = free_ports(1)
+    plain = Idp(plain_port, name="idp-plain")
+    plain.serve_document(konnect_document(REG_APPS, REG_PRODUCT, context=False))
+    reg_extra = {"product": REG_PRODUCT, "registrations_uri": idp.registrations_uri}
+    plain_extra = {"product": REG_PRODUCT, "registrations_uri": plain.registrations_uri,
+                   "registrations_upstream": "portal_plain"}
+    base_json = okta_config_json(idp)
+    listeners = {
+        "reg2": [("direct", okta_config_json(idp, dict(reg_extra, registrations_refresh_s=REG_REFRESH_S)))],
+        "off2": [("direct", base_json)],
+        "reg1": [("direct", okta_config_json(idp, reg_extra))],
+        "off1": [("direct", base_json)],
+        "warm": [("off", base_json), ("reg", okta_config_json(idp, reg_extra)),
+                 ("regn", okta_config_json(idp, plain_extra)), ("off_b", base_json)],
+    }
+    workers = {"reg2": 2, "off2": 2, "reg1": 1, "off1": 1, "warm": 1}
+    envs = {}
+    res = {"apps": REG_APPS, "product": REG_PRODUCT, "document_bytes": len(doc_a), "refresh_s": REG_REFRESH_S,
+           "swaps": REG_SWAPS, "rounds": ROUNDS, "warm_rounds": REG_WARM_ROUNDS, "warm_seconds": REG_WARM_SECONDS,
+           "load_at_start": open("/proc/loadavg").read().split()[:3]}
+    basic = "Basic " + b64(f"{cid}:{secret}")
+    try:
+        def start(name):
+            ls = listeners[name]
+            ports = free_ports(len(ls) + 1)
+            cfg = envoy_config(ports[0], [listener(l, p, DIRECT, http_filters("okta", j))
+                                          for (l, j), p in zip(ls, ports[1:])],
+                               idp.port, upstream_port, extra_clusters=[("portal_plain", plain.port)])
+            envs[name] = Envoy(f"reg-{name}", cfg, concurrency=workers[name],
+                               cpu=f"{CLIENT_CPU},{SERVER_CPU}" if workers[name] == 2 else SERVER_CPU,
+                               extra_args=("--component-log-level", "wasm:info"))
+
+        # `warm` starts after the refresh windows, `reg1` stops before them: the dev IdP's GETs
+        # there are reg2's alone.
+        for name in ("reg2", "off2", "reg1", "off1"):
+            start(name)
+        # The small generated document in use: the bench's client is unknown there (401).
+        for name, l in [("reg2", "direct"), ("reg1", "direct")]:
+            port = envs[name].ports[l]
+            wait_until(f"registrations {name}/{l}: the first document in use", lambda: http_request(
+                "GET", port, "/", headers={"authorization": basic})[0] == 401, 30, envs[name].proc)
+        for name in ("off2", "off1"):
+            st = http_request("GET", envs[name].ports["direct"], "/", headers={"authorization": basic})[0]
+            if st != 200:
+                raise SystemExit(f"bench: registrations {name}: the approved app got {st}")
+        time.sleep(2)
+        mem_names = ["reg2", "off2", "reg1", "off1"]
+        res["rss_before_kib"] = {k: rss_kib(envs[k].pid) for k in mem_names}
+
+        # 1. parse and adoption, per thread.
+        reg2 = envs["reg2"]
+        swaps = []
+        answers_at_last_put = {}
+        for i in range(REG_SWAPS):
+            doc = doc_a if i % 2 == 0 else doc_b
+            # Each thread's idle rate (ticks, 304s every REG_REFRESH_S), just before.
+            c0, w0 = thread_cpu_ns(reg2.pid), time.monotonic()
+            time.sleep(2.0)
+            c1, w1 = thread_cpu_ns(reg2.pid), time.monotonic()
+            idle = {t: (ns - c0.get(t, ("", 0))[1]) / (w1 - w0) for t, (_, ns) in c1.items()}
+            n_lines = len(fetched_lines(reg2))
+            s1 = reg_stats(envs["reg1"])
+            answers_at_last_put["reg1"] = s1["registrations_fetched"] + s1["registrations_not_modified"]
+            t0, w0 = thread_cpu_ns(reg2.pid), time.monotonic()
+            idp.serve_document(doc)
+            wait_until(f"registrations swap {i + 1}: reg2 fetched the document",
+                       lambda: len(fetched_lines(reg2)) > n_lines, 30, reg2.proc)
+            t1 = wait_quiet(reg2.pid, idle, least_s=1.0)
+            w1 = time.monotonic()
+            line = fetched_lines(reg2)[n_lines]
+            if line[2] != REG_APPS:
+                raise SystemExit(f"bench: registrations swap {i + 1}: {line[2]} applications fetched, not {REG_APPS}")
+            per = {}
+            for t, (name, ns) in t1.items():
+                d = ns - t0.get(t, (name, 0))[1] - idle.get(t, 0) * (w1 - w0)
+                per[t] = (name, d / 1e6)
+            fetcher = line[1]
+            others = {f"{n} ({t})": ms for t, (n, ms) in per.items() if t != fetcher and ms > 1.0}
+            swap = {"fetcher": f"{per.get(fetcher, ('?', 0))[0]} ({fetcher})",
+                    "fetcher_ms": per.get(fetcher, ("?", float("nan")))[1],
+                    "others_ms": others,
+                    # Every thread with a wasm VM: the workers and the main thread (its root
+                    # context ticks too: it adopts, and may be the one that fetches).
+                    "adopters_ms": sorted((ms for t, (n, ms) in per.items()
+                                           if t != fetcher and (n.startswith("wrk:") or n == "envoy")
+                                           and ms > 1.0), reverse=True),
+                    "total_ms": sum(ms for _, ms in per.values()),
+                    "window_s": w1 - w0,
+                    "rss_kib": rss_kib(reg2.pid)}
+            swaps.append(swap)
+            if i == 0:
+                res["rss_first_kib"] = {"reg2": swap["rss_kib"]}
+            log(f"registrations swap {i + 1}/{REG_SWAPS}: fetching thread {swap['fetcher']} {swap['fetcher_ms']:.0f} ms, "
+                f"others {', '.join(f'{k} {v:.0f} ms' for k, v in others.items()) or 'none'}; "
+                f"Envoy total {swap['total_ms']:.0f} ms; RSS {swap['rss_kib'] / 1024:.0f} MiB")
+        res["swaps_measured"] = swaps
+        res["fetcher_ms"] = [s["fetcher_ms"] for s in swaps]
+        res["adopter_ms"] = [ms for s in swaps for ms in s["adopters_ms"]]
+        res["total_ms"] = [s["total_ms"] for s in swaps]
+        res["median_fetcher_ms"] = med(res["fetcher_ms"])
+        res["median_adopter_ms"] = med(res["adopter_ms"])
+        res["median_total_ms"] = med(res["total_ms"])
+
+        # reg1 (refresh 10 s) holds the last document before they are measured: an
+        # answer (200 or 304) to a fetch after the last change.
+        for name in ("reg1",):
+            def caught_up(name=name):
+                s1 = reg_stats(envs[name])
+                return s1["registrations_fetched"] + s1["registrations_not_modified"] > answers_at_last_put[name]
+            wait_until(f"registrations {name}: the last document in use", caught_up, 30, envs[name].proc)
+        time.sleep(1.5)
+        res["rss_after_kib"] = {k: rss_kib(envs[k].pid) for k in mem_names}
+        b, a = res["rss_before_kib"], res["rss_after_kib"]
+        res["rss_added_mib"] = {k: (a[k] - b[k]) / 1024 for k in mem_names}
+        res["rss_first_added_mib"] = (res["rss_first_kib"]["reg2"] - b["reg2"]) / 1024
+        res["gauges"] = reg_stats(reg2)
+        for name in ("reg1", "off1"):
+            envs.pop(name).proc.stop()
+        log(f"registrations memory: RSS added {', '.join(f'{k} {v:+.1f}' for k, v in res['rss_added_mib'].items())} MiB; "
+            f"gauges {res['gauges']}")
+
+        # 3. refresh with nothing changed: reg2 and off2 idle over the same windows.
+        idle_runs = []
+        window = max(SECONDS, 5)
+        for r in range(ROUNDS):
+            s0 = reg_stats(reg2)
+            g0 = time.monotonic()
+            i0 = idp.stats()
+            c0 = {k: cpu_ns(envs[k].pid) for k in ("reg2", "off2")}
+            w0 = time.monotonic()
+            time.sleep(window)
+            c1 = {k: cpu_ns(envs[k].pid) for k in ("reg2", "off2")}
+            w1 = time.monotonic()
+            i1 = idp.stats()
+            g1 = time.monotonic()
+            s1 = reg_stats(reg2)
+            run = {
+                "seconds": w1 - w0,
+                # The dev IdP's GETs are counted from before its first read to after its second:
+                # at one GET per period at most, that interval holds floor(L / R) + 1 of them.
+                "gets_interval_s": g1 - g0,
+                "gets_allowed": int((g1 - g0) // REG_REFRESH_S) + 1,
+                "reg_cpu_ms_per_s": (c1["reg2"] - c0["reg2"]) / 1e6 / (w1 - w0),
+                "off_cpu_ms_per_s": (c1["off2"] - c0["off2"]) / 1e6 / (w1 - w0),
+                # Counted around the window (the admin reads are outside it).
+                "idp_gets": i1["registrations"] - i0["registrations"],
+                "idp_304s": i1.get("registrations_not_modified", 0) - i0.get("registrations_not_modified", 0),
+                "filter_fetched": s1["registrations_fetched"] - s0["registrations_fetched"],
+                "filter_not_modified": s1["registrations_not_modified"] - s0["registrations_not_modified"],
+                "filter_failed": s1["registrations_failed"] - s0["registrations_failed"],
+            }
+            run["added_ms_per_period"] = (run["reg_cpu_ms_per_s"] - run["off_cpu_ms_per_s"]) * REG_REFRESH_S
+            idle_runs.append(run)
+            log(f"registrations refresh round {r + 1}/{ROUNDS}: Envoy CPU {run['reg_cpu_ms_per_s']:.2f} ms/s with, "
+                f"{run['off_cpu_ms_per_s']:.2f} without; dev IdP {run['idp_gets']} GETs, {run['idp_304s']} 304s "
+                f"in {run['seconds']:.1f} s; filter fetched {run['filter_fetched']}, 304 {run['filter_not_modified']}")
+        res["refresh_runs"] = idle_runs
+        res["median_reg_idle_ms_per_s"] = med([x["reg_cpu_ms_per_s"] for x in idle_runs])
+        res["median_off_idle_ms_per_s"] = med([x["off_cpu_ms_per_s"] for x in idle_runs])
+        res["median_added_ms_per_period"] = med([x["added_ms_per_period"] for x in idle_runs])
+        res["refresh_totals"] = {k: sum(x[k] for x in idle_runs) for k in (
+            "idp_gets", "idp_304s", "filter_fetched", "filter_not_modified", "filter_failed")}
+        res["refresh_periods"] = sum(x["gets_interval_s"] for x in idle_runs) / REG_REFRESH_S
+        res["gets_per_period"] = res["refresh_totals"]["idp_gets"] / res["refresh_periods"]
+        res["gets_allowed"] = sum(x["gets_allowed"] for x in idle_runs)
+
+        # 4. the warm path, registrations on vs off, in one Envoy (one VM, one worker).
+        start("warm")
+        warm_env = envs["warm"]
+        for l in ("off", "reg", "regn", "off_b"):
+            port = warm_env.ports[l]
+            # `reg` and `regn`: 503 until their document is in use, then 200.
+            wait_until(f"registrations warm/{l} answers 200", lambda: http_request(
+                "GET", port, "/", headers={"authorization": basic})[0] == 200, 30, warm_env.proc)
+            st = http_request("GET", warm_env.ports[l], "/", headers={"authorization": basic})[0]
+            if st != 200:
+                raise SystemExit(f"bench: registrations warm/{l}: the approved app got {st}")
+        checks = {
+            "pending": http_request("GET", warm_env.ports["reg"], "/", headers={
+                "authorization": "Basic " + b64(f"{REG_PENDING}:whatever")})[0],
+            "unknown": http_request("GET", warm_env.ports["reg"], "/", headers={
+                "authorization": "Basic " + b64("0oaNotInTheDocument0:whatever")})[0],
+        }
+        if checks != {"pending": 403, "unknown": 401}:
+            raise SystemExit(f"bench: registrations warm/reg does not enforce: {checks}")
+        res["enforced"] = checks
+        # One keep-alive connection (each request wakes Envoy on its own), and CONNECTIONS of
+        # them (closed loop, as the throughput phase: Envoy's per-wake-up cost shared).
+        # `off_b`: a second listener exactly like `off`: how far two identical ones differ.
+        names = ["off", "reg", "regn", "off_b"]
+        warm = {c: {n: [] for n in names} for c in (1, CONNECTIONS)}
+
+        def idle_rate(seconds=3.0):
+            c0, t0 = cpu_ns(warm_env.pid), time.monotonic()
+            time.sleep(seconds)
+            return (cpu_ns(warm_env.pid) - c0) / (time.monotonic() - t0)
+
+        # Envoy's own background (timers, the filters' ticks: the same whichever listener is
+        # loaded) is taken out of each run, so that a run slowed by other work on the machine
+        # does not count more of it per request.
+        idle_before = idle_rate()
+        w_before = warm_env.stats()
+        for r in range(REG_WARM_ROUNDS):
+            for conns in warm:
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    c0, t0 = cpu_ns(warm_env.pid), time.monotonic()
+                    argv = ["taskset", "-c", CLIENT_CPU, WRK, "-t1", f"-c{conns}", f"-d{REG_WARM_SECONDS}s",
+                            "-H", f"Authorization: {basic}", f"http://127.0.0.1:{warm_env.ports[name]}/"]
+                    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+                    c1 = cpu_ns(warm_env.pid) - idle_before * (time.monotonic() - t0)
+                    n = int(re.search(r"(\d+) requests in", out).group(1))
+                    if re.search(r"Non-2xx or 3xx responses", out):
+                        raise SystemExit(f"bench: registrations warm/{name}: wrk saw failures:\n{out}")
+                    m = re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out)
+                    run = {"requests": n, "max_latency": m.group(1) if m else "?",
+                           "cpu_us_per_req": (c1 - c0) / n / 1000 if n else None}
+                    if not n or re.search(r"Socket errors", out):
+                        # Nothing answered within wrk's 2 s timeout: a stall (the machine is shared);
+                        # the round is left out of the comparison.
+                        log(f"warning: registrations warm/{name}, {conns} connection(s): {n} requests, "
+                            f"{(re.search(r'Socket errors: (.*)', out) or [None, 'no socket errors'])[1]}")
+                        run["stalled"] = True
+                        run["cpu_us_per_req"] = None
+                    warm[conns][name].append(run)
+            if r % 5 == 4 or r == REG_WARM_ROUNDS - 1:
+                log(f"registrations warm round {r + 1}/{REG_WARM_ROUNDS}: " + "; ".join(
+                    f"{c} connection(s) " + " ".join(f"{n} {fmt(w[n][-1]['cpu_us_per_req'], 2)}" for n in names)
+                    for c, w in warm.items()) + " us/req")
+        w_after = warm_env.stats()
+        res["warm_idle_cpu_ms_per_s"] = [idle_before / 1e6, idle_rate() / 1e6]
+        # Every warm request a cache hit, no IdP call: only the registrations differ.
+        res["warm_filter_counters"] = {k.replace("wasmcustom.okta_dcr_auth_", ""): w_after[k] - w_before.get(k, 0)
+                                       for k in w_after
+                                       if (k.endswith(("cache_hits", "cache_misses", "requests_allowed"))
+                                           or "_idp_" in k) and w_after[k] != w_before.get(k, 0)}
+        res["warm"] = {}
+        for conns, w in warm.items():
+            # Rounds in which every configuration answered (none stalled).
+            ok = [i for i in range(REG_WARM_ROUNDS) if all(w[n][i]["cpu_us_per_req"] is not None for n in names)]
+            d = {"runs": w, "rounds_used": len(ok), "stalled_runs": sum(
+                1 for n in names for x in w[n] if x.get("stalled"))}
+            for n in names:
+                d[f"median_{n}_us"] = med([w[n][i]["cpu_us_per_req"] for i in ok])
+            for n in ("reg", "regn", "off_b"):
+                per_round = [w[n][i]["cpu_us_per_req"] - w["off"][i]["cpu_us_per_req"] for i in ok]
+                d[f"{n}_added_us"] = med(per_round)
+                d[f"{n}_added_per_round_us"] = per_round
+                # The spread of the per-round differences: their interquartile range.
+                d[f"{n}_added_iqr_us"] = [pct(per_round, 25), pct(per_round, 75)]
+            res["warm"][str(conns)] = d
+        res["load_at_end"] = open("/proc/loadavg").read().split()[:3]
+    finally:
+        for e in envs.values():
+            e.proc.stop()
+        plain.proc.stop()
+        idp.serve_document(None)
+    # After the Envoys: it may have to build the native bench.
+    res["native"] = registrations_native_sizes()
+    log(f"registrations: parse {res['median_fetcher_ms']:.0f} ms (fetching thread), adoption "
+        f"{res['median_adopter_ms']:.0f} ms per other thread; refresh {res['median_added_ms_per_period']:+.2f} ms "
+        f"per period, {res['gets_per_period']:.2f} GETs per period; warm " + ", ".join(
+            f"{c} connection(s) {w['reg_added_us']:+.2f} us/req ({w['regn_added_us']:+.2f} without context ids)"
+            for c, w in res["warm"].items()))
+    return res
+
+
+def registration_goals(r):
+    """Issue 20, item 5."""
+    t = r["refresh_totals"]
+    return [
+        # An interval of L s holds at most floor(L / R) + 1 GETs at one per period.
+        goal(20, "refresh with nothing changed: one conditional GET per gateway per period, no parse",
+             f"{t['idp_gets']} GETs in {r['refresh_periods']:.1f} periods of {r['refresh_s']} s, at most "
+             f"{r['gets_allowed']} at one per period ({r['gets_per_period']:.2f} per period; {t['idp_304s']} "
+             f"answered 304, {t['filter_fetched']} documents fetched, {t['filter_failed']} failed)",
+             0 < t["idp_gets"] <= r["gets_allowed"] and t["filter_fetched"] == 0
+             and t["idp_304s"] == t["idp_gets"]),
+    ] + [
+        goal(20, f"warm Basic with registrations ({r['apps']:,} apps) within +0.3 us of Envoy CPU per request "
+                 f"of the same without ({c} keep-alive connection{'s' if c != '1' else ''})",
+             f"{w['reg_added_us']:+.2f} us/req ({w['median_reg_us']:.2f} vs {w['median_off_us']:.2f}; per-round "
+             f"differences' IQR {w['reg_added_iqr_us'][0]:+.2f} to {w['reg_added_iqr_us'][1]:+.2f}); "
+             f"the lookup alone (no context ids): {w['regn_added_us']:+.2f}"
+             + (f"; two identical listeners: {w['off_b_added_us']:+.2f}" if "off_b_added_us" in w else ""),
+             w["reg_added_us"] <= 0.3)
+        for c, w in r["warm"].items()
+    ]
+
+
+def registrations_lines(r, again_note=None):
+    """The registrations section of bench/RESULTS.md."""
+    L = []
+    a = L.append
+    a(f"## Registrations at scale ({r['apps']:,} applications, Envoy V8)")
+    a("")
+    if again_note:
+        a(f"Measured again: {again_note}.")
+        a("")
+    a(f"A Konnect-shaped document (what `core/src/registrations/konnect_document.rs` makes: 20-character "
+      f"client ids, UUID ids, one or two registrations per app; a quarter approved for `product`), "
+      f"{r['document_bytes'] / 1e6:.1f} MB of JSON, served by the dev IdP at `registrations_uri`. "
+      f"Envoys identical but for `product` + `registrations_uri` (and the refresh period): `reg2`/`off2` "
+      f"`--concurrency 2` on both cores (`reg2` with `registrations_refresh_s: {r['refresh_s']}`), "
+      f"`reg1`/`off1` `--concurrency 1` on the server core (default refresh, 10 s). Envoy CPU is per thread or per "
+      f"process from `/proc/PID/task/*/schedstat`. **The machine was shared** with other work (load average "
+      f"{' '.join(r['load_at_start'])} at the start of the phase, {' '.join(r.get('load_at_end', ['?']))} at "
+      f"its end): CPU times are less disturbed than wall times, but not immune (caches, frequency).")
+    a("")
+    a("| goal | measured | |")
+    a("|---|---|---|")
+    for g in registration_goals(r):
+        a(f"| {g['goal']} | {g['measured']} | {passfail(g['ok'])} |")
+    a("")
+    a(f"**Parse and adoption** (`reg2`, {r['swaps']} changed documents served one after the other). Envoy CPU "
+      "from the moment the dev IdP serves the new document until every thread is idle again, minus each "
+      "thread's idle rate measured over the 2 s before. The fetching thread is the one of the filter's "
+      "`registrations document fetched` log line (it receives the 30 MB answer, copies it into its VM, parses "
+      "it, writes the compact form to shared data); the other threads with a VM (the other worker and Envoy's "
+      "main thread, whose root context ticks and fetches like a worker's) adopt the compact form (no JSON "
+      "parse). Milliseconds:")
+    a("")
+    a("| swap | fetching thread | fetch + parse + share, ms | other threads (adopting), ms | Envoy total, ms | Envoy RSS after, MiB |")
+    a("|---|---|---|---|---|---|")
+    for i, s in enumerate(r["swaps_measured"]):
+        others = ", ".join(f"{k}: {v:.0f}" for k, v in s["others_ms"].items()) or "-"
+        a(f"| {i + 1} | {s['fetcher']} | {s['fetcher_ms']:.0f} | {others} | {s['total_ms']:.0f} | "
+          f"{s['rss_kib'] / 1024:.0f} |")
+    a("")
+    a(f"Medians: the fetching thread **{r['median_fetcher_ms']:.0f} ms**, each adopting thread "
+      f"**{r['median_adopter_ms']:.0f} ms**, Envoy in all {r['median_total_ms']:.0f} ms per changed document.")
+    a("")
+    b, af, add = r["rss_before_kib"], r["rss_after_kib"], r["rss_added_mib"]
+    a("**Memory** (VmRSS). Before: the dev IdP's small generated document in use; after: the "
+      f"{r['apps']:,}-application document in use (after {r['swaps']} changes for `reg2`, one or more for `reg1`). "
+      "Every thread with a VM holds a copy: `--concurrency 2` is three copies (two workers and the main thread), "
+      "`--concurrency 1` two.")
+    a("")
+    a("| Envoy | workers | before (MiB) | after (MiB) | added (MiB) |")
+    a("|---|---|---|---|---|")
+    for k, w in [("reg2", 2), ("off2", 2), ("reg1", 1), ("off1", 1)]:
+        a(f"| {k} | {w} | {b[k] / 1024:.1f} | {af[k] / 1024:.1f} | {add[k]:+.1f} |")
+    a("")
+    g = r["gauges"]
+    nat = r.get("native")
+    seen, prev, first_fetch, repeat_fetch = set(), b["reg2"], [], []
+    for i, sw in enumerate(r["swaps_measured"]):
+        d = (sw["rss_kib"] - prev) / 1024
+        prev = sw["rss_kib"]
+        if i > 0:
+            (repeat_fetch if sw["fetcher"] in seen else first_fetch).append(d)
+        seen.add(sw["fetcher"])
+    a(f"- `reg2`, the first document (one thread fetches and parses, the others adopt, the compact form goes "
+      f"to shared data): {r['rss_first_added_mib']:+.1f} MiB. Later changes: a thread fetching for the first "
+      f"time adds " + (" ".join(f"{x:+.1f}" for x in first_fetch) or "-") + " MiB, a thread that had fetched "
+      f"before " + (" ".join(f"{x:+.1f}" for x in repeat_fetch) or "-") + " MiB. Which thread fetches is whichever "
+      "takes the lease first, the main thread included: the wasm memory a parse grows (the 30 MB answer copied "
+      "in, the index being built) is not given back, so in time every VM holds the peak of a parse.")
+    a(f"- Gauges (`reg2`, Envoy admin `/stats`): `registrations_applications` {g['registrations_applications']:,}, "
+      f"`registrations_bytes` {g['registrations_bytes']:,} (the JSON document last read; the compact form in "
+      f"shared data has no gauge)" + (
+          f"; the compact shared form, natively (`{' '.join(nat['argv'])}`): {nat['compact_bytes']:,} bytes "
+          f"({nat['compact_bytes'] / 2**20:.1f} MiB), the index in memory {nat['index_bytes']:,} bytes per worker"
+          if nat else "") + ".")
+    a("")
+    t = r["refresh_totals"]
+    a(f"**Refresh with nothing changed** (`reg2`, 304s every {r['refresh_s']} s, vs `off2`, both idle, the "
+      f"same {len(r['refresh_runs'])} windows of {r['refresh_runs'][0]['seconds']:.0f} s): Envoy CPU "
+      f"{r['median_reg_idle_ms_per_s']:.2f} ms/s with registrations, {r['median_off_idle_ms_per_s']:.2f} ms/s "
+      f"without: **{r['median_added_ms_per_period']:+.2f} ms per period** for the gateway (the fetch, "
+      f"its 304, each VM's look at the shared record every 0.1 s: 30 looks a second with three VMs). Dev IdP: {t['idp_gets']} GETs, "
+      f"{t['idp_304s']} of them 304; filter: {t['filter_not_modified']} counted 304s, {t['filter_fetched']} "
+      f"documents fetched (parsed), {t['filter_failed']} failures: {r['gets_per_period']:.2f} GETs per period "
+      f"(a period is {r['refresh_s']} s plus up to one 0.1 s look; the GETs are counted from just before to "
+      f"just after each window, an interval of L s holding at most floor(L / {r['refresh_s']} s) + 1 at one per "
+      f"period). Per window: " + "; ".join(
+          f"{x['reg_cpu_ms_per_s']:.2f} vs {x['off_cpu_ms_per_s']:.2f} ms/s, {x['idp_gets']} GETs in "
+          f"{x['gets_interval_s']:.2f} s" for x in r["refresh_runs"]) + ".")
+    a("")
+    a(f"**Warm path**: one Envoy (`--concurrency 1`, the server core, one VM) with listeners whose filter "
+      f"configurations differ only in `product` + `registrations_uri`: `off` (no registrations), `reg` (the "
+      f"document above: refuses a pending app with {r['enforced']['pending']}, an unknown one with "
+      f"{r['enforced']['unknown']}) and `regn` (the same applications without `application_id` and "
+      f"`developer_id`, from a second dev IdP), and `off_b`, exactly `off`. The same cached Basic credential of an "
+      f"approved app; {r['warm_rounds']} rounds, each running them in turn (rotating order) for {r['warm_seconds']} s with "
+      f"`wrk -t1 -c1` (one keep-alive connection: every request wakes Envoy on its own), then with "
+      f"`-c{CONNECTIONS}` (as in the throughput tables). Envoy CPU per request, without Envoy's idle background "
+      f"(measured before the runs, {r['warm_idle_cpu_ms_per_s'][0]:.1f} ms/s; {r['warm_idle_cpu_ms_per_s'][1]:.1f} "
+      "after), medians; the differences are per round against `off`, then their median (and their interquartile "
+      "range: what the noise allows to tell):")
+    a("")
+    a("| connections | `off`, us/req | `reg`, us/req | `reg` added (IQR) | `regn`, us/req | `regn` added (IQR) | "
+      "`off_b` (= `off`) added (IQR) | rounds |")
+    a("|---|---|---|---|---|---|---|---|")
+    for c, w in r["warm"].items():
+        ob = (f"{w['off_b_added_us']:+.2f} ({w['off_b_added_iqr_us'][0]:+.2f} to {w['off_b_added_iqr_us'][1]:+.2f})"
+              if "off_b_added_us" in w else "-")
+        a(f"| {c} | {w['median_off_us']:.2f} | {w['median_reg_us']:.2f} | **{w['reg_added_us']:+.2f}** "
+          f"({w['reg_added_iqr_us'][0]:+.2f} to {w['reg_added_iqr_us'][1]:+.2f}) | {w['median_regn_us']:.2f} | "
+          f"**{w['regn_added_us']:+.2f}** ({w['regn_added_iqr_us'][0]:+.2f} to {w['regn_added_iqr_us'][1]:+.2f}) | "
+          f"{ob} | {w.get('rounds_used', '-')} |")
+    a("")
+    stalls = {c: w["stalled_runs"] for c, w in r["warm"].items() if w["stalled_runs"]}
+    if stalls:
+        a("Runs in which nothing was answered within wrk's 2 s timeout (a stall; their rounds are left out): "
+          + ", ".join(f"{n} with {c} connection(s)" for c, n in stalls.items()) + ".")
+        a("")
+    a("With `reg`, the approved app's requests go upstream with `x-application-id` and `x-developer-id` (the "
+      "document has both): two header additions (host calls) that the request without registrations does not "
+      "make, besides the lookup (a warm request is answered from the worker's local copy; the registrations "
+      "are looked up as the grant leaves). `regn` makes the lookup only. `off_b` is a fourth listener "
+      "exactly like `off`: its difference is what two identical configurations differ by in this run, the "
+      "noise floor. Requests per run (medians): " + "; ".join(
+          f"{c} connection(s) " + ", ".join(f"{n} {med([x['requests'] for x in w['runs'][n]]):,.0f}"
+                                           for n in w["runs"])
+          for c, w in r["warm"].items())
+      + f". Filter counters over the warm runs (every request a cache hit, no IdP call): "
+      f"{r.get('warm_filter_counters')}.")
+    a("")
+    return L
+
+
+def splice_section(text, lines, heading="## Registrations at scale",
+                   before=("## Host calls in one warm request", "## Reproduce")):
+    """`text` (bench/RESULTS.md) with the section starting with `heading` replaced by `lines`
+    (when absent, inserted where a full run puts it: before the first heading of `before`
+    found)."""
+    rows = text.rstrip("\n").split("\n")
+    start = next((i for i, l in enumerate(rows) if l.startswith(heading)), None)
+    if start is None:
+        at = next((i for b in before for i, l in enumerate(rows) if l.startswith(b)), len(rows))
+        rows[at:at] = lines
+    else:
+        end = next((i for i in range(start + 1, len(rows)) if rows[i].startswith("## ")), len(rows))
+        rows[start:end] = lines
+    return "\n".join(rows) + "\n"
+
+
 def host_calls_phase(idp, upstream_port, headers):
     """Envoy's wasm trace log for one warm request: every VM->host call and host->VM callback."""
     okta_json = okta_config_json(idp)
@@ -1211,9 +1803,12 @@ def write_results(ctx):
       f"BENCH_ROUNDS={ROUNDS}, BENCH_SECONDS={SECONDS}). Raw numbers: `bench/out/results.json`.")
     a("")
     for title, section in [("Goals (issue 14: hot path at the host's floor, ahead of the peers)", 14),
+                           ("Goals (issue 20: registrations at scale)", 20),
                            ("Goals (issue 12: Bearer tokens verified locally)", 12),
                            ("Goals (issue 21: a new token's check, and a forged-token flood)", 21),
                            ("Goals (issue 5)", 5)]:
+        if not any(g["issue"] == section for g in ctx["goals"]):
+            continue
         a(f"## {title}")
         a("")
         a("| goal | measured | |")
@@ -1447,6 +2042,9 @@ def write_results(ctx):
         a(f"okta-dcr-auth with a full cache − no filter: **{mem['added_full_vs_none_mib']:.1f} MiB**; "
           f"− empty filter: {mem['added_full_vs_empty_mib']:.1f} MiB.")
         a("")
+    rg = ctx.get("registrations")
+    if rg:
+        L.extend(registrations_lines(rg, ctx.get("again", {}).get("registrations")))
     hc = ctx.get("host_calls")
     if hc:
         a("## Host calls in one warm request (Envoy `--component-log-level wasm:trace`)")
@@ -1476,6 +2074,7 @@ def write_results(ctx):
     a("make bench BENCH_ROUNDS=5 BENCH_SECONDS=5   # shorter")
     a("make bench BENCH_JWT=0                     # without jwt_authn, okta_bearer_jwt and the cold JWT phase")
     a("python3 bench/bench.py --validate           # render every Envoy configuration, envoy --mode validate")
+    a("python3 bench/bench.py --again registrations   # the registrations phase alone: its section only")
     a("```")
     a("")
     a("`bench/run.sh` installs `wrk` (apt-get, on Debian) when missing, builds the filter, the empty filter, the "
@@ -1617,6 +2216,8 @@ def goals(ctx):
                                 f"bursts of {c['burst_width']}: {bur['token']}+{bur['introspect']} for "
                                 f"{c['burst']}+{c['burst']}", "ok": ok})
     out.extend(jwt_goals(ctx))
+    if ctx.get("registrations"):
+        out.extend(registration_goals(ctx["registrations"]))
     w = ctx["wasm"]["okta"]
     out.append({"issue": 5, "goal": ".wasm ≤ 400 KB", "measured": f"{w:,} bytes ({w / 1000:.0f} kB)", "ok": w <= 400_000})
     mem = ctx.get("memory")
@@ -1692,12 +2293,15 @@ def validate():
         issuer = "http://127.0.0.1:9001/oauth2/default"
 
     idp = Placeholder()
-    kinds = list(dict.fromkeys(ENVOY_OF.values()))
+    kinds = list(dict.fromkeys(ENVOY_OF.values())) + ["okta_registrations"]
+    extra = {"okta_jwt": OKTA_JWT_EXTRA,
+             "okta_registrations": {"product": REG_PRODUCT, "registrations_uri": f"http://127.0.0.1:{idp.port}"
+                                    "/_portal/registrations", "registrations_refresh_s": REG_REFRESH_S}}
     failed = []
     for n, kind in enumerate(kinds):
-        okta_json = okta_config_json(idp, OKTA_JWT_EXTRA if kind == "okta_jwt" else None)
-        cfg = bench_config(kind, okta_json, idp.issuer, (19900 + 3 * n, 19901 + 3 * n, 19902 + 3 * n),
-                           idp.port, 9002, 9003)
+        okta_json = okta_config_json(idp, extra.get(kind))
+        cfg = bench_config("okta" if kind == "okta_registrations" else kind, okta_json, idp.issuer,
+                           (19900 + 3 * n, 19901 + 3 * n, 19902 + 3 * n), idp.port, 9002, 9003)
         path = CONFIGS / f"validate-{kind}.json"
         path.write_text(json.dumps(cfg, indent=1))
         out = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
@@ -1711,18 +2315,25 @@ def validate():
         raise SystemExit(f"bench: invalid Envoy configuration: {', '.join(failed)}")
 
 
-AGAIN = ["probes", "jwt_cold"]
+AGAIN = ["probes", "jwt_cold", "registrations"]
 
 
 def again(phases):
     """Measures these phases again (`probes`, `jwt_cold`) with the current build and rewrites
     bench/RESULTS.md from the last run's bench/out/results.json with them; each section says when
-    it was measured."""
+    it was measured. `registrations` alone only replaces its own section of bench/RESULTS.md (and
+    its key in bench/out/results.json, created if missing): the rest stays as committed."""
     unknown = [p for p in phases if p not in AGAIN]
     if unknown or not phases:
         raise SystemExit(f"bench: --again takes some of {','.join(AGAIN)}, not {','.join(unknown) or 'nothing'}")
+    if phases == ["registrations"]:
+        return again_registrations()
+    if "registrations" in phases:
+        raise SystemExit("bench: --again registrations runs alone")
     prepare([ENVOY, DEVIDP, BUILT_OKTA_WASM, BUILT_EMPTY_WASM])
     ctx = json.loads((OUT / "results.json").read_text())
+    if "throughput" not in ctx:
+        raise SystemExit("bench: --again probes/jwt_cold rewrites a full run's results: run `make bench` first")
     # The tables show the columns the stored run measured (a BENCH_JWT=0 run has no JWT ones).
     global COLUMNS
     COLUMNS = [c for c in COLUMNS if all(c in ctx["throughput"][s] for s in SETS)]
@@ -1756,6 +2367,33 @@ def again(phases):
     (OUT / "results.json").write_text(json.dumps(ctx, indent=1, default=str))
     write_results(ctx)
     log(f"bench/RESULTS.md rewritten with {', '.join(phases)} measured again")
+
+
+def again_registrations():
+    """`--again registrations`: the registrations phase with the current build, its section of
+    bench/RESULTS.md replaced (or added), its key of bench/out/results.json written."""
+    prepare([ENVOY, DEVIDP, BUILT_OKTA_WASM, BUILT_EMPTY_WASM])
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    commit = sh(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    size = OKTA_WASM.stat().st_size
+    try:
+        idp_port, = free_ports(1)
+        idp = Idp(idp_port)
+        upstream, upstream_port = start_upstream(idp.port)
+        res = registrations_phase(idp, upstream_port)
+    finally:
+        stop_all()
+    note = f"{when}, .wasm {size:,} bytes from {commit} (bench.py --again registrations)"
+    path = OUT / "results.json"
+    ctx = json.loads(path.read_text()) if path.exists() else {}
+    ctx["registrations"] = res
+    ctx.setdefault("again", {})["registrations"] = note
+    path.write_text(json.dumps(ctx, indent=1, default=str))
+    md = ROOT / "bench" / "RESULTS.md"
+    md.write_text(splice_section(md.read_text(), registrations_lines(res, note)))
+    log("bench/RESULTS.md: the registrations section rewritten")
+    for g in registration_goals(res):
+        log(f"  {'met   ' if g['ok'] else 'MISSED'} {g['goal']}: {g['measured']}")
 
 
 def main():
@@ -1828,6 +2466,7 @@ def main():
             e.proc.stop()
         ctx["probes"] = probe_phase(idp.port, upstream_port, headers["okta_bearer"])
         ctx["memory"] = memory_phase(idp, upstream_port)
+        ctx["registrations"] = registrations_phase(idp, upstream_port)
         ctx["host_calls"] = host_calls_phase(idp, upstream_port, headers)
     finally:
         stop_all()

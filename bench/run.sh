@@ -11,6 +11,8 @@
 #   BENCH_SKIP_CRITERION=1   skip the native criterion benchmark
 #   BENCH_JWT=0     without the jwt_authn peer, okta_bearer_jwt and the cold JWT phase (on by
 #                   default)
+#   BENCH_REG_APPS  applications in the registrations phase's document (default 100000)
+#   BENCH_REG_WARM_ROUNDS   rounds of its warm-path comparison (default 4 × BENCH_ROUNDS)
 #
 # Tools: wrk from apt-get (Debian) when missing; bench-pacer (bench/pacer, open-loop latency with
 # evenly spaced sends) and the dev IdP's `authz` subcommand (the ext_authz service) built here.
@@ -57,8 +59,8 @@ cargo build --quiet --release --target wasm32-wasip1 -p bench-empty-filter
 say "building bench-pacer (bench/pacer)"
 cargo build --quiet --release -p bench-pacer
 if [[ ${BENCH_SKIP_CRITERION:-0} != 1 ]]; then
-  say "building the native core benchmark (core/benches/core.rs)"
-  cargo bench --quiet -p okta-dcr-auth-core --bench core --no-run
+  say "building the native core benchmarks (core/benches/core.rs, registrations.rs)"
+  cargo bench --quiet -p okta-dcr-auth-core --bench core --bench registrations --no-run
 fi
 
 # --- run -------------------------------------------------------------------------------------

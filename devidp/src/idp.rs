@@ -747,7 +747,16 @@ struct Req {
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, ResetConnection> {
     let (parts, body) = req.into_parts();
-    let body = serve::read_body(body).await.map(|b| b.to_vec());
+    // A registrations document may be far larger than any other body (a portal of 100,000
+    // applications is 30 MB; the filter's cap is 64 MiB).
+    let limit = if parts.uri.path() == portal::DOCUMENT_ADMIN_PATH {
+        portal::MAX_DOCUMENT_UPLOAD
+    } else {
+        serve::MAX_BODY
+    };
+    let body = serve::read_body_up_to(body, limit)
+        .await
+        .map(|b| b.to_vec());
     let req = Req {
         method: parts.method,
         path: parts.uri.path().to_string(),

@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 pub(crate) type Resp = Response<Full<Bytes>>;
 
 /// Largest request body read; a longer one is cut off (and then answered as a bad request).
-const MAX_BODY: usize = 1 << 20;
+pub(crate) const MAX_BODY: usize = 1 << 20;
 
 /// A handler's way to say: drop this TCP connection without any HTTP answer.
 #[derive(Debug)]
@@ -44,7 +44,12 @@ impl std::error::Error for ResetConnection {}
 /// Reads a whole request body (at most [`MAX_BODY`] bytes). `None` when the body could not be
 /// read (peer gone, too long).
 pub(crate) async fn read_body(body: Incoming) -> Option<Bytes> {
-    match Limited::new(body, MAX_BODY).collect().await {
+    read_body_up_to(body, MAX_BODY).await
+}
+
+/// [`read_body`] with another limit.
+pub(crate) async fn read_body_up_to(body: Incoming, limit: usize) -> Option<Bytes> {
+    match Limited::new(body, limit).collect().await {
         Ok(collected) => Some(collected.to_bytes()),
         Err(_) => None,
     }

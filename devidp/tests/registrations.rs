@@ -131,6 +131,7 @@ fn the_document_has_an_etag_and_unchanged_fetches_get_304() {
     let stats: Value =
         serde_json::from_slice(&admin(&idp, "GET", "/_dev/stats", None).bytes).unwrap();
     assert_eq!(stats["registrations"], 6);
+    assert_eq!(stats["registrations_not_modified"], 3);
     idp.reset_counters();
     assert_eq!(idp.calls(Endpoint::Registrations), 0);
     assert_eq!(idp.registrations_not_modified(), 0);
@@ -328,6 +329,15 @@ fn faults_make_the_document_slow_failing_malformed_or_too_large() {
         parsed(&idp, "p").lookup("0oaRaw"),
         Standing::NotApproved(NotApproved::Unregistered)
     );
+    // Larger than any other admin body (1 MiB): `make bench` uploads 30 MB this way.
+    let apps: Vec<Value> = (0..20_000)
+        .map(|i| json!({"client_id": format!("0oaBig{i:014}"), "name": "a name long enough"}))
+        .collect();
+    let big = json!({ "applications": apps });
+    assert!(big.to_string().len() > 1 << 20);
+    let r = admin(&idp, "PUT", "/_dev/registrations/document", Some(big));
+    assert_eq!(r.status, 204);
+    assert_eq!(parsed(&idp, "p").len(), 20_000);
     assert_eq!(
         admin(&idp, "DELETE", "/_dev/registrations/document", None).status,
         204

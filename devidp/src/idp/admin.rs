@@ -6,7 +6,7 @@
 //! | `POST /_dev/clients` | `{"id","secret","scopes":[..]}` | 201 `{"id","scopes"}` |
 //! | `GET /_dev/clients` | | 200 `[{"id","scopes"}]` |
 //! | `DELETE /_dev/clients/{id}` | | 204 |
-//! | `GET /_dev/stats` | | 200 `{"discovery","token","introspect","keys","registrations","token_requests"}` |
+//! | `GET /_dev/stats` | | 200 `{"discovery","token","introspect","keys","registrations","token_requests","registrations_not_modified"}` |
 //! | `POST /_dev/fault` | see [`FaultDto`] | 204 |
 //! | `DELETE /_dev/fault[?endpoint=token]` | | 204 (all endpoints without `endpoint`) |
 //! | `POST /_dev/tokens` | a [`TokenSpec`](super::TokenSpec) as JSON, see [`TokenSpecDto`] | 200 `{"access_token","token_type","expires_in"}` |
@@ -205,6 +205,10 @@ pub(super) fn handle(shared: &Shared, req: &Req) -> Resp {
                 stats.insert(ep.name().into(), json!(state.calls[ep.index()]));
             }
             stats.insert("token_requests".into(), json!(state.token_requests.len()));
+            stats.insert(
+                "registrations_not_modified".into(),
+                json!(state.portal.not_modified),
+            );
             json_response(StatusCode::OK, &Value::Object(stats))
         }
         ("/_dev/stats", _) => method_not_allowed("GET"),

@@ -12,7 +12,7 @@
 //! | `POST /_dev/registrations` | `{"client_id","product","status"?}` (default `pending`; the app is created if unknown) | 201 |
 //! | `POST /_dev/registrations/approve`, `/revoke`, `/reject` | `{"client_id","product"}` | 204; 404 without such a registration |
 //! | `DELETE /_dev/registrations?client_id=..&product=..` | | 204 |
-//! | `PUT /_dev/registrations/document` | any bytes: served verbatim instead of the generated document | 204 |
+//! | `PUT /_dev/registrations/document` | any bytes (up to 96 MiB): served verbatim instead of the generated document | 204; 400 when the body could not be read whole |
 //! | `DELETE /_dev/registrations/document` | | 204 (the generated document again) |
 
 use std::collections::BTreeMap;
@@ -25,6 +25,12 @@ use sha2::{Digest, Sha256};
 use super::{Req, Shared};
 use crate::serve::Resp;
 use crate::util::{self, json_response, method_not_allowed, response};
+
+/// Where a document to serve verbatim is uploaded (`PUT`).
+pub(super) const DOCUMENT_ADMIN_PATH: &str = "/_dev/registrations/document";
+/// The largest document that upload takes: above the filter's 64 MiB cap, so that a document
+/// too large for the filter can be served.
+pub(super) const MAX_DOCUMENT_UPLOAD: usize = 96 << 20;
 
 /// An application of the portal, as the document lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,13 +261,16 @@ pub(super) fn admin(shared: &Shared, req: &Req) -> Option<Resp> {
             }
         }
         ("/_dev/registrations", _) => method_not_allowed("GET, POST, DELETE"),
-        ("/_dev/registrations/document", &Method::PUT) => {
-            shared
-                .lock()
-                .portal
-                .set_raw(Some(req.body.clone().unwrap_or_default()));
-            no_content()
-        }
+        ("/_dev/registrations/document", &Method::PUT) => match &req.body {
+            Some(body) => {
+                shared.lock().portal.set_raw(Some(body.clone()));
+                no_content()
+            }
+            // Not an empty document: a body that could not be read whole.
+            None => bad_request(&format!(
+                "the document could not be read (at most {MAX_DOCUMENT_UPLOAD} bytes)"
+            )),
+        },
         ("/_dev/registrations/document", &Method::DELETE) => {
             shared.lock().portal.set_raw(None);
             no_content()
