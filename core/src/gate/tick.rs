@@ -131,38 +131,27 @@ impl Gate {
         now: u64,
         host: &dyn Host,
     ) -> Step {
-        match parked {
+        // A leader whose call is overdue, or a request whose discovery is: no verdict.
+        let req = match parked {
             Parked::Leader { req, call, .. } => {
                 self.calls.answered(call);
-                self.answers.no_verdict(
-                    ctx,
-                    &req,
-                    &self.slots.read(host, &req.key),
-                    None,
-                    now,
-                    host,
-                )
+                req
             }
-            Parked::Discovery { req, .. } if !ready => self.answers.no_verdict(
-                ctx,
-                &req,
-                &self.slots.read(host, &req.key),
-                None,
-                now,
-                host,
-            ),
-            Parked::Discovery { req, .. } => self.advance(ctx, self.root, req, now, host),
+            Parked::Discovery { req, .. } if !ready => req,
+            Parked::Discovery { req, .. } => return self.advance(ctx, self.root, req, now, host),
             Parked::Follower {
                 mut req,
                 deadline_ms,
             } => {
                 req.stage = Stage::Following { deadline_ms };
-                self.advance(ctx, self.root, req, now, host)
+                return self.advance(ctx, self.root, req, now, host);
             }
             Parked::Keys { req, deadline_ms } if now > deadline_ms => {
-                self.without_new_keys(ctx, req, now, host)
+                return self.without_new_keys(ctx, req, now, host)
             }
-            Parked::Keys { req, .. } => self.advance(ctx, self.root, req, now, host),
-        }
+            Parked::Keys { req, .. } => return self.advance(ctx, self.root, req, now, host),
+        };
+        let entry = self.slots.read(host, &req.key);
+        self.answers.no_verdict(ctx, &req, &entry, None, now, host)
     }
 }
