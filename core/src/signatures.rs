@@ -99,12 +99,17 @@ impl SignatureBudget {
 
     /// A token of `app` was verified: the app is known here from now on.
     pub fn verified(&mut self, app: &str, now_ms: u64) {
+        let app = hash(app);
+        if let Some(at) = self.known.get_mut(&app) {
+            *at = now_ms;
+            return;
+        }
         if self.known.len() >= MAX_KNOWN {
             self.known
                 .retain(|_, at| now_ms.saturating_sub(*at) <= KNOWN_FOR_MS);
         }
-        if self.known.len() < MAX_KNOWN || self.known.contains_key(&hash(app)) {
-            self.known.insert(hash(app), now_ms);
+        if self.known.len() < MAX_KNOWN {
+            self.known.insert(app, now_ms);
         }
     }
 }
