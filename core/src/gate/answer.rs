@@ -57,8 +57,7 @@ impl Gate {
             }
             let step = match &verdict {
                 Ok((Cached::Allow(grant), _)) => {
-                    self.answers
-                        .allow(req.credential.scheme(), grant.clone(), host)
+                    self.answers.allow(req.credential.scheme(), grant.clone())
                 }
                 Ok((Cached::Deny(d), _)) => refuse(ctx, Some(&key), *d, deny_reason(*d), host),
                 Err(_) => self

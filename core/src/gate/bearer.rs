@@ -139,9 +139,7 @@ impl Gate {
                 let expires =
                     (now + self.config.cache_ttl_ms).min(verified.exp.saturating_mul(1000));
                 let grant = verified.grant();
-                let step = self
-                    .answers
-                    .allow(req.credential.scheme(), grant.clone(), host);
+                let step = self.answers.allow(req.credential.scheme(), grant.clone());
                 (Cached::Allow(grant), expires, step)
             }
             Err(error) => {

@@ -41,7 +41,7 @@ impl Answers {
                 if !counted {
                     host.count(Counter::CacheHit);
                 }
-                self.allow(scheme, grant, host)
+                self.allow(scheme, grant)
             }
             Cached::Deny(d) => {
                 if !counted {
@@ -54,7 +54,7 @@ impl Answers {
 
     /// A grant's step; counted as allowed when it leaves the gate (`Registry::settle`), where
     /// registrations may still refuse it.
-    pub fn allow(&self, scheme: Scheme, grant: Grant, _host: &dyn Host) -> Step {
+    pub fn allow(&self, scheme: Scheme, grant: Grant) -> Step {
         // No log line: this is the hot path, and the metrics count it.
         Step::Forward(Forward::new(scheme, grant, self.forward_access_token))
     }
@@ -82,7 +82,7 @@ impl Answers {
         if let Freshness::Stale(grant) = entry.freshness(&req.key, now, self.stale_if_error_ms) {
             host.count(Counter::CacheStale);
             log::debug!("[{ctx}] IdP unavailable: serving a stale verdict");
-            return self.allow(req.credential.scheme(), grant.clone(), host);
+            return self.allow(req.credential.scheme(), grant.clone());
         }
         let denial = Denial::IdpUnavailable;
         match (
