@@ -28,7 +28,7 @@ use crate::cache::{Names, NotWritten};
 use crate::config::{Config, RegistrationsEndpoint, RegistrationsSource};
 use crate::credentials::{Credential, Scheme};
 use crate::metrics::{Counter, DenyReason, Gauge, RegistrationsFetch};
-use crate::okta::{IdpAnswer, IdpRequest, USER_AGENT};
+use crate::okta::{self, IdpAnswer};
 use crate::registrations::record::{Adopted, Held, RegistrationsRecord, Unavailable};
 use crate::registrations::{
     DocumentError, NotApproved, Registrations, Standing, MAX_DOCUMENT_BYTES,
@@ -408,24 +408,7 @@ impl Fetcher {
     /// has an `ETag`).
     fn send(&mut self, root: ContextId, record: &RegistrationsRecord, now: u64, host: &dyn Host) {
         let e = &self.endpoint;
-        let scheme = if e.https { "https" } else { "http" };
-        let mut headers = vec![
-            (":method", "GET".to_string()),
-            (":scheme", scheme.to_string()),
-            (":path", e.path.clone()),
-            (":authority", e.authority.clone()),
-            ("user-agent", USER_AGENT.to_string()),
-            ("accept", "application/json".to_string()),
-        ];
-        if let Some(etag) = record.if_none_match() {
-            headers.push(("if-none-match", etag.to_string()));
-        }
-        let request = IdpRequest {
-            method: "GET",
-            path: e.path.clone(),
-            headers,
-            body: Vec::new(),
-        };
+        let request = okta::registrations_request(e, record.if_none_match());
         match host.dispatch(root, &e.upstream, &request, self.timeout_ms) {
             Ok(token) => self.call = Some((token, now)),
             Err(_) => {
